@@ -1,0 +1,1 @@
+pytest_plugins = ["tests.peers.node_smsc", "tests.peers.simulator_peer"]
