@@ -1,0 +1,179 @@
+"""Gateway configuration: a TOML file whose every key can be overridden by
+`GATEWAY_<SECTION>_<KEY>` environment variables (e.g. GATEWAY_SMPP_HOST).
+
+Defaults are the embedded ones: SQLite file, built-in SMSC simulator, API on
+127.0.0.1:8080, so `gateway run` works on a fresh machine with no file at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Base of URLs we hand out (message `url`, tracked links); defaults to http://host:port.
+    public_base_url: str = ""
+    max_body_bytes: int = 64 * 1024
+
+
+@dataclass
+class DatabaseConfig:
+    url: str = "sqlite+aiosqlite:///var/gateway.sqlite3"
+    pool_size: int = 10
+    migrate_on_start: bool = True
+
+
+@dataclass
+class SmppConfig:
+    host: str = "127.0.0.1"
+    port: int = 2775
+    system_id: str = "gateway"
+    password: str = "secret"
+    system_type: str = ""
+    window: int = 10
+    enquire_link_interval: float = 30.0
+    response_timeout: float = 10.0
+
+
+@dataclass
+class SimulatorConfig:
+    # Start the built-in SMSC simulator in-process (embedded default); off in production.
+    enabled: bool = True
+    dlr_delay: float = 0.05
+
+
+@dataclass
+class DispatcherConfig:
+    batch_size: int = 200
+    poll_interval: float = 0.5
+    # A claimed row not finished within this many seconds (a node died) is claimed again.
+    lease_seconds: float = 60.0
+    node_id: str = ""
+
+
+@dataclass
+class WebhookConfig:
+    timeout: float = 10.0
+    first_retry_seconds: float = 5.0
+    give_up_after_seconds: float = 23 * 3600.0
+    concurrency: int = 50
+    poll_interval: float = 1.0
+
+
+@dataclass
+class SmsConfig:
+    max_parts: int = 10
+    # Price per part by destination prefix (digits after +); the longest prefix wins.
+    prices: dict[str, float] = field(default_factory=lambda: {"": 10.0})
+    retention_days: int = 90
+    list_limit: int = 30000
+
+
+@dataclass
+class Config:
+    http: HttpConfig = field(default_factory=HttpConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    smpp: SmppConfig = field(default_factory=SmppConfig)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
+    webhooks: WebhookConfig = field(default_factory=WebhookConfig)
+    sms: SmsConfig = field(default_factory=SmsConfig)
+
+    @property
+    def public_base_url(self) -> str:
+        base = self.http.public_base_url or f"http://{self.http.host}:{self.http.port}"
+        return base.rstrip("/")
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected a boolean, got {value!r}")
+    if typ is int or typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return typ(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if typing.get_origin(typ) is dict:
+        if isinstance(value, str):  # from the environment: "81=12.5,1=8"
+            pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ConfigError(f"{where}: expected prefix=price pairs, got {value!r}")
+            value = {k.strip(): v for k, v in pairs}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return {str(k): _coerce(v, float, f"{where}.{k}") for k, v in value.items()}
+    raise ConfigError(f"{where}: unsupported type {typ!r}")
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    path = path or env.get("GATEWAY_CONFIG")
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    config = Config()
+    sections = _section_types(Config)
+    for name, data in raw.items():
+        if name not in sections:
+            raise ConfigError(f"unknown config section [{name}]")
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"[{name}] must be a table")
+        section = getattr(config, name)
+        hints = _section_types(type(section))
+        for key, value in data.items():
+            if key not in hints:
+                raise ConfigError(f"unknown config key {name}.{key}")
+            setattr(section, key, _coerce(value, hints[key], f"{name}.{key}"))
+    for name in sections:
+        section = getattr(config, name)
+        for key, typ in _section_types(type(section)).items():
+            env_key = f"GATEWAY_{name}_{key}".upper()
+            if env_key in env:
+                setattr(section, key, _coerce(env[env_key], typ, env_key))
+    return config
+
+
+def config_keys() -> list[tuple[str, str, Any]]:
+    """(TOML key, env var, default) for every setting: the README reference is generated from this."""
+    out = []
+    defaults = Config()
+    for name in _section_types(Config):
+        section = getattr(defaults, name)
+        for f in dataclasses.fields(section):
+            out.append((f"{name}.{f.name}", f"GATEWAY_{name}_{f.name}".upper(), getattr(section, f.name)))
+    return out
+
+
