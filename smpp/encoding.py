@@ -1,0 +1,272 @@
+"""SMS text encoding for SMPP: GSM 03.38, UCS-2, concatenation UDH, MO decoding.
+
+Pure functions only. The SMPP short_message for data_coding 0 carries GSM 7-bit
+septets *unpacked*, one septet per octet (packing is the SMSC's job on the air
+interface), so a GSM payload's length in octets equals its length in septets.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+from typing import NamedTuple
+
+DC_DEFAULT = 0x00  # SMSC default alphabet, GSM 03.38 for us
+DC_IA5 = 0x01
+DC_BINARY = 0x02
+DC_LATIN1 = 0x03
+DC_BINARY_ALT = 0x04
+DC_UCS2 = 0x08
+
+ESM_UDHI = 0x40
+
+GSM_SINGLE_MAX = 160
+GSM_PART_MAX = 153  # 160 minus the 6-octet UDH, rounded down to whole septets (7 septets for 6 octets)
+UCS2_SINGLE_MAX = 70
+UCS2_PART_MAX = 67  # 140 octets minus 6 UDH octets = 134 = 67 UTF-16 units
+
+_ESCAPE = 0x1B
+
+# GSM 03.38 default alphabet; position = septet value. 0x1B is the escape to the
+# extension table and has no character of its own.
+_GSM_BASIC = (
+    "@£$¥èéùìòÇ\nØø\rÅå"
+    "Δ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ"
+    " !\"#¤%&'()*+,-./"
+    "0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNO"
+    "PQRSTUVWXYZÄÖÑÜ§"
+    "¿abcdefghijklmno"
+    "pqrstuvwxyzäöñüà"
+)
+_GSM_EXTENSION = {
+    0x0A: "\f",
+    0x14: "^",
+    0x28: "{",
+    0x29: "}",
+    0x2F: "\\",
+    0x3C: "[",
+    0x3D: "~",
+    0x3E: "]",
+    0x40: "|",
+    0x65: "€",
+}
+
+_CHAR_TO_GSM: dict[str, bytes] = {ch: bytes([i]) for i, ch in enumerate(_GSM_BASIC) if i != _ESCAPE}
+_CHAR_TO_GSM.update({ch: bytes([_ESCAPE, code]) for code, ch in _GSM_EXTENSION.items()})
+
+assert len(_GSM_BASIC) == 128
+
+
+def is_gsm7(text: str) -> bool:
+    """True when every character is in the GSM default alphabet or its extension table."""
+    return all(ch in _CHAR_TO_GSM for ch in text)
+
+
+def gsm7_length(text: str) -> int:
+    """Septets needed for text; extension-table characters take two (escape + code)."""
+    return sum(len(_CHAR_TO_GSM[ch]) for ch in text)
+
+
+def encode_gsm7(text: str) -> bytes:
+    """Unpacked GSM 03.38 septets; raises KeyError for characters outside the alphabet."""
+    return b"".join(_CHAR_TO_GSM[ch] for ch in text)
+
+
+def decode_gsm7(data: bytes) -> str:
+    """Unpacked septets to text; octets above 0x7F become U+FFFD, never raises."""
+    out: list[str] = []
+    i = 0
+    n = len(data)
+    while i < n:
+        b = data[i]
+        if b == _ESCAPE and i + 1 < n:
+            code = data[i + 1]
+            ext = _GSM_EXTENSION.get(code)
+            if ext is not None:
+                out.append(ext)
+            elif code < 0x80 and code != _ESCAPE:
+                # 03.38: an unknown extension shows the basic-table character.
+                out.append(_GSM_BASIC[code])
+            else:
+                out.append("\ufffd")
+            i += 2
+            continue
+        if b == _ESCAPE:
+            out.append(" ")  # a dangling escape at the end; 03.38 suggests a space
+        elif b < 0x80:
+            out.append(_GSM_BASIC[b])
+        else:
+            out.append("\ufffd")
+        i += 1
+    return "".join(out)
+
+
+def _utf16_units(ch: str) -> bytes:
+    # surrogatepass: a lone surrogate in a Python str must not crash the planner.
+    return ch.encode("utf-16-be", "surrogatepass")
+
+
+@dataclass(frozen=True)
+class EncodedMessage:
+    """How a text goes on the wire: one data_coding and the part payloads without UDH."""
+
+    data_coding: int
+    payloads: tuple[bytes, ...]
+    length: int  # septets (GSM) or UTF-16 code units (UCS-2) of the whole text
+
+    @property
+    def parts(self) -> int:
+        return len(self.payloads)
+
+
+def _split(units: list[bytes], max_octets: int) -> tuple[bytes, ...]:
+    """Greedy split that keeps each character's octets (escape pair, surrogate pair) together."""
+    parts: list[bytes] = []
+    current = bytearray()
+    for unit in units:
+        if len(current) + len(unit) > max_octets:
+            parts.append(bytes(current))
+            current = bytearray()
+        current += unit
+    parts.append(bytes(current))
+    return tuple(parts)
+
+
+def plan(text: str) -> EncodedMessage:
+    """Pick GSM 7-bit when every character fits, else UCS-2, and split into parts."""
+    if is_gsm7(text):
+        units = [_CHAR_TO_GSM[ch] for ch in text]
+        single, part, octets_per_unit = GSM_SINGLE_MAX, GSM_PART_MAX, 1
+        data_coding = DC_DEFAULT
+    else:
+        units = [_utf16_units(ch) for ch in text]
+        single, part, octets_per_unit = UCS2_SINGLE_MAX, UCS2_PART_MAX, 2
+        data_coding = DC_UCS2
+    length = sum(len(u) for u in units) // octets_per_unit
+    if length <= single:
+        payloads: tuple[bytes, ...] = (b"".join(units),)
+    else:
+        payloads = _split(units, part * octets_per_unit)
+    return EncodedMessage(data_coding=data_coding, payloads=payloads, length=length)
+
+
+def build_udh(ref: int, total: int, seq: int) -> bytes:
+    """Concatenation UDH with the 8-bit reference IE (IEI 0x00), UDHL included."""
+    return bytes([0x05, 0x00, 0x03, ref & 0xFF, total & 0xFF, seq & 0xFF])
+
+
+def submit_parts(message: EncodedMessage, ref: int) -> list[tuple[int, bytes]]:
+    """(esm_class, short_message) per submit_sm; multipart messages carry a UDH and UDHI."""
+    if message.parts == 1:
+        return [(0x00, message.payloads[0])]
+    total = message.parts
+    return [
+        (ESM_UDHI, build_udh(ref, total, seq) + payload)
+        for seq, payload in enumerate(message.payloads, start=1)
+    ]
+
+
+class DecodedText(NamedTuple):
+    text: str
+    concat_ref: int | None
+    concat_total: int
+    concat_seq: int
+
+
+class _Concat(NamedTuple):
+    ref: int
+    total: int
+    seq: int
+
+
+def split_udh(short_message: bytes) -> tuple[_Concat | None, bytes]:
+    """Separate a UDH from the body and pull out a concatenation IE if there is one."""
+    if not short_message:
+        return None, b""
+    udhl = short_message[0]
+    header = short_message[1 : 1 + udhl]
+    body = short_message[1 + udhl :]
+    concat: _Concat | None = None
+    i = 0
+    while i + 1 < len(header):
+        iei, iel = header[i], header[i + 1]
+        data = header[i + 2 : i + 2 + iel]
+        if len(data) < iel:
+            break  # truncated IE: the rest of the header is garbage
+        if iei == 0x00 and iel == 3:
+            concat = _Concat(data[0], data[1], data[2])
+        elif iei == 0x08 and iel == 4:
+            concat = _Concat((data[0] << 8) | data[1], data[2], data[3])
+        i += 2 + iel
+    return concat, body
+
+
+# SMPP 3.4 5.2.19 data_coding values that name a character set we can decode.
+_SMPP_CODECS = {
+    DC_IA5: "ascii",
+    DC_LATIN1: "latin-1",
+    0x05: "shift_jis",  # JIS X 0208; in practice Shift-JIS
+    0x06: "iso8859-5",
+    0x07: "iso8859-8",
+    0x0A: "iso2022_jp",
+    0x0E: "euc_kr",
+}
+
+
+def _alphabet(data_coding: int) -> str:
+    """Map a data_coding byte to 'gsm', 'ucs2', 'latin-1' (8-bit data) or a codec name."""
+    if data_coding == DC_DEFAULT:
+        return "gsm"
+    if data_coding == DC_UCS2:
+        return "ucs2"
+    if data_coding in _SMPP_CODECS:
+        return _SMPP_CODECS[data_coding]
+    if data_coding < 0x10:
+        return "latin-1"  # binary or unknown SMPP values: lossless octets
+    group = data_coding & 0xF0
+    if group == 0xF0:  # message class group: bit 2 picks 8-bit data over GSM
+        return "latin-1" if data_coding & 0x04 else "gsm"
+    if group in (0xC0, 0xD0):
+        return "gsm"
+    if group == 0xE0:
+        return "ucs2"
+    if data_coding & 0xC0 == 0x00:  # 03.38 general data coding group, bits 3..2
+        return ("gsm", "latin-1", "ucs2", "latin-1")[(data_coding >> 2) & 0x03]
+    return "latin-1"
+
+
+def decode_text(data_coding: int, body: bytes) -> str:
+    """Decode a message body; garbage yields replacement characters, never an exception."""
+    alphabet = _alphabet(data_coding)
+    if alphabet == "gsm":
+        return decode_gsm7(body)
+    if alphabet == "ucs2":
+        return body.decode("utf-16-be", "replace")
+    try:
+        codecs.lookup(alphabet)
+    except LookupError:  # a Python build without the CJK codecs
+        alphabet = "latin-1"
+    return body.decode(alphabet, "replace")
+
+
+def decode_short_message(
+    data_coding: int,
+    esm_class: int,
+    short_message: bytes,
+    sar_msg_ref_num: int | None = None,
+    sar_total_segments: int | None = None,
+    sar_segment_seqnum: int | None = None,
+) -> DecodedText:
+    """Decode an MO short_message, with concatenation info from a UDH or the sar_* TLVs."""
+    concat: _Concat | None = None
+    body = short_message
+    if esm_class & ESM_UDHI:
+        concat, body = split_udh(short_message)
+    if concat is None and sar_msg_ref_num is not None and sar_total_segments is not None:
+        concat = _Concat(sar_msg_ref_num, sar_total_segments, sar_segment_seqnum or 1)
+    text = decode_text(data_coding, body)
+    if concat is None or concat.total <= 1:
+        # A "1 of 1" concatenation is just a single message.
+        return DecodedText(text, None, 1, 1)
+    return DecodedText(text, concat.ref, concat.total, concat.seq)
