@@ -1,1 +1,168 @@
+"""Shared fixtures: a migrated database per engine (SQLite and a real PostgreSQL), and a real
+gateway server on a loopback port wired to an SMSC peer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from sqlalchemy import text
+
+from gateway.app import create_app
+from gateway.config import Config
+from gateway.db import migrate
+from gateway.db.engine import create_engine
+from gateway.keys import ACCOUNTS, SESSIONS
+from gateway.services.accounts import NewCredentials
+
 pytest_plugins = ["tests.peers.node_smsc", "tests.peers.simulator_peer"]
+
+PG_ADMIN_DSN = os.environ.get("GATEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+ENGINES = [e for e in os.environ.get("GATEWAY_TEST_ENGINES", "sqlite,postgresql").split(",") if e]
+TABLES = [
+    "tracked_links",
+    "message_parts",
+    "orphan_receipts",
+    "webhook_deliveries",
+    "messages",
+    "templates",
+    "accounts",
+]
+
+
+def _pg_url(dbname: str) -> str:
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    return base.replace("postgresql://", "postgresql+asyncpg://", 1) + "/" + dbname
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database migrated to head with alembic, once per engine per test session."""
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("db") / "gateway.sqlite3"
+        url = f"sqlite+aiosqlite:///{path}"
+        migrate.upgrade(url)
+        yield url
+        return
+    name = f"gw_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    url = _pg_url(name)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest_asyncio.fixture
+async def clean_db(db_url: str) -> str:
+    engine = create_engine(db_url)
+    async with engine.begin() as conn:
+        if db_url.startswith("sqlite"):
+            for t in TABLES:
+                await conn.execute(text(f"DELETE FROM {t}"))
+        else:
+            await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    await engine.dispose()
+    return db_url
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Gateway:
+    app: web.Application
+    base_url: str
+    runner: web.AppRunner
+
+    async def account(self, *, freeform: bool = True, name: str = "test") -> NewCredentials:
+        return await self.app[ACCOUNTS].create(name, freeform=freeform)
+
+    def auth(self, creds: NewCredentials) -> aiohttp.BasicAuth:
+        return aiohttp.BasicAuth(creds.account.sid, creds.auth_token)
+
+    async def sql(self, query: str, **params: Any) -> list[Any]:
+        async with self.app[SESSIONS]() as s:
+            return list((await s.execute(text(query), params)).all())
+
+
+def gateway_config(db_url: str, smsc_host: str, smsc_port: int, **overrides: Any) -> Config:
+    cfg = Config()
+    port = free_port()
+    cfg.http.host, cfg.http.port = "127.0.0.1", port
+    cfg.database.url = db_url
+    cfg.simulator.enabled = False
+    cfg.smpp.host, cfg.smpp.port = smsc_host, smsc_port
+    cfg.smpp.enquire_link_interval = 5.0
+    cfg.smpp.response_timeout = 5.0
+    cfg.dispatcher.poll_interval = 0.1
+    cfg.webhooks.poll_interval = 0.1
+    cfg.webhooks.first_retry_seconds = 0.2
+    cfg.webhooks.timeout = 3.0
+    cfg.sms.prices = {"": 10.0, "81": 8.0, "8190": 9.5}
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+async def start_gateway(cfg: Config) -> Gateway:
+    app = create_app(cfg)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
+    await site.start()
+    return Gateway(app, cfg.public_base_url, runner)
+
+
+@pytest_asyncio.fixture
+async def gateway(clean_db: str, sim_smsc: Any) -> AsyncIterator[Gateway]:
+    """A running gateway on a fresh database, bound to our SMSC simulator."""
+    gw = await start_gateway(gateway_config(clean_db, sim_smsc.host, sim_smsc.port))
+    yield gw
+    await gw.runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll an async predicate until it returns something truthy."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
+        await asyncio.sleep(interval)
+
+
+ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,186 @@
+"""The one app factory: configuration in, aiohttp Application out, every resource owned by a
+cleanup context so start-up and shutdown happen in one well-defined order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.db.engine import create_engine, session_factory
+from gateway.http import routes_public, routes_sms
+from gateway.http.auth import auth_middleware
+from gateway.http.errors import error_middleware
+from gateway.keys import ACCOUNTS, CONFIG, ENGINE, LINKS, MESSAGES, SESSIONS, TEMPLATES
+from gateway.services.accounts import AccountService
+from gateway.services.messages import MessageService
+from gateway.services.pricing import PriceList
+from gateway.services.templates import TemplateService
+from gateway.services.tracking import LinkTracker
+from gateway.workers.dispatcher import Dispatcher
+from gateway.workers.receipts import ReceiptApplier
+from gateway.workers.smpp_events import CoreSmppEvents
+from gateway.workers.webhook_sender import WebhookSender
+from smpp.client import SmppClient, SmppClientConfig
+
+log = logging.getLogger(__name__)
+
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+SMPP_CLIENT = web.AppKey("smpp_client", SmppClient)
+RECEIPTS = web.AppKey("receipts", ReceiptApplier)
+WEBHOOKS = web.AppKey("webhooks", WebhookSender)
+HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
+SMSC_PORT = web.AppKey("smsc_port", int)
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware], client_max_size=config.http.max_body_bytes
+    )
+    app[CONFIG] = config
+    app.add_routes(routes_public.routes)
+    app.add_routes(routes_sms.routes)
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_http_client)
+    if config.simulator.enabled:
+        app.cleanup_ctx.append(_simulator)
+    app.cleanup_ctx.append(_messaging)
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    engine = create_engine(cfg.database.url, cfg.database.pool_size)
+    sessions = session_factory(engine)
+    app[ENGINE] = engine
+    app[SESSIONS] = sessions
+    app[ACCOUNTS] = AccountService(sessions)
+    app[TEMPLATES] = TemplateService(sessions)
+    app[LINKS] = LinkTracker(sessions, cfg.public_base_url)
+    yield
+    await engine.dispose()
+
+
+async def _http_client(app: web.Application) -> AsyncIterator[None]:
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100, limit_per_host=20))
+    app[HTTP_CLIENT] = session
+    yield
+    await session.close()
+
+
+async def _simulator(app: web.Application) -> AsyncIterator[None]:
+    from smpp.simulator import SimulatorConfig as SimCfg
+    from smpp.simulator import SmscSimulator
+
+    cfg = app[CONFIG]
+    sim = SmscSimulator(
+        SimCfg(
+            host=cfg.smpp.host,
+            port=cfg.smpp.port,
+            system_id=cfg.smpp.system_id,
+            password=cfg.smpp.password,
+            dlr_delay=cfg.simulator.dlr_delay,
+        )
+    )
+    await sim.start()
+    app[SMSC_PORT] = sim.port
+    log.info("built-in SMSC simulator listening on %s:%d", cfg.smpp.host, sim.port)
+    yield
+    await sim.stop()
+
+
+async def _messaging(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    sessions = app[SESSIONS]
+    base_url = cfg.public_base_url
+    receipts = ReceiptApplier(sessions, base_url)
+    client = SmppClient(
+        SmppClientConfig(
+            host=cfg.smpp.host,
+            port=app.get(SMSC_PORT, cfg.smpp.port),
+            system_id=cfg.smpp.system_id,
+            password=cfg.smpp.password,
+            system_type=cfg.smpp.system_type,
+            window=cfg.smpp.window,
+            enquire_link_interval=cfg.smpp.enquire_link_interval,
+            response_timeout=cfg.smpp.response_timeout,
+        ),
+        CoreSmppEvents(receipts),
+    )
+    dispatcher = Dispatcher(
+        sessions,
+        client,
+        receipts,
+        base_url,
+        node_id=cfg.dispatcher.node_id or f"{socket.gethostname()}:{id(app):x}",
+        batch_size=cfg.dispatcher.batch_size,
+        poll_interval=cfg.dispatcher.poll_interval,
+        lease_seconds=cfg.dispatcher.lease_seconds,
+    )
+    webhooks = WebhookSender(
+        sessions,
+        app[HTTP_CLIENT],
+        timeout=cfg.webhooks.timeout,
+        first_retry=cfg.webhooks.first_retry_seconds,
+        give_up_after=cfg.webhooks.give_up_after_seconds,
+        concurrency=cfg.webhooks.concurrency,
+        poll_interval=cfg.webhooks.poll_interval,
+    )
+    app[RECEIPTS] = receipts
+    app[SMPP_CLIENT] = client
+    app[DISPATCHER] = dispatcher
+    app[WEBHOOKS] = webhooks
+    app[MESSAGES] = MessageService(
+        sessions,
+        PriceList(cfg.sms.prices),
+        base_url,
+        cfg.sms.max_parts,
+        cfg.sms.retention_days,
+        cfg.sms.list_limit,
+        dispatcher.wake,
+    )
+    tasks = [
+        asyncio.create_task(_forever("smpp client", client.run), name="smpp-client"),
+        asyncio.create_task(_forever("dispatcher", dispatcher.run), name="dispatcher"),
+        asyncio.create_task(_forever("webhook sender", webhooks.run), name="webhooks"),
+        asyncio.create_task(_every(2.0, "orphan receipt sweep", receipts.sweep), name="orphan-sweep"),
+    ]
+    yield
+    for task in tasks[1:]:
+        task.cancel()
+    await asyncio.gather(*tasks[1:], return_exceptions=True)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.stop(), 5)
+    tasks[0].cancel()
+    await asyncio.gather(tasks[0], return_exceptions=True)
+    await receipts.close()
+
+
+async def _forever(what: str, fn: Callable[[], Awaitable[None]]) -> None:
+    """A background loop that dies of a bug is restarted, not left silently dead."""
+    while True:
+        try:
+            await fn()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s crashed; restarting in 1 s", what)
+            await asyncio.sleep(1)
+
+
+async def _every(seconds: float, what: str, fn: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed", what)

@@ -1,0 +1,195 @@
+"""`gateway` command: migrate, run, and the operator's account and template actions."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from gateway.config import Config, ConfigError, load_config
+from gateway.db import migrate
+from gateway.db.engine import create_engine, is_sqlite, session_factory
+from gateway.http.errors import ApiError
+from gateway.services.accounts import AccountService
+from gateway.services.templates import TemplateService
+
+T = TypeVar("T")
+log = logging.getLogger("gateway")
+
+
+def _with_services(config: Config, fn: Callable[[AccountService, TemplateService], Awaitable[T]]) -> T:
+    async def go() -> T:
+        engine = create_engine(config.database.url)
+        sessions = session_factory(engine)
+        try:
+            return await fn(AccountService(sessions), TemplateService(sessions))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
+    migrate.upgrade(config.database.url)
+    print("database is at the latest schema")
+    return 0
+
+
+def cmd_accounts(config: Config, args: argparse.Namespace) -> int:
+    async def go(accounts: AccountService, _t: TemplateService) -> int:
+        if args.action == "create":
+            creds = await accounts.create(args.name, freeform=args.freeform, webhook_secret=args.webhook_secret)
+            _print(
+                {
+                    "sid": creds.account.sid,
+                    "auth_token": creds.auth_token,
+                    "name": creds.account.name,
+                    "freeform": creds.account.freeform,
+                    "webhook_secret": creds.account.webhook_secret,
+                }
+            )
+            return 0
+        if args.action == "list":
+            _print([{"sid": a.sid, "name": a.name, "freeform": a.freeform} for a in await accounts.list()])
+            return 0
+        if args.action == "rotate-token":
+            token = await accounts.rotate_token(args.sid)
+            if token is None:
+                print(f"no account {args.sid}", file=sys.stderr)
+                return 1
+            _print({"sid": args.sid, "auth_token": token})
+            return 0
+        if args.action == "set":
+            info = await accounts.update_flags(args.sid, freeform=args.freeform, webhook_secret=args.webhook_secret)
+            if info is None:
+                print(f"no account {args.sid}", file=sys.stderr)
+                return 1
+            _print({"sid": info.sid, "freeform": info.freeform, "webhook_secret": info.webhook_secret})
+            return 0
+        raise AssertionError(args.action)
+
+    return _with_services(config, go)
+
+
+def cmd_templates(config: Config, args: argparse.Namespace) -> int:
+    status = {"approve": "APPROVED", "reject": "REJECTED"}[args.action]
+
+    async def go(_a: AccountService, templates: TemplateService) -> int:
+        try:
+            _print(await templates.set_status(args.template_id, status))
+        except ApiError:
+            print(f"no template {args.template_id}", file=sys.stderr)
+            return 1
+        return 0
+
+    return _with_services(config, go)
+
+
+def _demo_credentials(config: Config) -> None:
+    """On embedded defaults, make sure there is a demo account and tell the user how to call the API."""
+    creds_file = Path(os.environ.get("GATEWAY_DEMO_CREDENTIALS", "var/demo-account.json"))
+
+    async def go(accounts: AccountService, _t: TemplateService) -> None:
+        if creds_file.exists():
+            data = json.loads(creds_file.read_text())
+            if await accounts.get(data["sid"]) is not None:
+                _announce(config, data)
+                return
+        creds = await accounts.create("demo", freeform=True)
+        data = {
+            "sid": creds.account.sid,
+            "auth_token": creds.auth_token,
+            "webhook_secret": creds.account.webhook_secret,
+        }
+        creds_file.parent.mkdir(parents=True, exist_ok=True)
+        creds_file.write_text(json.dumps(data, indent=2))
+        creds_file.chmod(0o600)
+        _announce(config, data)
+
+    _with_services(config, go)
+
+
+def _announce(config: Config, data: dict[str, str]) -> None:
+    base = config.public_base_url
+    print(f"Demo account SID:   {data['sid']}")
+    print(f"Demo account token: {data['auth_token']}")
+    print(f"API:                {base}/  (HTTP Basic SID:token)")
+    print(
+        f"Try: curl -u {data['sid']}:{data['auth_token']} -d message=Hello -d recipient=+818012345678 "
+        f"-d sender=DEMO {base}/sms/messages/"
+    )
+    sys.stdout.flush()
+
+
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from gateway.app import create_app
+
+    if config.database.migrate_on_start:
+        migrate.upgrade(config.database.url)
+    if config.simulator.enabled and is_sqlite(config.database.url):
+        _demo_credentials(config)
+    app = create_app(config)
+    web.run_app(app, host=config.http.host, port=config.http.port, print=None, access_log=None)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    p.add_argument("--config", help="TOML config file (default: $GATEWAY_CONFIG, else embedded defaults)")
+    p.add_argument("--log-level", default=os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
+    sub.add_parser("run", help="run the gateway (migrates first)").set_defaults(fn=cmd_run)
+
+    acc = sub.add_parser("accounts", help="manage API accounts").add_subparsers(dest="action", required=True)
+    create = acc.add_parser("create")
+    create.add_argument("--name", required=True)
+    create.add_argument("--freeform", action="store_true", help="allow freeform (non-template) SMS")
+    create.add_argument("--webhook-secret", help="HMAC secret for webhooks (default: random)")
+    acc.add_parser("list")
+    rot = acc.add_parser("rotate-token")
+    rot.add_argument("sid")
+    st = acc.add_parser("set")
+    st.add_argument("sid")
+    st.add_argument("--freeform", action=argparse.BooleanOptionalAction, default=None)
+    st.add_argument("--webhook-secret")
+    for name in ("create", "list", "rotate-token", "set"):
+        acc.choices[name].set_defaults(fn=cmd_accounts)
+
+    tpl = sub.add_parser("templates", help="operator approval of SMS templates")
+    tpl_sub = tpl.add_subparsers(dest="action", required=True)
+    for action in ("approve", "reject"):
+        a = tpl_sub.add_parser(action)
+        a.add_argument("template_id")
+        a.set_defaults(fn=cmd_templates)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    result: int = args.fn(config, args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

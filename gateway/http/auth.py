@@ -1,0 +1,41 @@
+"""HTTP Basic `SID:AUTH_TOKEN` on every API route; the link redirect and health check are public."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from aiohttp import web
+
+from gateway.http.errors import ApiError, Handler
+from gateway.keys import ACCOUNT, ACCOUNTS
+
+PUBLIC_PREFIXES = ("/l/", "/healthz")
+
+
+def _challenge(detail: str) -> ApiError:
+    return ApiError(401, {"detail": detail})
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith(PUBLIC_PREFIXES):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if not header:
+        raise _challenge("Authentication credentials were not provided.")
+    if scheme.lower() != "basic":
+        raise _challenge("Use HTTP Basic authentication with your SID and auth token.")
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise _challenge("Invalid basic header.") from None
+    sid, sep, token = decoded.partition(":")
+    if not sep or not sid or not token:
+        raise _challenge("Invalid basic header.")
+    account = await request.app[ACCOUNTS].authenticate(sid, token)
+    if account is None:
+        raise _challenge("Invalid username/password.")
+    request[ACCOUNT] = account
+    return await handler(request)

@@ -1,0 +1,67 @@
+"""Every error leaves as JSON naming the field; nothing reaches the caller as a traceback."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: Mapping[str, Any]) -> None:
+        super().__init__(f"{status} {body}")
+        self.status = status
+        self.body = dict(body)
+
+
+class FieldErrors(ApiError):
+    """400 with `{"field": ["reason", ...]}`; collects several fields before raising."""
+
+    def __init__(self, errors: Mapping[str, list[str]] | None = None) -> None:
+        super().__init__(400, errors or {})
+
+    @classmethod
+    def one(cls, field: str, reason: str) -> FieldErrors:
+        return cls({field: [reason]})
+
+
+def not_found(what: str = "Not found.") -> ApiError:
+    return ApiError(404, {"detail": what})
+
+
+def forbidden(what: str) -> ApiError:
+    return ApiError(403, {"detail": what})
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return json_response(exc.body, status=exc.status)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return json_response({"detail": f"Request body too large (max {exc.max_size} bytes)."}, 413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_response({"detail": exc.reason}, status=exc.status)
+    except Exception:
+        # A bug must not leak internals; it is logged with the request for the operator.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response({"detail": "Internal error; it has been logged."}, status=500)

@@ -1,0 +1,49 @@
+"""Request bodies: Xoxzo clients send form-encoded bodies, newer ones JSON; both read the same."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from gateway.http.errors import ApiError, FieldErrors
+
+
+async def read_params(request: web.Request) -> dict[str, Any]:
+    ctype = request.content_type
+    if ctype == "application/json":
+        raw = await request.read()
+        if not raw.strip():
+            return {}
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise FieldErrors.one("body", "Malformed JSON.") from None
+        if not isinstance(data, dict):
+            raise FieldErrors.one("body", "Expected a JSON object.")
+        return data
+    if ctype in ("application/x-www-form-urlencoded", "multipart/form-data", "", "application/octet-stream"):
+        if ctype in ("", "application/octet-stream") and not request.body_exists:
+            return {}
+        try:
+            form = await request.post()
+        except ValueError:
+            raise FieldErrors.one("body", "Malformed form body.") from None
+        out: dict[str, Any] = {}
+        for key in form:
+            value = form.get(key)
+            if not isinstance(value, str):
+                raise FieldErrors.one(key, "File uploads are not accepted here.")
+            out[key] = value
+        return out
+    raise ApiError(415, {"detail": f"Unsupported content type {ctype!r}; use form or JSON."})
+
+
+def optional_str(params: dict[str, Any], name: str) -> str | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise FieldErrors.one(name, "Expected a string.")
+    return str(value)

@@ -1,0 +1,156 @@
+"""Xoxzo-compatible SMS routes. Paths end with `/`; the xoxzo-cloudpy client reads a message
+without the trailing slash, so both forms are routed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from gateway.http.errors import forbidden, json_response
+from gateway.http.params import optional_str, read_params
+from gateway.keys import ACCOUNT, CONFIG, MESSAGES, TEMPLATES
+from gateway.services import validation as v
+from gateway.services.messages import OutboundRequest, parse_sent_date_query
+from gateway.services.templates import render
+
+routes = web.RouteTableDef()
+
+
+def _outbound(account_id: int, params: dict[str, object], text: str, template_id: int | None = None) -> OutboundRequest:
+    p = params  # shorter lines below; every field is validated before anything is written
+    errors: dict[str, list[str]] = {}
+    clean: dict[str, object] = {}
+    checks = {
+        "recipient": lambda: v.e164("recipient", optional_str(p, "recipient")),
+        "sender": lambda: v.sender(optional_str(p, "sender")),
+        "callbackurl": lambda: v.http_url("callbackurl", optional_str(p, "callbackurl")),
+        "lt_callbackurl": lambda: v.http_url("lt_callbackurl", optional_str(p, "lt_callbackurl")),
+        "tags": lambda: v.tags(optional_str(p, "tags")),
+        "track_link": lambda: v.boolean("track_link", optional_str(p, "track_link")),
+    }
+    for name, check in checks.items():
+        try:
+            clean[name] = check()
+        except v.FieldErrors as exc:
+            errors.update(exc.body)
+    if errors:
+        raise v.FieldErrors(errors)
+    return OutboundRequest(
+        account_id=account_id,
+        sender=str(clean["sender"]),
+        recipient=str(clean["recipient"]),
+        text=text,
+        callbackurl=clean["callbackurl"],  # type: ignore[arg-type]
+        tags=tuple(clean["tags"]),  # type: ignore[call-overload]
+        track_link=bool(clean["track_link"]),
+        lt_callbackurl=clean["lt_callbackurl"],  # type: ignore[arg-type]
+        template_id=template_id,
+    )
+
+
+@routes.post("/sms/messages/")
+async def send_sms(request: web.Request) -> web.Response:
+    account = request[ACCOUNT]
+    params = await read_params(request)
+    if not account.freeform:
+        raise forbidden("Freeform SMS is not enabled for this account; send an approved template.")
+    text_errors: dict[str, list[str]] = {}
+    text = ""
+    try:
+        text = v.message_text("message", optional_str(params, "message"))
+    except v.FieldErrors as exc:
+        text_errors = exc.body
+    try:
+        req = _outbound(account.id, params, text)
+    except v.FieldErrors as exc:
+        raise v.FieldErrors({**text_errors, **exc.body}) from None
+    if text_errors:
+        raise v.FieldErrors(text_errors)
+    msgid = await request.app[MESSAGES].create(req)
+    return json_response([{"msgid": msgid}], status=201)
+
+
+@routes.get("/sms/messages/")
+async def list_sms(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG].sms
+    flt = parse_sent_date_query(request.query_string, datetime.now(UTC).date(), cfg.retention_days)
+    return json_response(await request.app[MESSAGES].list(request[ACCOUNT].id, flt))
+
+
+@routes.get("/sms/messages/{msgid}/")
+@routes.get("/sms/messages/{msgid}")
+async def get_sms(request: web.Request) -> web.Response:
+    return json_response(await request.app[MESSAGES].get(request[ACCOUNT].id, request.match_info["msgid"]))
+
+
+@routes.get("/sms/templates/")
+async def list_templates(request: web.Request) -> web.Response:
+    return json_response(await request.app[TEMPLATES].list(request[ACCOUNT].id))
+
+
+@routes.post("/sms/templates/")
+async def create_template(request: web.Request) -> web.Response:
+    params = await read_params(request)
+    out = await request.app[TEMPLATES].create(request[ACCOUNT].id, params.get("name"), params.get("content"))
+    return json_response(out, status=201)
+
+
+@routes.get("/sms/templates/messages/{msgid}/")
+@routes.get("/sms/templates/messages/{msgid}")
+async def get_template_message(request: web.Request) -> web.Response:
+    out = await request.app[MESSAGES].get(request[ACCOUNT].id, request.match_info["msgid"], template_only=True)
+    return json_response(out)
+
+
+@routes.get("/sms/templates/{uid}/")
+@routes.get("/sms/templates/{uid}")
+async def get_template(request: web.Request) -> web.Response:
+    return json_response(await request.app[TEMPLATES].get(request[ACCOUNT].id, request.match_info["uid"]))
+
+
+@routes.put("/sms/templates/{uid}/")
+async def update_template(request: web.Request) -> web.Response:
+    params = await read_params(request)
+    out = await request.app[TEMPLATES].update(request[ACCOUNT].id, request.match_info["uid"], params)
+    return json_response(out)
+
+
+@routes.delete("/sms/templates/{uid}/")
+async def delete_template(request: web.Request) -> web.Response:
+    await request.app[TEMPLATES].delete(request[ACCOUNT].id, request.match_info["uid"])
+    return json_response({})
+
+
+@routes.post("/sms/templates/{uid}/messages/")
+async def send_template(request: web.Request) -> web.Response:
+    account = request[ACCOUNT]
+    params = await read_params(request)
+    template = await request.app[TEMPLATES].get_row(account.id, request.match_info["uid"])
+    req = _outbound(account.id, params, "", template.id)
+    if template.status != "APPROVED":
+        raise v.FieldErrors.one("template", f"Template is {template.status}; only APPROVED templates can be sent.")
+    variables = params.get("variables", {})
+    if isinstance(variables, str):  # form-encoded callers cannot nest; accept a JSON string
+        try:
+            variables = json.loads(variables) if variables.strip() else {}
+        except ValueError:
+            raise v.FieldErrors.one("variables", "Expected a JSON object.") from None
+    if not isinstance(variables, dict):
+        raise v.FieldErrors.one("variables", "Expected an object of name: value.")
+    text = render(template.content, variables)
+    msgid = await request.app[MESSAGES].create(
+        dataclasses.replace(req, text=text), body_field="variables"
+    )
+    return json_response([{"msgid": msgid}], status=201)
+
+
+@routes.get("/sms/templates/{uid}/messages/")
+async def list_template_messages(request: web.Request) -> web.Response:
+    account = request[ACCOUNT]
+    template = await request.app[TEMPLATES].get_row(account.id, request.match_info["uid"])
+    cfg = request.app[CONFIG].sms
+    flt = parse_sent_date_query(request.query_string, datetime.now(UTC).date(), cfg.retention_days)
+    return json_response(await request.app[MESSAGES].list(account.id, flt, template_id=template.id))

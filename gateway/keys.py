@@ -1,0 +1,22 @@
+"""Typed keys for what the app factory puts on the aiohttp Application and Request."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from gateway.config import Config
+from gateway.services.accounts import AccountInfo, AccountService
+from gateway.services.messages import MessageService
+from gateway.services.templates import TemplateService
+from gateway.services.tracking import LinkTracker
+
+CONFIG = web.AppKey("config", Config)
+ENGINE = web.AppKey("engine", AsyncEngine)
+SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
+ACCOUNTS = web.AppKey("accounts", AccountService)
+MESSAGES = web.AppKey("messages", MessageService)
+TEMPLATES = web.AppKey("templates", TemplateService)
+LINKS = web.AppKey("links", LinkTracker)
+
+ACCOUNT = web.RequestKey("account", AccountInfo)

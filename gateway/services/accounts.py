@@ -1,0 +1,113 @@
+"""Accounts and API credentials. Tokens are random 256-bit secrets, so a plain SHA-256 is a
+sufficient one-way store (no password-stretching needed) and is cheap per request."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.db.models import Account
+
+
+@dataclass(frozen=True)
+class AccountInfo:
+    id: int
+    sid: str
+    name: str
+    freeform: bool
+    webhook_secret: str
+
+
+@dataclass(frozen=True)
+class NewCredentials:
+    account: AccountInfo
+    auth_token: str
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _info(row: Account) -> AccountInfo:
+    return AccountInfo(row.id, row.sid, row.name, row.freeform, row.webhook_secret)
+
+
+class AccountService:
+    # Authenticated lookups are cached briefly: at 1,000 req/s a DB round trip per request
+    # would dominate latency. A rotated or disabled token stops working within this TTL.
+    CACHE_TTL = 5.0
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+        self._cache: dict[tuple[str, str], tuple[float, AccountInfo]] = {}
+
+    async def create(
+        self, name: str, *, freeform: bool = False, webhook_secret: str | None = None
+    ) -> NewCredentials:
+        token = secrets.token_urlsafe(32)
+        row = Account(
+            sid=secrets.token_hex(16),
+            token_hash=hash_token(token),
+            name=name,
+            freeform=freeform,
+            webhook_secret=webhook_secret or secrets.token_urlsafe(32),
+        )
+        async with self._sessions.begin() as s:
+            s.add(row)
+        return NewCredentials(_info(row), token)
+
+    async def rotate_token(self, sid: str) -> str | None:
+        token = secrets.token_urlsafe(32)
+        async with self._sessions.begin() as s:
+            res = await s.execute(update(Account).where(Account.sid == sid).values(token_hash=hash_token(token)))
+        self._cache.clear()
+        return token if res.rowcount else None  # type: ignore[attr-defined]
+
+    async def update_flags(
+        self, sid: str, *, freeform: bool | None = None, webhook_secret: str | None = None
+    ) -> AccountInfo | None:
+        async with self._sessions.begin() as s:
+            row = (await s.execute(select(Account).where(Account.sid == sid))).scalar_one_or_none()
+            if row is None:
+                return None
+            if freeform is not None:
+                row.freeform = freeform
+            if webhook_secret is not None:
+                row.webhook_secret = webhook_secret
+        self._cache.clear()
+        return _info(row)
+
+    async def get(self, sid: str) -> AccountInfo | None:
+        async with self._sessions() as s:
+            row = (await s.execute(select(Account).where(Account.sid == sid))).scalar_one_or_none()
+        return None if row is None else _info(row)
+
+    async def list(self) -> list[AccountInfo]:
+        async with self._sessions() as s:
+            rows = (await s.execute(select(Account).order_by(Account.id))).scalars().all()
+        return [_info(r) for r in rows]
+
+    async def authenticate(self, sid: str, token: str) -> AccountInfo | None:
+        digest = hash_token(token)
+        key = (sid, digest)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit and hit[0] > now:
+            return hit[1]
+        async with self._sessions() as s:
+            row = (
+                await s.execute(select(Account).where(Account.sid == sid, Account.disabled.is_(False)))
+            ).scalar_one_or_none()
+        if row is None or not hmac.compare_digest(row.token_hash, digest):
+            return None
+        info = _info(row)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (now + self.CACHE_TTL, info)
+        return info

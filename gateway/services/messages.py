@@ -1,0 +1,177 @@
+"""Outbound SMS: accept (durably queue), read back, list. Sending is the dispatcher's job."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from urllib.parse import unquote
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.db.models import Message, Template, TrackedLink
+from gateway.http.errors import FieldErrors, not_found
+from gateway.services import links as linksvc
+from gateway.services.pricing import PriceList
+from gateway.services.views import message_json
+from smpp.encoding import plan
+
+
+@dataclass(frozen=True)
+class OutboundRequest:
+    account_id: int
+    sender: str
+    recipient: str
+    text: str
+    callbackurl: str | None = None
+    tags: tuple[str, ...] = ()
+    track_link: bool = False
+    lt_callbackurl: str | None = None
+    template_id: int | None = None
+
+
+_SENT_DATE = re.compile(r"sent_date(<=|>=|=|<|>)(.*)")
+
+
+@dataclass(frozen=True)
+class DateFilter:
+    op: str
+    day: date
+
+
+def parse_sent_date_query(raw_query: str, today: date, retention_days: int) -> DateFilter | None:
+    """The Xoxzo list filter is the raw query `sent_date<op>YYYY-mm-dd` (op may arrive %-encoded)."""
+    if raw_query == "":
+        return None
+    pieces = [p for p in raw_query.split("&") if p]
+    if len(pieces) != 1:
+        raise FieldErrors.one("sent_date", "This field is required")
+    match = _SENT_DATE.fullmatch(unquote(pieces[0].replace("+", " ")))
+    if not match:
+        raise FieldErrors.one("sent_date", "This field is required")
+    op, value = match.groups()
+    try:
+        day = datetime.strptime(value.strip(), "%Y-%m-%d").date()
+    except ValueError:
+        raise FieldErrors.one("sent_date", "Invalid sent_date format") from None
+    if day < today - timedelta(days=retention_days) or day > today + timedelta(days=1):
+        raise FieldErrors.one("sent_date", "Invalid sent_date")
+    return DateFilter(op, day)
+
+
+class MessageService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        prices: PriceList,
+        base_url: str,
+        max_parts: int,
+        retention_days: int,
+        list_limit: int,
+        wake_dispatcher: Callable[[], None],
+    ) -> None:
+        self._sessions = sessions
+        self._prices = prices
+        self._base_url = base_url
+        self._max_parts = max_parts
+        self._retention_days = retention_days
+        self._list_limit = list_limit
+        self._wake = wake_dispatcher
+
+    def check_length(self, field: str, text: str) -> int:
+        parts = plan(text).parts
+        if parts > self._max_parts:
+            raise FieldErrors.one(field, f"Message too long: {parts} parts, at most {self._max_parts}.")
+        return parts
+
+    async def create(self, req: OutboundRequest, body_field: str = "message") -> str:
+        text = req.text
+        tracked: list[linksvc.RewrittenLink] = []
+        if req.track_link:
+            text, tracked = linksvc.rewrite(text, self._base_url)
+        parts = self.check_length(body_field, text)
+        msg = Message(
+            msgid=uuid.uuid4().hex,
+            account_id=req.account_id,
+            template_id=req.template_id,
+            sender=req.sender,
+            recipient=req.recipient,
+            body=text,
+            parts=parts,
+            cost=self._prices.cost(req.recipient, parts),
+            tags=",".join(req.tags),
+            callbackurl=req.callbackurl,
+            lt_callbackurl=req.lt_callbackurl,
+            track_link=req.track_link,
+            status="QUEUED",
+        )
+        # One transaction: a 201 means the message and its links are committed together.
+        async with self._sessions.begin() as s:
+            s.add(msg)
+            if tracked:
+                await s.flush()
+                s.add_all(TrackedLink(code=t.code, message_id=msg.id, url=t.url) for t in tracked)
+        self._wake()
+        return msg.msgid
+
+    async def _links(self, s: AsyncSession, message_ids: Sequence[int]) -> dict[int, list[TrackedLink]]:
+        if not message_ids:
+            return {}
+        rows = (
+            await s.execute(
+                select(TrackedLink).where(TrackedLink.message_id.in_(message_ids)).order_by(TrackedLink.id)
+            )
+        ).scalars()
+        out: dict[int, list[TrackedLink]] = {}
+        for row in rows:
+            out.setdefault(row.message_id, []).append(row)
+        return out
+
+    async def get(self, account_id: int, msgid: str, template_only: bool = False) -> dict[str, Any]:
+        async with self._sessions() as s:
+            row = (
+                await s.execute(
+                    select(Message, Template.uid)
+                    .outerjoin(Template, Template.id == Message.template_id)
+                    .where(Message.msgid == msgid, Message.account_id == account_id)
+                )
+            ).one_or_none()
+            if row is None or (template_only and row[1] is None):
+                raise not_found("No such message.")
+            msg, template_uid = row
+            links = await self._links(s, [msg.id]) if msg.track_link else {}
+        return message_json(msg, self._base_url, links.get(msg.id, ()), template_uid)
+
+    async def list(
+        self,
+        account_id: int,
+        date_filter: DateFilter | None,
+        template_id: int | None = None,
+        now: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        now = now or datetime.now(UTC)
+        floor = now - timedelta(days=self._retention_days)
+        q = select(Message).where(Message.account_id == account_id, Message.created_at >= floor)
+        if template_id is not None:
+            q = q.where(Message.template_id == template_id)
+        if date_filter is not None:
+            start = datetime.combine(date_filter.day, time(), UTC)
+            end = start + timedelta(days=1)
+            q = q.where(
+                {
+                    "=": (Message.created_at >= start) & (Message.created_at < end),
+                    "<": Message.created_at < start,
+                    "<=": Message.created_at < end,
+                    ">": Message.created_at >= end,
+                    ">=": Message.created_at >= start,
+                }[date_filter.op]
+            )
+        q = q.order_by(Message.created_at.desc(), Message.id.desc()).limit(self._list_limit)
+        async with self._sessions() as s:
+            msgs = list((await s.execute(q)).scalars())
+            links = await self._links(s, [m.id for m in msgs if m.track_link])
+        return [message_json(m, self._base_url, links.get(m.id, ())) for m in msgs]

@@ -1,0 +1,32 @@
+"""Webhook outbox: a row written in the same transaction as the change it reports, so a
+committed status change always produces its callback, even across a crash."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.db.models import WebhookDelivery
+
+
+def enqueue(
+    session: AsyncSession, *, account_id: int, kind: str, ref: str, url: str, payload: dict[str, Any]
+) -> None:
+    session.add(
+        WebhookDelivery(
+            account_id=account_id,
+            kind=kind,
+            ref=ref,
+            url=url,
+            body=json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+        )
+    )
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """X-Gateway-Signature: hex HMAC-SHA256 over the timestamp header value followed by the raw body."""
+    return hmac.new(secret.encode(), timestamp.encode() + body, hashlib.sha256).hexdigest()

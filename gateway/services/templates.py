@@ -1,0 +1,137 @@
+"""Approved-template SMS: accounts without the freeform flag send only operator-approved texts."""
+
+from __future__ import annotations
+
+import secrets
+import string
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.db.models import Template
+from gateway.http.errors import ApiError, FieldErrors, not_found
+from gateway.services.views import template_json
+
+STATUSES = ("PENDING", "APPROVED", "REJECTED")
+DELETED = "DELETED"  # kept for the messages that reference it, invisible to the API
+_IDENT = set(string.ascii_letters + string.digits + "_")
+MAX_CONTENT = 2000
+
+
+def placeholders(content: str) -> list[str]:
+    """Names in `{name}` placeholders; `{{`/`}}` are literal braces. Raises FieldErrors on bad syntax."""
+    names: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(content))
+    except ValueError as exc:
+        raise FieldErrors.one("content", f"Invalid placeholder syntax: {exc}.") from None
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name or not set(name) <= _IDENT or name[0].isdigit() or spec or conversion:
+            raise FieldErrors.one("content", f"Invalid placeholder {{{name}}}: use {{name}} with letters, digits, _.")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def render(content: str, variables: Mapping[str, Any]) -> str:
+    wanted = placeholders(content)
+    if not isinstance(variables, Mapping):
+        raise FieldErrors.one("variables", "Expected an object of name: value.")
+    errors: dict[str, list[str]] = {}
+    for name in wanted:
+        if name not in variables or variables[name] is None:
+            errors[name] = ["This field is required."]
+    for name, value in variables.items():
+        if name not in wanted:
+            errors[str(name)] = ["Unexpected variable: not in the template."]
+        elif isinstance(value, dict | list | bool):
+            errors[name] = ["Expected a string."]
+    if errors:
+        raise ApiError(422, {"variables": errors})
+    return content.format_map({k: str(v) for k, v in variables.items()})
+
+
+class TemplateService:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    @staticmethod
+    def _validate(name: Any, content: Any) -> tuple[str, str]:
+        errors: dict[str, list[str]] = {}
+        if not isinstance(name, str) or not name.strip():
+            errors["name"] = ["This field is required."]
+        elif len(name) > 200:
+            errors["name"] = ["At most 200 characters."]
+        if not isinstance(content, str) or not content.strip():
+            errors["content"] = ["This field is required."]
+        elif len(content) > MAX_CONTENT:
+            errors["content"] = [f"At most {MAX_CONTENT} characters."]
+        if errors:
+            raise FieldErrors(errors)
+        assert isinstance(name, str) and isinstance(content, str)
+        placeholders(content)
+        return name.strip(), content
+
+    async def create(self, account_id: int, name: Any, content: Any) -> dict[str, Any]:
+        name, content = self._validate(name, content)
+        row = Template(uid=secrets.token_hex(16), account_id=account_id, name=name, content=content)
+        async with self._sessions.begin() as s:
+            s.add(row)
+        return template_json(row)
+
+    async def _own(self, s: AsyncSession, account_id: int | None, uid: str) -> Template:
+        q = select(Template).where(Template.uid == uid, Template.status != DELETED)
+        if account_id is not None:
+            q = q.where(Template.account_id == account_id)
+        row = (await s.execute(q)).scalar_one_or_none()
+        if row is None:
+            raise not_found("No such template.")
+        return row
+
+    async def get_row(self, account_id: int, uid: str) -> Template:
+        async with self._sessions() as s:
+            return await self._own(s, account_id, uid)
+
+    async def get(self, account_id: int, uid: str) -> dict[str, Any]:
+        return template_json(await self.get_row(account_id, uid))
+
+    async def list(self, account_id: int) -> list[dict[str, Any]]:
+        async with self._sessions() as s:
+            rows = (
+                await s.execute(
+                    select(Template)
+                    .where(Template.account_id == account_id, Template.status != DELETED)
+                    .order_by(Template.created_at.desc(), Template.id.desc())
+                )
+            ).scalars()
+            return [template_json(r) for r in rows]
+
+    async def update(self, account_id: int, uid: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        async with self._sessions.begin() as s:
+            row = await self._own(s, account_id, uid)
+            name, content = self._validate(params.get("name", row.name), params.get("content", row.content))
+            if content != row.content:
+                row.status = "PENDING"  # a changed text needs the operator's approval again
+            row.name, row.content, row.updated_at = name, content, datetime.now(UTC)
+        return template_json(row)
+
+    async def delete(self, account_id: int, uid: str) -> None:
+        async with self._sessions.begin() as s:
+            row = await self._own(s, account_id, uid)
+            row.status = DELETED
+            row.updated_at = datetime.now(UTC)
+
+    async def set_status(self, uid: str, status: str) -> dict[str, Any]:
+        """Operator action (CLI): not reachable through the account API."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}")
+        async with self._sessions.begin() as s:
+            row = await self._own(s, None, uid)
+            row.status = status
+            row.updated_at = datetime.now(UTC)
+        return template_json(row)

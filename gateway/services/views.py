@@ -1,0 +1,53 @@
+"""JSON shapes of stored rows, as the Xoxzo API returns them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from gateway.db.models import Message, Template, TrackedLink
+
+
+def fmt_time(value: datetime | None) -> str | None:
+    return None if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def message_json(
+    msg: Message, base_url: str, links: Sequence[TrackedLink] = (), template_uid: str | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "msgid": msg.msgid,
+        "status": msg.status,
+        "recipient": msg.recipient,
+        "sender": msg.sender,
+        "parts": msg.parts,
+        "cost": float(msg.cost),
+        "sent_time": fmt_time(msg.sent_time),
+        "tags": [t for t in msg.tags.split(",") if t],
+        "url": f"{base_url}/sms/messages/{msg.msgid}/",
+    }
+    if template_uid is not None:
+        out["template_id"] = template_uid
+    if msg.track_link:
+        out["link_tracking"] = [
+            {
+                "url": link.url,
+                "short_url": f"{base_url}/l/{link.code}",
+                "first_access_time": fmt_time(link.first_access_at),
+                "access_count": link.access_count,
+            }
+            for link in links
+        ]
+    return out
+
+
+def template_json(t: Template) -> dict[str, Any]:
+    return {
+        "template_id": t.uid,
+        "name": t.name,
+        "content": t.content,
+        "status": t.status,
+        "created_at": fmt_time(t.created_at),
+        "updated_at": fmt_time(t.updated_at),
+    }

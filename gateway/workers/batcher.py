@@ -1,0 +1,51 @@
+"""Group commit: callers await their item's durable write; items arriving together share one
+transaction. At hundreds of receipts a second, one transaction each would be the bottleneck."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class GroupCommitter(Generic[T]):
+    def __init__(self, write: Callable[[Sequence[T]], Awaitable[None]], max_batch: int = 500) -> None:
+        self._write = write
+        self._max = max_batch
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[None]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> None:
+        """Returns once `item` is committed; raises if its batch failed (the caller retries)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, fut))
+        await fut
+
+    async def _drain(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._write([item for item, _ in batch])
+            except Exception as exc:
+                log.warning("group write of %d items failed: %s", len(batch), exc)
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,204 @@
+"""Outbound dispatcher: claims QUEUED rows and submits them over SMPP.
+
+Claiming is a lease (claimed_until) taken with SELECT ... FOR UPDATE SKIP LOCKED, so
+several gateway nodes on one PostgreSQL never take the same row at once, and a row
+whose node died is taken again when the lease runs out. A message leaves QUEUED only
+when the SMSC accepted it (DELIVERING) or refused it for good (FAIL): a lost
+connection puts it back, so a 201 is never lost; the price is a possible duplicate
+for submits that were in flight when the link dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.db.models import Message, MessagePart
+from gateway.workers.receipts import ReceiptApplier
+from gateway.workers.status import enqueue_status_callback
+from smpp.dlr import normalize_id
+from smpp.types import ConnectionLost, NotBound, SubmitRejected, SubmitRequest, SubmitResult
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAY = timedelta(seconds=1)
+
+
+class Submitter(Protocol):
+    async def submit(self, req: SubmitRequest) -> SubmitResult: ...
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    msgid: str
+    sender: str
+    recipient: str
+    body: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    claimed: Claimed
+    result: SubmitResult | None = None
+    rejected: SubmitRejected | None = None  # permanent failure
+    # Neither set: transient (not bound, connection lost), the row goes back to the queue.
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        submitter: Submitter,
+        receipts: ReceiptApplier,
+        base_url: str,
+        node_id: str,
+        batch_size: int = 200,
+        poll_interval: float = 0.5,
+        lease_seconds: float = 60.0,
+        workers: int = 3,
+    ) -> None:
+        self._sessions = sessions
+        self._submitter = submitter
+        self._receipts = receipts
+        self._base_url = base_url
+        self._node = node_id
+        self._batch = batch_size
+        self._poll = poll_interval
+        self._lease = timedelta(seconds=lease_seconds)
+        self._workers = workers
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._worker() for _ in range(self._workers)))
+
+    async def _worker(self) -> None:
+        while True:
+            try:
+                claimed = await self.claim()
+            except Exception:
+                log.exception("claiming queued messages failed; retrying")
+                await asyncio.sleep(self._poll)
+                continue
+            if not claimed:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._poll)
+                except TimeoutError:
+                    pass
+                continue
+            # Another worker may find more while this batch is on the wire.
+            self._wake.set()
+            outcomes = await asyncio.gather(*(self._submit(c) for c in claimed))
+            await self._record(outcomes)
+
+    async def claim(self) -> list[Claimed]:
+        now = datetime.now(UTC)
+        async with self._sessions.begin() as s:
+            ids = list(
+                (
+                    await s.execute(
+                        select(Message.id)
+                        .where(
+                            Message.status == "QUEUED",
+                            Message.next_attempt_at <= now,
+                            or_(Message.claimed_until.is_(None), Message.claimed_until < now),
+                        )
+                        .order_by(Message.id)
+                        .limit(self._batch)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).scalars()
+            )
+            if not ids:
+                return []
+            await s.execute(
+                update(Message)
+                .where(Message.id.in_(ids))
+                .values(claimed_until=now + self._lease, claimed_by=self._node, attempts=Message.attempts + 1)
+            )
+            rows = await s.execute(
+                select(Message.id, Message.msgid, Message.sender, Message.recipient, Message.body)
+                .where(Message.id.in_(ids))
+                .order_by(Message.id)
+            )
+            return [Claimed(*r) for r in rows]
+
+    async def _submit(self, c: Claimed) -> Outcome:
+        try:
+            res = await self._submitter.submit(SubmitRequest(c.msgid, c.sender, c.recipient, c.body))
+        except SubmitRejected as exc:
+            return Outcome(c, rejected=exc)
+        except (NotBound, ConnectionLost) as exc:
+            log.info("msg %s back to queue: %s", c.msgid, type(exc).__name__)
+            return Outcome(c)
+        except Exception:
+            log.exception("msg %s: unexpected submit error, back to queue", c.msgid)
+            return Outcome(c)
+        return Outcome(c, result=res)
+
+    async def _record(self, outcomes: Sequence[Outcome]) -> None:
+        now = datetime.now(UTC)
+        for attempt in range(5):
+            try:
+                async with self._sessions.begin() as s:
+                    await self._write(s, outcomes, now)
+                return
+            except Exception:
+                # The SMSC already has these; losing the write would resend them, so insist.
+                log.exception("recording %d submit outcomes failed (attempt %d)", len(outcomes), attempt + 1)
+                await asyncio.sleep(0.2 * 2**attempt)
+
+    async def _write(self, s: AsyncSession, outcomes: Sequence[Outcome], now: datetime) -> None:
+        accepted = [o for o in outcomes if o.result is not None]
+        rejected = [o for o in outcomes if o.rejected is not None]
+        retry = [o.claimed.id for o in outcomes if o.result is None and o.rejected is None]
+        if retry:
+            await s.execute(
+                update(Message)
+                .where(Message.id.in_(retry), Message.status == "QUEUED")
+                .values(claimed_until=None, claimed_by=None, next_attempt_at=now + RETRY_DELAY)
+            )
+        changed: list[int] = []
+        smsc_ids: list[str] = []
+        for o in accepted:
+            assert o.result is not None
+            res = await s.execute(
+                update(Message)
+                .where(Message.id == o.claimed.id, Message.status == "QUEUED")
+                .values(status="DELIVERING", sent_time=now, claimed_until=None)
+            )
+            if not res.rowcount:  # type: ignore[attr-defined]
+                continue
+            changed.append(o.claimed.id)
+            for seq, smsc_id in enumerate(o.result.smsc_ids, start=1):
+                norm = normalize_id(smsc_id)
+                smsc_ids.append(norm)
+                s.add(MessagePart(message_id=o.claimed.id, seq=seq, smsc_id=norm))
+        for o in rejected:
+            assert o.rejected is not None
+            res = await s.execute(
+                update(Message)
+                .where(Message.id == o.claimed.id, Message.status == "QUEUED")
+                .values(status="FAIL", done_at=now, claimed_until=None, error=str(o.rejected))
+            )
+            if res.rowcount:  # type: ignore[attr-defined]
+                changed.append(o.claimed.id)
+        if changed:
+            await s.flush()
+            msgs = (await s.execute(select(Message).where(Message.id.in_(changed)))).scalars()
+            for msg in msgs:
+                await enqueue_status_callback(s, msg, self._base_url)
+        if smsc_ids:
+            # Receipts that raced ahead of this write are waiting as orphans.
+            await self._receipts.adopt_orphans(s, smsc_ids, now)

@@ -1,0 +1,168 @@
+"""Delivers the webhook outbox: at least once, signed, with doubling retries.
+
+2xx: done. 5xx, 429, timeouts, connection errors: retried after 5 s, 10 s, 20 s ...
+until the next try would fall beyond ~23 h after the event. Other 4xx: the receiver
+rejected this payload for good, so it is dropped (kept with its status for inspection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.db.models import Account, WebhookDelivery
+from gateway.services.outbox import sign
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    url: str
+    body: str
+    content_type: str
+    secret: str
+    attempts: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Result:
+    job: Job
+    status_code: int | None
+    error: str | None
+
+    @property
+    def done(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+    @property
+    def retryable(self) -> bool:
+        return self.status_code is None or self.status_code >= 500 or self.status_code == 429
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        http: aiohttp.ClientSession,
+        *,
+        timeout: float = 10.0,
+        first_retry: float = 5.0,
+        give_up_after: float = 23 * 3600.0,
+        concurrency: int = 50,
+        poll_interval: float = 1.0,
+        lease_seconds: float = 120.0,
+    ) -> None:
+        self._sessions = sessions
+        self._http = http
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._first_retry = first_retry
+        self._give_up = timedelta(seconds=give_up_after)
+        self._concurrency = concurrency
+        self._poll = poll_interval
+        self._lease = timedelta(seconds=max(lease_seconds, timeout * 3))
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                jobs = await self._claim()
+            except Exception:
+                log.exception("claiming webhooks failed; retrying")
+                jobs = []
+            if not jobs:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._poll)
+                except TimeoutError:
+                    pass
+                continue
+            results = await asyncio.gather(*(self._post(j) for j in jobs))
+            await self._record(results)
+
+    async def _claim(self) -> list[Job]:
+        now = datetime.now(UTC)
+        async with self._sessions.begin() as s:
+            ids = list(
+                (
+                    await s.execute(
+                        select(WebhookDelivery.id)
+                        .where(
+                            WebhookDelivery.status == "PENDING",
+                            WebhookDelivery.next_attempt_at <= now,
+                            or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now),
+                        )
+                        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+                        .limit(self._concurrency)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).scalars()
+            )
+            if not ids:
+                return []
+            await s.execute(
+                update(WebhookDelivery).where(WebhookDelivery.id.in_(ids)).values(claimed_until=now + self._lease)
+            )
+            rows = await s.execute(
+                select(WebhookDelivery, Account.webhook_secret)
+                .join(Account, Account.id == WebhookDelivery.account_id)
+                .where(WebhookDelivery.id.in_(ids))
+            )
+            return [
+                Job(d.id, d.url, d.body, d.content_type, secret, d.attempts, d.created_at) for d, secret in rows
+            ]
+
+    async def _post(self, job: Job) -> Result:
+        body = job.body.encode()
+        ts = str(int(time.time()))
+        headers = {
+            "Content-Type": job.content_type,
+            "X-Gateway-Timestamp": ts,
+            "X-Gateway-Signature": sign(job.secret, ts, body),
+            "User-Agent": "sms-voice-gateway/1",
+        }
+        try:
+            async with self._http.post(
+                job.url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as resp:
+                await resp.read()
+                return Result(job, resp.status, None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return Result(job, None, f"{type(exc).__name__}: {exc}"[:500])
+
+    async def _record(self, results: list[Result]) -> None:
+        now = datetime.now(UTC)
+        async with self._sessions.begin() as s:
+            for r in results:
+                attempts = r.job.attempts + 1
+                values: dict[str, object] = {
+                    "attempts": attempts,
+                    "claimed_until": None,
+                    "last_status_code": r.status_code,
+                    "last_error": r.error,
+                }
+                if r.done:
+                    values.update(status="DONE", done_at=now)
+                elif r.retryable:
+                    next_at = now + timedelta(seconds=self._first_retry * 2 ** (attempts - 1))
+                    if next_at > r.job.created_at + self._give_up:
+                        values.update(status="EXPIRED", done_at=now)
+                        log.warning("webhook %d to %s expired after %d attempts", r.job.id, r.job.url, attempts)
+                    else:
+                        values.update(next_attempt_at=next_at)
+                else:
+                    values.update(status="DROPPED", done_at=now)
+                    log.warning("webhook %d to %s dropped: HTTP %s", r.job.id, r.job.url, r.status_code)
+                await s.execute(update(WebhookDelivery).where(WebhookDelivery.id == r.job.id).values(**values))
