@@ -1,0 +1,537 @@
+"""Asyncio SMPP 3.4 ESME (transceiver) on smpplib's PDU codec.
+
+smpplib's own Client is a blocking socket loop; here only its PDU classes are
+used (make_pdu / parse_pdu) and all I/O is asyncio streams: one reader task per
+connection resolves submit_sm_resp futures by sequence number, so many callers
+can keep a shared window of submit_sm in flight without thread hops.
+
+Delivery guarantees: a deliver_sm is acknowledged only after the core's handler
+returned (it stores first), and a handler error is answered with
+ESME_RX_T_APPN so the SMSC redelivers. A submit whose connection died before
+its submit_sm_resp raises ConnectionLost: the outcome is unknown and the core
+retries, which makes outbound delivery at-least-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from smpp import dlr
+from smpp.client_wire import (
+    ALERT_NOTIFICATION,
+    BIND_TRANSCEIVER_RESP,
+    DELIVER_SM,
+    ENQUIRE_LINK,
+    ESME_RINVCMDID,
+    ESME_ROK,
+    ESME_RX_P_APPN,
+    ESME_RX_T_APPN,
+    HEADER,
+    MAX_PDU_LENGTH,
+    RESPONSE_BIT,
+    RETRYABLE_SUBMIT_STATUSES,
+    SUBMIT_SM_RESP,
+    TAG_MESSAGE_PAYLOAD,
+    TAG_MESSAGE_STATE,
+    TAG_NETWORK_ERROR_CODE,
+    TAG_RECEIPTED_MESSAGE_ID,
+    TAG_SAR_MSG_REF_NUM,
+    TAG_SAR_SEGMENT_SEQNUM,
+    TAG_SAR_TOTAL_SEGMENTS,
+    UNBIND,
+    DeliverSm,
+    SequenceGenerator,
+    encode_request,
+    encode_response,
+    parse_deliver_sm,
+    status_description,
+    submit_sm_message_id,
+)
+from smpp.encoding import decode_short_message, plan, submit_parts
+from smpp.types import (
+    ConnectionLost,
+    MoPart,
+    NotBound,
+    SmppEvents,
+    SubmitRejected,
+    SubmitRequest,
+    SubmitResult,
+)
+
+log = logging.getLogger(__name__)
+
+WRITE_HIGH_WATER = 256 * 1024  # buffered bytes above which a submitter waits for the socket
+
+
+@dataclass(frozen=True)
+class SmppClientConfig:
+    host: str
+    port: int
+    system_id: str
+    password: str
+    system_type: str = ""
+    window: int = 10  # outstanding submit_sm shared by all callers
+    enquire_link_interval: float = 30.0
+    response_timeout: float = 10.0
+    connect_timeout: float = 10.0
+    reconnect_backoff_min: float = 0.5
+    reconnect_backoff_max: float = 30.0
+    throttle_backoff_min: float = 0.2
+    throttle_backoff_max: float = 5.0
+    alnum_source_ton: int = 5
+    alnum_source_npi: int = 0
+    numeric_source_ton: int = 1
+    numeric_source_npi: int = 1
+    dest_ton: int = 1
+    dest_npi: int = 1
+
+
+def _strip_plus(address: str) -> str:
+    address = address.strip()
+    return address[1:] if address.startswith("+") else address
+
+
+def source_address(source: str, config: SmppClientConfig) -> tuple[int, int, str]:
+    """(ton, npi, addr) for a sender: digits are international, anything else alphanumeric."""
+    digits = _strip_plus(source)
+    if digits.isascii() and digits.isdigit():
+        return config.numeric_source_ton, config.numeric_source_npi, digits
+    # smpplib encodes C-octet strings as latin-1; keep the PDU encodable whatever the core passes.
+    safe = source.strip().encode("ascii", "replace").decode("ascii")
+    return config.alnum_source_ton, config.alnum_source_npi, safe
+
+
+def destination_address(destination: str, config: SmppClientConfig) -> tuple[int, int, str]:
+    return config.dest_ton, config.dest_npi, _strip_plus(destination)
+
+
+# --- one TCP connection ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Response:
+    command_id: int
+    status: int
+    data: bytes
+
+
+class _Session:
+    """One connection: the writer, and the requests waiting for their response."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, response_timeout: float
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.response_timeout = response_timeout
+        self.bound = False
+        self.closed = False
+        self.close_reason = ""
+        self._pending: dict[int, tuple[asyncio.Future[_Response], asyncio.TimerHandle]] = {}
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            raise ConnectionLost(f"connection closed: {self.close_reason}")
+        self.writer.write(data)
+
+    async def flush(self) -> None:
+        """Wait for the socket only when a lot is buffered; per-PDU drains cost throughput.
+
+        A failed write aborts the session, which fails the pending futures; the
+        callers learn it from them, so nothing is raised here.
+        """
+        if self.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            try:
+                await self.writer.drain()
+            except (ConnectionError, OSError) as exc:
+                self.abort(f"write failed: {exc!r}")
+
+    def request(self, seq: int, data: bytes) -> asyncio.Future[_Response]:
+        """Send a request; the future fails with ConnectionLost if the session ends or times out."""
+        if self.closed:
+            raise ConnectionLost(f"connection closed: {self.close_reason}")
+        future: asyncio.Future[_Response] = self._loop.create_future()
+        timer = self._loop.call_later(self.response_timeout, self._timed_out, seq)
+        self._pending[seq] = (future, timer)
+        self.writer.write(data)
+        return future
+
+    def forget(self, seq: int) -> None:
+        entry = self._pending.pop(seq, None)
+        if entry is not None:
+            entry[1].cancel()
+
+    def resolve(self, seq: int, response: _Response) -> None:
+        entry = self._pending.pop(seq, None)
+        if entry is None:
+            log.debug("response 0x%08x for unknown sequence %d", response.command_id, seq)
+            return
+        future, timer = entry
+        timer.cancel()
+        if not future.done():
+            future.set_result(response)
+
+    def _timed_out(self, seq: int) -> None:
+        # An SMSC that stops answering is treated as a dead link: reconnecting is
+        # the only way to learn the state of the window again.
+        self.abort(f"no response to sequence {seq} within {self.response_timeout}s")
+
+    def abort(self, reason: str, *, graceful: bool = False) -> None:
+        """Fail everything pending and drop the connection (a FIN after unbind, else a reset)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.bound = False
+        self.close_reason = reason
+        pending, self._pending = self._pending, {}
+        for future, timer in pending.values():
+            timer.cancel()
+            if not future.done():
+                future.set_exception(ConnectionLost(reason))
+        if graceful:
+            self.writer.close()
+        else:
+            self.writer.transport.abort()
+
+
+# --- the client --------------------------------------------------------------------------------
+
+
+class _BindRejected(Exception):
+    pass
+
+
+class SmppClient:
+    """A self-healing transceiver bind: run() keeps one session up until stop()."""
+
+    def __init__(self, config: SmppClientConfig, events: SmppEvents) -> None:
+        self.config = config
+        self.events = events
+        self._sequence = SequenceGenerator()
+        self._window = asyncio.Semaphore(config.window)
+        self._session: _Session | None = None
+        self._bound_event = asyncio.Event()
+        self._reported_bound = False
+        self._stopping = asyncio.Event()
+        self._run_task: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._concat_counter = 0
+        self._throttle_delay = config.throttle_backoff_min
+        self._resume_at = 0.0  # loop time before which no submit_sm is sent (throttling)
+
+    @property
+    def bound(self) -> bool:
+        session = self._session
+        return session is not None and session.bound and not self._stopping.is_set()
+
+    async def wait_bound(self, timeout: float) -> bool:  # noqa: ASYNC109 - the agreed interface
+        try:
+            await asyncio.wait_for(self._bound_event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return self.bound
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, bind and serve; reconnect with exponential backoff until stop()."""
+        self._run_task = asyncio.current_task()
+        backoff = self.config.reconnect_backoff_min
+        while not self._stopping.is_set():
+            try:
+                if await self._serve_once():
+                    backoff = self.config.reconnect_backoff_min
+            except _BindRejected as exc:
+                log.warning("bind to %s:%d rejected: %s", self.config.host, self.config.port, exc)
+            except (OSError, TimeoutError, ConnectionLost, asyncio.IncompleteReadError) as exc:
+                log.warning("SMPP connection to %s:%d failed: %r", self.config.host, self.config.port, exc)
+            except Exception:
+                # run() must outlive any bug or odd PDU; a crash here would silently stop all SMS.
+                log.exception("SMPP session to %s:%d crashed", self.config.host, self.config.port)
+            if self._stopping.is_set():
+                break
+            log.info("reconnecting in %.1fs", backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), backoff)
+            backoff = min(backoff * 2, self.config.reconnect_backoff_max)
+
+    async def stop(self) -> None:
+        """Unbind gracefully, let running handlers finish briefly, and end run()."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        session = self._session
+        self._set_bound(False)
+        if self._handlers:
+            # Handlers store before acking; give them a moment so the SMSC gets its resp.
+            await asyncio.wait(set(self._handlers), timeout=min(self.config.response_timeout, 2.0))
+        if session is not None and session.bound:
+            session.bound = False
+            await self._unbind(session)
+        if session is not None:
+            session.abort("client stopped", graceful=True)
+        for task in list(self._handlers):
+            task.cancel()
+        run_task = self._run_task
+        if run_task is not None and run_task is not asyncio.current_task() and not run_task.done():
+            done, _ = await asyncio.wait({run_task}, timeout=1.0)
+            if not done:
+                run_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run_task
+
+    async def _unbind(self, session: _Session) -> None:
+        try:
+            seq, data = encode_request(self._sequence, "unbind")
+            future = session.request(seq, data)
+            await asyncio.wait_for(future, min(self.config.response_timeout, 5.0))
+        except (ConnectionLost, TimeoutError, OSError) as exc:
+            log.info("unbind not acknowledged: %r", exc)
+
+    async def _serve_once(self) -> bool:
+        """One connection's life; True if it got bound."""
+        cfg = self.config
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(cfg.host, cfg.port), cfg.connect_timeout
+        )
+        session = _Session(reader, writer, cfg.response_timeout)
+        self._session = session
+        reader_task = asyncio.create_task(self._read_loop(session))
+        keepalive: asyncio.Task[None] | None = None
+        try:
+            seq, data = encode_request(
+                self._sequence,
+                "bind_transceiver",
+                system_id=cfg.system_id,
+                password=cfg.password,
+                system_type=cfg.system_type,
+            )
+            response = await session.request(seq, data)
+            if response.command_id != BIND_TRANSCEIVER_RESP or response.status != ESME_ROK:
+                raise _BindRejected(f"0x{response.status:08x} {status_description(response.status)}")
+            if self._stopping.is_set():
+                await self._unbind(session)
+                return True
+            session.bound = True
+            log.info("bound to %s:%d as %s", cfg.host, cfg.port, cfg.system_id)
+            self._set_bound(True)
+            keepalive = asyncio.create_task(self._keepalive(session))
+            await reader_task
+            level = logging.INFO if self._stopping.is_set() else logging.WARNING
+            log.log(level, "SMPP session ended: %s", session.close_reason)
+            return True
+        finally:
+            session.abort(session.close_reason or "session ended")
+            if self._session is session:
+                self._session = None
+            self._set_bound(False)
+            for task in (reader_task, keepalive):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    def _set_bound(self, bound: bool) -> None:
+        if bound:
+            self._bound_event.set()
+        else:
+            self._bound_event.clear()
+        if bound == self._reported_bound:
+            return
+        self._reported_bound = bound
+        try:
+            self.events.on_bind_state(bound)
+        except Exception:
+            log.exception("on_bind_state handler failed")
+
+    async def _keepalive(self, session: _Session) -> None:
+        while not session.closed:
+            await asyncio.sleep(self.config.enquire_link_interval)
+            if session.closed:
+                return
+            seq, data = encode_request(self._sequence, "enquire_link")
+            try:
+                # No answer within response_timeout aborts the session (dead link).
+                await session.request(seq, data)
+            except ConnectionLost:
+                return
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def _read_loop(self, session: _Session) -> None:
+        reader = session.reader
+        try:
+            while True:
+                header = await reader.readexactly(16)
+                length, command_id, status, seq = HEADER.unpack(header)
+                if length < 16 or length > MAX_PDU_LENGTH:
+                    session.abort(f"invalid command_length {length}")
+                    return
+                data = header + await reader.readexactly(length - 16) if length > 16 else header
+                self._dispatch(session, command_id, status, seq, data)
+        except asyncio.IncompleteReadError:
+            session.abort("closed by peer")
+        except (ConnectionError, OSError) as exc:
+            session.abort(f"read failed: {exc!r}")
+
+    def _dispatch(self, session: _Session, command_id: int, status: int, seq: int, data: bytes) -> None:
+        if command_id & RESPONSE_BIT:
+            session.resolve(seq, _Response(command_id, status, data))
+        elif command_id == DELIVER_SM:
+            task = asyncio.create_task(self._handle_deliver_sm(session, seq, data))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+        elif command_id == ENQUIRE_LINK:
+            self._reply(session, "enquire_link_resp", seq)
+        elif command_id == UNBIND:
+            log.warning("SMSC unbinds; reconnecting")
+            session.bound = False
+            self._set_bound(False)
+            self._reply(session, "unbind_resp", seq)
+            # Let the resp reach the SMSC before the connection goes away.
+            session.writer.close()
+        elif command_id == ALERT_NOTIFICATION:
+            pass  # has no response; nothing for the gateway in it
+        else:
+            log.warning("unsupported command 0x%08x from SMSC; generic_nack", command_id)
+            self._reply(session, "generic_nack", seq, ESME_RINVCMDID)
+
+    def _reply(self, session: _Session, command: str, seq: int, status: int = ESME_ROK) -> None:
+        if session.closed:
+            return
+        try:
+            session.write(encode_response(command, seq, status))
+        except (ConnectionLost, OSError) as exc:
+            log.info("could not send %s: %r", command, exc)
+
+    async def _handle_deliver_sm(self, session: _Session, seq: int, data: bytes) -> None:
+        try:
+            pdu = parse_deliver_sm(data)
+        except Exception:
+            # Redelivering a PDU we cannot parse would loop forever: refuse it permanently.
+            log.exception("malformed deliver_sm dropped")
+            self._reply(session, "deliver_sm_resp", seq, ESME_RX_P_APPN)
+            return
+        status = ESME_ROK
+        try:
+            await self._deliver(pdu)
+        except Exception:
+            log.exception("deliver_sm handler failed; asking the SMSC to redeliver")
+            status = ESME_RX_T_APPN
+        self._reply(session, "deliver_sm_resp", seq, status)
+
+    async def _deliver(self, pdu: DeliverSm) -> None:
+        receipted_id = pdu.tlv_cstr(TAG_RECEIPTED_MESSAGE_ID)
+        if dlr.is_receipt(pdu.esm_class) or receipted_id is not None:
+            receipt = dlr.parse_receipt(
+                pdu.short_message or pdu.tlvs.get(TAG_MESSAGE_PAYLOAD, b""),
+                receipted_message_id=receipted_id,
+                message_state=pdu.tlv_int(TAG_MESSAGE_STATE),
+                network_error_code=pdu.tlvs.get(TAG_NETWORK_ERROR_CODE),
+            )
+            if receipt is None:
+                log.warning("delivery receipt without a message id dropped: %r", pdu.short_message)
+                return
+            await self.events.on_receipt(receipt)
+            return
+        payload = pdu.short_message or pdu.tlvs.get(TAG_MESSAGE_PAYLOAD, b"")
+        decoded = decode_short_message(
+            pdu.data_coding,
+            pdu.esm_class,
+            payload,
+            sar_msg_ref_num=pdu.tlv_int(TAG_SAR_MSG_REF_NUM),
+            sar_total_segments=pdu.tlv_int(TAG_SAR_TOTAL_SEGMENTS),
+            sar_segment_seqnum=pdu.tlv_int(TAG_SAR_SEGMENT_SEQNUM),
+        )
+        await self.events.on_mo(
+            MoPart(
+                source=pdu.source_addr,
+                destination=pdu.destination_addr,
+                text=decoded.text,
+                concat_ref=decoded.concat_ref,
+                concat_total=decoded.concat_total,
+                concat_seq=decoded.concat_seq,
+                received_at=datetime.now(UTC),
+            )
+        )
+
+    # --- submitting ----------------------------------------------------------------------------
+
+    def _next_concat_ref(self) -> int:
+        self._concat_counter = self._concat_counter % 255 + 1
+        return self._concat_counter
+
+    async def submit(self, req: SubmitRequest) -> SubmitResult:
+        """Send every part; returns the SMSC ids in part order.
+
+        NotBound: nothing was sent. ConnectionLost: the session died with a part
+        unanswered (earlier parts may have gone out). SubmitRejected: permanent.
+        """
+        session = self._session
+        if session is None or not session.bound or self._stopping.is_set():
+            raise NotBound("no bound SMPP session")
+        message = plan(req.text)
+        source_ton, source_npi, source = source_address(req.source, self.config)
+        dest_ton, dest_npi, destination = destination_address(req.destination, self.config)
+        fields: dict[str, Any] = {
+            "source_addr_ton": source_ton,
+            "source_addr_npi": source_npi,
+            "source_addr": source,
+            "dest_addr_ton": dest_ton,
+            "dest_addr_npi": dest_npi,
+            "destination_addr": destination,
+            "registered_delivery": 1 if req.want_receipt else 0,
+            "data_coding": message.data_coding,
+        }
+        ids: list[str] = []
+        for esm_class, short_message in submit_parts(message, self._next_concat_ref()):
+            ids.append(await self._submit_part(session, esm_class, short_message, fields))
+        log.debug("submitted %s in %d part(s): %s", req.ref, len(ids), ids)
+        return SubmitResult(tuple(ids))
+
+    async def _submit_part(
+        self, session: _Session, esm_class: int, short_message: bytes, fields: dict[str, Any]
+    ) -> str:
+        while True:
+            await self._throttle_pause()
+            async with self._window:
+                # The session may have died while this part queued for a slot.
+                if session is not self._session or not session.bound:
+                    raise ConnectionLost(session.close_reason or "session ended before the part was sent")
+                seq, data = encode_request(
+                    self._sequence, "submit_sm", esm_class=esm_class, short_message=short_message, **fields
+                )
+                future = session.request(seq, data)
+                try:
+                    await session.flush()
+                    response = await future
+                finally:
+                    session.forget(seq)
+            if response.status == ESME_ROK and response.command_id == SUBMIT_SM_RESP:
+                self._throttle_delay = self.config.throttle_backoff_min
+                return submit_sm_message_id(response.data)
+            if response.status in RETRYABLE_SUBMIT_STATUSES:
+                self._throttled(response.status)
+                continue
+            raise SubmitRejected(response.status, status_description(response.status))
+
+    async def _throttle_pause(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Loop because a later refusal can push the deadline while we sleep.
+        while (delay := self._resume_at - loop.time()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(delay)
+
+    def _throttled(self, status: int) -> None:
+        now = asyncio.get_running_loop().time()
+        if now < self._resume_at:
+            return  # a pause is already running; all in-flight refusals count as one
+        delay = self._throttle_delay
+        self._resume_at = now + delay
+        self._throttle_delay = min(delay * 2, self.config.throttle_backoff_max)
+        log.info("SMSC refused submit_sm with 0x%02x; pausing submits for %.2fs", status, delay)
