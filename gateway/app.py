@@ -24,6 +24,7 @@ from gateway.services.pricing import PriceList
 from gateway.services.templates import TemplateService
 from gateway.services.tracking import LinkTracker
 from gateway.workers.dispatcher import Dispatcher
+from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.receipts import ReceiptApplier
 from gateway.workers.smpp_events import CoreSmppEvents
 from gateway.workers.webhook_sender import WebhookSender
@@ -122,6 +123,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         batch_size=cfg.dispatcher.batch_size,
         poll_interval=cfg.dispatcher.poll_interval,
         lease_seconds=cfg.dispatcher.lease_seconds,
+        workers=cfg.dispatcher.workers,
     )
     webhooks = WebhookSender(
         sessions,
@@ -145,20 +147,26 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         cfg.sms.list_limit,
         dispatcher.wake,
     )
-    tasks = [
-        asyncio.create_task(_forever("smpp client", client.run), name="smpp-client"),
+    sweeper = Lifecycle()
+    workers = [
         asyncio.create_task(_forever("dispatcher", dispatcher.run), name="dispatcher"),
         asyncio.create_task(_forever("webhook sender", webhooks.run), name="webhooks"),
-        asyncio.create_task(_every(2.0, "orphan receipt sweep", receipts.sweep), name="orphan-sweep"),
+        asyncio.create_task(_every(sweeper, 2.0, "orphan receipt sweep", receipts.sweep), name="orphan-sweep"),
     ]
+    client_task = asyncio.create_task(_forever("smpp client", client.run), name="smpp-client")
     yield
-    for task in tasks[1:]:
+    # Stop taking work, let in-flight batches record their outcome, then unbind.
+    for lc in (dispatcher.lifecycle, webhooks.lifecycle, sweeper):
+        lc.request_stop()
+    _, late = await asyncio.wait(workers, timeout=cfg.dispatcher.shutdown_seconds)
+    for task in late:
+        log.warning("%s did not stop in time; cancelling", task.get_name())
         task.cancel()
-    await asyncio.gather(*tasks[1:], return_exceptions=True)
+    await asyncio.gather(*workers, return_exceptions=True)
     with contextlib.suppress(Exception):
         await asyncio.wait_for(client.stop(), 5)
-    tasks[0].cancel()
-    await asyncio.gather(tasks[0], return_exceptions=True)
+    client_task.cancel()
+    await asyncio.gather(client_task, return_exceptions=True)
     await receipts.close()
 
 
@@ -175,12 +183,12 @@ async def _forever(what: str, fn: Callable[[], Awaitable[None]]) -> None:
             await asyncio.sleep(1)
 
 
-async def _every(seconds: float, what: str, fn: Callable[[], Awaitable[None]]) -> None:
-    while True:
-        await asyncio.sleep(seconds)
+async def _every(lifecycle: Lifecycle, seconds: float, what: str, fn: Callable[[], Awaitable[None]]) -> None:
+    while not lifecycle.stopping:
+        await lifecycle.idle(seconds)
+        if lifecycle.stopping:
+            return
         try:
             await fn()
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("%s failed", what)

@@ -63,6 +63,9 @@ class DispatcherConfig:
     # A claimed row not finished within this many seconds (a node died) is claimed again.
     lease_seconds: float = 60.0
     node_id: str = ""
+    workers: int = 3  # batches in flight at once; pipelines claim/submit/record
+    # On shutdown, how long in-flight submits get to record their outcome.
+    shutdown_seconds: float = 15.0
 
 
 @dataclass

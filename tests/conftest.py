@@ -87,6 +87,10 @@ async def clean_db(db_url: str) -> str:
     return db_url
 
 
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": aiohttp.encode_basic_auth(user, password)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -102,8 +106,8 @@ class Gateway:
     async def account(self, *, freeform: bool = True, name: str = "test") -> NewCredentials:
         return await self.app[ACCOUNTS].create(name, freeform=freeform)
 
-    def auth(self, creds: NewCredentials) -> aiohttp.BasicAuth:
-        return aiohttp.BasicAuth(creds.account.sid, creds.auth_token)
+    def auth(self, creds: NewCredentials) -> dict[str, str]:
+        return basic(creds.account.sid, creds.auth_token)
 
     async def sql(self, query: str, **params: Any) -> list[Any]:
         async with self.app[SESSIONS]() as s:

@@ -4,6 +4,7 @@ transaction. At hundreds of receipts a second, one transaction each would be the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
@@ -44,8 +45,14 @@ class GroupCommitter(Generic[T]):
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_result(None)
+            for _ in batch:
+                self._queue.task_done()
 
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+    async def close(self, timeout: float = 10.0) -> None:
+        """Finish what was submitted (cancelling mid-transaction would strand a DB lock), then stop."""
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)

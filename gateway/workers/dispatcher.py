@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import Message, MessagePart
+from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.receipts import ReceiptApplier
 from gateway.workers.status import enqueue_status_callback
 from smpp.dlr import normalize_id
@@ -74,62 +76,60 @@ class Dispatcher:
         self._poll = poll_interval
         self._lease = timedelta(seconds=lease_seconds)
         self._workers = workers
-        self._wake = asyncio.Event()
+        self.lifecycle = Lifecycle()
 
     def wake(self) -> None:
-        self._wake.set()
+        self.lifecycle.wake()
 
     async def run(self) -> None:
         await asyncio.gather(*(self._worker() for _ in range(self._workers)))
 
     async def _worker(self) -> None:
-        while True:
+        while not self.lifecycle.stopping:
             try:
                 claimed = await self.claim()
             except Exception:
                 log.exception("claiming queued messages failed; retrying")
-                await asyncio.sleep(self._poll)
+                await self.lifecycle.idle(self._poll)
                 continue
             if not claimed:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self._poll)
-                except TimeoutError:
-                    pass
+                await self.lifecycle.idle(self._poll)
                 continue
             # Another worker may find more while this batch is on the wire.
-            self._wake.set()
+            self.lifecycle.wake()
             outcomes = await asyncio.gather(*(self._submit(c) for c in claimed))
             await self._record(outcomes)
 
     async def claim(self) -> list[Claimed]:
         now = datetime.now(UTC)
-        async with self._sessions.begin() as s:
-            ids = list(
-                (
-                    await s.execute(
-                        select(Message.id)
-                        .where(
-                            Message.status == "QUEUED",
-                            Message.next_attempt_at <= now,
-                            or_(Message.claimed_until.is_(None), Message.claimed_until < now),
-                        )
-                        .order_by(Message.id)
-                        .limit(self._batch)
-                        .with_for_update(skip_locked=True)
-                    )
-                ).scalars()
+        token = f"{self._node}:{uuid.uuid4().hex[:12]}"
+        due = (
+            select(Message.id)
+            .where(
+                Message.status == "QUEUED",
+                Message.next_attempt_at <= now,
+                or_(Message.claimed_until.is_(None), Message.claimed_until < now),
             )
-            if not ids:
-                return []
+            .order_by(Message.id)
+            .limit(self._batch)
+            .with_for_update(skip_locked=True)
+        )
+        # One UPDATE with the lease conditions repeated: on SQLite (no SKIP LOCKED) two
+        # workers that picked the same rows cannot both win them.
+        async with self._sessions.begin() as s:
             await s.execute(
                 update(Message)
-                .where(Message.id.in_(ids))
-                .values(claimed_until=now + self._lease, claimed_by=self._node, attempts=Message.attempts + 1)
+                .where(
+                    Message.id.in_(due.scalar_subquery()),
+                    Message.status == "QUEUED",
+                    or_(Message.claimed_until.is_(None), Message.claimed_until < now),
+                )
+                .values(claimed_until=now + self._lease, claimed_by=token, attempts=Message.attempts + 1)
+                .execution_options(synchronize_session=False)
             )
             rows = await s.execute(
                 select(Message.id, Message.msgid, Message.sender, Message.recipient, Message.body)
-                .where(Message.id.in_(ids))
+                .where(Message.claimed_by == token, Message.status == "QUEUED")
                 .order_by(Message.id)
             )
             return [Claimed(*r) for r in rows]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import Account, WebhookDelivery
 from gateway.services.outbox import sign
+from gateway.workers.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -70,55 +72,54 @@ class WebhookSender:
         self._concurrency = concurrency
         self._poll = poll_interval
         self._lease = timedelta(seconds=max(lease_seconds, timeout * 3))
-        self._wake = asyncio.Event()
+        self.lifecycle = Lifecycle()
 
     def wake(self) -> None:
-        self._wake.set()
+        self.lifecycle.wake()
 
     async def run(self) -> None:
-        while True:
+        while not self.lifecycle.stopping:
             try:
                 jobs = await self._claim()
             except Exception:
                 log.exception("claiming webhooks failed; retrying")
                 jobs = []
             if not jobs:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self._poll)
-                except TimeoutError:
-                    pass
+                await self.lifecycle.idle(self._poll)
                 continue
             results = await asyncio.gather(*(self._post(j) for j in jobs))
             await self._record(results)
 
     async def _claim(self) -> list[Job]:
         now = datetime.now(UTC)
-        async with self._sessions.begin() as s:
-            ids = list(
-                (
-                    await s.execute(
-                        select(WebhookDelivery.id)
-                        .where(
-                            WebhookDelivery.status == "PENDING",
-                            WebhookDelivery.next_attempt_at <= now,
-                            or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now),
-                        )
-                        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
-                        .limit(self._concurrency)
-                        .with_for_update(skip_locked=True)
-                    )
-                ).scalars()
+        token = uuid.uuid4().hex
+        due = (
+            select(WebhookDelivery.id)
+            .where(
+                WebhookDelivery.status == "PENDING",
+                WebhookDelivery.next_attempt_at <= now,
+                or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now),
             )
-            if not ids:
-                return []
+            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+            .limit(self._concurrency)
+            .with_for_update(skip_locked=True)
+        )
+        async with self._sessions.begin() as s:
+            # Lease conditions repeated in the UPDATE: see Dispatcher.claim.
             await s.execute(
-                update(WebhookDelivery).where(WebhookDelivery.id.in_(ids)).values(claimed_until=now + self._lease)
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.id.in_(due.scalar_subquery()),
+                    WebhookDelivery.status == "PENDING",
+                    or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now),
+                )
+                .values(claimed_until=now + self._lease, claimed_by=token)
+                .execution_options(synchronize_session=False)
             )
             rows = await s.execute(
                 select(WebhookDelivery, Account.webhook_secret)
                 .join(Account, Account.id == WebhookDelivery.account_id)
-                .where(WebhookDelivery.id.in_(ids))
+                .where(WebhookDelivery.claimed_by == token, WebhookDelivery.status == "PENDING")
             )
             return [
                 Job(d.id, d.url, d.body, d.content_type, secret, d.attempts, d.created_at) for d, secret in rows

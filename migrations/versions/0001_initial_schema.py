@@ -70,6 +70,7 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', sa.DateTime(), nullable=False),
     sa.Column('claimed_until', sa.DateTime(), nullable=True),
+    sa.Column('claimed_by', sa.String(length=64), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('done_at', sa.DateTime(), nullable=True),
     sa.Column('last_status_code', sa.Integer(), nullable=True),
