@@ -1,0 +1,144 @@
+"""Status callbacks (signed, retried, dropped on 4xx) and link tracking, through real HTTP servers."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import aiohttp
+
+from smpp.encoding import decode_short_message
+from tests.conftest import Gateway, wait_for
+from tests.webhook_receiver import Receiver
+
+JP = "+818012345678"
+
+
+def verify(secret: str, hit: Any) -> None:
+    ts = hit.headers["X-Gateway-Timestamp"]
+    expected = hmac.new(secret.encode(), ts.encode() + hit.body, hashlib.sha256).hexdigest()
+    assert hit.headers["X-Gateway-Signature"] == expected
+
+
+async def test_status_callbacks_are_signed_and_ordered(
+    gateway: Gateway, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    creds = await gateway.account()
+    async with http.post(
+        f"{gateway.base_url}/sms/messages/",
+        data={"message": "cb", "recipient": JP, "sender": "DEMO", "callbackurl": receiver.url("/cb")},
+        headers=gateway.auth(creds),
+    ) as r:
+        msgid = (await r.json())[0]["msgid"]
+    hits = await wait_for(lambda: _ready(receiver, "/cb", 2))
+    bodies = [json.loads(h.body) for h in hits]
+    assert [b["status"] for b in bodies] == ["DELIVERING", "DELIVERED"]
+    assert all(b["msgid"] == msgid for b in bodies)
+    for h in hits:
+        verify(creds.account.webhook_secret, h)
+        assert h.headers["Content-Type"].startswith("application/json")
+
+
+async def _ready(receiver: Receiver, path: str, n: int) -> list[Any] | None:
+    hits = receiver.on(path)
+    return hits if len(hits) >= n else None
+
+
+async def test_callback_retried_on_5xx_and_429_dropped_on_4xx(
+    gateway: Gateway, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    creds = await gateway.account()
+    receiver.script["/flaky"] = [500, 429, 503]  # the DELIVERING callback fails three times
+    receiver.script["/gone"] = [404]
+    for path in ("/flaky", "/gone"):
+        async with http.post(
+            f"{gateway.base_url}/sms/messages/",
+            data={"message": "x", "recipient": JP, "sender": "DEMO", "callbackurl": receiver.url(path)},
+            headers=gateway.auth(creds),
+        ) as r:
+            assert r.status == 201
+    # Two callbacks (DELIVERING, DELIVERED) share the three scripted failures: 5 POSTs in all.
+    await wait_for(lambda: _ready(receiver, "/flaky", 5), timeout=15)
+    statuses = [json.loads(h.body)["status"] for h in receiver.on("/flaky")]
+    assert len(statuses) == 5 and set(statuses) == {"DELIVERING", "DELIVERED"}
+    await wait_for(lambda: _all_final(gateway), timeout=15)
+    rows = await gateway.sql("SELECT url, status, attempts, last_status_code FROM webhook_deliveries ORDER BY id")
+    gone = [r for r in rows if r[0].endswith("/gone")]
+    flaky = [r for r in rows if r[0].endswith("/flaky")]
+    assert gone and all(r[1] == "DROPPED" or r[1] == "DONE" for r in gone)
+    assert any(r[1] == "DROPPED" and r[2] == 1 and r[3] == 404 for r in gone)
+    assert all(r[1] == "DONE" for r in flaky) and sum(r[2] for r in flaky) == 5
+
+
+async def _all_final(gw: Gateway) -> bool:
+    rows = await gw.sql("SELECT status FROM webhook_deliveries")
+    return bool(rows) and all(r[0] != "PENDING" for r in rows) and len(rows) == 4
+
+
+async def test_callback_gives_up_after_the_window(
+    db_url: str, clean_db: str, sim_smsc: Any, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    from tests.conftest import gateway_config, start_gateway
+
+    gw = await start_gateway(
+        gateway_config(clean_db, sim_smsc.host, sim_smsc.port, webhooks__give_up_after_seconds=0.5)
+    )
+    try:
+        creds = await gw.account()
+        receiver.script["/down"] = [503] * 100
+        async with http.post(
+            f"{gw.base_url}/sms/messages/",
+            data={"message": "x", "recipient": JP, "sender": "DEMO", "callbackurl": receiver.url("/down")},
+            headers=gw.auth(creds),
+        ) as r:
+            assert r.status == 201
+
+        async def expired() -> bool:
+            rows = await gw.sql("SELECT status FROM webhook_deliveries")
+            return len(rows) == 2 and all(r[0] == "EXPIRED" for r in rows)
+
+        await wait_for(expired, timeout=15)
+    finally:
+        await gw.runner.cleanup()
+
+
+async def test_link_tracking_redirects_and_calls_back_once(
+    gateway: Gateway, http: aiohttp.ClientSession, receiver: Receiver, sim_smsc: Any
+) -> None:
+    creds = await gateway.account()
+    target = "https://example.com/offer?id=42"
+    async with http.post(
+        f"{gateway.base_url}/sms/messages/",
+        data={
+            "message": f"See {target}.",
+            "recipient": JP,
+            "sender": "DEMO",
+            "track_link": "true",
+            "lt_callbackurl": receiver.url("/lt"),
+        },
+        headers=gateway.auth(creds),
+    ) as r:
+        msgid = (await r.json())[0]["msgid"]
+    submits = await wait_for(sim_smsc.submits)
+    sent = decode_short_message(submits[0].data_coding, submits[0].esm_class, submits[0].short_message).text
+    assert target not in sent
+    assert sent.startswith(f"See {gateway.base_url}/l/") and sent.endswith(".")
+    short = sent[4:-1]
+    async with http.get(f"{gateway.base_url}/sms/messages/{msgid}/", headers=gateway.auth(creds)) as r:
+        st = await r.json()
+    assert st["link_tracking"][0]["url"] == target and st["link_tracking"][0]["first_access_time"] is None
+    for _ in range(3):
+        async with http.get(short, allow_redirects=False) as r:
+            assert r.status == 302 and r.headers["Location"] == target
+    hits = await wait_for(lambda: _ready(receiver, "/lt", 1))
+    payload = json.loads(hits[0].body)
+    assert payload["msgid"] == msgid and payload["url"] == target and payload["first_access_time"]
+    verify(creds.account.webhook_secret, hits[0])
+    async with http.get(f"{gateway.base_url}/sms/messages/{msgid}/", headers=gateway.auth(creds)) as r:
+        link = (await r.json())["link_tracking"][0]
+    assert link["first_access_time"] == payload["first_access_time"] and link["access_count"] == 3
+    assert len(receiver.on("/lt")) == 1
+    async with http.get(f"{gateway.base_url}/l/nope", allow_redirects=False) as r:
+        assert r.status == 404

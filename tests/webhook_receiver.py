@@ -1,0 +1,57 @@
+"""A real HTTP server standing in for customers' callback endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest_asyncio
+from aiohttp import web
+
+
+@dataclass
+class Hit:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    base_url: str = ""
+    hits: list[Hit] = field(default_factory=list)
+    # Status codes to answer, consumed in order per path; afterwards 200.
+    script: dict[str, list[int]] = field(default_factory=dict)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    def on(self, path: str) -> list[Hit]:
+        return [h for h in self.hits if h.path == path]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.hits.append(Hit(request.path, dict(request.headers), await request.read()))
+        self.arrived.set()
+        codes = self.script.get(request.path)
+        status = codes.pop(0) if codes else 200
+        return web.Response(status=status, text="ok")
+
+
+@pytest_asyncio.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", rec.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    rec.base_url = f"http://127.0.0.1:{port}"
+    yield rec
+    await runner.cleanup()
+
+
