@@ -151,7 +151,9 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
     workers = [
         asyncio.create_task(_forever("dispatcher", dispatcher.run), name="dispatcher"),
         asyncio.create_task(_forever("webhook sender", webhooks.run), name="webhooks"),
-        asyncio.create_task(_every(sweeper, 2.0, "orphan receipt sweep", receipts.sweep), name="orphan-sweep"),
+        asyncio.create_task(
+            _every(sweeper, 2.0, "orphan receipt sweep", receipts.sweep), name="orphan-sweep"
+        ),
     ]
     client_task = asyncio.create_task(_forever("smpp client", client.run), name="smpp-client")
     yield

@@ -50,7 +50,9 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
 def cmd_accounts(config: Config, args: argparse.Namespace) -> int:
     async def go(accounts: AccountService, _t: TemplateService) -> int:
         if args.action == "create":
-            creds = await accounts.create(args.name, freeform=args.freeform, webhook_secret=args.webhook_secret)
+            creds = await accounts.create(
+                args.name, freeform=args.freeform, webhook_secret=args.webhook_secret
+            )
             _print(
                 {
                     "sid": creds.account.sid,
@@ -72,7 +74,9 @@ def cmd_accounts(config: Config, args: argparse.Namespace) -> int:
             _print({"sid": args.sid, "auth_token": token})
             return 0
         if args.action == "set":
-            info = await accounts.update_flags(args.sid, freeform=args.freeform, webhook_secret=args.webhook_secret)
+            info = await accounts.update_flags(
+                args.sid, freeform=args.freeform, webhook_secret=args.webhook_secret
+            )
             if info is None:
                 print(f"no account {args.sid}", file=sys.stderr)
                 return 1
@@ -100,25 +104,26 @@ def cmd_templates(config: Config, args: argparse.Namespace) -> int:
 def _demo_credentials(config: Config) -> None:
     """On embedded defaults, make sure there is a demo account and tell the user how to call the API."""
     creds_file = Path(os.environ.get("GATEWAY_DEMO_CREDENTIALS", "var/demo-account.json"))
+    known = json.loads(creds_file.read_text()) if creds_file.exists() else None
 
-    async def go(accounts: AccountService, _t: TemplateService) -> None:
-        if creds_file.exists():
-            data = json.loads(creds_file.read_text())
-            if await accounts.get(data["sid"]) is not None:
-                _announce(config, data)
-                return
+    async def go(accounts: AccountService, _t: TemplateService) -> dict[str, str] | None:
+        if known is not None and await accounts.get(known["sid"]) is not None:
+            return None
         creds = await accounts.create("demo", freeform=True)
-        data = {
+        return {
             "sid": creds.account.sid,
             "auth_token": creds.auth_token,
             "webhook_secret": creds.account.webhook_secret,
         }
-        creds_file.parent.mkdir(parents=True, exist_ok=True)
-        creds_file.write_text(json.dumps(data, indent=2))
-        creds_file.chmod(0o600)
-        _announce(config, data)
 
-    _with_services(config, go)
+    created = _with_services(config, go)
+    if created is not None:
+        creds_file.parent.mkdir(parents=True, exist_ok=True)
+        creds_file.write_text(json.dumps(created, indent=2))
+        creds_file.chmod(0o600)  # the token is only ever shown here and at creation
+    data = created or known
+    assert data is not None
+    _announce(config, data)
 
 
 def _announce(config: Config, data: dict[str, str]) -> None:
@@ -180,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     try:
         config = load_config(args.config)

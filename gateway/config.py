@@ -178,5 +178,3 @@ def config_keys() -> list[tuple[str, str, Any]]:
         for f in dataclasses.fields(section):
             out.append((f"{name}.{f.name}", f"GATEWAY_{name}_{f.name}".upper(), getattr(section, f.name)))
     return out
-
-

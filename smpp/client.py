@@ -230,7 +230,7 @@ class SmppClient:
         session = self._session
         return session is not None and session.bound and not self._stopping.is_set()
 
-    async def wait_bound(self, timeout: float) -> bool:  # noqa: ASYNC109 - the agreed interface
+    async def wait_bound(self, timeout: float) -> bool:
         try:
             await asyncio.wait_for(self._bound_event.wait(), timeout)
         except TimeoutError:

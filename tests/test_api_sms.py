@@ -40,7 +40,9 @@ def texts(submits: list[Any]) -> list[str]:
     return [decode_short_message(s.data_coding, s.esm_class, s.short_message).text for s in submits]
 
 
-async def test_send_reaches_smsc_and_is_delivered(gateway: Gateway, http: aiohttp.ClientSession, sim_smsc: Any) -> None:
+async def test_send_reaches_smsc_and_is_delivered(
+    gateway: Gateway, http: aiohttp.ClientSession, sim_smsc: Any
+) -> None:
     creds = await gateway.account()
     r = await send(http, gateway, creds, message="Hello from the gateway", tags="promo,jp")
     assert r.status == 201
@@ -63,7 +65,9 @@ async def test_send_reaches_smsc_and_is_delivered(gateway: Gateway, http: aiohtt
         assert r2.status == 200 and (await r2.json())["msgid"] == msgid
 
 
-async def test_json_body_and_japanese_multipart(gateway: Gateway, http: aiohttp.ClientSession, sim_smsc: Any) -> None:
+async def test_json_body_and_japanese_multipart(
+    gateway: Gateway, http: aiohttp.ClientSession, sim_smsc: Any
+) -> None:
     creds = await gateway.account()
     text = "こんにちは、ゲートウェイのテストです。" * 5  # 95 UCS-2 chars -> 2 parts
     async with http.post(
@@ -81,7 +85,9 @@ async def test_json_body_and_japanese_multipart(gateway: Gateway, http: aiohttp.
     assert "".join(texts(submits)) == text
 
 
-async def test_gsm7_extension_characters(gateway: Gateway, http: aiohttp.ClientSession, sim_smsc: Any) -> None:
+async def test_gsm7_extension_characters(
+    gateway: Gateway, http: aiohttp.ClientSession, sim_smsc: Any
+) -> None:
     creds = await gateway.account()
     text = "Price {EUR} [x] ~|^ € \\" + "a" * 140  # extension chars count twice: > 160 septets
     r = await send(http, gateway, creds, message=text)
@@ -93,7 +99,9 @@ async def test_gsm7_extension_characters(gateway: Gateway, http: aiohttp.ClientS
     assert "".join(texts(submits)) == text
 
 
-async def test_receipt_failure_marks_fail(gateway: Gateway, http: aiohttp.ClientSession, sim_smsc: Any) -> None:
+async def test_receipt_failure_marks_fail(
+    gateway: Gateway, http: aiohttp.ClientSession, sim_smsc: Any
+) -> None:
     await sim_smsc.configure(dlr_stat="UNDELIV")
     creds = await gateway.account()
     msgid = (await (await send(http, gateway, creds)).json())[0]["msgid"]
@@ -141,16 +149,19 @@ async def test_several_bad_fields_reported_together(gateway: Gateway, http: aioh
 async def test_malformed_bodies(gateway: Gateway, http: aiohttp.ClientSession) -> None:
     creds = await gateway.account()
     url = f"{gateway.base_url}/sms/messages/"
-    async with http.post(url, data=b"{not json",
-                         headers={"Content-Type": "application/json", **gateway.auth(creds)}) as r:
+    async with http.post(
+        url, data=b"{not json", headers={"Content-Type": "application/json", **gateway.auth(creds)}
+    ) as r:
         assert r.status == 400 and "body" in await r.json()
     async with http.post(url, json=["a"], headers=gateway.auth(creds)) as r:
         assert r.status == 400 and "body" in await r.json()
-    async with http.post(url, json={"message": {"x": 1}, "recipient": JP, "sender": "A"},
-                         headers=gateway.auth(creds)) as r:
+    async with http.post(
+        url, json={"message": {"x": 1}, "recipient": JP, "sender": "A"}, headers=gateway.auth(creds)
+    ) as r:
         assert r.status == 400 and "message" in await r.json()
-    async with http.post(url, data=b"x" * 200_000,
-                         headers={"Content-Type": "application/json", **gateway.auth(creds)}) as r:
+    async with http.post(
+        url, data=b"x" * 200_000, headers={"Content-Type": "application/json", **gateway.auth(creds)}
+    ) as r:
         assert r.status == 413 and "detail" in await r.json()
     assert await gateway.sql("SELECT id FROM messages") == []
 
@@ -206,10 +217,23 @@ async def test_list_with_sent_date_operators(gateway: Gateway, http: aiohttp.Cli
 
     status_code, all_recent = await listing("")
     assert status_code == 200
-    assert [m["msgid"] for m in all_recent] == [days[0], days[1], days[2]]  # newest first, 100 days ago hidden
-    expected = {"=": [days[1]], "<": [days[2]], "<=": [days[1], days[2]], ">": [days[0]], ">=": [days[0], days[1]]}
+    assert [m["msgid"] for m in all_recent] == [
+        days[0],
+        days[1],
+        days[2],
+    ]  # newest first, 100 days ago hidden
+    expected = {
+        "=": [days[1]],
+        "<": [days[2]],
+        "<=": [days[1], days[2]],
+        ">": [days[0]],
+        ">=": [days[0], days[1]],
+    }
     for op, want in expected.items():
-        for q in (f"?sent_date{op}{d1}", "?sent_date" + op.replace("<", "%3C").replace(">", "%3E").replace("=", "%3D") + d1):
+        for q in (
+            f"?sent_date{op}{d1}",
+            "?sent_date" + op.replace("<", "%3C").replace(">", "%3E").replace("=", "%3D") + d1,
+        ):
             code, body = await listing(q)
             assert code == 200, (q, body)
             assert [m["msgid"] for m in body] == want, q

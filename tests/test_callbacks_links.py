@@ -64,7 +64,9 @@ async def test_callback_retried_on_5xx_and_429_dropped_on_4xx(
     statuses = [json.loads(h.body)["status"] for h in receiver.on("/flaky")]
     assert len(statuses) == 5 and set(statuses) == {"DELIVERING", "DELIVERED"}
     await wait_for(lambda: _all_final(gateway), timeout=15)
-    rows = await gateway.sql("SELECT url, status, attempts, last_status_code FROM webhook_deliveries ORDER BY id")
+    rows = await gateway.sql(
+        "SELECT url, status, attempts, last_status_code FROM webhook_deliveries ORDER BY id"
+    )
     gone = [r for r in rows if r[0].endswith("/gone")]
     flaky = [r for r in rows if r[0].endswith("/flaky")]
     assert gone and all(r[1] == "DROPPED" or r[1] == "DONE" for r in gone)

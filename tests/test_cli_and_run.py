@@ -17,7 +17,10 @@ from tests.conftest import ROOT, basic, free_port, wait_for
 
 async def run_cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", *args,
+        sys.executable,
+        "-m",
+        "gateway",
+        *args,
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         cwd=str(cwd or ROOT),
         stdout=asyncio.subprocess.PIPE,
@@ -64,7 +67,8 @@ async def _sql(url: str, query: str) -> list[Any]:
 
 
 async def test_run_on_embedded_defaults(tmp_path: Path) -> None:
-    """`gateway run` with no config: migrates a fresh SQLite file, starts the simulator, prints a demo account."""
+    """`gateway run` with no config: migrates a fresh SQLite file, starts the simulator,
+    prints a demo account."""
     port = free_port()
     env = {
         **os.environ,
@@ -75,8 +79,14 @@ async def test_run_on_embedded_defaults(tmp_path: Path) -> None:
     env.pop("GATEWAY_CONFIG", None)
     env.pop("GATEWAY_DATABASE_URL", None)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "run", env=env, cwd=str(tmp_path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gateway",
+        "run",
+        env=env,
+        cwd=str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None

@@ -31,7 +31,9 @@ async def gw(clean_db: str, peer: Any) -> AsyncIterator[Gateway]:
     await g.runner.cleanup()
 
 
-async def post_many(http: aiohttp.ClientSession, gw: Gateway, creds: Any, n: int, prefix: str = "m") -> list[str]:
+async def post_many(
+    http: aiohttp.ClientSession, gw: Gateway, creds: Any, n: int, prefix: str = "m"
+) -> list[str]:
     async def one(i: int) -> str:
         async with http.post(
             f"{gw.base_url}/sms/messages/",
@@ -77,7 +79,9 @@ async def test_burst_survives_smsc_drop(gw: Gateway, http: aiohttp.ClientSession
     assert await peer.bind_count() >= 2
 
 
-async def test_throttling_backs_off_without_failures(gw: Gateway, http: aiohttp.ClientSession, peer: Any) -> None:
+async def test_throttling_backs_off_without_failures(
+    gw: Gateway, http: aiohttp.ClientSession, peer: Any
+) -> None:
     creds = await gw.account()
     await peer.configure(throttle_next=15)
     await post_many(http, gw, creds, 30)

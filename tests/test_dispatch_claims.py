@@ -31,14 +31,28 @@ async def test_concurrent_claims_are_disjoint(clean_db: str) -> None:
             await s.execute(
                 insert(Message),
                 [
-                    dict(msgid=f"{i:032d}", account_id=acct.id, sender="A", recipient="+818012345678", body="x",
-                         parts=1, cost=1, status="QUEUED", tags="", track_link=False, created_at=now,
-                         next_attempt_at=now, attempts=0)
+                    dict(
+                        msgid=f"{i:032d}",
+                        account_id=acct.id,
+                        sender="A",
+                        recipient="+818012345678",
+                        body="x",
+                        parts=1,
+                        cost=1,
+                        status="QUEUED",
+                        tags="",
+                        track_link=False,
+                        created_at=now,
+                        next_attempt_at=now,
+                        attempts=0,
+                    )
                     for i in range(500)
                 ],
             )
         nodes = [
-            Dispatcher(sessions, NeverCalled(), ReceiptApplier(sessions, ""), "", node_id=f"n{i}", batch_size=37)
+            Dispatcher(
+                sessions, NeverCalled(), ReceiptApplier(sessions, ""), "", node_id=f"n{i}", batch_size=37
+            )
             for i in range(4)
         ]
         claimed: list[str] = []

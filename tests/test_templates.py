@@ -19,9 +19,13 @@ async def create(http: aiohttp.ClientSession, gw: Gateway, creds: Any, **body: A
         return r.status, await r.json()
 
 
-async def test_template_lifecycle_and_send(gateway: Gateway, http: aiohttp.ClientSession, sim_smsc: Any) -> None:
+async def test_template_lifecycle_and_send(
+    gateway: Gateway, http: aiohttp.ClientSession, sim_smsc: Any
+) -> None:
     creds = await gateway.account(freeform=False)  # templates are the path for non-freeform accounts
-    code, tpl = await create(http, gateway, creds, name="otp", content="Your code is {code}, {name}. {{literal}}")
+    code, tpl = await create(
+        http, gateway, creds, name="otp", content="Your code is {code}, {name}. {{literal}}"
+    )
     assert code == 201 and tpl["status"] == "PENDING" and len(tpl["template_id"]) == 32
     tid = tpl["template_id"]
     url = f"{gateway.base_url}/sms/templates/{tid}/messages/"
@@ -34,8 +38,9 @@ async def test_template_lifecycle_and_send(gateway: Gateway, http: aiohttp.Clien
     async with http.post(url, json={**send, "variables": {"code": "1"}}, headers=gateway.auth(creds)) as r:
         assert r.status == 422
         assert await r.json() == {"variables": {"name": ["This field is required."]}}
-    async with http.post(url, json={**send, "variables": {**send["variables"], "x": "1"}},
-                         headers=gateway.auth(creds)) as r:
+    async with http.post(
+        url, json={**send, "variables": {**send["variables"], "x": "1"}}, headers=gateway.auth(creds)
+    ) as r:
         assert r.status == 422 and "x" in (await r.json())["variables"]
     async with http.post(url, json={**send, "recipient": "+8108012345678"}, headers=gateway.auth(creds)) as r:
         assert r.status == 400 and "recipient" in await r.json()
@@ -49,15 +54,20 @@ async def test_template_lifecycle_and_send(gateway: Gateway, http: aiohttp.Clien
     assert decode_short_message(sm.data_coding, sm.esm_class, sm.short_message).text == (
         "Your code is 1234, Aki. {literal}"
     )
-    async with http.get(f"{gateway.base_url}/sms/templates/messages/{msgid}/", headers=gateway.auth(creds)) as r:
+    async with http.get(
+        f"{gateway.base_url}/sms/templates/messages/{msgid}/", headers=gateway.auth(creds)
+    ) as r:
         body = await r.json()
         assert r.status == 200 and body["msgid"] == msgid and body["template_id"] == tid
     async with http.get(url, headers=gateway.auth(creds)) as r:
         assert [m["msgid"] for m in await r.json()] == [msgid]
 
     # Editing the text sends it back for approval.
-    async with http.put(f"{gateway.base_url}/sms/templates/{tid}/", json={"content": "New {code}"},
-                        headers=gateway.auth(creds)) as r:
+    async with http.put(
+        f"{gateway.base_url}/sms/templates/{tid}/",
+        json={"content": "New {code}"},
+        headers=gateway.auth(creds),
+    ) as r:
         assert r.status == 200 and (await r.json())["status"] == "PENDING"
     async with http.get(f"{gateway.base_url}/sms/templates/", headers=gateway.auth(creds)) as r:
         assert [t["template_id"] for t in await r.json()] == [tid]
@@ -99,10 +109,19 @@ async def test_templates_are_per_account(gateway: Gateway, http: aiohttp.ClientS
     tid = tpl["template_id"]
     await gateway.app[TEMPLATES].set_status(tid, "APPROVED")
     base = f"{gateway.base_url}/sms/templates/{tid}/"
-    for method, url in (("GET", base), ("PUT", base), ("DELETE", base), ("POST", base + "messages/"),
-                        ("GET", base + "messages/")):
-        async with http.request(method, url, json={"sender": "A", "recipient": JP, "variables": {"x": "1"}},
-                                headers=gateway.auth(bob)) as r:
+    for method, url in (
+        ("GET", base),
+        ("PUT", base),
+        ("DELETE", base),
+        ("POST", base + "messages/"),
+        ("GET", base + "messages/"),
+    ):
+        async with http.request(
+            method,
+            url,
+            json={"sender": "A", "recipient": JP, "variables": {"x": "1"}},
+            headers=gateway.auth(bob),
+        ) as r:
             assert r.status == 404, (method, url)
     async with http.get(f"{gateway.base_url}/sms/templates/", headers=gateway.auth(bob)) as r:
         assert await r.json() == []

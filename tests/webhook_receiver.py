@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest_asyncio
 from aiohttp import web
@@ -53,5 +52,3 @@ async def receiver() -> AsyncIterator[Receiver]:
     rec.base_url = f"http://127.0.0.1:{port}"
     yield rec
     await runner.cleanup()
-
-

@@ -55,7 +55,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         return json_response(exc.body, status=exc.status)
-    except web.HTTPRequestEntityTooLarge as exc:
+    except web.HTTPRequestEntityTooLarge:
         limit = request.app._client_max_size  # the configured http.max_body_bytes
         return json_response({"detail": f"Request body too large (max {limit} bytes)."}, 413)
     except web.HTTPException as exc:

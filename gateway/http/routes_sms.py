@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from aiohttp import web
 
-from gateway.http.errors import forbidden, json_response
+from gateway.http.errors import FieldErrors, forbidden, json_response
 from gateway.http.params import optional_str, read_params
 from gateway.keys import ACCOUNT, CONFIG, MESSAGES, TEMPLATES
 from gateway.services import validation as v
@@ -17,36 +19,39 @@ from gateway.services.messages import OutboundRequest, parse_sent_date_query
 from gateway.services.templates import render
 
 routes = web.RouteTableDef()
+T = TypeVar("T")
 
 
-def _outbound(account_id: int, params: dict[str, object], text: str, template_id: int | None = None) -> OutboundRequest:
-    p = params  # shorter lines below; every field is validated before anything is written
-    errors: dict[str, list[str]] = {}
-    clean: dict[str, object] = {}
-    checks = {
-        "recipient": lambda: v.e164("recipient", optional_str(p, "recipient")),
-        "sender": lambda: v.sender(optional_str(p, "sender")),
-        "callbackurl": lambda: v.http_url("callbackurl", optional_str(p, "callbackurl")),
-        "lt_callbackurl": lambda: v.http_url("lt_callbackurl", optional_str(p, "lt_callbackurl")),
-        "tags": lambda: v.tags(optional_str(p, "tags")),
-        "track_link": lambda: v.boolean("track_link", optional_str(p, "track_link")),
-    }
-    for name, check in checks.items():
+class _Collector:
+    """Runs every field check and reports all failures in one 400, not the first one only."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, list[str]] = {}
+
+    def check(self, fn: Callable[[], T], fallback: T) -> T:
         try:
-            clean[name] = check()
-        except v.FieldErrors as exc:
-            errors.update(exc.body)
-    if errors:
-        raise v.FieldErrors(errors)
+            return fn()
+        except FieldErrors as exc:
+            self.errors.update(exc.body)
+            return fallback
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise FieldErrors(self.errors)
+
+
+def _outbound(
+    account_id: int, p: dict[str, Any], text: str, c: _Collector, template_id: int | None = None
+) -> OutboundRequest:
     return OutboundRequest(
         account_id=account_id,
-        sender=str(clean["sender"]),
-        recipient=str(clean["recipient"]),
+        recipient=c.check(lambda: v.e164("recipient", optional_str(p, "recipient")), ""),
+        sender=c.check(lambda: v.sender(optional_str(p, "sender")), ""),
         text=text,
-        callbackurl=clean["callbackurl"],  # type: ignore[arg-type]
-        tags=tuple(clean["tags"]),  # type: ignore[call-overload]
-        track_link=bool(clean["track_link"]),
-        lt_callbackurl=clean["lt_callbackurl"],  # type: ignore[arg-type]
+        callbackurl=c.check(lambda: v.http_url("callbackurl", optional_str(p, "callbackurl")), None),
+        tags=tuple(c.check(lambda: v.tags(optional_str(p, "tags")), [])),
+        track_link=c.check(lambda: v.boolean("track_link", optional_str(p, "track_link")), False),
+        lt_callbackurl=c.check(lambda: v.http_url("lt_callbackurl", optional_str(p, "lt_callbackurl")), None),
         template_id=template_id,
     )
 
@@ -57,18 +62,10 @@ async def send_sms(request: web.Request) -> web.Response:
     params = await read_params(request)
     if not account.freeform:
         raise forbidden("Freeform SMS is not enabled for this account; send an approved template.")
-    text_errors: dict[str, list[str]] = {}
-    text = ""
-    try:
-        text = v.message_text("message", optional_str(params, "message"))
-    except v.FieldErrors as exc:
-        text_errors = exc.body
-    try:
-        req = _outbound(account.id, params, text)
-    except v.FieldErrors as exc:
-        raise v.FieldErrors({**text_errors, **exc.body}) from None
-    if text_errors:
-        raise v.FieldErrors(text_errors)
+    c = _Collector()
+    text = c.check(lambda: v.message_text("message", optional_str(params, "message")), "")
+    req = _outbound(account.id, params, text, c)
+    c.raise_if_any()
     msgid = await request.app[MESSAGES].create(req)
     return json_response([{"msgid": msgid}], status=201)
 
@@ -101,7 +98,9 @@ async def create_template(request: web.Request) -> web.Response:
 @routes.get("/sms/templates/messages/{msgid}/")
 @routes.get("/sms/templates/messages/{msgid}")
 async def get_template_message(request: web.Request) -> web.Response:
-    out = await request.app[MESSAGES].get(request[ACCOUNT].id, request.match_info["msgid"], template_only=True)
+    out = await request.app[MESSAGES].get(
+        request[ACCOUNT].id, request.match_info["msgid"], template_only=True
+    )
     return json_response(out)
 
 
@@ -129,21 +128,23 @@ async def send_template(request: web.Request) -> web.Response:
     account = request[ACCOUNT]
     params = await read_params(request)
     template = await request.app[TEMPLATES].get_row(account.id, request.match_info["uid"])
-    req = _outbound(account.id, params, "", template.id)
+    c = _Collector()
+    req = _outbound(account.id, params, "", c, template.id)
+    c.raise_if_any()
     if template.status != "APPROVED":
-        raise v.FieldErrors.one("template", f"Template is {template.status}; only APPROVED templates can be sent.")
+        raise FieldErrors.one(
+            "template", f"Template is {template.status}; only APPROVED templates can be sent."
+        )
     variables = params.get("variables", {})
     if isinstance(variables, str):  # form-encoded callers cannot nest; accept a JSON string
         try:
             variables = json.loads(variables) if variables.strip() else {}
         except ValueError:
-            raise v.FieldErrors.one("variables", "Expected a JSON object.") from None
+            raise FieldErrors.one("variables", "Expected a JSON object.") from None
     if not isinstance(variables, dict):
-        raise v.FieldErrors.one("variables", "Expected an object of name: value.")
+        raise FieldErrors.one("variables", "Expected an object of name: value.")
     text = render(template.content, variables)
-    msgid = await request.app[MESSAGES].create(
-        dataclasses.replace(req, text=text), body_field="variables"
-    )
+    msgid = await request.app[MESSAGES].create(dataclasses.replace(req, text=text), body_field="variables")
     return json_response([{"msgid": msgid}], status=201)
 
 

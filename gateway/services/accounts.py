@@ -65,7 +65,9 @@ class AccountService:
     async def rotate_token(self, sid: str) -> str | None:
         token = secrets.token_urlsafe(32)
         async with self._sessions.begin() as s:
-            res = await s.execute(update(Account).where(Account.sid == sid).values(token_hash=hash_token(token)))
+            res = await s.execute(
+                update(Account).where(Account.sid == sid).values(token_hash=hash_token(token))
+            )
         self._cache.clear()
         return token if res.rowcount else None  # type: ignore[attr-defined]
 

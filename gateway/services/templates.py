@@ -32,7 +32,9 @@ def placeholders(content: str) -> list[str]:
         if name is None:
             continue
         if not name or not set(name) <= _IDENT or name[0].isdigit() or spec or conversion:
-            raise FieldErrors.one("content", f"Invalid placeholder {{{name}}}: use {{name}} with letters, digits, _.")
+            raise FieldErrors.one(
+                "content", f"Invalid placeholder {{{name}}}: use {{name}} with letters, digits, _."
+            )
         if name not in names:
             names.append(name)
     return names

@@ -46,9 +46,7 @@ def sender(value: str | None) -> str:
         _ALNUM_SENDER.fullmatch(value) and any(c.isalpha() for c in value)
     ):
         return value
-    raise FieldErrors.one(
-        "sender", "Sender must be 1-10 letters/digits, or a number of at most 15 digits."
-    )
+    raise FieldErrors.one("sender", "Sender must be 1-10 letters/digits, or a number of at most 15 digits.")
 
 
 def message_text(field: str, value: str | None) -> str:

@@ -44,7 +44,11 @@ class ReceiptApplier:
                 if matched:
                     touched.update(matched)
                 else:
-                    s.add(OrphanReceipt(smsc_id=normalize_id(r.smsc_id), state=r.state.value, stat=r.stat, received_at=now))
+                    s.add(
+                        OrphanReceipt(
+                            smsc_id=normalize_id(r.smsc_id), state=r.state.value, stat=r.stat, received_at=now
+                        )
+                    )
             await self._settle(s, touched, now)
 
     async def _apply(self, s: AsyncSession, ids: Iterable[str], state: str, stat: str) -> list[int]:

@@ -15,9 +15,7 @@ async def enqueue_status_callback(s: AsyncSession, msg: Message, base_url: str) 
         return
     links: list[TrackedLink] = []
     if msg.track_link:
-        links = list(
-            (await s.execute(select(TrackedLink).where(TrackedLink.message_id == msg.id))).scalars()
-        )
+        links = list((await s.execute(select(TrackedLink).where(TrackedLink.message_id == msg.id))).scalars())
     outbox.enqueue(
         s,
         account_id=msg.account_id,

@@ -122,7 +122,8 @@ class WebhookSender:
                 .where(WebhookDelivery.claimed_by == token, WebhookDelivery.status == "PENDING")
             )
             return [
-                Job(d.id, d.url, d.body, d.content_type, secret, d.attempts, d.created_at) for d, secret in rows
+                Job(d.id, d.url, d.body, d.content_type, secret, d.attempts, d.created_at)
+                for d, secret in rows
             ]
 
     async def _post(self, job: Job) -> Result:
@@ -160,10 +161,14 @@ class WebhookSender:
                     next_at = now + timedelta(seconds=self._first_retry * 2 ** (attempts - 1))
                     if next_at > r.job.created_at + self._give_up:
                         values.update(status="EXPIRED", done_at=now)
-                        log.warning("webhook %d to %s expired after %d attempts", r.job.id, r.job.url, attempts)
+                        log.warning(
+                            "webhook %d to %s expired after %d attempts", r.job.id, r.job.url, attempts
+                        )
                     else:
                         values.update(next_attempt_at=next_at)
                 else:
                     values.update(status="DROPPED", done_at=now)
                     log.warning("webhook %d to %s dropped: HTTP %s", r.job.id, r.job.url, r.status_code)
-                await s.execute(update(WebhookDelivery).where(WebhookDelivery.id == r.job.id).values(**values))
+                await s.execute(
+                    update(WebhookDelivery).where(WebhookDelivery.id == r.job.id).values(**values)
+                )
