@@ -138,7 +138,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
     app[SMPP_CLIENT] = client
     app[DISPATCHER] = dispatcher
     app[WEBHOOKS] = webhooks
-    app[MESSAGES] = MessageService(
+    app[MESSAGES] = messages = MessageService(
         sessions,
         PriceList(cfg.sms.prices),
         base_url,
@@ -157,6 +157,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
     ]
     client_task = asyncio.create_task(_forever("smpp client", client.run), name="smpp-client")
     yield
+    await messages.close()  # the HTTP site is already closed: commit what it accepted
     # Stop taking work, let in-flight batches record their outcome, then unbind.
     for lc in (dispatcher.lifecycle, webhooks.lifecycle, sweeper):
         lc.request_stop()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import Message, MessagePart
@@ -44,6 +44,7 @@ class Claimed:
     sender: str
     recipient: str
     body: str
+    token: str  # the claim's lease token: results are written only while it still holds
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class Dispatcher:
                 .where(Message.claimed_by == token, Message.status == "QUEUED")
                 .order_by(Message.id)
             )
-            return [Claimed(*r) for r in rows]
+            return [Claimed(*r, token=token) for r in rows]
 
     async def _submit(self, c: Claimed) -> Outcome:
         try:
@@ -160,45 +161,51 @@ class Dispatcher:
                 await asyncio.sleep(0.2 * 2**attempt)
 
     async def _write(self, s: AsyncSession, outcomes: Sequence[Outcome], now: datetime) -> None:
-        accepted = [o for o in outcomes if o.result is not None]
-        rejected = [o for o in outcomes if o.rejected is not None]
+        # Few statements per batch whatever its size: on SQLite every statement is a hop to
+        # the single connection's thread, and on PostgreSQL a round trip.
+        accepted = {o.claimed.id: o.result for o in outcomes if o.result is not None}
         retry = [o.claimed.id for o in outcomes if o.result is None and o.rejected is None]
+        mine = (Message.status == "QUEUED", Message.claimed_by.in_({o.claimed.token for o in outcomes}))
         if retry:
             await s.execute(
                 update(Message)
-                .where(Message.id.in_(retry), Message.status == "QUEUED")
+                .where(Message.id.in_(retry), *mine)
                 .values(claimed_until=None, claimed_by=None, next_attempt_at=now + RETRY_DELAY)
             )
         changed: list[int] = []
-        smsc_ids: list[str] = []
-        for o in accepted:
-            assert o.result is not None
-            res = await s.execute(
-                update(Message)
-                .where(Message.id == o.claimed.id, Message.status == "QUEUED")
-                .values(status="DELIVERING", sent_time=now, claimed_until=None)
-            )
-            if not res.rowcount:  # type: ignore[attr-defined]
+        if accepted:
+            won = (
+                await s.execute(
+                    update(Message)
+                    .where(Message.id.in_(list(accepted)), *mine)
+                    .values(status="DELIVERING", sent_time=now, claimed_until=None)
+                    .returning(Message.id)
+                )
+            ).scalars()
+            changed.extend(won)
+        parts = [
+            {"message_id": mid, "seq": seq, "smsc_id": normalize_id(smsc_id), "state": "SUBMITTED"}
+            for mid in changed
+            for seq, smsc_id in enumerate(accepted[mid].smsc_ids, start=1)  # type: ignore[union-attr]
+        ]
+        if parts:
+            await s.execute(insert(MessagePart), parts)
+        for o in outcomes:
+            if o.rejected is None:
                 continue
-            changed.append(o.claimed.id)
-            for seq, smsc_id in enumerate(o.result.smsc_ids, start=1):
-                norm = normalize_id(smsc_id)
-                smsc_ids.append(norm)
-                s.add(MessagePart(message_id=o.claimed.id, seq=seq, smsc_id=norm))
-        for o in rejected:
-            assert o.rejected is not None
             res = await s.execute(
                 update(Message)
-                .where(Message.id == o.claimed.id, Message.status == "QUEUED")
+                .where(Message.id == o.claimed.id, *mine)
                 .values(status="FAIL", done_at=now, claimed_until=None, error=str(o.rejected))
             )
             if res.rowcount:  # type: ignore[attr-defined]
                 changed.append(o.claimed.id)
         if changed:
-            await s.flush()
-            msgs = (await s.execute(select(Message).where(Message.id.in_(changed)))).scalars()
+            msgs = (
+                await s.execute(select(Message).where(Message.id.in_(changed), Message.callbackurl.is_not(None)))
+            ).scalars()
             for msg in msgs:
                 await enqueue_status_callback(s, msg, self._base_url)
-        if smsc_ids:
+        if parts:
             # Receipts that raced ahead of this write are waiting as orphans.
-            await self._receipts.adopt_orphans(s, smsc_ids, now)
+            await self._receipts.adopt_orphans(s, [p["smsc_id"] for p in parts], now)

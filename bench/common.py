@@ -1,0 +1,72 @@
+"""Shared pieces of the benchmarks: starting processes, free ports, percentiles, RSS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM: the process's peak resident set size so far."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def start_process(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+                        ready: str | None = None, timeout: float = 30) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *args,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        cwd=str(cwd or ROOT),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    if ready is not None:
+        assert proc.stdout is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                line = (await proc.stdout.readline()).decode()
+                if not line:
+                    raise RuntimeError(f"{args} exited before it was ready")
+                if ready in line:
+                    break
+        # Keep draining output so the child never blocks on a full pipe.
+        asyncio.get_running_loop().create_task(drain_output(proc))
+    return proc
+
+
+async def drain_output(proc: asyncio.subprocess.Process) -> None:
+    assert proc.stdout is not None
+    while await proc.stdout.readline():
+        pass
+
+
+async def stop_process(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 20)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

@@ -1,0 +1,158 @@
+"""SMS out end to end: N messages POSTed concurrently through the API to a fast SMSC peer
+(our simulator in its own process, receipts immediate) until every one is DELIVERED.
+
+Prints accepted/s (API), end-to-end msg/s (first POST to last DELIVERED), API latency
+p50/p99, and the gateway's peak RSS. The gateway runs as its own process, as deployed.
+
+    .venv/bin/python bench/sms_out.py --messages 5000 --concurrency 50 [--db postgresql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bench.common import drain_output, free_port, peak_rss_mib, percentile, start_process, stop_process
+from gateway.db.engine import create_engine
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=5000)
+    ap.add_argument("--concurrency", type=int, default=50)
+    ap.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    ap.add_argument("--window", type=int, default=10)
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-sms-out-"))
+    pg_name = None
+    if args.db == "sqlite":
+        db_url = f"sqlite+aiosqlite:///{work}/gateway.sqlite3"
+    else:
+        import asyncpg
+
+        pg_name = f"bench_{uuid.uuid4().hex[:10]}"
+        conn = await asyncpg.connect(PG_ADMIN)
+        await conn.execute(f'CREATE DATABASE "{pg_name}"')
+        await conn.close()
+        db_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{pg_name}"
+
+    smsc_port, http_port = free_port(), free_port()
+    env = {
+        "GATEWAY_DATABASE_URL": db_url,
+        "GATEWAY_HTTP_PORT": str(http_port),
+        "GATEWAY_SMPP_PORT": str(smsc_port),
+        "GATEWAY_SIMULATOR_ENABLED": "false",
+        "GATEWAY_SMPP_WINDOW": str(args.window),
+        "GATEWAY_LOG_LEVEL": "WARNING",
+    }
+    smsc = await start_process(
+        "-m", "smpp.simulator", "--port", str(smsc_port), "--dlr-delay", "0", "--summary-interval", "0",
+        "--log-level", "WARNING", ready="listening",
+    )
+    subprocs = [smsc]
+    try:
+        await (await start_process("-m", "gateway", "migrate", env=env)).communicate()
+        creds = json.loads(await _create_account(env))
+        gw = await start_process("-m", "gateway", "run", env=env, cwd=work)
+        subprocs.append(gw)
+        drain = asyncio.get_running_loop().create_task(drain_output(gw))
+        base = f"http://127.0.0.1:{http_port}"
+        auth = {"Authorization": aiohttp.encode_basic_auth(creds["sid"], creds["auth_token"])}
+        connector = aiohttp.TCPConnector(limit=args.concurrency)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            await _wait_up(http, base)
+            # Warm-up: connections, caches, the bind.
+            await asyncio.gather(*(_post(http, base, auth, i) for i in range(50)))
+            engine = create_engine(db_url)
+            await _wait_count(engine, 50)
+            latencies: list[float] = []
+            queue: asyncio.Queue[int] = asyncio.Queue()
+            for i in range(args.messages):
+                queue.put_nowait(i)
+
+            async def worker() -> None:
+                while not queue.empty():
+                    i = queue.get_nowait()
+                    t0 = time.perf_counter()
+                    await _post(http, base, auth, i)
+                    latencies.append(time.perf_counter() - t0)
+
+            start = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+            accepted_s = time.perf_counter() - start
+            await _wait_count(engine, 50 + args.messages)
+            e2e_s = time.perf_counter() - start
+            await engine.dispose()
+        rss = peak_rss_mib(gw.pid)
+        drain.cancel()
+        print(f"engine            {args.db}, window {args.window}, concurrency {args.concurrency}")
+        print(f"messages          {args.messages}")
+        print(f"accepted/s        {args.messages / accepted_s:,.0f}")
+        print(f"end-to-end msg/s  {args.messages / e2e_s:,.0f}   (first POST to last DELIVERED: {e2e_s:.2f} s)")
+        print(f"API latency p50   {percentile(latencies, 50) * 1000:.1f} ms")
+        print(f"API latency p99   {percentile(latencies, 99) * 1000:.1f} ms")
+        print(f"gateway peak RSS  {rss:.0f} MiB")
+    finally:
+        for p in reversed(subprocs):
+            await stop_process(p)
+        if pg_name:
+            import asyncpg
+
+            conn = await asyncpg.connect(PG_ADMIN)
+            await conn.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+            await conn.close()
+
+
+async def _create_account(env: dict[str, str]) -> str:
+    proc = await start_process("-m", "gateway", "accounts", "create", "--name", "bench", "--freeform", env=env)
+    out, _ = await proc.communicate()
+    text_out = out.decode()
+    return text_out[text_out.index("{"):]
+
+
+async def _post(http: aiohttp.ClientSession, base: str, auth: dict[str, str], i: int) -> None:
+    async with http.post(
+        f"{base}/sms/messages/",
+        data={"message": f"bench message {i}", "recipient": "+818012345678", "sender": "BENCH"},
+        headers=auth,
+    ) as r:
+        if r.status != 201:
+            raise RuntimeError(f"POST answered {r.status}: {await r.text()}")
+        await r.read()
+
+
+async def _wait_up(http: aiohttp.ClientSession, base: str) -> None:
+    for _ in range(300):
+        try:
+            async with http.get(f"{base}/healthz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise RuntimeError("gateway did not come up")
+
+
+async def _wait_count(engine: AsyncEngine, n: int) -> None:
+    while True:
+        async with engine.connect() as conn:
+            done = (await conn.execute(text("SELECT count(*) FROM messages WHERE status = 'DELIVERED'"))).scalar()
+        if done >= n:
+            return
+        await asyncio.sleep(0.05)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
