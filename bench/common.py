@@ -33,10 +33,16 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-async def start_process(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-                        ready: str | None = None, timeout: float = 30) -> asyncio.subprocess.Process:
+async def start_process(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    ready: str | None = None,
+    timeout: float = 30,
+) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, *args,
+        sys.executable,
+        *args,
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         cwd=str(cwd or ROOT),
         stdout=asyncio.subprocess.PIPE,

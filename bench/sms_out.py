@@ -58,8 +58,17 @@ async def main() -> None:
         "GATEWAY_LOG_LEVEL": "WARNING",
     }
     smsc = await start_process(
-        "-m", "smpp.simulator", "--port", str(smsc_port), "--dlr-delay", "0", "--summary-interval", "0",
-        "--log-level", "WARNING", ready="listening",
+        "-m",
+        "smpp.simulator",
+        "--port",
+        str(smsc_port),
+        "--dlr-delay",
+        "0",
+        "--summary-interval",
+        "0",
+        "--log-level",
+        "WARNING",
+        ready="listening",
     )
     subprocs = [smsc]
     try:
@@ -100,7 +109,9 @@ async def main() -> None:
         print(f"engine            {args.db}, window {args.window}, concurrency {args.concurrency}")
         print(f"messages          {args.messages}")
         print(f"accepted/s        {args.messages / accepted_s:,.0f}")
-        print(f"end-to-end msg/s  {args.messages / e2e_s:,.0f}   (first POST to last DELIVERED: {e2e_s:.2f} s)")
+        print(
+            f"end-to-end msg/s  {args.messages / e2e_s:,.0f}   (first POST to last DELIVERED: {e2e_s:.2f} s)"
+        )
         print(f"API latency p50   {percentile(latencies, 50) * 1000:.1f} ms")
         print(f"API latency p99   {percentile(latencies, 99) * 1000:.1f} ms")
         print(f"gateway peak RSS  {rss:.0f} MiB")
@@ -116,10 +127,12 @@ async def main() -> None:
 
 
 async def _create_account(env: dict[str, str]) -> str:
-    proc = await start_process("-m", "gateway", "accounts", "create", "--name", "bench", "--freeform", env=env)
+    proc = await start_process(
+        "-m", "gateway", "accounts", "create", "--name", "bench", "--freeform", env=env
+    )
     out, _ = await proc.communicate()
     text_out = out.decode()
-    return text_out[text_out.index("{"):]
+    return text_out[text_out.index("{") :]
 
 
 async def _post(http: aiohttp.ClientSession, base: str, auth: dict[str, str], i: int) -> None:
@@ -148,7 +161,9 @@ async def _wait_up(http: aiohttp.ClientSession, base: str) -> None:
 async def _wait_count(engine: AsyncEngine, n: int) -> None:
     while True:
         async with engine.connect() as conn:
-            done = (await conn.execute(text("SELECT count(*) FROM messages WHERE status = 'DELIVERED'"))).scalar()
+            done = (
+                await conn.execute(text("SELECT count(*) FROM messages WHERE status = 'DELIVERED'"))
+            ).scalar()
         if done >= n:
             return
         await asyncio.sleep(0.05)

@@ -202,7 +202,9 @@ class Dispatcher:
                 changed.append(o.claimed.id)
         if changed:
             msgs = (
-                await s.execute(select(Message).where(Message.id.in_(changed), Message.callbackurl.is_not(None)))
+                await s.execute(
+                    select(Message).where(Message.id.in_(changed), Message.callbackurl.is_not(None))
+                )
             ).scalars()
             for msg in msgs:
                 await enqueue_status_callback(s, msg, self._base_url)

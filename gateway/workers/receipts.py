@@ -54,7 +54,8 @@ class ReceiptApplier:
         async with self._sessions.begin() as s:
             unmatched = await self._apply(s, pending, now)
             s.add_all(
-                OrphanReceipt(smsc_id=p.smsc_id, state=p.state, stat=p.stat, received_at=now) for p in unmatched
+                OrphanReceipt(smsc_id=p.smsc_id, state=p.state, stat=p.stat, received_at=now)
+                for p in unmatched
             )
 
     async def _apply(self, s: AsyncSession, pending: Sequence[_Pending], now: datetime) -> list[_Pending]:
@@ -118,7 +119,9 @@ class ReceiptApplier:
                 changed.extend(res.scalars())
         if changed:
             msgs = (
-                await s.execute(select(Message).where(Message.id.in_(changed), Message.callbackurl.is_not(None)))
+                await s.execute(
+                    select(Message).where(Message.id.in_(changed), Message.callbackurl.is_not(None))
+                )
             ).scalars()
             for msg in msgs:
                 await enqueue_status_callback(s, msg, self._base_url)
