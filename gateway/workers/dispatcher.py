@@ -163,7 +163,7 @@ class Dispatcher:
     async def _write(self, s: AsyncSession, outcomes: Sequence[Outcome], now: datetime) -> None:
         # Few statements per batch whatever its size: on SQLite every statement is a hop to
         # the single connection's thread, and on PostgreSQL a round trip.
-        accepted = {o.claimed.id: o.result for o in outcomes if o.result is not None}
+        accepted: dict[int, SubmitResult] = {o.claimed.id: o.result for o in outcomes if o.result is not None}
         retry = [o.claimed.id for o in outcomes if o.result is None and o.rejected is None]
         mine = (Message.status == "QUEUED", Message.claimed_by.in_({o.claimed.token for o in outcomes}))
         if retry:
@@ -183,10 +183,11 @@ class Dispatcher:
                 )
             ).scalars()
             changed.extend(won)
+        smsc_ids = {mid: [normalize_id(i) for i in result.smsc_ids] for mid, result in accepted.items()}
         parts = [
-            {"message_id": mid, "seq": seq, "smsc_id": normalize_id(smsc_id), "state": "SUBMITTED"}
+            {"message_id": mid, "seq": seq, "smsc_id": smsc_id, "state": "SUBMITTED"}
             for mid in changed
-            for seq, smsc_id in enumerate(accepted[mid].smsc_ids, start=1)  # type: ignore[union-attr]
+            for seq, smsc_id in enumerate(smsc_ids[mid], start=1)
         ]
         if parts:
             await s.execute(insert(MessagePart), parts)
@@ -210,4 +211,4 @@ class Dispatcher:
                 await enqueue_status_callback(s, msg, self._base_url)
         if parts:
             # Receipts that raced ahead of this write are waiting as orphans.
-            await self._receipts.adopt_orphans(s, [p["smsc_id"] for p in parts], now)
+            await self._receipts.adopt_orphans(s, [i for mid in changed for i in smsc_ids.get(mid, ())], now)
