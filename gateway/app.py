@@ -14,12 +14,13 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.db.engine import create_engine, session_factory
-from gateway.http import routes_public, routes_sms
+from gateway.http import routes_public, routes_sins, routes_sms
 from gateway.http.auth import auth_middleware
 from gateway.http.errors import error_middleware
-from gateway.keys import ACCOUNTS, CONFIG, ENGINE, LINKS, MESSAGES, SESSIONS, TEMPLATES
+from gateway.keys import ACCOUNTS, CONFIG, ENGINE, LINKS, MESSAGES, NUMBERS, SESSIONS, TEMPLATES
 from gateway.services.accounts import AccountService
 from gateway.services.messages import MessageService
+from gateway.services.numbers import NumberService
 from gateway.services.pricing import PriceList
 from gateway.services.templates import TemplateService
 from gateway.services.tracking import LinkTracker
@@ -47,6 +48,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app.add_routes(routes_public.routes)
     app.add_routes(routes_sms.routes)
+    app.add_routes(routes_sins.routes)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_http_client)
     if config.simulator.enabled:
@@ -64,6 +66,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[ACCOUNTS] = AccountService(sessions)
     app[TEMPLATES] = TemplateService(sessions)
     app[LINKS] = LinkTracker(sessions, cfg.public_base_url)
+    app[NUMBERS] = NumberService(sessions)
     yield
     await engine.dispose()
 

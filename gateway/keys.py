@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from gateway.config import Config
 from gateway.services.accounts import AccountInfo, AccountService
 from gateway.services.messages import MessageService
+from gateway.services.numbers import NumberService
 from gateway.services.templates import TemplateService
 from gateway.services.tracking import LinkTracker
 
@@ -18,5 +19,6 @@ ACCOUNTS = web.AppKey("accounts", AccountService)
 MESSAGES = web.AppKey("messages", MessageService)
 TEMPLATES = web.AppKey("templates", TemplateService)
 LINKS = web.AppKey("links", LinkTracker)
+NUMBERS = web.AppKey("numbers", NumberService)
 
 ACCOUNT = web.RequestKey("account", AccountInfo)

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -172,3 +173,94 @@ class TrackedLink(Base):
     url: Mapped[str] = mapped_column(Text)
     first_access_at: Mapped[datetime | None] = mapped_column()
     access_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Number(Base):
+    """Operator's number inventory, shared by SIN (SMS in) and DIN (voice in)."""
+
+    __tablename__ = "numbers"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True)  # sin_uid / din_uid in the API
+    number: Mapped[str] = mapped_column(String(20), unique=True)  # E.164 with +
+    country_code: Mapped[str] = mapped_column(String(2), index=True)  # ISO 3166-1 alpha-2
+    prefix: Mapped[str] = mapped_column(String(16), index=True)  # digits, e.g. 813
+    sms: Mapped[bool] = mapped_column(Boolean, default=False)
+    voice: Mapped[bool] = mapped_column(Boolean, default=False)
+    monthly_cost: Mapped[Decimal] = mapped_column(Numeric(14, 4))
+    minute_cost: Mapped[Decimal] = mapped_column(Numeric(14, 4))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NumberSubscription(Base):
+    """An account's subscription to a number as SIN or DIN; at most one per (number, kind)."""
+
+    __tablename__ = "number_subscriptions"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    number_id: Mapped[int] = mapped_column(ForeignKey("numbers.id"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "sin" | "din"
+    action_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("number_id", "kind"),)
+
+
+class MoPartRow(Base):
+    """A part of a concatenated MO waiting for its siblings."""
+
+    __tablename__ = "mo_parts"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    source: Mapped[str] = mapped_column(String(32))
+    destination: Mapped[str] = mapped_column(String(32))
+    ref: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("source", "destination", "ref", "total", "seq"),)
+
+
+class InboundMessage(Base):
+    __tablename__ = "inbound_messages"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True)
+    # NULL when the number had no SIN subscriber: kept and counted, never dropped.
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))
+    number_id: Mapped[int | None] = mapped_column(ForeignKey("numbers.id"))
+    sender: Mapped[str] = mapped_column(String(32))
+    recipient: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)
+    parts: Mapped[int] = mapped_column(Integer, default=1)
+    keyword: Mapped[str | None] = mapped_column(String(16))  # STOP / START / HELP handling applied
+    client_reference: Mapped[str | None] = mapped_column(String(128))
+    operator_id: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index("ix_inbound_messages_account_received", "account_id", "received_at"),
+        Index("ix_inbound_messages_recipient", "recipient"),
+    )
+
+
+class OptOut(Base):
+    __tablename__ = "opt_outs"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    number: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("account_id", "number"),)
+
+
+class AutoReplyRule(Base):
+    __tablename__ = "auto_reply_rules"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True)
+    subscription_id: Mapped[int] = mapped_column(
+        ForeignKey("number_subscriptions.id", ondelete="CASCADE"), index=True
+    )
+    match: Mapped[str] = mapped_column(String(8))  # "keyword" | "regex"
+    pattern: Mapped[str] = mapped_column(String(200))
+    reply: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
