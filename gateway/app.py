@@ -14,11 +14,12 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.db.engine import create_engine, session_factory
-from gateway.http import routes_public, routes_sins, routes_sms
+from gateway.http import routes_inbound, routes_public, routes_sins, routes_sms
 from gateway.http.auth import auth_middleware
 from gateway.http.errors import error_middleware
-from gateway.keys import ACCOUNTS, CONFIG, ENGINE, LINKS, MESSAGES, NUMBERS, SESSIONS, TEMPLATES
+from gateway.keys import ACCOUNTS, CONFIG, ENGINE, INBOUND, LINKS, MESSAGES, NUMBERS, SESSIONS, TEMPLATES
 from gateway.services.accounts import AccountService
+from gateway.services.inbound import InboundService, KeywordReplies
 from gateway.services.messages import MessageService
 from gateway.services.numbers import NumberService
 from gateway.services.pricing import PriceList
@@ -49,6 +50,7 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(routes_public.routes)
     app.add_routes(routes_sms.routes)
     app.add_routes(routes_sins.routes)
+    app.add_routes(routes_inbound.routes)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_http_client)
     if config.simulator.enabled:
@@ -103,7 +105,36 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     sessions = app[SESSIONS]
     base_url = cfg.public_base_url
-    receipts = ReceiptApplier(sessions, base_url)
+    # The pieces wake each other; closures bind late, so construction order stays simple.
+    dispatcher: Dispatcher | None = None
+    webhooks: WebhookSender | None = None
+
+    def wake_dispatcher() -> None:
+        if dispatcher is not None:
+            dispatcher.wake()
+
+    def wake_webhooks() -> None:
+        if webhooks is not None:
+            webhooks.wake()
+
+    messages = MessageService(
+        sessions,
+        PriceList(cfg.sms.prices),
+        base_url,
+        cfg.sms.max_parts,
+        cfg.sms.retention_days,
+        cfg.sms.list_limit,
+        wake_dispatcher,
+    )
+    inbound = InboundService(
+        sessions,
+        messages,
+        KeywordReplies(cfg.sms.optout_reply, cfg.sms.optin_reply, cfg.sms.help_reply),
+        cfg.sms.mo_reassembly_seconds,
+        wake_dispatcher,
+        wake_webhooks,
+    )
+    receipts = ReceiptApplier(sessions, base_url, wake_webhooks)
     client = SmppClient(
         SmppClientConfig(
             host=cfg.smpp.host,
@@ -115,7 +146,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
             enquire_link_interval=cfg.smpp.enquire_link_interval,
             response_timeout=cfg.smpp.response_timeout,
         ),
-        CoreSmppEvents(receipts),
+        CoreSmppEvents(receipts, inbound),
     )
     dispatcher = Dispatcher(
         sessions,
@@ -127,6 +158,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         poll_interval=cfg.dispatcher.poll_interval,
         lease_seconds=cfg.dispatcher.lease_seconds,
         workers=cfg.dispatcher.workers,
+        wake_webhooks=wake_webhooks,
     )
     webhooks = WebhookSender(
         sessions,
@@ -136,33 +168,28 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         give_up_after=cfg.webhooks.give_up_after_seconds,
         concurrency=cfg.webhooks.concurrency,
         poll_interval=cfg.webhooks.poll_interval,
+        reply_hook=inbound.reply_from_webhook,
     )
     app[RECEIPTS] = receipts
     app[SMPP_CLIENT] = client
     app[DISPATCHER] = dispatcher
     app[WEBHOOKS] = webhooks
-    app[MESSAGES] = messages = MessageService(
-        sessions,
-        PriceList(cfg.sms.prices),
-        base_url,
-        cfg.sms.max_parts,
-        cfg.sms.retention_days,
-        cfg.sms.list_limit,
-        dispatcher.wake,
-    )
-    sweeper = Lifecycle()
+    app[MESSAGES] = messages
+    app[INBOUND] = inbound
+    housekeeping = Lifecycle()
     workers = [
         asyncio.create_task(_forever("dispatcher", dispatcher.run), name="dispatcher"),
         asyncio.create_task(_forever("webhook sender", webhooks.run), name="webhooks"),
+        asyncio.create_task(_every(housekeeping, 2.0, "orphan receipt sweep", receipts.sweep), name="sweep"),
         asyncio.create_task(
-            _every(sweeper, 2.0, "orphan receipt sweep", receipts.sweep), name="orphan-sweep"
+            _every(housekeeping, 10.0, "stale MO parts", inbound.flush_stale), name="mo-parts"
         ),
     ]
     client_task = asyncio.create_task(_forever("smpp client", client.run), name="smpp-client")
     yield
     await messages.close()  # the HTTP site is already closed: commit what it accepted
     # Stop taking work, let in-flight batches record their outcome, then unbind.
-    for lc in (dispatcher.lifecycle, webhooks.lifecycle, sweeper):
+    for lc in (dispatcher.lifecycle, webhooks.lifecycle, housekeeping):
         lc.request_stop()
     _, late = await asyncio.wait(workers, timeout=cfg.dispatcher.shutdown_seconds)
     for task in late:
@@ -173,6 +200,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         await asyncio.wait_for(client.stop(), 5)
     client_task.cancel()
     await asyncio.gather(client_task, return_exceptions=True)
+    await inbound.close()
     await receipts.close()
 
 

@@ -84,6 +84,14 @@ class SmsConfig:
     prices: dict[str, float] = field(default_factory=lambda: {"": 10.0})
     retention_days: int = 90
     list_limit: int = 30000
+    # Answers to the opt-out keywords (STOP/START/HELP); empty = no answer.
+    optout_reply: str = (
+        "You have been unsubscribed and will receive no more messages. Reply START to resubscribe."
+    )
+    optin_reply: str = "You have been resubscribed. Reply STOP to unsubscribe."
+    help_reply: str = "Reply STOP to unsubscribe, START to resubscribe."
+    # Parts of a concatenated MO older than this without their siblings are delivered as they are.
+    mo_reassembly_seconds: float = 300.0
 
 
 @dataclass

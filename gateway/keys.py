@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.config import Config
 from gateway.services.accounts import AccountInfo, AccountService
+from gateway.services.inbound import InboundService
 from gateway.services.messages import MessageService
 from gateway.services.numbers import NumberService
 from gateway.services.templates import TemplateService
@@ -20,5 +21,6 @@ MESSAGES = web.AppKey("messages", MessageService)
 TEMPLATES = web.AppKey("templates", TemplateService)
 LINKS = web.AppKey("links", LinkTracker)
 NUMBERS = web.AppKey("numbers", NumberService)
+INBOUND = web.AppKey("inbound", InboundService)
 
 ACCOUNT = web.RequestKey("account", AccountInfo)

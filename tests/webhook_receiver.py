@@ -24,6 +24,8 @@ class Receiver:
     # Status codes to answer, consumed in order per path; afterwards 200.
     script: dict[str, list[int]] = field(default_factory=dict)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    # text/plain bodies to answer with per path (SIN webhooks reply this way).
+    replies: dict[str, str] = field(default_factory=dict)
 
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
@@ -36,7 +38,9 @@ class Receiver:
         self.arrived.set()
         codes = self.script.get(request.path)
         status = codes.pop(0) if codes else 200
-        return web.Response(status=status, text="ok")
+        if status == 200 and request.path in self.replies:
+            return web.Response(status=200, text=self.replies[request.path], content_type="text/plain")
+        return web.Response(status=status)  # no body: a text/plain body would be an SMS reply
 
 
 @pytest_asyncio.fixture

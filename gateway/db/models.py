@@ -217,6 +217,8 @@ class MoPartRow(Base):
     seq: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when the message was assembled; kept a while so a redelivered part is recognised.
+    assembled_at: Mapped[datetime | None] = mapped_column()
 
     __table_args__ = (UniqueConstraint("source", "destination", "ref", "total", "seq"),)
 

@@ -13,6 +13,12 @@ from gateway.keys import ACCOUNT, ACCOUNTS
 PUBLIC_PREFIXES = ("/l/", "/healthz")
 
 
+def _service_plan(path: str) -> str | None:
+    if path.startswith("/xms/v1/"):
+        return path.split("/")[3] or None
+    return None
+
+
 def _challenge(detail: str) -> ApiError:
     return ApiError(401, {"detail": detail})
 
@@ -25,6 +31,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     scheme, _, value = header.partition(" ")
     if not header:
         raise _challenge("Authentication credentials were not provided.")
+    plan = _service_plan(request.path)
+    if plan is not None and scheme.lower() == "bearer":
+        # Sinch style: the SID is the service_plan_id in the path, the bearer is the token.
+        account = await request.app[ACCOUNTS].authenticate(plan, value.strip())
+        if account is None:
+            raise _challenge("Invalid service plan or token.")
+        request[ACCOUNT] = account
+        return await handler(request)
     if scheme.lower() != "basic":
         raise _challenge("Use HTTP Basic authentication with your SID and auth token.")
     try:
@@ -37,5 +51,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     account = await request.app[ACCOUNTS].authenticate(sid, token)
     if account is None:
         raise _challenge("Invalid username/password.")
+    if plan is not None and plan != sid:
+        raise _challenge("The service plan in the path is not this account's.")
     request[ACCOUNT] = account
     return await handler(request)

@@ -13,7 +13,7 @@ from urllib.parse import unquote
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.db.models import Message, Template, TrackedLink
+from gateway.db.models import Message, OptOut, Template, TrackedLink
 from gateway.http.errors import FieldErrors, not_found
 from gateway.services import links as linksvc
 from gateway.services.pricing import PriceList
@@ -100,14 +100,10 @@ class MessageService:
             raise FieldErrors.one(field, f"Message too long: {parts} parts, at most {self._max_parts}.")
         return parts
 
-    async def create(self, req: OutboundRequest, body_field: str = "message") -> str:
-        text = req.text
-        tracked: list[linksvc.RewrittenLink] = []
-        if req.track_link:
-            text, tracked = linksvc.rewrite(text, self._base_url)
-        parts = self.check_length(body_field, text)
+    def row_for(self, req: OutboundRequest, text: str, parts: int) -> dict[str, Any]:
+        """The messages row for a send; used inside other transactions (replies to MO) too."""
         now = datetime.now(UTC)
-        row: dict[str, Any] = {
+        return {
             "msgid": uuid.uuid4().hex,
             "account_id": req.account_id,
             "template_id": req.template_id,
@@ -125,6 +121,23 @@ class MessageService:
             "next_attempt_at": now,
             "attempts": 0,
         }
+
+    async def check_not_opted_out(self, account_id: int, recipient: str) -> None:
+        async with self._sessions() as s:
+            found = await s.scalar(
+                select(OptOut.id).where(OptOut.account_id == account_id, OptOut.number == recipient).limit(1)
+            )
+        if found is not None:
+            raise FieldErrors.one("recipient", "Recipient has opted out")
+
+    async def create(self, req: OutboundRequest, body_field: str = "message") -> str:
+        text = req.text
+        tracked: list[linksvc.RewrittenLink] = []
+        if req.track_link:
+            text, tracked = linksvc.rewrite(text, self._base_url)
+        parts = self.check_length(body_field, text)
+        await self.check_not_opted_out(req.account_id, req.recipient)
+        row = self.row_for(req, text, parts)
         if not tracked:
             await self._inserter.submit(row)
             return str(row["msgid"])

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +24,22 @@ def enqueue(
             ref=ref,
             url=url,
             body=json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+        )
+    )
+
+
+def enqueue_form(
+    session: AsyncSession, *, account_id: int, kind: str, ref: str, url: str, fields: dict[str, str]
+) -> None:
+    """Form-encoded webhook, as Xoxzo posts inbound SMS to action_url."""
+    session.add(
+        WebhookDelivery(
+            account_id=account_id,
+            kind=kind,
+            ref=ref,
+            url=url,
+            body=urlencode(fields),
+            content_type="application/x-www-form-urlencoded",
         )
     )
 

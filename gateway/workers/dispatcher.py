@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -67,7 +67,9 @@ class Dispatcher:
         poll_interval: float = 0.5,
         lease_seconds: float = 60.0,
         workers: int = 3,
+        wake_webhooks: Callable[[], None] = lambda: None,
     ) -> None:
+        self._wake_webhooks = wake_webhooks
         self._sessions = sessions
         self._submitter = submitter
         self._receipts = receipts
@@ -154,6 +156,7 @@ class Dispatcher:
             try:
                 async with self._sessions.begin() as s:
                     await self._write(s, outcomes, now)
+                self._wake_webhooks()
                 return
             except Exception:
                 # The SMSC already has these; losing the write would resend them, so insist.

@@ -7,7 +7,7 @@ batch, so hundreds of receipts a second cost a few transactions, not hundreds.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,9 +35,15 @@ class _Pending:
 
 
 class ReceiptApplier:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], base_url: str) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        base_url: str,
+        wake_webhooks: Callable[[], None] = lambda: None,
+    ) -> None:
         self._sessions = sessions
         self._base_url = base_url
+        self._wake_webhooks = wake_webhooks
         self._committer: GroupCommitter[DeliveryReceipt] = GroupCommitter(self._write)
 
     async def on_receipt(self, receipt: DeliveryReceipt) -> None:
@@ -57,6 +63,7 @@ class ReceiptApplier:
                 OrphanReceipt(smsc_id=p.smsc_id, state=p.state, stat=p.stat, received_at=now)
                 for p in unmatched
             )
+        self._wake_webhooks()
 
     async def _apply(self, s: AsyncSession, pending: Sequence[_Pending], now: datetime) -> list[_Pending]:
         """Apply receipts to their parts; settle the messages; return the receipts that matched nothing."""

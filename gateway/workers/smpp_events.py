@@ -4,29 +4,25 @@ from __future__ import annotations
 
 import logging
 
+from gateway.services.inbound import InboundService
 from gateway.workers.receipts import ReceiptApplier
 from smpp.types import DeliveryReceipt, MoPart
 
 log = logging.getLogger(__name__)
 
 
-class InboundNotReady(Exception):
-    """Raised for MO until inbound storage exists, so the SMSC keeps and redelivers it."""
-
-
 class CoreSmppEvents:
-    def __init__(self, receipts: ReceiptApplier) -> None:
+    def __init__(self, receipts: ReceiptApplier, inbound: InboundService) -> None:
         self._receipts = receipts
+        self._inbound = inbound
         self.bound = False
 
     async def on_receipt(self, receipt: DeliveryReceipt) -> None:
         await self._receipts.on_receipt(receipt)
 
     async def on_mo(self, part: MoPart) -> None:
-        # Answering deliver_sm with an error keeps the SMSC responsible for the message
-        # instead of acknowledging something we cannot store yet.
-        log.warning("MO from %s to %s refused: inbound SMS is not enabled", part.source, part.destination)
-        raise InboundNotReady("inbound SMS not enabled")
+        # Returns only once stored: the adapter acknowledges the deliver_sm after this.
+        await self._inbound.receive(part)
 
     def on_bind_state(self, bound: bool) -> None:
         self.bound = bound

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -25,9 +26,16 @@ from gateway.workers.lifecycle import Lifecycle
 log = logging.getLogger(__name__)
 
 
+# A SIN webhook may answer 200 with a text/plain body: that text is sent back as the reply.
+ReplyHook = Callable[[str, str], Awaitable[None]]
+MAX_REPLY_CHARS = 1600
+
+
 @dataclass(frozen=True)
 class Job:
     id: int
+    kind: str
+    ref: str
     url: str
     body: str
     content_type: str
@@ -41,6 +49,7 @@ class Result:
     job: Job
     status_code: int | None
     error: str | None
+    reply_text: str | None = None
 
     @property
     def done(self) -> bool:
@@ -63,7 +72,9 @@ class WebhookSender:
         concurrency: int = 50,
         poll_interval: float = 1.0,
         lease_seconds: float = 120.0,
+        reply_hook: ReplyHook | None = None,
     ) -> None:
+        self._reply_hook = reply_hook
         self._sessions = sessions
         self._http = http
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -89,6 +100,7 @@ class WebhookSender:
                 continue
             results = await asyncio.gather(*(self._post(j) for j in jobs))
             await self._record(results)
+            await self._replies(results)
 
     async def _claim(self) -> list[Job]:
         now = datetime.now(UTC)
@@ -122,7 +134,7 @@ class WebhookSender:
                 .where(WebhookDelivery.claimed_by == token, WebhookDelivery.status == "PENDING")
             )
             return [
-                Job(d.id, d.url, d.body, d.content_type, secret, d.attempts, d.created_at)
+                Job(d.id, d.kind, d.ref, d.url, d.body, d.content_type, secret, d.attempts, d.created_at)
                 for d, secret in rows
             ]
 
@@ -139,10 +151,30 @@ class WebhookSender:
             async with self._http.post(
                 job.url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as resp:
-                await resp.read()
-                return Result(job, resp.status, None)
+                body = await resp.content.read(64 * 1024)
+                reply = None
+                if (
+                    job.kind == "sms.inbound"
+                    and 200 <= resp.status < 300
+                    and resp.content_type == "text/plain"
+                ):
+                    reply = (
+                        body.decode(resp.charset or "utf-8", errors="replace").strip()[:MAX_REPLY_CHARS]
+                        or None
+                    )
+                return Result(job, resp.status, None, reply)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             return Result(job, None, f"{type(exc).__name__}: {exc}"[:500])
+
+    async def _replies(self, results: list[Result]) -> None:
+        if self._reply_hook is None:
+            return
+        for r in results:
+            if r.reply_text:
+                try:
+                    await self._reply_hook(r.job.ref, r.reply_text)
+                except Exception:
+                    log.exception("reply from webhook %d failed", r.job.id)
 
     async def _record(self, results: list[Result]) -> None:
         now = datetime.now(UTC)

@@ -28,6 +28,7 @@ def upgrade() -> None:
     sa.Column('seq', sa.Integer(), nullable=False),
     sa.Column('text', sa.Text(), nullable=False),
     sa.Column('received_at', sa.DateTime(), nullable=False),
+    sa.Column('assembled_at', sa.DateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_mo_parts')),
     sa.UniqueConstraint('source', 'destination', 'ref', 'total', 'seq', name=op.f('uq_mo_parts_source_destination_ref_total_seq'))
     )

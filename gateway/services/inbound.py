@@ -1,0 +1,369 @@
+"""Inbound SMS (MO): reassembly, storage, opt-out keywords, auto-replies and webhooks.
+
+Every MO part is written (group commit) before the adapter answers deliver_sm_resp, so an
+acknowledged MO is never lost; the webhook to the SIN's action_url and any reply are
+written in the same transaction, so a crash cannot separate them from the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.db.models import (
+    AutoReplyRule,
+    InboundMessage,
+    Message,
+    MoPartRow,
+    Number,
+    NumberSubscription,
+    OptOut,
+)
+from gateway.http.errors import not_found
+from gateway.services import outbox
+from gateway.services.messages import MessageService, OutboundRequest
+from gateway.services.views import fmt_time
+from gateway.workers.batcher import GroupCommitter
+from smpp.types import MoPart
+
+log = logging.getLogger(__name__)
+
+STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+START_WORDS = frozenset({"START", "UNSTOP"})
+HELP_WORDS = frozenset({"HELP"})
+
+
+def e164_from_smpp(addr: str) -> str:
+    """SMPP carries international numbers without '+'; alphanumeric senders stay as they are."""
+    addr = addr.strip()
+    if addr.startswith("+"):
+        return addr
+    return f"+{addr}" if addr.isdigit() else addr
+
+
+@dataclass(frozen=True)
+class KeywordReplies:
+    optout: str
+    optin: str
+    help: str
+
+
+@dataclass(frozen=True)
+class _Owner:
+    subscription_id: int
+    account_id: int
+    number_id: int
+    action_url: str | None
+
+
+class InboundService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        messages: MessageService,
+        replies: KeywordReplies,
+        reassembly_window: float,
+        wake_dispatcher: Callable[[], None],
+        wake_webhooks: Callable[[], None],
+    ) -> None:
+        self._sessions = sessions
+        self._messages = messages
+        self._replies = replies
+        self._window = timedelta(seconds=reassembly_window)
+        self._wake_dispatcher = wake_dispatcher
+        self._wake_webhooks = wake_webhooks
+        self._committer: GroupCommitter[MoPart] = GroupCommitter(self._write)
+        self.unrouted = 0  # MO to numbers nobody subscribed to (stored, not delivered)
+
+    async def receive(self, part: MoPart) -> None:
+        """Returns once the part is durably stored (and, if complete, processed)."""
+        await self._committer.submit(part)
+
+    async def close(self) -> None:
+        await self._committer.close()
+
+    async def _write(self, parts: Sequence[MoPart]) -> None:
+        async with self._sessions.begin() as s:
+            for part in parts:
+                complete = await self._assemble(s, part)
+                if complete is not None:
+                    await self._store(s, *complete)
+        self._wake_dispatcher()
+        self._wake_webhooks()
+
+    async def _assemble(self, s: AsyncSession, part: MoPart) -> tuple[str, str, str, int, datetime] | None:
+        source, dest = e164_from_smpp(part.source), e164_from_smpp(part.destination)
+        received = part.received_at or datetime.now(UTC)
+        if part.concat_ref is None or part.concat_total <= 1:
+            return source, dest, part.text, 1, received
+        key = (
+            MoPartRow.source == source,
+            MoPartRow.destination == dest,
+            MoPartRow.ref == part.concat_ref,
+            MoPartRow.total == part.concat_total,
+        )
+        dup = await s.scalar(select(MoPartRow.id).where(*key, MoPartRow.seq == part.concat_seq))
+        if dup is not None:
+            # An SMSC redelivering a part it thinks we missed (lost deliver_sm_resp) must not
+            # duplicate it, before or after the message was assembled.
+            return None
+        s.add(
+            MoPartRow(
+                source=source,
+                destination=dest,
+                ref=part.concat_ref,
+                total=part.concat_total,
+                seq=part.concat_seq,
+                text=part.text,
+                received_at=received,
+            )
+        )
+        await s.flush()
+        rows = list(
+            (
+                await s.execute(
+                    select(MoPartRow).where(*key, MoPartRow.assembled_at.is_(None)).order_by(MoPartRow.seq)
+                )
+            ).scalars()
+        )
+        if len({r.seq for r in rows}) < part.concat_total:
+            return None
+        await s.execute(
+            update(MoPartRow)
+            .where(*key, MoPartRow.assembled_at.is_(None))
+            .values(assembled_at=datetime.now(UTC))
+        )
+        return source, dest, "".join(r.text for r in rows), part.concat_total, rows[0].received_at
+
+    async def flush_stale(self) -> None:
+        """Deliver, as they are, concatenated MOs whose missing parts never came; forget old
+        assembled parts (kept so far only to recognise redeliveries)."""
+        now = datetime.now(UTC)
+        cutoff = now - self._window
+        async with self._sessions.begin() as s:
+            await s.execute(delete(MoPartRow).where(MoPartRow.assembled_at < cutoff))
+            waiting = MoPartRow.assembled_at.is_(None)
+            groups = (
+                await s.execute(
+                    select(MoPartRow.source, MoPartRow.destination, MoPartRow.ref, MoPartRow.total)
+                    .where(waiting)
+                    .group_by(MoPartRow.source, MoPartRow.destination, MoPartRow.ref, MoPartRow.total)
+                    .having(func.min(MoPartRow.received_at) < cutoff)
+                )
+            ).all()
+            for source, dest, ref, total in groups:
+                key = (
+                    MoPartRow.source == source,
+                    MoPartRow.destination == dest,
+                    MoPartRow.ref == ref,
+                    MoPartRow.total == total,
+                    waiting,
+                )
+                rows = list(
+                    (await s.execute(select(MoPartRow).where(*key).order_by(MoPartRow.seq))).scalars()
+                )
+                await s.execute(update(MoPartRow).where(*key).values(assembled_at=now))
+                log.warning(
+                    "MO %s->%s ref %d: %d of %d parts after the window", source, dest, ref, len(rows), total
+                )
+                await self._store(
+                    s, source, dest, "".join(r.text for r in rows), len(rows), rows[0].received_at
+                )
+        if groups:
+            self._wake_dispatcher()
+            self._wake_webhooks()
+
+    async def _owner(self, s: AsyncSession, number: str) -> _Owner | None:
+        row = (
+            await s.execute(
+                select(
+                    NumberSubscription.id,
+                    NumberSubscription.account_id,
+                    Number.id,
+                    NumberSubscription.action_url,
+                )
+                .join(Number, Number.id == NumberSubscription.number_id)
+                .where(Number.number == number, NumberSubscription.kind == "sin")
+            )
+        ).one_or_none()
+        return None if row is None else _Owner(*row)
+
+    async def _store(
+        self, s: AsyncSession, source: str, dest: str, text: str, parts: int, received: datetime
+    ) -> None:
+        owner = await self._owner(s, dest)
+        word = text.strip().upper()
+        keyword = word if word in STOP_WORDS | START_WORDS | HELP_WORDS else None
+        inbound = InboundMessage(
+            uid=uuid.uuid4().hex,
+            account_id=owner.account_id if owner else None,
+            number_id=owner.number_id if owner else None,
+            sender=source,
+            recipient=dest,
+            body=text,
+            parts=parts,
+            keyword=keyword if owner else None,
+            received_at=received,
+        )
+        s.add(inbound)
+        if owner is None:
+            self.unrouted += 1
+            log.warning(
+                "MO %s -> %s: no SIN subscription; stored unrouted (%d so far)", source, dest, self.unrouted
+            )
+            return
+        reply = (
+            await self._keyword(s, owner, source, keyword)
+            if keyword
+            else await self._auto_reply(s, owner, text)
+        )
+        if reply:
+            await self._send_reply(s, owner.account_id, dest, source, reply)
+        if owner.action_url:
+            outbox.enqueue_form(
+                s,
+                account_id=owner.account_id,
+                kind="sms.inbound",
+                ref=inbound.uid,
+                url=owner.action_url,
+                fields={
+                    "sender": source,
+                    "recipient": dest,
+                    "message": text,
+                    "recv_time": fmt_time(received) or "",
+                    "id": inbound.uid,
+                },
+            )
+
+    async def _keyword(self, s: AsyncSession, owner: _Owner, sender: str, keyword: str) -> str:
+        if keyword in STOP_WORDS:
+            exists = await s.scalar(
+                select(OptOut.id).where(OptOut.account_id == owner.account_id, OptOut.number == sender)
+            )
+            if exists is None:
+                s.add(OptOut(account_id=owner.account_id, number=sender))
+            return self._replies.optout
+        if keyword in START_WORDS:
+            await s.execute(
+                delete(OptOut).where(OptOut.account_id == owner.account_id, OptOut.number == sender)
+            )
+            return self._replies.optin
+        return self._replies.help
+
+    async def _auto_reply(self, s: AsyncSession, owner: _Owner, text: str) -> str | None:
+        rules = (
+            await s.execute(
+                select(AutoReplyRule)
+                .where(AutoReplyRule.subscription_id == owner.subscription_id)
+                .order_by(AutoReplyRule.id)
+            )
+        ).scalars()
+        words = text.split()
+        first = words[0].casefold() if words else ""
+        for rule in rules:
+            if rule.match == "keyword" and first == rule.pattern.casefold():
+                return rule.reply
+            if rule.match == "regex":
+                try:
+                    if re.search(rule.pattern, text[:2000]):
+                        return rule.reply
+                except re.error:
+                    log.warning("auto-reply rule %s has an invalid pattern", rule.uid)
+        return None
+
+    async def _send_reply(self, s: AsyncSession, account_id: int, sin: str, to: str, text: str) -> None:
+        if not to.startswith("+"):
+            return  # an alphanumeric sender cannot receive SMS
+        req = OutboundRequest(account_id=account_id, sender=sin.lstrip("+"), recipient=to, text=text)
+        parts = self._messages.check_length("message", text)
+        await s.execute(insert(Message), [self._messages.row_for(req, text, parts)])
+
+    # -- API side -------------------------------------------------------------------------
+
+    async def reply(self, account_id: int, uid: str, text: str) -> str:
+        """POST /sms/inbounds/<id>/reply/: from the SIN back to the original sender."""
+        async with self._sessions() as s:
+            row = (
+                await s.execute(
+                    select(InboundMessage).where(
+                        InboundMessage.uid == uid, InboundMessage.account_id == account_id
+                    )
+                )
+            ).scalar_one_or_none()
+        if row is None:
+            raise not_found("No such inbound message.")
+        req = OutboundRequest(
+            account_id=account_id, sender=row.recipient.lstrip("+"), recipient=row.sender, text=text
+        )
+        return await self._messages.create(req)
+
+    async def reply_from_webhook(self, uid: str, text: str) -> None:
+        """A SIN webhook answered 200 text/plain: that text is the reply."""
+        async with self._sessions.begin() as s:
+            row = (
+                await s.execute(select(InboundMessage).where(InboundMessage.uid == uid))
+            ).scalar_one_or_none()
+            if row is None or row.account_id is None:
+                return
+            opted_out = await s.scalar(
+                select(OptOut.id).where(OptOut.account_id == row.account_id, OptOut.number == row.sender)
+            )
+            if opted_out is not None:
+                log.info("webhook reply to opted-out %s suppressed", row.sender)
+                return
+            await self._send_reply(s, row.account_id, row.recipient, row.sender, text)
+        self._wake_dispatcher()
+
+    async def get(self, account_id: int, uid: str) -> InboundMessage:
+        async with self._sessions() as s:
+            row = (
+                await s.execute(
+                    select(InboundMessage).where(
+                        InboundMessage.uid == uid, InboundMessage.account_id == account_id
+                    )
+                )
+            ).scalar_one_or_none()
+        if row is None:
+            raise not_found("No such inbound message.")
+        return row
+
+    async def list(
+        self,
+        account_id: int,
+        *,
+        to: Sequence[str] = (),
+        start: datetime,
+        end: datetime | None,
+        client_reference: str | None,
+        page: int,
+        page_size: int,
+    ) -> tuple[int, list[InboundMessage]]:
+        conds: list[Any] = [InboundMessage.account_id == account_id, InboundMessage.received_at >= start]
+        if end is not None:
+            conds.append(InboundMessage.received_at < end)
+        if to:
+            conds.append(InboundMessage.recipient.in_(list(to)))
+        if client_reference is not None:
+            conds.append(InboundMessage.client_reference == client_reference)
+        async with self._sessions() as s:
+            count = await s.scalar(select(func.count()).select_from(InboundMessage).where(*conds)) or 0
+            rows = list(
+                (
+                    await s.execute(
+                        select(InboundMessage)
+                        .where(*conds)
+                        .order_by(InboundMessage.received_at.desc(), InboundMessage.id.desc())
+                        .offset(page * page_size)
+                        .limit(page_size)
+                    )
+                ).scalars()
+            )
+        return count, rows
