@@ -147,10 +147,13 @@ def _too_long(script: str, max_length: int) -> ActionSyntaxError:
 def _split_lines(script: str) -> list[str]:
     # Only LF separates lines. str.splitlines() would also split on VT, FF, NEL, U+2028 and more,
     # silently turning characters we must reject into line breaks.
-    lines = script.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # a final newline ends the last line; it does not start an empty one
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    *terminated, last = script.split("\n")
+    # Only a CR directly before an LF is a line ending; any other CR is reported as a control
+    # character, including one at the very end of the script.
+    lines = [line.removesuffix("\r") for line in terminated]
+    if last:
+        lines.append(last)  # a final newline ends the last line; it does not start an empty one
+    return lines
 
 
 def _parse_line(text: str, line: int) -> Action | None:
