@@ -66,19 +66,20 @@ Other rules
 * Blank lines and lines whose first non-blank character is ``#`` are ignored. A ``#`` after a
   command is not a comment: comments must be on their own line.
 * Anything after a complete command is an error, pointing at the first extra word.
-* Control characters (NUL, line feed inside a line, a carriage return not followed by a line feed,
+* Control characters (NUL, a carriage return not followed by a line feed, vertical tab, form feed,
   escape, delete, C1 controls, ...), the line and paragraph separators U+2028/U+2029 and the bidi
   controls U+202A-U+202E and U+2066-U+2069 are rejected anywhere, comments included. The only
   exception is the tab, allowed as a blank between words.
 * A byte order mark at the very start is ignored and does not count toward columns.
-* A script holds at most 100 lines (blank and comment lines count) and 64 KiB characters, and must
-  contain at least one command.
+* A script holds at most 100 lines (blank and comment lines count) and 65,536 characters, and
+  must contain at least one command.
 
 Errors
 ------
 Errors carry a line and a column, both starting at 1; columns count characters (Unicode code
 points), not bytes. Every line is checked, and all errors are reported in order, at most one per
-line: ``line 2, column 10: expected a quoted text after the language``.
+line, for example ``line 2, column 10: expected a quoted text after the language``. A script over
+the size or line limit gets only that error.
 """
 
 from __future__ import annotations
