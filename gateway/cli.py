@@ -1,4 +1,4 @@
-"""`gateway` command: migrate, run, and the operator's account and template actions."""
+"""`gateway` command: migrate, run, and the operator's account, template and number actions."""
 
 from __future__ import annotations
 
@@ -101,6 +101,47 @@ def cmd_templates(config: Config, args: argparse.Namespace) -> int:
     return _with_services(config, go)
 
 
+def cmd_numbers(config: Config, args: argparse.Namespace) -> int:
+    """Number inventory: import a CSV (all or nothing), list with optional filters."""
+    from gateway.services.number_import import NumberImportError, parse_numbers_csv
+    from gateway.services.numbers import NumberService
+
+    rows = []
+    if args.action == "import":
+        try:
+            data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+            rows = parse_numbers_csv(data)
+        except OSError as exc:
+            print(f"cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+            return 1
+        except NumberImportError as exc:
+            print("\n".join(exc.errors), file=sys.stderr)
+            print(f"{len(exc.errors)} error(s); nothing imported", file=sys.stderr)
+            return 1
+
+    async def go() -> int:
+        engine = create_engine(config.database.url)
+        numbers = NumberService(session_factory(engine))
+        try:
+            if args.action == "import":
+                result = await numbers.import_numbers(rows)
+                _print({"created": result.created, "updated": result.updated})
+            else:
+                _print(await numbers.list_inventory(args.country, args.prefix))
+            return 0
+        except NumberImportError as exc:
+            print("\n".join(exc.errors), file=sys.stderr)
+            print(f"{len(exc.errors)} error(s); nothing imported", file=sys.stderr)
+            return 1
+        except ApiError as exc:  # bad --country / --prefix
+            print(json.dumps(exc.body), file=sys.stderr)
+            return 1
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
 def _demo_credentials(config: Config) -> None:
     """On embedded defaults, make sure there is a demo account and tell the user how to call the API."""
     creds_file = Path(os.environ.get("GATEWAY_DEMO_CREDENTIALS", "var/demo-account.json"))
@@ -182,6 +223,20 @@ def build_parser() -> argparse.ArgumentParser:
         a = tpl_sub.add_parser(action)
         a.add_argument("template_id")
         a.set_defaults(fn=cmd_templates)
+
+    num = sub.add_parser("numbers", help="number inventory for SIN/DIN subscriptions")
+    num_sub = num.add_subparsers(dest="action", required=True)
+    imp = num_sub.add_parser(
+        "import",
+        help="upsert numbers from CSV (header: number,country_code,prefix,sms,voice,monthly_cost,"
+        "minute_cost); any bad row imports nothing",
+    )
+    imp.add_argument("file", help="CSV file, or - for stdin")
+    imp.set_defaults(fn=cmd_numbers)
+    nls = num_sub.add_parser("list", help="list the inventory and who holds each number")
+    nls.add_argument("--country", help="2-letter country code, e.g. JP")
+    nls.add_argument("--prefix", help="leading digits of the number, e.g. 813")
+    nls.set_defaults(fn=cmd_numbers)
     return p
 
 
