@@ -128,6 +128,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
     )
     inbound = InboundService(
         sessions,
+        app[NUMBERS],
         messages,
         KeywordReplies(cfg.sms.optout_reply, cfg.sms.optin_reply, cfg.sms.help_reply),
         cfg.sms.mo_reassembly_seconds,
@@ -166,7 +167,8 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         timeout=cfg.webhooks.timeout,
         first_retry=cfg.webhooks.first_retry_seconds,
         give_up_after=cfg.webhooks.give_up_after_seconds,
-        concurrency=cfg.webhooks.concurrency,
+        batch_size=cfg.webhooks.batch_size,
+        loops=cfg.webhooks.loops,
         poll_interval=cfg.webhooks.poll_interval,
         reply_hook=inbound.reply_from_webhook,
     )

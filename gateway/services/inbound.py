@@ -8,10 +8,9 @@ written in the same transaction, so a crash cannot separate them from the messag
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,26 +18,21 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import (
-    AutoReplyRule,
     InboundMessage,
     Message,
     MoPartRow,
-    Number,
-    NumberSubscription,
     OptOut,
 )
 from gateway.http.errors import not_found
 from gateway.services import outbox
+from gateway.services.keywords import HELP_WORDS, START_WORDS, STOP_WORDS
 from gateway.services.messages import MessageService, OutboundRequest
+from gateway.services.numbers import AutoReply, NumberService, SubscriptionTarget, first_auto_reply
 from gateway.services.views import fmt_time
 from gateway.workers.batcher import GroupCommitter
 from smpp.types import MoPart
 
 log = logging.getLogger(__name__)
-
-STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
-START_WORDS = frozenset({"START", "UNSTOP"})
-HELP_WORDS = frozenset({"HELP"})
 
 
 def e164_from_smpp(addr: str) -> str:
@@ -56,18 +50,19 @@ class KeywordReplies:
     help: str
 
 
-@dataclass(frozen=True)
-class _Owner:
-    subscription_id: int
-    account_id: int
-    number_id: int
-    action_url: str | None
+@dataclass
+class _BatchCache:
+    """Lookups shared by the MOs of one group-commit batch (one transaction)."""
+
+    owners: dict[str, SubscriptionTarget | None] = field(default_factory=dict)
+    rules: dict[int, list[AutoReply]] = field(default_factory=dict)
 
 
 class InboundService:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
+        numbers: NumberService,
         messages: MessageService,
         replies: KeywordReplies,
         reassembly_window: float,
@@ -75,6 +70,7 @@ class InboundService:
         wake_webhooks: Callable[[], None],
     ) -> None:
         self._sessions = sessions
+        self._numbers = numbers
         self._messages = messages
         self._replies = replies
         self._window = timedelta(seconds=reassembly_window)
@@ -91,11 +87,12 @@ class InboundService:
         await self._committer.close()
 
     async def _write(self, parts: Sequence[MoPart]) -> None:
+        cache = _BatchCache()
         async with self._sessions.begin() as s:
             for part in parts:
                 complete = await self._assemble(s, part)
                 if complete is not None:
-                    await self._store(s, *complete)
+                    await self._store(s, cache, *complete)
         self._wake_dispatcher()
         self._wake_webhooks()
 
@@ -174,32 +171,28 @@ class InboundService:
                 log.warning(
                     "MO %s->%s ref %d: %d of %d parts after the window", source, dest, ref, len(rows), total
                 )
-                await self._store(
-                    s, source, dest, "".join(r.text for r in rows), len(rows), rows[0].received_at
-                )
+                text = "".join(r.text for r in rows)
+                await self._store(s, _BatchCache(), source, dest, text, len(rows), rows[0].received_at)
         if groups:
             self._wake_dispatcher()
             self._wake_webhooks()
 
-    async def _owner(self, s: AsyncSession, number: str) -> _Owner | None:
-        row = (
-            await s.execute(
-                select(
-                    NumberSubscription.id,
-                    NumberSubscription.account_id,
-                    Number.id,
-                    NumberSubscription.action_url,
-                )
-                .join(Number, Number.id == NumberSubscription.number_id)
-                .where(Number.number == number, NumberSubscription.kind == "sin")
-            )
-        ).one_or_none()
-        return None if row is None else _Owner(*row)
+    async def _owner(self, s: AsyncSession, cache: _BatchCache, number: str) -> SubscriptionTarget | None:
+        if number not in cache.owners:
+            cache.owners[number] = await self._numbers.subscription_for_number(number, "sin", session=s)
+        return cache.owners[number]
 
     async def _store(
-        self, s: AsyncSession, source: str, dest: str, text: str, parts: int, received: datetime
+        self,
+        s: AsyncSession,
+        cache: _BatchCache,
+        source: str,
+        dest: str,
+        text: str,
+        parts: int,
+        received: datetime,
     ) -> None:
-        owner = await self._owner(s, dest)
+        owner = await self._owner(s, cache, dest)
         word = text.strip().upper()
         keyword = word if word in STOP_WORDS | START_WORDS | HELP_WORDS else None
         inbound = InboundMessage(
@@ -223,7 +216,7 @@ class InboundService:
         reply = (
             await self._keyword(s, owner, source, keyword)
             if keyword
-            else await self._auto_reply(s, owner, text)
+            else await self._auto_reply(s, cache, owner, text)
         )
         if reply:
             await self._send_reply(s, owner.account_id, dest, source, reply)
@@ -243,7 +236,7 @@ class InboundService:
                 },
             )
 
-    async def _keyword(self, s: AsyncSession, owner: _Owner, sender: str, keyword: str) -> str:
+    async def _keyword(self, s: AsyncSession, owner: SubscriptionTarget, sender: str, keyword: str) -> str:
         if keyword in STOP_WORDS:
             exists = await s.scalar(
                 select(OptOut.id).where(OptOut.account_id == owner.account_id, OptOut.number == sender)
@@ -258,26 +251,15 @@ class InboundService:
             return self._replies.optin
         return self._replies.help
 
-    async def _auto_reply(self, s: AsyncSession, owner: _Owner, text: str) -> str | None:
-        rules = (
-            await s.execute(
-                select(AutoReplyRule)
-                .where(AutoReplyRule.subscription_id == owner.subscription_id)
-                .order_by(AutoReplyRule.id)
-            )
-        ).scalars()
-        words = text.split()
-        first = words[0].casefold() if words else ""
-        for rule in rules:
-            if rule.match == "keyword" and first == rule.pattern.casefold():
-                return rule.reply
-            if rule.match == "regex":
-                try:
-                    if re.search(rule.pattern, text[:2000]):
-                        return rule.reply
-                except re.error:
-                    log.warning("auto-reply rule %s has an invalid pattern", rule.uid)
-        return None
+    async def _auto_reply(
+        self, s: AsyncSession, cache: _BatchCache, owner: SubscriptionTarget, text: str
+    ) -> str | None:
+        rules = cache.rules.get(owner.subscription_id)
+        if rules is None:
+            rules = await self._numbers.rules_for_subscription(owner.subscription_id, session=s)
+            cache.rules[owner.subscription_id] = rules
+        rule = first_auto_reply(rules, text)
+        return None if rule is None else rule.reply
 
     async def _send_reply(self, s: AsyncSession, account_id: int, sin: str, to: str, text: str) -> None:
         if not to.startswith("+"):

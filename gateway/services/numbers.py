@@ -21,6 +21,7 @@ from sqlalchemy.orm import aliased
 from gateway.db.models import Account, AutoReplyRule, Number, NumberSubscription
 from gateway.http.errors import FieldErrors, not_found
 from gateway.services import validation as v
+from gateway.services.keywords import RESERVED_KEYWORDS
 from gateway.services.number_import import NumberImportError, NumberRow
 from gateway.services.views import fmt_time
 
@@ -38,9 +39,6 @@ MAX_KEYWORD = 64
 MAX_REPLY = 1000
 MAX_RULES = 50
 # Keywords the inbound pipeline handles itself (opt-out / help); a rule for them would never fire.
-RESERVED_KEYWORDS = frozenset(
-    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "START", "UNSTOP", "HELP"}
-)
 # Regex rules look at most this much of an MO: bounds the work a hostile sender can cause.
 MAX_MATCH_INPUT = 1600
 _WORD = re.compile(r"\w+")

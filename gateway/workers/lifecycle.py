@@ -28,9 +28,14 @@ class Lifecycle:
         self._wake.set()
 
     async def idle(self, timeout: float) -> None:
-        """Sleep until woken, asked to stop, or `timeout` passes."""
-        self._wake.clear()
-        if self._stopping.is_set():
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        """Sleep until woken, asked to stop, or `timeout` passes.
+
+        A wake that came while the caller was busy is not lost: the event stays set and this
+        returns at once; it is cleared only on the way out, just before the caller looks for
+        work again.
+        """
+        if not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        if not self._stopping.is_set():
+            self._wake.clear()

@@ -69,18 +69,20 @@ class WebhookSender:
         timeout: float = 10.0,
         first_retry: float = 5.0,
         give_up_after: float = 23 * 3600.0,
-        concurrency: int = 50,
+        batch_size: int = 10,
         poll_interval: float = 1.0,
         lease_seconds: float = 120.0,
         reply_hook: ReplyHook | None = None,
+        loops: int = 4,
     ) -> None:
+        self._loops = loops
         self._reply_hook = reply_hook
         self._sessions = sessions
         self._http = http
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._first_retry = first_retry
         self._give_up = timedelta(seconds=give_up_after)
-        self._concurrency = concurrency
+        self._batch = batch_size
         self._poll = poll_interval
         self._lease = timedelta(seconds=max(lease_seconds, timeout * 3))
         self.lifecycle = Lifecycle()
@@ -89,6 +91,10 @@ class WebhookSender:
         self.lifecycle.wake()
 
     async def run(self) -> None:
+        # Several loops: one slow receiver must not hold up every other delivery for its timeout.
+        await asyncio.gather(*(self._loop() for _ in range(self._loops)))
+
+    async def _loop(self) -> None:
         while not self.lifecycle.stopping:
             try:
                 jobs = await self._claim()
@@ -113,7 +119,7 @@ class WebhookSender:
                 or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now),
             )
             .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
-            .limit(self._concurrency)
+            .limit(self._batch)
             .with_for_update(skip_locked=True)
         )
         async with self._sessions.begin() as s:
@@ -178,29 +184,32 @@ class WebhookSender:
 
     async def _record(self, results: list[Result]) -> None:
         now = datetime.now(UTC)
-        async with self._sessions.begin() as s:
-            for r in results:
-                attempts = r.job.attempts + 1
-                values: dict[str, object] = {
-                    "attempts": attempts,
-                    "claimed_until": None,
-                    "last_status_code": r.status_code,
-                    "last_error": r.error,
-                }
-                if r.done:
-                    values.update(status="DONE", done_at=now)
-                elif r.retryable:
-                    next_at = now + timedelta(seconds=self._first_retry * 2 ** (attempts - 1))
-                    if next_at > r.job.created_at + self._give_up:
-                        values.update(status="EXPIRED", done_at=now)
-                        log.warning(
-                            "webhook %d to %s expired after %d attempts", r.job.id, r.job.url, attempts
-                        )
-                    else:
-                        values.update(next_attempt_at=next_at)
+        # Rows with the same outcome share one UPDATE: a batch of 2xx is a single statement.
+        groups: dict[tuple[tuple[str, object], ...], list[int]] = {}
+        for r in results:
+            attempts = r.job.attempts + 1
+            values: dict[str, object] = {
+                "attempts": attempts,
+                "claimed_until": None,
+                "claimed_by": None,
+                "last_status_code": r.status_code,
+                "last_error": r.error,
+            }
+            if r.done:
+                values.update(status="DONE", done_at=now)
+            elif r.retryable:
+                next_at = now + timedelta(seconds=self._first_retry * 2 ** (attempts - 1))
+                if next_at > r.job.created_at + self._give_up:
+                    values.update(status="EXPIRED", done_at=now)
+                    log.warning("webhook %d to %s expired after %d attempts", r.job.id, r.job.url, attempts)
                 else:
-                    values.update(status="DROPPED", done_at=now)
-                    log.warning("webhook %d to %s dropped: HTTP %s", r.job.id, r.job.url, r.status_code)
+                    values.update(next_attempt_at=next_at)
+            else:
+                values.update(status="DROPPED", done_at=now)
+                log.warning("webhook %d to %s dropped: HTTP %s", r.job.id, r.job.url, r.status_code)
+            groups.setdefault(tuple(sorted(values.items())), []).append(r.job.id)
+        async with self._sessions.begin() as s:
+            for key, ids in groups.items():
                 await s.execute(
-                    update(WebhookDelivery).where(WebhookDelivery.id == r.job.id).values(**values)
+                    update(WebhookDelivery).where(WebhookDelivery.id.in_(ids)).values(**dict(key))
                 )
