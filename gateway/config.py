@@ -99,6 +99,31 @@ class SmsConfig:
 
 
 @dataclass
+class VoiceConfig:
+    fastagi_enabled: bool = True
+    fastagi_host: str = "127.0.0.1"
+    fastagi_port: int = 4573
+    data_dir: str = "var/voice"  # media cache, TTS cache, voicemail store (Asterisk must read it)
+    # Asterisk sees data_dir under this path (when it runs elsewhere and mounts it); "" = same path.
+    asterisk_data_dir: str = ""
+    action_url_timeout: float = 5.0
+    action_url_max_bytes: int = 16 * 1024
+    media_max_bytes: int = 10 * 1024 * 1024
+    # SSRF policy for action_url and media fetches: link-local and cloud metadata addresses are
+    # always refused; private and loopback ranges only when these say so.
+    allow_private_addresses: bool = True
+    allow_loopback: bool = True
+    trunk: str = "trunk"  # PJSIP endpoint used by transfer: Dial(PJSIP/<number>@<trunk>)
+    dial_timeout: int = 30
+    # Comma-separated E.164 prefixes transfers may reach (toll-fraud guard); "" = none allowed.
+    transfer_allow_prefixes: str = "+81"
+    voicemail_max_seconds: int = 120
+    voicemail_silence_seconds: int = 5
+    fallback_lang: str = "en"
+    fallback_text: str = "Sorry, this number cannot take your call right now. Goodbye."
+
+
+@dataclass
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -107,6 +132,7 @@ class Config:
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
     sms: SmsConfig = field(default_factory=SmsConfig)
+    voice: VoiceConfig = field(default_factory=VoiceConfig)
 
     @property
     def public_base_url(self) -> str:

@@ -30,6 +30,8 @@ pytest_plugins = ["tests.peers.node_smsc", "tests.peers.simulator_peer", "tests.
 PG_ADMIN_DSN = os.environ.get("GATEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 ENGINES = [e for e in os.environ.get("GATEWAY_TEST_ENGINES", "sqlite,postgresql").split(",") if e]
 TABLES = [
+    "voicemails",
+    "calls",
     "auto_reply_rules",
     "number_subscriptions",
     "inbound_messages",

@@ -266,3 +266,48 @@ class AutoReplyRule(Base):
     pattern: Mapped[str] = mapped_column(String(200))
     reply: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Call(Base):
+    """One inbound (DIN) or outbound call, with what ran on it; written for every call."""
+
+    __tablename__ = "calls"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True)  # callid in the API
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))
+    number_id: Mapped[int | None] = mapped_column(ForeignKey("numbers.id"))
+    direction: Mapped[str] = mapped_column(String(8))  # "inbound" | "outbound"
+    caller: Mapped[str] = mapped_column(String(32))
+    recipient: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # QUEUED, IN_PROGRESS, COMPLETED, FAILED, NO_ANSWER, BUSY
+    channel: Mapped[str | None] = mapped_column(String(128))
+    asterisk_uniqueid: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    answered_at: Mapped[datetime | None] = mapped_column()
+    ended_at: Mapped[datetime | None] = mapped_column()
+    duration: Mapped[int] = mapped_column(Integer, default=0)  # seconds
+    cost: Mapped[Decimal] = mapped_column(Numeric(14, 4), default=Decimal(0))
+    actions: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of the actions run
+    result: Mapped[str | None] = mapped_column(Text)  # how the call ended (hangup, transferred, ...)
+    error: Mapped[str | None] = mapped_column(Text)  # why the fallback ran, if it did
+    # Outbound calls: what to play, and where to report.
+    recording_url: Mapped[str | None] = mapped_column(Text)
+    tts_message: Mapped[str | None] = mapped_column(Text)
+    tts_lang: Mapped[str | None] = mapped_column(String(35))
+    callbackurl: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_calls_account_started", "account_id", "started_at"),)
+
+
+class Voicemail(Base):
+    __tablename__ = "voicemails"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    caller: Mapped[str] = mapped_column(String(32))
+    recipient: Mapped[str] = mapped_column(String(32))
+    duration: Mapped[float] = mapped_column(Numeric(10, 2), default=0)
+    path: Mapped[str] = mapped_column(Text)  # WAV file in the voicemail store
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

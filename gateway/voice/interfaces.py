@@ -1,0 +1,82 @@
+"""Narrow typed seams of the voice bridge, so its parts are built and tested separately:
+
+- the AGI channel (one live call, FastAGI or the per-call pyst2 script) -> agi_channel.py
+- media and speech that turn an action's URL or text into a file Asterisk can play
+- the HTTP fetcher that honours the SSRF policy (action_url, media)
+- the executor that runs parsed actions on a channel -> executor.py
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class Hangup(Exception):
+    """The caller hung up (AGI `HANGUP` line, or `511` on a dead channel)."""
+
+
+class AgiError(Exception):
+    """Asterisk answered a command with 510/520, or the AGI stream broke."""
+
+
+@dataclass(frozen=True)
+class AgiResponse:
+    code: int  # 200 on success
+    result: int  # the result=<n> value
+    data: str = ""  # the text after result=<n>, e.g. "endpos=1234" or "(timeout)"
+
+
+class AgiChannel(Protocol):
+    """One call as the AGI bridge sees it."""
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        """The agi_* header block (keys without the `agi_` prefix: `callerid`, `dnid`, ...)."""
+
+    async def command(self, line: str) -> AgiResponse:
+        """Send one already-sanitised AGI command; raises Hangup on a dead channel."""
+
+
+class MediaError(Exception):
+    """A media URL could not be fetched or decoded, or the SSRF policy refused it."""
+
+
+class FetchRefused(MediaError):
+    """The SSRF policy refused the URL (scheme, address, redirect, size)."""
+
+
+class MediaSource(Protocol):
+    async def playback_file(self, url: str) -> str:
+        """Fetch (once, cached) and convert to 8 kHz mono 16-bit WAV; returns the path
+        without extension, as Asterisk's STREAM FILE wants it."""
+
+
+class Speech(Protocol):
+    async def say_file(self, lang: str, text: str) -> str:
+        """Synthesize (cached by lang and text) to 8 kHz mono 16-bit WAV; path without extension."""
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    status: int
+    content_type: str
+    body: bytes
+
+
+class Fetcher(Protocol):
+    async def get(self, url: str, *, max_bytes: int, timeout: float) -> FetchResult:
+        """GET honouring the SSRF policy (every redirect hop re-checked); raises FetchRefused
+        or MediaError."""
+
+
+@dataclass
+class CallOutcome:
+    """What the executor did, for the call record."""
+
+    actions_run: list[str] = field(default_factory=list)
+    result: str = "completed"  # completed | hangup | transferred | voicemail
+    voicemail_path: str | None = None  # recorded file without extension, when voicemail ran
+    voicemail_seconds: float = 0.0
+    error: str | None = None
