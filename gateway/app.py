@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.db.engine import create_engine, session_factory
-from gateway.http import routes_inbound, routes_public, routes_sins, routes_sms
+from gateway.http import routes_dins, routes_inbound, routes_public, routes_sins, routes_sms
 from gateway.http.auth import auth_middleware
 from gateway.http.errors import error_middleware
 from gateway.keys import ACCOUNTS, CONFIG, ENGINE, INBOUND, LINKS, MESSAGES, NUMBERS, SESSIONS, TEMPLATES
@@ -51,6 +51,7 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(routes_sms.routes)
     app.add_routes(routes_sins.routes)
     app.add_routes(routes_inbound.routes)
+    app.add_routes(routes_dins.routes)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_http_client)
     if config.simulator.enabled:

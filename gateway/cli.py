@@ -194,6 +194,48 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inbound(config: Config, args: argparse.Namespace) -> int:
+    """MO to numbers nobody subscribed to are kept; the operator sees them here."""
+
+    async def go() -> int:
+        from sqlalchemy import func, select
+
+        from gateway.db.models import InboundMessage
+
+        engine = create_engine(config.database.url)
+        try:
+            async with session_factory(engine)() as s:
+                unrouted = InboundMessage.account_id.is_(None)
+                count = await s.scalar(select(func.count()).select_from(InboundMessage).where(unrouted))
+                rows = (
+                    await s.execute(
+                        select(InboundMessage)
+                        .where(unrouted)
+                        .order_by(InboundMessage.received_at.desc())
+                        .limit(args.limit)
+                    )
+                ).scalars()
+                _print(
+                    {
+                        "unrouted": count,
+                        "latest": [
+                            {
+                                "id": r.uid,
+                                "sender": r.sender,
+                                "recipient": r.recipient,
+                                "recv_time": r.received_at.strftime("%Y-%m-%d %H:%M:%S"),
+                            }
+                            for r in rows
+                        ],
+                    }
+                )
+        finally:
+            await engine.dispose()
+        return 0
+
+    return asyncio.run(go())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description=__doc__)
     p.add_argument("--config", help="TOML config file (default: $GATEWAY_CONFIG, else embedded defaults)")
@@ -216,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--webhook-secret")
     for name in ("create", "list", "rotate-token", "set"):
         acc.choices[name].set_defaults(fn=cmd_accounts)
+
+    inb = sub.add_parser("inbound", help="inbound SMS housekeeping").add_subparsers(
+        dest="action", required=True
+    )
+    unr = inb.add_parser("unrouted", help="MO received on numbers without a SIN subscription")
+    unr.add_argument("--limit", type=int, default=20)
+    unr.set_defaults(fn=cmd_inbound)
 
     tpl = sub.add_parser("templates", help="operator approval of SMS templates")
     tpl_sub = tpl.add_subparsers(dest="action", required=True)

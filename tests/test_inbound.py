@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import aiohttp
 import pytest_asyncio
 
 from gateway.db.models import AutoReplyRule, Number, NumberSubscription
-from gateway.keys import INBOUND, SESSIONS
+from gateway.keys import CONFIG, INBOUND, SESSIONS
 from gateway.services.accounts import NewCredentials
 from smpp.encoding import build_udh, decode_short_message, encode_gsm7
 from tests.conftest import Gateway, gateway_config, start_gateway, wait_for
@@ -161,6 +162,14 @@ async def test_mo_to_unsubscribed_number_is_kept(gateway: Gateway, sim_smsc: Any
 
     assert await wait_for(stored) == [(None, "+81399998888")]
     assert gateway.app[INBOUND].unrouted == 1
+    from tests.test_cli_and_run import run_cli
+
+    code, out, err = await run_cli(
+        {"GATEWAY_DATABASE_URL": gateway.app[CONFIG].database.url}, "inbound", "unrouted"
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["unrouted"] == 1 and report["latest"][0]["recipient"] == "+81399998888"
 
 
 async def test_stop_start_help_and_opt_out_enforcement(
@@ -342,3 +351,40 @@ async def test_mo_from_an_independent_smsc(clean_db: str, receiver: Receiver, no
         assert await peer.deliver_resp_statuses() == [0]
     finally:
         await gw.runner.cleanup()
+
+
+async def test_opt_out_applies_to_template_sends(
+    gateway: Gateway, sim_smsc: Any, receiver: Receiver, sin: Sin, http: aiohttp.ClientSession
+) -> None:
+    from gateway.keys import TEMPLATES
+
+    auth = gateway.auth(sin.creds)
+    async with http.post(
+        f"{gateway.base_url}/sms/templates/", json={"name": "t", "content": "Hi {n}"}, headers=auth
+    ) as r:
+        tid = (await r.json())["template_id"]
+    await gateway.app[TEMPLATES].set_status(tid, "APPROVED")
+    await mo(sim_smsc, "STOP")
+    await submits_to(sim_smsc, CUSTOMER, 1)
+    async with http.post(
+        f"{gateway.base_url}/sms/templates/{tid}/messages/",
+        json={"sender": "SHOP", "recipient": CUSTOMER, "variables": {"n": "x"}},
+        headers=auth,
+    ) as r:
+        assert r.status == 400 and await r.json() == {"recipient": ["Recipient has opted out"]}
+
+
+async def test_concatenated_gsm7_mo_with_sar_or_udh(
+    gateway: Gateway, sim_smsc: Any, receiver: Receiver, sin: Sin
+) -> None:
+    text = "Long message with extension chars {like} [these] and the euro sign € " * 4
+    septets = encode_gsm7(text)
+    cut = 150
+    if septets[cut - 1] == 0x1B:  # never split an escape pair
+        cut -= 1
+    for seq, chunk in ((1, septets[:cut]), (2, septets[cut:])):
+        await sim_smsc.inject_mo(
+            CUSTOMER[1:], SIN[1:], build_udh(7, 2, seq) + chunk, data_coding=0, esm_class=0x40
+        )
+    [hit] = await hits(receiver, "/mo", 1)
+    assert form(hit)["message"] == text
