@@ -45,3 +45,12 @@ def test_bad_config_is_reported(tmp_path: Path, toml: str, env: dict[str, str], 
     path.write_text(toml)
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         load_config(path, env=env)
+
+
+def test_readme_config_reference_is_complete() -> None:
+    """The README's table is the operator's reference: every setting must be in it."""
+    from gateway.config import config_keys
+
+    readme = (ROOT / "README.md").read_text()
+    for key, env, default in config_keys():
+        assert f"| `{key}` | `{env}` | `{default!r}` |" in readme, key
