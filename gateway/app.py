@@ -127,6 +127,17 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         cfg.sms.list_limit,
         wake_dispatcher,
     )
+    webhooks = WebhookSender(
+        sessions,
+        app[HTTP_CLIENT],
+        timeout=cfg.webhooks.timeout,
+        first_retry=cfg.webhooks.first_retry_seconds,
+        give_up_after=cfg.webhooks.give_up_after_seconds,
+        batch_size=cfg.webhooks.batch_size,
+        loops=cfg.webhooks.loops,
+        poll_interval=cfg.webhooks.poll_interval,
+        reply_hook=lambda uid, text: inbound.reply_from_webhook(uid, text),
+    )
     inbound = InboundService(
         sessions,
         app[NUMBERS],
@@ -135,6 +146,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         cfg.sms.mo_reassembly_seconds,
         wake_dispatcher,
         wake_webhooks,
+        fast_path=webhooks,
     )
     receipts = ReceiptApplier(sessions, base_url, wake_webhooks)
     client = SmppClient(
@@ -161,17 +173,6 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         lease_seconds=cfg.dispatcher.lease_seconds,
         workers=cfg.dispatcher.workers,
         wake_webhooks=wake_webhooks,
-    )
-    webhooks = WebhookSender(
-        sessions,
-        app[HTTP_CLIENT],
-        timeout=cfg.webhooks.timeout,
-        first_retry=cfg.webhooks.first_retry_seconds,
-        give_up_after=cfg.webhooks.give_up_after_seconds,
-        batch_size=cfg.webhooks.batch_size,
-        loops=cfg.webhooks.loops,
-        poll_interval=cfg.webhooks.poll_interval,
-        reply_hook=inbound.reply_from_webhook,
     )
     app[RECEIPTS] = receipts
     app[SMPP_CLIENT] = client

@@ -17,11 +17,14 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.db.group_commit import GroupCommitter
 from gateway.db.models import (
+    Account,
     InboundMessage,
     Message,
     MoPartRow,
     OptOut,
+    WebhookDelivery,
 )
 from gateway.http.errors import not_found
 from gateway.services import outbox
@@ -29,7 +32,6 @@ from gateway.services.keywords import HELP_WORDS, START_WORDS, STOP_WORDS
 from gateway.services.messages import MessageService, OutboundRequest
 from gateway.services.numbers import AutoReply, NumberService, SubscriptionTarget, first_auto_reply
 from gateway.services.views import fmt_time
-from gateway.workers.batcher import GroupCommitter
 from smpp.types import MoPart
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ class _BatchCache:
     """Lookups shared by the MOs of one group-commit batch (one transaction)."""
 
     owners: dict[str, SubscriptionTarget | None] = field(default_factory=dict)
+    secrets: dict[int, str] = field(default_factory=dict)
+    webhooks: list[tuple[WebhookDelivery, int]] = field(default_factory=list)
     rules: dict[int, list[AutoReply]] = field(default_factory=dict)
 
 
@@ -68,7 +72,9 @@ class InboundService:
         reassembly_window: float,
         wake_dispatcher: Callable[[], None],
         wake_webhooks: Callable[[], None],
+        fast_path: outbox.FastPath | None = None,
     ) -> None:
+        self._fast_path = fast_path
         self._sessions = sessions
         self._numbers = numbers
         self._messages = messages
@@ -93,8 +99,23 @@ class InboundService:
                 complete = await self._assemble(s, part)
                 if complete is not None:
                     await self._store(s, cache, *complete)
-        self._wake_dispatcher()
-        self._wake_webhooks()
+            await self._before_commit(s, cache)
+        self._after_commit(s, cache)
+
+    async def _before_commit(self, s: AsyncSession, cache: _BatchCache) -> None:
+        if cache.webhooks and self._fast_path is not None:
+            await s.flush()  # ids for the fast path
+            ids = {account_id for _, account_id in cache.webhooks}
+            rows = await s.execute(select(Account.id, Account.webhook_secret).where(Account.id.in_(ids)))
+            cache.secrets.update({account_id: secret for account_id, secret in rows})
+
+    def _after_commit(self, s: AsyncSession, cache: _BatchCache) -> None:
+        if self._fast_path is not None and cache.webhooks:
+            self._fast_path.offer([(row, cache.secrets[account_id]) for row, account_id in cache.webhooks])
+        if s.info.get("replies_queued"):
+            self._wake_dispatcher()
+        if outbox.written(s):
+            self._wake_webhooks()
 
     async def _assemble(self, s: AsyncSession, part: MoPart) -> tuple[str, str, str, int, datetime] | None:
         source, dest = e164_from_smpp(part.source), e164_from_smpp(part.destination)
@@ -145,6 +166,7 @@ class InboundService:
         assembled parts (kept so far only to recognise redeliveries)."""
         now = datetime.now(UTC)
         cutoff = now - self._window
+        cache = _BatchCache()
         async with self._sessions.begin() as s:
             await s.execute(delete(MoPartRow).where(MoPartRow.assembled_at < cutoff))
             waiting = MoPartRow.assembled_at.is_(None)
@@ -172,10 +194,9 @@ class InboundService:
                     "MO %s->%s ref %d: %d of %d parts after the window", source, dest, ref, len(rows), total
                 )
                 text = "".join(r.text for r in rows)
-                await self._store(s, _BatchCache(), source, dest, text, len(rows), rows[0].received_at)
-        if groups:
-            self._wake_dispatcher()
-            self._wake_webhooks()
+                await self._store(s, cache, source, dest, text, len(rows), rows[0].received_at)
+            await self._before_commit(s, cache)
+        self._after_commit(s, cache)
 
     async def _owner(self, s: AsyncSession, cache: _BatchCache, number: str) -> SubscriptionTarget | None:
         if number not in cache.owners:
@@ -221,7 +242,7 @@ class InboundService:
         if reply:
             await self._send_reply(s, owner.account_id, dest, source, reply)
         if owner.action_url:
-            outbox.enqueue_form(
+            row = outbox.enqueue_form(
                 s,
                 account_id=owner.account_id,
                 kind="sms.inbound",
@@ -234,7 +255,9 @@ class InboundService:
                     "recv_time": fmt_time(received) or "",
                     "id": inbound.uid,
                 },
+                lease=self._fast_path.lease() if self._fast_path is not None else None,
             )
+            cache.webhooks.append((row, owner.account_id))
 
     async def _keyword(self, s: AsyncSession, owner: SubscriptionTarget, sender: str, keyword: str) -> str:
         if keyword in STOP_WORDS:
@@ -267,6 +290,7 @@ class InboundService:
         req = OutboundRequest(account_id=account_id, sender=sin.lstrip("+"), recipient=to, text=text)
         parts = self._messages.check_length("message", text)
         await s.execute(insert(Message), [self._messages.row_for(req, text, parts)])
+        s.info["replies_queued"] = True
 
     # -- API side -------------------------------------------------------------------------
 

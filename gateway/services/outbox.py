@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,9 +15,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.db.models import WebhookDelivery
 
 
+def written(session: AsyncSession) -> int:
+    """How many deliveries this session's transaction wrote: wake the sender only if any."""
+    count: int = session.info.get("outbox_rows", 0)
+    return count
+
+
+def _count(session: AsyncSession) -> None:
+    session.info["outbox_rows"] = written(session) + 1
+
+
 def enqueue(
     session: AsyncSession, *, account_id: int, kind: str, ref: str, url: str, payload: dict[str, Any]
 ) -> None:
+    _count(session)
     session.add(
         WebhookDelivery(
             account_id=account_id,
@@ -28,20 +40,45 @@ def enqueue(
     )
 
 
+class FastPath(Protocol):
+    """A sender that takes freshly written deliveries straight from the committing code.
+
+    The row is written already leased to the sender (claimed_until/claimed_by), so no claim
+    query stands between the commit and the POST; if the node dies first, the lease runs
+    out and any node delivers it from the table as usual.
+    """
+
+    def lease(self) -> tuple[datetime, str]: ...
+
+    def offer(self, rows: list[tuple[WebhookDelivery, str]]) -> None:
+        """(committed row, the account's webhook secret) pairs."""
+
+
 def enqueue_form(
-    session: AsyncSession, *, account_id: int, kind: str, ref: str, url: str, fields: dict[str, str]
-) -> None:
+    session: AsyncSession,
+    *,
+    account_id: int,
+    kind: str,
+    ref: str,
+    url: str,
+    fields: dict[str, str],
+    lease: tuple[datetime, str] | None = None,
+) -> WebhookDelivery:
     """Form-encoded webhook, as Xoxzo posts inbound SMS to action_url."""
-    session.add(
-        WebhookDelivery(
-            account_id=account_id,
-            kind=kind,
-            ref=ref,
-            url=url,
-            body=urlencode(fields),
-            content_type="application/x-www-form-urlencoded",
-        )
+    row = WebhookDelivery(
+        account_id=account_id,
+        kind=kind,
+        ref=ref,
+        url=url,
+        body=urlencode(fields),
+        content_type="application/x-www-form-urlencoded",
+        claimed_until=lease[0] if lease else None,
+        claimed_by=lease[1] if lease else None,
     )
+    session.add(row)
+    if lease is None:  # a leased row goes to the sender directly, not through a wake-up
+        _count(session)
+    return row
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

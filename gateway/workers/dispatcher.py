@@ -22,6 +22,7 @@ from sqlalchemy import insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import Message, MessagePart
+from gateway.services import outbox
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.receipts import ReceiptApplier
 from gateway.workers.status import enqueue_status_callback
@@ -156,7 +157,8 @@ class Dispatcher:
             try:
                 async with self._sessions.begin() as s:
                     await self._write(s, outcomes, now)
-                self._wake_webhooks()
+                if outbox.written(s):
+                    self._wake_webhooks()
                 return
             except Exception:
                 # The SMSC already has these; losing the write would resend them, so insist.

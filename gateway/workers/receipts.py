@@ -15,8 +15,9 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.db.group_commit import GroupCommitter
 from gateway.db.models import Message, MessagePart, OrphanReceipt
-from gateway.workers.batcher import GroupCommitter
+from gateway.services import outbox
 from gateway.workers.status import enqueue_status_callback
 from smpp.dlr import candidate_ids, normalize_id
 from smpp.types import DeliveryReceipt, ReceiptState
@@ -63,7 +64,8 @@ class ReceiptApplier:
                 OrphanReceipt(smsc_id=p.smsc_id, state=p.state, stat=p.stat, received_at=now)
                 for p in unmatched
             )
-        self._wake_webhooks()
+        if outbox.written(s):
+            self._wake_webhooks()
 
     async def _apply(self, s: AsyncSession, pending: Sequence[_Pending], now: datetime) -> list[_Pending]:
         """Apply receipts to their parts; settle the messages; return the receipts that matched nothing."""
@@ -145,6 +147,8 @@ class ReceiptApplier:
         async with self._sessions.begin() as s:
             await self._adopt(s, select(OrphanReceipt).order_by(OrphanReceipt.id).limit(1000), now)
             await s.execute(delete(OrphanReceipt).where(OrphanReceipt.received_at < now - ORPHAN_MAX_AGE))
+        if outbox.written(s):
+            self._wake_webhooks()
 
     async def _adopt(self, s: AsyncSession, query: Any, now: datetime) -> None:
         orphans = [_Pending(o.smsc_id, o.state, o.stat, o.id) for o in (await s.execute(query)).scalars()]

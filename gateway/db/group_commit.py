@@ -1,20 +1,25 @@
 """Group commit: callers await their item's durable write; items arriving together share one
-transaction. At hundreds of receipts a second, one transaction each would be the bottleneck."""
+transaction. At hundreds of writes a second, one transaction each would be the bottleneck
+(on SQLite every statement is a hop to the single connection's thread)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+# A write may refuse single items of a batch (by index) while committing the others.
+Rejections = Mapping[int, Exception] | None
+
+
 class GroupCommitter(Generic[T]):
-    def __init__(self, write: Callable[[Sequence[T]], Awaitable[None]], max_batch: int = 500) -> None:
+    def __init__(self, write: Callable[[Sequence[T]], Awaitable[Rejections]], max_batch: int = 500) -> None:
         self._write = write
         self._max = max_batch
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[None]]] = asyncio.Queue()
@@ -35,15 +40,19 @@ class GroupCommitter(Generic[T]):
             while len(batch) < self._max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._write([item for item, _ in batch])
+                rejected = await self._write([item for item, _ in batch]) or {}
             except Exception as exc:
                 log.warning("group write of %d items failed: %s", len(batch), exc)
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
             else:
-                for _, fut in batch:
-                    if not fut.done():
+                for i, (_, fut) in enumerate(batch):
+                    if fut.done():
+                        continue
+                    if i in rejected:
+                        fut.set_exception(rejected[i])
+                    else:
                         fut.set_result(None)
             for _ in batch:
                 self._queue.task_done()
