@@ -273,7 +273,7 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[list[str]]
             seq = answers[host]
             addrs = seq[min(calls[host], len(seq) - 1)]
             calls[host] += 1
-            out = []
+            out: list[tuple[Any, ...]] = []
             for a in addrs:
                 if ":" in a:
                     out.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", (a, int(port or 0), 0, 0)))
