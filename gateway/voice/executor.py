@@ -1,0 +1,280 @@
+"""Runs a parsed action script on one call.
+
+The commands sent, per action (every argument goes through agi_protocol's checks first):
+
+* always first: `ANSWER`
+* playback <url>: media.playback_file(url) -> path, then `STREAM FILE <path> ""`
+* say <lang> "<text>": speech.say_file(lang, text) -> path, then `STREAM FILE <path> ""`
+* transfer <number> [--caller=<caller>]: refused (error recorded, next action) unless the number
+  is E.164 and starts with an allowed prefix; then `SET CALLERID "<caller>"` when a valid caller
+  is given, `EXEC Dial PJSIP/<number>@<trunk>,<dial timeout>`, `GET VARIABLE DIALSTATUS`; the
+  script ends there (result `transferred`)
+* voicemail playback|say: the greeting as above, then
+  `RECORD FILE <voicemail_dir>/<32 hex> wav "#" <max ms> beep s=<silence s>` (Asterisk adds
+  `.wav`); the script ends there (result `voicemail`)
+
+A media, speech or AGI (510/520) failure of one action is recorded in `outcome.error` and the
+script goes on with the next action. A hangup at any point (HANGUP line, 511, connection closed)
+ends the run with result `hangup` and the actions run so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import uuid
+import wave
+from collections.abc import Callable, Sequence
+
+from actions_dsl import Action, Playback, Say, Transfer, VoicemailPlayback, VoicemailSay
+
+from .agi_protocol import (
+    AgiStreamError,
+    Quoted,
+    UnsafeArgument,
+    format_command,
+    is_e164,
+    result_paren,
+    safe_digits,
+    safe_int,
+    safe_number,
+    safe_path,
+    safe_token,
+)
+from .interfaces import (
+    AgiChannel,
+    AgiError,
+    AgiResponse,
+    CallOutcome,
+    Hangup,
+    MediaError,
+    MediaSource,
+    Speech,
+)
+
+log = logging.getLogger(__name__)
+
+_WAV_BYTES_PER_SECOND = 8000 * 2  # 8 kHz mono 16-bit, what Asterisk's `wav` format writes
+
+
+class _EndOfScript(Exception):
+    """Raised inside an action that ends the script (transfer, voicemail)."""
+
+
+class Executor:
+    def __init__(
+        self,
+        media: MediaSource,
+        speech: Speech,
+        trunk: str,
+        dial_timeout: int,
+        transfer_allow_prefixes: tuple[str, ...],
+        voicemail_dir: str,
+        voicemail_max_seconds: int,
+        voicemail_silence_seconds: int,
+        *,
+        voicemail_local_dir: str | None = None,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        """`voicemail_dir` is where Asterisk writes recordings; `voicemail_local_dir` is the same
+        directory as this process sees it (when Asterisk mounts it elsewhere), default the same."""
+        self._media = media
+        self._speech = speech
+        self._trunk = safe_token(trunk, "trunk")
+        if isinstance(dial_timeout, bool) or not isinstance(dial_timeout, int) or dial_timeout <= 0:
+            raise ValueError(f"dial_timeout must be a positive number of seconds, got {dial_timeout!r}")
+        self._dial_timeout = dial_timeout
+        self._prefixes = tuple(_normalise_prefix(p) for p in transfer_allow_prefixes)
+        self._voicemail_dir = safe_path(voicemail_dir.rstrip("/") or "/", "voicemail_dir")
+        self._voicemail_local_dir = (voicemail_local_dir or voicemail_dir).rstrip("/") or "/"
+        if isinstance(voicemail_max_seconds, bool) or voicemail_max_seconds <= 0:
+            raise ValueError(f"voicemail_max_seconds must be positive, got {voicemail_max_seconds!r}")
+        if isinstance(voicemail_silence_seconds, bool) or voicemail_silence_seconds < 0:
+            raise ValueError(f"voicemail_silence_seconds must be >= 0, got {voicemail_silence_seconds!r}")
+        self._voicemail_max_seconds = int(voicemail_max_seconds)
+        self._voicemail_silence_seconds = int(voicemail_silence_seconds)
+        self._new_id = new_id
+
+    @property
+    def transfer_allow_prefixes(self) -> tuple[str, ...]:
+        return self._prefixes
+
+    def transfer_allowed(self, number: str) -> bool:
+        return is_e164(number) and any(number.startswith(p) for p in self._prefixes)
+
+    async def run(self, channel: AgiChannel, actions: Sequence[Action]) -> CallOutcome:
+        outcome = CallOutcome()
+        try:
+            try:
+                await channel.command("ANSWER")
+            except AgiStreamError:
+                raise
+            except AgiError as exc:
+                _add_error(outcome, f"answer: {exc}")
+            for action in actions:
+                outcome.actions_run.append(_describe(action))
+                try:
+                    await self._run_action(channel, action, outcome)
+                except _EndOfScript:
+                    break
+                except (Hangup, AgiStreamError):
+                    raise
+                except (MediaError, AgiError, UnsafeArgument) as exc:
+                    _add_error(outcome, f"{_kind(action)}: {exc}")
+                except Exception as exc:
+                    # A bug in a media/speech backend must not drop the call record.
+                    log.exception("action %s failed", _kind(action))
+                    _add_error(outcome, f"{_kind(action)}: {type(exc).__name__}: {exc}")
+        except Hangup:
+            if outcome.result not in ("transferred", "voicemail"):
+                outcome.result = "hangup"
+        except AgiStreamError as exc:
+            _add_error(outcome, f"AGI stream broken: {exc}")
+            if outcome.result not in ("transferred", "voicemail"):
+                outcome.result = "hangup"
+        return outcome
+
+    async def _run_action(self, channel: AgiChannel, action: Action, outcome: CallOutcome) -> None:
+        if isinstance(action, Playback):
+            await self._stream(channel, await self._media.playback_file(action.url))
+        elif isinstance(action, Say):
+            await self._stream(channel, await self._speech.say_file(action.lang, action.text))
+        elif isinstance(action, Transfer):
+            await self._transfer(channel, action, outcome)
+        elif isinstance(action, VoicemailPlayback | VoicemailSay):
+            await self._voicemail(channel, action, outcome)
+        else:  # pragma: no cover - exhaustive over Action
+            raise UnsafeArgument(f"unknown action {action!r}")
+
+    async def _stream(self, channel: AgiChannel, path: str) -> AgiResponse:
+        line = format_command("STREAM FILE", safe_path(path), "")
+        response = await channel.command(line)
+        if response.result < 0:
+            raise AgiError(f"Asterisk could not play {path} ({response.result} {response.data})".rstrip())
+        return response
+
+    async def _transfer(self, channel: AgiChannel, action: Transfer, outcome: CallOutcome) -> None:
+        number = action.number
+        if not is_e164(number):
+            raise UnsafeArgument(f"refused: {number!r} is not an E.164 number")
+        if not self.transfer_allowed(number):
+            raise UnsafeArgument(f"refused: {number} is not under an allowed prefix")
+        if action.caller is not None:
+            if is_e164(action.caller):
+                caller = safe_number(action.caller, "caller")
+                try:
+                    await channel.command(format_command("SET CALLERID", Quoted(caller)))
+                except AgiStreamError:
+                    raise
+                except AgiError as exc:  # the transfer matters more than the number shown
+                    _add_error(outcome, f"transfer: caller id not set: {exc}")
+            else:
+                _add_error(outcome, f"transfer: caller id {action.caller!r} ignored, not E.164")
+        dial = f"PJSIP/{safe_number(number)}@{self._trunk},{safe_int(self._dial_timeout)}"
+        await channel.command(format_command("EXEC", "Dial", dial))
+        outcome.result = "transferred"
+        # The call may well be over by now (Dial returns when the bridged call ends); the status
+        # only refines the record.
+        with contextlib.suppress(Hangup, AgiError):
+            status = result_paren(await channel.command(format_command("GET VARIABLE", "DIALSTATUS")))
+            if status and status != "ANSWER":
+                _add_error(outcome, f"transfer to {number}: dial status {status}")
+        raise _EndOfScript
+
+    async def _voicemail(
+        self, channel: AgiChannel, action: VoicemailPlayback | VoicemailSay, outcome: CallOutcome
+    ) -> None:
+        try:
+            if isinstance(action, VoicemailPlayback):
+                await self._stream(channel, await self._media.playback_file(action.url))
+            else:
+                await self._stream(channel, await self._speech.say_file(action.lang, action.text))
+        except (MediaError, AgiError, UnsafeArgument) as exc:
+            if isinstance(exc, AgiStreamError):
+                raise
+            _add_error(outcome, f"voicemail greeting: {exc}")  # still take the message
+
+        name = safe_token(self._new_id(), "voicemail id")
+        path = f"{self._voicemail_dir}/{name}"
+        local = f"{self._voicemail_local_dir}/{name}"
+        max_ms = safe_int(self._voicemail_max_seconds * 1000)
+        args = [safe_path(path), "wav", Quoted(safe_digits("#")), max_ms, "beep"]
+        if self._voicemail_silence_seconds > 0:
+            args.append(f"s={safe_int(self._voicemail_silence_seconds)}")
+        started = time.monotonic()
+        try:
+            response = await channel.command(format_command("RECORD FILE", *args))
+        except Hangup:
+            # The connection went before the answer; keep whatever Asterisk wrote.
+            seconds = _wav_seconds(local + ".wav")
+            if seconds is None:
+                raise
+            _voicemail_done(outcome, local, seconds)
+            raise
+        elapsed = time.monotonic() - started
+        how = result_paren(response) or ""
+        if response.result < 0 and how != "hangup":
+            raise AgiError(f"recording failed ({response.result} {response.data})".rstrip())
+        seconds = _wav_seconds(local + ".wav")
+        _voicemail_done(outcome, local, elapsed if seconds is None else seconds)
+        raise _EndOfScript
+
+
+def _voicemail_done(outcome: CallOutcome, local_path: str, seconds: float) -> None:
+    outcome.result = "voicemail"
+    outcome.voicemail_path = local_path
+    outcome.voicemail_seconds = round(max(seconds, 0.0), 3)
+
+
+def _wav_seconds(path: str) -> float | None:
+    """Duration of the WAV at `path`, or None when there is none. A header Asterisk did not
+    finish (size fields still 0) falls back to the file size."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return None
+    try:
+        with wave.open(path, "rb") as wav:
+            frames, rate = wav.getnframes(), wav.getframerate()
+            if rate > 0 and frames > 0:
+                return frames / rate
+    except (wave.Error, EOFError, OSError):
+        pass
+    return max(size - 44, 0) / _WAV_BYTES_PER_SECOND
+
+
+def _normalise_prefix(prefix: str) -> str:
+    p = prefix.strip()
+    if p and not p.startswith("+"):
+        p = "+" + p
+    if not p[1:].isdigit() or not p[1:].isascii() or len(p) > 16:
+        raise ValueError(f"transfer prefix {prefix!r} is not + followed by digits")
+    return p
+
+
+def _add_error(outcome: CallOutcome, message: str) -> None:
+    outcome.error = message if not outcome.error else f"{outcome.error}; {message}"
+
+
+def _kind(action: Action) -> str:
+    if isinstance(action, Playback):
+        return "playback"
+    if isinstance(action, Say):
+        return "say"
+    if isinstance(action, Transfer):
+        return "transfer"
+    if isinstance(action, VoicemailPlayback):
+        return "voicemail playback"
+    return "voicemail say"
+
+
+def _describe(action: Action) -> str:
+    """What the call record shows for an action (never the spoken text itself)."""
+    if isinstance(action, Playback | VoicemailPlayback):
+        return f"{_kind(action)} {action.url}"
+    if isinstance(action, Say | VoicemailSay):
+        return f"{_kind(action)} {action.lang}"
+    caller = f" --caller={action.caller}" if action.caller else ""
+    return f"transfer {action.number}{caller}"
