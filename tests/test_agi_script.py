@@ -110,9 +110,14 @@ def same_for_asterisk(pyst_line: str, fastagi_line: str) -> bool:
     return parse_args(pyst_line) == parse_args(fastagi_line)
 
 
+def explain(t: CallTranscript) -> str:
+    return f"commands={t.commands!r} rc={t.returncode} ended_by={t.ended_by!r} stderr={t.stderr[-2000:]!r}"
+
+
 async def test_fallback_answers_and_hangs_up(tmp_path: Path) -> None:
     t, report = await run_script(tmp_path, DIN_AGI_HOOK="tests.no_such_module_for_din_agi")
-    assert t.commands == ["ANSWER", "HANGUP"]
+    assert t.commands == ["ANSWER", "HANGUP"], explain(t)
+    assert t.returncode == 0, explain(t)
     assert [e.reply for e in t.exchanges] == ["200 result=0\n", "200 result=1\n"]
     assert t.received == b"ANSWER\nHANGUP\n"  # nothing but commands on stdout
     assert t.returncode == 0

@@ -315,8 +315,9 @@ async def test_transfer_dial_status_is_recorded(rig: Rig) -> None:
 
 async def test_caller_hanging_up_during_the_bridged_call_still_counts_as_transferred(rig: Rig) -> None:
     # Dial returns -1 when the caller hangs up; the HANGUP line follows the answer.
-    t, outcome = await rig.call("transfer +81312345678", dial_result=-1, hangup_after=2)
+    t, outcome = await rig.call("transfer +81312345678", hangup_after=2, hangup_during=True)
     assert t.verbs[:2] == ["ANSWER", "EXEC"]
+    assert t.exchanges[1].reply == "200 result=-1\n"
     assert t.hangup_sent
     assert outcome.result == "transferred"
 
@@ -460,6 +461,22 @@ async def test_hangup_line_mid_script(rig: Rig) -> None:
     assert outcome.result == "hangup"
     assert outcome.actions_run == ["say en", "say en"]
     assert len(t.streamed) == 1
+
+
+async def test_hangup_while_a_file_plays(rig: Rig) -> None:
+    t, outcome = await rig.call(THREE, hangup_after=2, hangup_during=True)
+    assert t.exchanges[1].reply == "200 result=-1 endpos=800\n"
+    assert t.verbs == ["ANSWER", "STREAM FILE", "STREAM FILE"]
+    assert t.exchanges[2].reply == DEAD + "\n"
+    assert outcome.result == "hangup"
+    assert outcome.error is None  # an interrupted playback is no error of the script
+    assert outcome.actions_run == ["say en", "say en"]
+
+
+async def test_hangup_while_recording(rig: Rig) -> None:
+    t, outcome = await rig.call('voicemail say en "Speak"', hangup_after=3, hangup_during=True)
+    assert t.exchanges[2].reply.startswith("200 result=-1 (hangup) endpos=")
+    assert outcome.result == "voicemail" and outcome.voicemail_path is not None
 
 
 async def test_511_mid_script(rig: Rig) -> None:

@@ -36,6 +36,7 @@ from .agi_protocol import (
     UnsafeArgument,
     format_command,
     is_e164,
+    result_endpos,
     result_paren,
     safe_digits,
     safe_int,
@@ -151,7 +152,9 @@ class Executor:
     async def _stream(self, channel: AgiChannel, path: str) -> AgiResponse:
         line = format_command("STREAM FILE", safe_path(path), "")
         response = await channel.command(line)
-        if response.result < 0:
+        # -1 with endpos=0: Asterisk could not open the file. -1 after playing part of it: the
+        # caller hung up (or the channel failed) mid-play, which the next command will report.
+        if response.result < 0 and not result_endpos(response):
             raise AgiError(f"Asterisk could not play {path} ({response.result} {response.data})".rstrip())
         return response
 

@@ -160,6 +160,9 @@ class CallScenario:
     args: Sequence[str] = ()
     hangup_after: int | None = None  # the caller hangs up after this many answered commands
     hangup_mode: HangupMode = "line"
+    # The hangup happens during the hangup_after-th command instead of after it: STREAM FILE
+    # then answers `200 result=-1 endpos=<where it stopped>`, RECORD FILE `-1 (hangup)`, Dial -1.
+    hangup_during: bool = False
     require_files: bool = True  # STREAM FILE fails (-1) unless <path>.wav is a playable WAV
     dial_result: int = 0  # what EXEC Dial returns
     dial_status: str = "ANSWER"  # DIALSTATUS after Dial
@@ -364,11 +367,29 @@ class AsteriskAgi:
         if handler is None:
             return "200 result=0\n"
         reply: str | None = handler(argv)
+        if reply is not None and self._hangs_up_now():
+            reply = self._interrupted(name, reply)
         if reply is None:
             usage = _USAGE.get(" ".join(words))
             if not usage:
                 return "520 Invalid command syntax.  Proper usage not available.\n"
             return f"{USAGE_BEGIN}\n{usage}\n{USAGE_END}\n"
+        return reply
+
+    def _hangs_up_now(self) -> bool:
+        s = self.scenario
+        return s.hangup_during and s.hangup_after is not None and self.answered + 1 == s.hangup_after
+
+    def _interrupted(self, name: str, reply: str) -> str:
+        """What the command answers when the caller hangs up while it runs."""
+        m = re.search(r"endpos=(\d+)", reply)
+        endpos = int(m.group(1)) if m else 0
+        if name == "STREAM FILE" and reply.startswith("200 result=0"):
+            return f"200 result=-1 endpos={endpos // 2}\n"
+        if name == "RECORD FILE" and "(writefile)" not in reply:
+            return f"200 result=-1 (hangup) endpos={endpos}\n"
+        if name == "EXEC" and reply.startswith("200 result=0"):
+            return "200 result=-1\n"
         return reply
 
     def after_answer(self) -> None:
