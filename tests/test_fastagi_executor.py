@@ -791,6 +791,22 @@ async def test_stop_cancels_calls_that_do_not_end(tmp_path: Path) -> None:
     writer.close()
 
 
+async def test_one_command_at_a_time(rig: Rig) -> None:
+    """Commands issued concurrently on one channel go out one by one, each with its own answer."""
+    answers: list[object] = []
+
+    async def flow(channel: AgiChannel) -> None:
+        answers.extend(await asyncio.gather(*(channel.command(f"GET VARIABLE V{i}") for i in range(10))))
+
+    rig.bridge.custom["concurrent"] = flow
+    variables = {f"V{i}": f"value {i}" for i in range(10)}
+    t = await fastagi_call(
+        "127.0.0.1", rig.server.port, CallScenario(script="concurrent", variables=variables)
+    )
+    assert sorted(t.commands) == sorted(f"GET VARIABLE V{i}" for i in range(10))
+    assert [getattr(a, "data", None) for a in answers] == [f"(value {i})" for i in range(10)]
+
+
 async def test_a_dead_channel_sends_nothing_more(rig: Rig) -> None:
     results: list[str] = []
 

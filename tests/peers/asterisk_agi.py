@@ -159,6 +159,8 @@ class CallScenario:
     language: str = "en"
     args: Sequence[str] = ()
     hangup_after: int | None = None  # the caller hangs up after this many answered commands
+    # "line": FastAGI gets the HANGUP line, a script SIGHUP ("sighup" is the same); "511": only
+    # 511 answers from then on (AGISIGHUP=no); "eof": the connection or pipe is closed.
     hangup_mode: HangupMode = "line"
     # The hangup happens during the hangup_after-th command instead of after it: STREAM FILE
     # then answers `200 result=-1 endpos=<where it stopped>`, RECORD FILE `-1 (hangup)`, Dial -1.
