@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.db.engine import create_engine, session_factory
-from gateway.http import routes_dins, routes_inbound, routes_public, routes_sins, routes_sms
+from gateway.http import routes_dins, routes_inbound, routes_public, routes_sins, routes_sms, routes_voice
 from gateway.http.auth import auth_middleware
 from gateway.http.errors import error_middleware
 from gateway.keys import ACCOUNTS, CONFIG, ENGINE, INBOUND, LINKS, MESSAGES, NUMBERS, SESSIONS, TEMPLATES
@@ -25,6 +25,9 @@ from gateway.services.numbers import NumberService
 from gateway.services.pricing import PriceList
 from gateway.services.templates import TemplateService
 from gateway.services.tracking import LinkTracker
+from gateway.voice.assembly import call_service
+from gateway.voice.calls import CallService
+from gateway.voice.fastagi import FastAgiServer
 from gateway.workers.dispatcher import Dispatcher
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.receipts import ReceiptApplier
@@ -40,6 +43,8 @@ RECEIPTS = web.AppKey("receipts", ReceiptApplier)
 WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
 SMSC_PORT = web.AppKey("smsc_port", int)
+CALLS = web.AppKey("calls", CallService)
+FASTAGI = web.AppKey("fastagi", FastAgiServer)
 
 
 def create_app(config: Config) -> web.Application:
@@ -52,11 +57,13 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(routes_sins.routes)
     app.add_routes(routes_inbound.routes)
     app.add_routes(routes_dins.routes)
+    app.add_routes(routes_voice.routes)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_http_client)
     if config.simulator.enabled:
         app.cleanup_ctx.append(_simulator)
     app.cleanup_ctx.append(_messaging)
+    app.cleanup_ctx.append(_voice)
     return app
 
 
@@ -206,6 +213,22 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(client_task, return_exceptions=True)
     await inbound.close()
     await receipts.close()
+
+
+async def _voice(app: web.Application) -> AsyncIterator[None]:
+    """The AGI bridge: the call flow behind a FastAGI server."""
+    cfg = app[CONFIG].voice
+    async with call_service(cfg, app[SESSIONS], app[NUMBERS]) as calls:
+        app[CALLS] = calls
+        server: FastAgiServer | None = None
+        if cfg.fastagi_enabled:
+            server = FastAgiServer(calls.handle, cfg.fastagi_host, cfg.fastagi_port)
+            await server.start()
+            app[FASTAGI] = server
+            log.info("FastAGI listening on %s:%d", cfg.fastagi_host, server.port)
+        yield
+        if server is not None:
+            await server.stop()
 
 
 async def _forever(what: str, fn: Callable[[], Awaitable[None]]) -> None:

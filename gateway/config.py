@@ -109,6 +109,7 @@ class VoiceConfig:
     action_url_timeout: float = 5.0
     action_url_max_bytes: int = 16 * 1024
     media_max_bytes: int = 10 * 1024 * 1024
+    media_timeout: float = 20.0  # one download of a playback file, redirects included
     # SSRF policy for action_url and media fetches: link-local and cloud metadata addresses are
     # always refused; private and loopback ranges only when these say so.
     allow_private_addresses: bool = True

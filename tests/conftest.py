@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -136,6 +137,8 @@ def gateway_config(db_url: str, smsc_host: str, smsc_port: int, **overrides: Any
     cfg.webhooks.first_retry_seconds = 0.2
     cfg.webhooks.timeout = 3.0
     cfg.sms.prices = {"": 10.0, "81": 8.0, "8190": 9.5}
+    cfg.voice.fastagi_port = 0  # ephemeral: tests run many gateways
+    cfg.voice.data_dir = str(Path(tempfile.mkdtemp(prefix="gw-voice-")))
     for key, value in overrides.items():
         section, name = key.split("__")
         setattr(getattr(cfg, section), name, value)

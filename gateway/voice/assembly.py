@@ -1,0 +1,61 @@
+"""Builds the call flow from configuration: used by the app (FastAGI) and by the per-call
+pyst2 AGI script, so both run exactly the same bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from actions_dsl import Say
+from gateway.config import VoiceConfig
+from gateway.services.numbers import NumberService
+from gateway.voice.asterisk_paths import AsteriskView
+from gateway.voice.calls import CallService, ScriptLimits
+from gateway.voice.executor import Executor
+from gateway.voice.fetcher import PolicyFetcher, policy_session
+from gateway.voice.interfaces import MediaSource, Speech
+from gateway.voice.media import MediaCache
+from gateway.voice.ssrf import SsrfPolicy
+from gateway.voice.tts import EspeakSpeech
+
+
+@asynccontextmanager
+async def call_service(
+    cfg: VoiceConfig, sessions: async_sessionmaker[AsyncSession], numbers: NumberService
+) -> AsyncIterator[CallService]:
+    data_dir = await asyncio.to_thread(os.path.abspath, cfg.data_dir)
+    asterisk_dir = cfg.asterisk_data_dir or data_dir
+    await asyncio.to_thread(os.makedirs, os.path.join(data_dir, "voicemail"), exist_ok=True)
+    policy = SsrfPolicy(allow_private=cfg.allow_private_addresses, allow_loopback=cfg.allow_loopback)
+    session = policy_session(policy)
+    try:
+        fetcher = PolicyFetcher(session, policy)
+        media: MediaSource = MediaCache(fetcher, data_dir, cfg.media_max_bytes, cfg.media_timeout)
+        speech: Speech = EspeakSpeech(data_dir)
+        if asterisk_dir != data_dir:
+            media = speech = AsteriskView(media, speech, data_dir, asterisk_dir)
+        executor = Executor(
+            media,
+            speech,
+            cfg.trunk,
+            cfg.dial_timeout,
+            tuple(p.strip() for p in cfg.transfer_allow_prefixes.split(",") if p.strip()),
+            os.path.join(asterisk_dir, "voicemail"),
+            cfg.voicemail_max_seconds,
+            cfg.voicemail_silence_seconds,
+            voicemail_local_dir=os.path.join(data_dir, "voicemail"),
+        )
+        yield CallService(
+            sessions,
+            numbers,
+            fetcher,
+            executor,
+            ScriptLimits(cfg.action_url_timeout, cfg.action_url_max_bytes),
+            Say(cfg.fallback_lang, cfg.fallback_text, line=0),
+        )
+    finally:
+        await session.close()

@@ -1,0 +1,185 @@
+"""Inbound call flow on a live channel: find the DIN's subscription, fetch its action_url,
+parse the script, run it, and write the call record whatever happens (hangup included)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from urllib.parse import urlencode
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from actions_dsl import Action, ParseErrors, Say, parse
+from gateway.db.models import Call, Number, Voicemail
+from gateway.services.numbers import NumberService
+from gateway.voice.executor import Executor
+from gateway.voice.interfaces import AgiChannel, AgiError, CallOutcome, Fetcher, Hangup, MediaError
+
+log = logging.getLogger(__name__)
+
+
+def e164_from_agi(value: str | None) -> str:
+    """Asterisk gives numbers as the trunk delivered them: digits, +digits, or 'unknown'."""
+    if not value:
+        return ""
+    value = value.strip()
+    digits = value.lstrip("+")
+    if digits.isdigit() and 5 <= len(digits) <= 15:
+        return "+" + digits
+    return ""
+
+
+@dataclass(frozen=True)
+class ScriptLimits:
+    timeout: float
+    max_bytes: int
+
+
+class CallService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        numbers: NumberService,
+        fetcher: Fetcher,
+        executor: Executor,
+        limits: ScriptLimits,
+        fallback: Say,
+    ) -> None:
+        self._sessions = sessions
+        self._numbers = numbers
+        self._fetcher = fetcher
+        self._executor = executor
+        self._limits = limits
+        self._fallback = fallback
+        self.in_progress = 0
+
+    async def handle(self, channel: AgiChannel) -> None:
+        env = channel.env
+        raw_caller = env.get("callerid", "")
+        caller = e164_from_agi(raw_caller)
+        dnid = env.get("dnid", "")
+        din = e164_from_agi(dnid if dnid and dnid != "unknown" else env.get("extension", ""))
+        target = await self._numbers.subscription_for_number(din, "din") if din else None
+        call = Call(
+            uid=uuid.uuid4().hex,
+            account_id=target.account_id if target else None,
+            number_id=target.number_id if target else None,
+            direction="inbound",
+            caller=caller or raw_caller[:32],
+            recipient=din or dnid[:32],
+            status="IN_PROGRESS",
+            channel=env.get("channel", "")[:128] or None,
+            asterisk_uniqueid=env.get("uniqueid", "")[:64] or None,
+            started_at=datetime.now(UTC),
+        )
+        async with self._sessions.begin() as s:
+            s.add(call)
+        self.in_progress += 1
+        outcome = CallOutcome()
+        script_error: str | None = None
+        try:
+            actions, script_error = await self._script(target.action_url if target else None, caller, din)
+            if actions is None:
+                log.info("call %s to %s: fallback (%s)", call.uid, din, script_error)
+                actions = [self._fallback]
+            outcome = await self._executor.run(channel, actions)
+            if outcome.result not in ("hangup", "transferred"):
+                await _hang_up(channel)
+        except asyncio.CancelledError:
+            outcome.result = "hangup"
+            raise
+        except Exception as exc:  # the call record must still be written
+            log.exception("call %s failed", call.uid)
+            outcome.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.in_progress -= 1
+            await asyncio.shield(self._finish(call, outcome, script_error))
+
+    async def _script(
+        self, action_url: str | None, caller: str, din: str
+    ) -> tuple[list[Action] | None, str | None]:
+        if not action_url:
+            return None, "no DIN subscription with an action_url for this number"
+        url = (
+            action_url + ("&" if "?" in action_url else "?") + urlencode({"caller": caller, "recipient": din})
+        )
+        try:
+            res = await self._fetcher.get(url, max_bytes=self._limits.max_bytes, timeout=self._limits.timeout)
+        except MediaError as exc:
+            return None, f"action_url: {exc}"
+        if res.status != 200:
+            return None, f"action_url answered HTTP {res.status}"
+        try:
+            text = res.body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "action_url: the script is not UTF-8"
+        try:
+            return parse(text), None
+        except ParseErrors as exc:
+            return None, f"invalid script: {exc}"
+
+    async def _finish(self, call: Call, outcome: CallOutcome, script_error: str | None) -> None:
+        ended = datetime.now(UTC)
+        duration = max(0, math.ceil((ended - call.started_at).total_seconds()))
+        errors = "; ".join(e for e in (script_error, outcome.error) if e) or None
+        recording = outcome.voicemail_path + ".wav" if outcome.voicemail_path else None
+        size = await asyncio.to_thread(_size, recording) if recording else 0
+        try:
+            async with self._sessions.begin() as s:
+                minute_cost: Decimal | None = None
+                if call.number_id is not None:
+                    minute_cost = await s.scalar(
+                        select(Number.minute_cost).where(Number.id == call.number_id)
+                    )
+                await s.execute(
+                    update(Call)
+                    .where(Call.id == call.id)
+                    .values(
+                        # The customer's flow did not run (the fallback did): FAILED, with the reason.
+                        status="FAILED" if script_error else "COMPLETED",
+                        answered_at=call.started_at,
+                        ended_at=ended,
+                        duration=duration,
+                        cost=(minute_cost or Decimal(0)) * math.ceil(duration / 60),
+                        actions=json.dumps(outcome.actions_run, ensure_ascii=False),
+                        result=outcome.result,
+                        error=errors,
+                    )
+                )
+                if recording and call.account_id is not None:
+                    s.add(
+                        Voicemail(
+                            uid=uuid.uuid4().hex,
+                            call_id=call.id,
+                            account_id=call.account_id,
+                            caller=call.caller,
+                            recipient=call.recipient,
+                            duration=Decimal(str(round(outcome.voicemail_seconds, 2))),
+                            path=recording,
+                            size=size,
+                        )
+                    )
+        except Exception:
+            log.exception("writing the record of call %s failed", call.uid)
+
+
+async def _hang_up(channel: AgiChannel) -> None:
+    try:
+        await channel.command("HANGUP")
+    except (Hangup, AgiError):
+        pass
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

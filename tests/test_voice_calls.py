@@ -1,0 +1,264 @@
+"""Inbound calls end to end: an Asterisk stand-in speaking FastAGI to the gateway, the DIN's
+action_url on a real HTTP server, media fetched and converted, call records and voicemails."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import struct
+import wave
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest_asyncio
+from aiohttp import web
+
+from gateway.app import FASTAGI
+from gateway.keys import NUMBERS
+from gateway.services.accounts import NewCredentials
+from gateway.services.number_import import parse_numbers_csv
+from tests.conftest import Gateway, wait_for
+from tests.peers.asterisk_agi import CallScenario, fastagi_call
+
+DIN = "+81312345678"
+CALLER = "+819012345678"
+INVENTORY = """number,country_code,prefix,sms,voice,monthly_cost,minute_cost
++81312345678,JP,813,false,true,1000,3.5
++81399990000,JP,813,false,true,1000,3.5
+"""
+
+
+def tone_wav(seconds: float = 0.5, rate: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(
+            b"".join(
+                struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+                for i in range(int(seconds * rate))
+            )
+        )
+    return buf.getvalue()
+
+
+@dataclass
+class ActionServer:
+    base_url: str = ""
+    script: str = 'say en "Hello"'
+    status: int = 200
+    requests: list[dict[str, str]] = field(default_factory=list)
+    media_hits: int = 0
+
+
+@pytest_asyncio.fixture
+async def action_server() -> AsyncIterator[ActionServer]:
+    srv = ActionServer()
+    wav = tone_wav()
+
+    async def actions(request: web.Request) -> web.Response:
+        srv.requests.append(dict(request.query))
+        return web.Response(status=srv.status, text=srv.script, content_type="text/plain")
+
+    async def media(request: web.Request) -> web.Response:
+        srv.media_hits += 1
+        return web.Response(body=wav, content_type="audio/wav")
+
+    app = web.Application()
+    app.router.add_get("/actions", actions)
+    app.router.add_get("/greeting.wav", media)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    srv.base_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    yield srv
+    await runner.cleanup()
+
+
+@dataclass
+class Din:
+    creds: NewCredentials
+    uid: str
+
+
+async def subscribe(gw: Gateway, http: aiohttp.ClientSession, action_url: str) -> Din:
+    await gw.app[NUMBERS].import_numbers(parse_numbers_csv(INVENTORY))
+    creds = await gw.account(name="voice")
+    auth = gw.auth(creds)
+    async with http.get(f"{gw.base_url}/voice/dins/?prefix=813", headers=auth) as r:
+        uid = next(d["din_uid"] for d in await r.json() if d["din"] == DIN)
+    async with http.post(
+        f"{gw.base_url}/voice/dins/subscriptions/", data={"din_uid": uid}, headers=auth
+    ) as r:
+        assert r.status == 201
+    async with http.post(
+        f"{gw.base_url}/voice/dins/subscriptions/{uid}/", data={"action_url": action_url}, headers=auth
+    ) as r:
+        assert r.status == 200
+    return Din(creds, uid)
+
+
+async def call(gw: Gateway, **scenario: Any) -> Any:
+    port = gw.app[FASTAGI].port
+    return await fastagi_call("127.0.0.1", port, CallScenario(**scenario), timeout=30)
+
+
+async def records(gw: Gateway, http: aiohttp.ClientSession, creds: NewCredentials) -> list[dict[str, Any]]:
+    async def done() -> list[dict[str, Any]] | None:
+        async with http.get(f"{gw.base_url}/voice/calls/", headers=gw.auth(creds)) as r:
+            rows: list[dict[str, Any]] = await r.json()
+        return rows if rows and all(c["end_time"] for c in rows) else None
+
+    result: list[dict[str, Any]] = await wait_for(done)
+    return result
+
+
+async def test_say_and_playback_on_a_live_call(
+    gateway: Gateway, http: aiohttp.ClientSession, action_server: ActionServer
+) -> None:
+    din = await subscribe(gateway, http, f"{action_server.base_url}/actions")
+    action_server.script = (
+        "# greeting\n"
+        f"playback {action_server.base_url}/greeting.wav\n"
+        'say en "Thank you for calling."\n'
+        'say ja "こんにちは"\n'
+    )
+    t = await call(gateway)
+    assert t.verbs == ["ANSWER", "STREAM FILE", "STREAM FILE", "STREAM FILE", "HANGUP"]
+    assert len(t.streamed) == 3 and t.missing == []
+    assert action_server.requests == [{"caller": CALLER, "recipient": DIN}]
+    [rec] = await records(gateway, http, din.creds)
+    assert rec["status"] == "COMPLETED" and rec["direction"] == "inbound" and rec["result"] == "completed"
+    assert rec["caller"] == CALLER and rec["recipient"] == DIN and rec["error"] is None
+    assert [a.split()[0] for a in rec["actions"]] == ["playback", "say", "say"]
+    assert rec["cost"] == 3.5  # one started minute at the DIN's minute_cost
+    # The media is fetched once and served from the cache afterwards.
+    await call(gateway)
+    assert action_server.media_hits == 1
+    async with http.get(
+        f"{gateway.base_url}/voice/calls/{rec['callid']}", headers=gateway.auth(din.creds)
+    ) as r:
+        assert (await r.json())["callid"] == rec["callid"]
+
+
+async def test_transfer_respects_the_allow_list(
+    gateway: Gateway, http: aiohttp.ClientSession, action_server: ActionServer
+) -> None:
+    din = await subscribe(gateway, http, f"{action_server.base_url}/actions")
+    action_server.script = "transfer +14155550123\ntransfer +81311112222 --caller=+81312345678\n"
+    t = await call(gateway)
+    assert t.dialed == ["PJSIP/+81311112222@trunk,30"]  # +1 is not on the default allow-list
+    assert t.callerids == ["+81312345678"]
+    [rec] = await records(gateway, http, din.creds)
+    assert rec["result"] == "transferred" and "+14155550123" in rec["error"]
+
+
+async def test_voicemail_is_recorded_listed_and_downloadable(
+    gateway: Gateway, http: aiohttp.ClientSession, action_server: ActionServer
+) -> None:
+    din = await subscribe(gateway, http, f"{action_server.base_url}/actions")
+    action_server.script = 'voicemail say en "Please leave a message after the tone."'
+    t = await call(gateway, record_seconds=1.0)
+    assert t.verbs[:3] == ["ANSWER", "STREAM FILE", "RECORD FILE"]
+    [rec] = await records(gateway, http, din.creds)
+    assert rec["result"] == "voicemail"
+    auth = gateway.auth(din.creds)
+    async with http.get(f"{gateway.base_url}/voice/voicemails/", headers=auth) as r:
+        [vm] = await r.json()
+    assert vm["callid"] == rec["callid"] and vm["caller"] == CALLER and 0.5 < vm["duration"] < 2
+    async with http.get(f"{gateway.base_url}{vm['audio_url']}", headers=auth) as r:
+        body = await r.read()
+        assert r.status == 200 and r.headers["Content-Type"] == "audio/wav"
+    with wave.open(io.BytesIO(body)) as w:
+        assert w.getframerate() == 8000 and w.getnchannels() == 1
+    other = await gateway.account(name="other")
+    for path in (
+        f"/voice/voicemails/{vm['voicemail_id']}/",
+        vm["audio_url"],
+        f"/voice/calls/{rec['callid']}/",
+    ):
+        async with http.get(f"{gateway.base_url}{path}", headers=gateway.auth(other)) as r:
+            assert r.status == 404, path
+
+
+async def test_fallbacks_are_spoken_and_recorded(
+    gateway: Gateway, http: aiohttp.ClientSession, action_server: ActionServer
+) -> None:
+    din = await subscribe(gateway, http, f"{action_server.base_url}/actions")
+    # Unknown DIN: the apology, and a record nobody's account shows.
+    t = await call(gateway, dnid="+81399990000")
+    assert t.verbs == ["ANSWER", "STREAM FILE", "HANGUP"] and t.missing == []
+    action_server.script = 'say en "unterminated'
+    await call(gateway)
+    action_server.status = 500
+    await call(gateway)
+    rows = await records(gateway, http, din.creds)
+    errors = sorted(r["error"] for r in rows)
+    assert len(rows) == 2
+    assert any("HTTP 500" in e for e in errors) and any(
+        "invalid script" in e and "line 1" in e for e in errors
+    )
+    assert all(
+        r["status"] == "FAILED" and len(r["actions"]) == 1 and r["actions"][0].startswith("say en")
+        for r in rows
+    )
+    assert len(await gateway.sql("SELECT id FROM calls WHERE account_id IS NULL")) == 1
+
+
+async def test_hangups_end_the_script_and_keep_the_record(
+    gateway: Gateway, http: aiohttp.ClientSession, action_server: ActionServer
+) -> None:
+    din = await subscribe(gateway, http, f"{action_server.base_url}/actions")
+    action_server.script = "\n".join(f'say en "line {i}"' for i in range(5))
+    for mode in ("line", "511", "eof"):
+        t = await call(gateway, hangup_after=2, hangup_mode=mode)
+        assert len([v for v in t.verbs if v == "STREAM FILE"]) <= 2, mode
+    rows = await records(gateway, http, din.creds)
+    assert len(rows) == 3 and all(r["result"] == "hangup" for r in rows)
+
+
+async def test_many_concurrent_calls(
+    gateway: Gateway, http: aiohttp.ClientSession, action_server: ActionServer
+) -> None:
+    din = await subscribe(gateway, http, f"{action_server.base_url}/actions")
+    action_server.script = 'say en "Hello"'
+    transcripts = await asyncio.gather(*(call(gateway) for _ in range(50)))
+    assert all(t.verbs == ["ANSWER", "STREAM FILE", "HANGUP"] for t in transcripts)
+    rows = await records(gateway, http, din.creds)
+    assert len(rows) == 50 and all(r["status"] == "COMPLETED" for r in rows)
+
+
+async def test_the_pyst2_agi_script_runs_the_same_call_flow(
+    gateway: Gateway, http: aiohttp.ClientSession, action_server: ActionServer
+) -> None:
+    """asterisk/agi/din_agi.py as Asterisk's AGI() runs it: its own process, same database."""
+    import os
+    import sys
+
+    from gateway.keys import CONFIG
+    from tests.conftest import ROOT
+    from tests.peers.asterisk_agi import run_agi_script
+
+    din = await subscribe(gateway, http, f"{action_server.base_url}/actions")
+    action_server.script = f'say en "From the script"\nplayback {action_server.base_url}/greeting.wav'
+    cfg = gateway.app[CONFIG]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "GATEWAY_DATABASE_URL": cfg.database.url,
+        "GATEWAY_VOICE_DATA_DIR": cfg.voice.data_dir,
+    }
+    env.pop("DIN_AGI_HOOK", None)
+    t = await run_agi_script(
+        [sys.executable, str(ROOT / "asterisk" / "agi" / "din_agi.py")], CallScenario(), env=env, timeout=60
+    )
+    assert t.returncode == 0, t.stderr.decode()[-2000:]
+    assert t.verbs == ["ANSWER", "STREAM FILE", "STREAM FILE", "HANGUP"], t.commands
+    assert t.missing == []
+    [rec] = await records(gateway, http, din.creds)
+    assert rec["status"] == "COMPLETED" and len(rec["actions"]) == 2
