@@ -218,7 +218,10 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
 async def _voice(app: web.Application) -> AsyncIterator[None]:
     """The AGI bridge: the call flow behind a FastAGI server."""
     cfg = app[CONFIG].voice
-    async with call_service(cfg, app[SESSIONS], app[NUMBERS]) as calls:
+    webhooks = app[WEBHOOKS]
+    async with call_service(
+        cfg, app[SESSIONS], app[NUMBERS], base_url=app[CONFIG].public_base_url, wake_webhooks=webhooks.wake
+    ) as calls:
         app[CALLS] = calls
         server: FastAgiServer | None = None
         if cfg.fastagi_enabled:

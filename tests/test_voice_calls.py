@@ -4,7 +4,10 @@ action_url on a real HTTP server, media fetched and converted, call records and 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import io
+import json
 import math
 import struct
 import wave
@@ -22,6 +25,7 @@ from gateway.services.accounts import NewCredentials
 from gateway.services.number_import import parse_numbers_csv
 from tests.conftest import Gateway, wait_for
 from tests.peers.asterisk_agi import CallScenario, fastagi_call
+from tests.webhook_receiver import Receiver
 
 DIN = "+81312345678"
 CALLER = "+819012345678"
@@ -103,6 +107,10 @@ async def subscribe(gw: Gateway, http: aiohttp.ClientSession, action_url: str) -
     return Din(creds, uid)
 
 
+async def _hits(receiver: Receiver, path: str) -> list[Any]:
+    return receiver.on(path)
+
+
 async def call(gw: Gateway, **scenario: Any) -> Any:
     port = gw.app[FASTAGI].port
     return await fastagi_call("127.0.0.1", port, CallScenario(**scenario), timeout=30)
@@ -159,9 +167,17 @@ async def test_transfer_respects_the_allow_list(
 
 
 async def test_voicemail_is_recorded_listed_and_downloadable(
-    gateway: Gateway, http: aiohttp.ClientSession, action_server: ActionServer
+    gateway: Gateway, http: aiohttp.ClientSession, action_server: ActionServer, receiver: Receiver
 ) -> None:
     din = await subscribe(gateway, http, f"{action_server.base_url}/actions")
+    async with http.post(
+        f"{gateway.base_url}/voice/dins/subscriptions/{din.uid}/",
+        data={"voicemail_url": receiver.url("/vm")},
+        headers=gateway.auth(din.creds),
+    ) as r:
+        body = await r.json()
+        assert r.status == 200 and body["voicemail_url"] == receiver.url("/vm")
+        assert body["action_url"] == f"{action_server.base_url}/actions"  # untouched
     action_server.script = 'voicemail say en "Please leave a message after the tone."'
     t = await call(gateway, record_seconds=1.0)
     assert t.verbs[:3] == ["ANSWER", "STREAM FILE", "RECORD FILE"]
@@ -176,6 +192,17 @@ async def test_voicemail_is_recorded_listed_and_downloadable(
         assert r.status == 200 and r.headers["Content-Type"] == "audio/wav"
     with wave.open(io.BytesIO(body)) as w:
         assert w.getframerate() == 8000 and w.getnchannels() == 1
+    hit = (await wait_for(lambda: _hits(receiver, "/vm")))[0]
+    note = json.loads(hit.body)
+    assert note["voicemail_id"] == vm["voicemail_id"] and note["callid"] == rec["callid"]
+    assert note["audio_url"] == f"{gateway.base_url}{vm['audio_url']}"
+    ts = hit.headers["X-Gateway-Timestamp"]
+    assert (
+        hit.headers["X-Gateway-Signature"]
+        == hmac.new(
+            din.creds.account.webhook_secret.encode(), ts.encode() + hit.body, hashlib.sha256
+        ).hexdigest()
+    )
     other = await gateway.account(name="other")
     for path in (
         f"/voice/voicemails/{vm['voicemail_id']}/",

@@ -200,6 +200,7 @@ class NumberSubscription(Base):
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     kind: Mapped[str] = mapped_column(String(8))  # "sin" | "din"
     action_url: Mapped[str | None] = mapped_column(Text)
+    voicemail_url: Mapped[str | None] = mapped_column(Text)  # DIN: webhook for new voicemails
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("number_id", "kind"),)

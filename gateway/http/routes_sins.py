@@ -69,7 +69,11 @@ def number_routes(kind: Kind, base: str) -> web.RouteTableDef:
     async def set_action_url(request: web.Request) -> web.Response:
         params = await read_params(request)
         out = await request.app[NUMBERS].set_action_url(
-            request[ACCOUNT].id, kind, request.match_info["uid"], optional_str(params, "action_url")
+            request[ACCOUNT].id,
+            kind,
+            request.match_info["uid"],
+            optional_str(params, "action_url"),
+            optional_str(params, "voicemail_url"),
         )
         return json_response(out)
 

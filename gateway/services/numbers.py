@@ -111,6 +111,8 @@ def subscription_json(kind: Kind, n: Number, sub: NumberSubscription) -> dict[st
     if kind == "din":
         out["minute_cost"] = _money(n.minute_cost)  # calls are billed by the minute
     out["action_url"] = sub.action_url
+    if kind == "din":
+        out["voicemail_url"] = sub.voicemail_url
     out["subscribed_at"] = fmt_time(sub.created_at)
     return out
 
@@ -421,15 +423,27 @@ class NumberService:
         return subscription_json(kind, n, sub)
 
     async def set_action_url(
-        self, account_id: int, kind: Kind, uid: str, action_url: str | None
+        self,
+        account_id: int,
+        kind: Kind,
+        uid: str,
+        action_url: str | None,
+        voicemail_url: str | None = None,
     ) -> dict[str, Any]:
+        """Sets action_url and, for a DIN, voicemail_url (where new voicemails are POSTed)."""
         kind = _check_kind(kind)
         async with self._sessions.begin() as s:
             sub, n = await self._own(s, account_id, kind, uid)
+            if voicemail_url is not None and kind != "din":
+                raise FieldErrors.one("voicemail_url", "Only DIN subscriptions take a voicemail_url.")
             url = v.http_url("action_url", action_url)
-            if url is None:
+            vm_url = v.http_url("voicemail_url", voicemail_url)
+            if url is None and vm_url is None:
                 raise FieldErrors.one("action_url", "This field is required.")
-            sub.action_url = url
+            if url is not None:
+                sub.action_url = url
+            if vm_url is not None:
+                sub.voicemail_url = vm_url
         return subscription_json(kind, n, sub)
 
     async def unsubscribe(self, account_id: int, kind: Kind, uid: str) -> None:

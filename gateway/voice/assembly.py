@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -25,7 +25,12 @@ from gateway.voice.tts import EspeakSpeech
 
 @asynccontextmanager
 async def call_service(
-    cfg: VoiceConfig, sessions: async_sessionmaker[AsyncSession], numbers: NumberService
+    cfg: VoiceConfig,
+    sessions: async_sessionmaker[AsyncSession],
+    numbers: NumberService,
+    *,
+    base_url: str = "",
+    wake_webhooks: Callable[[], None] = lambda: None,
 ) -> AsyncIterator[CallService]:
     data_dir = await asyncio.to_thread(os.path.abspath, cfg.data_dir)
     asterisk_dir = cfg.asterisk_data_dir or data_dir
@@ -56,6 +61,8 @@ async def call_service(
             executor,
             ScriptLimits(cfg.action_url_timeout, cfg.action_url_max_bytes),
             Say(cfg.fallback_lang, cfg.fallback_text, line=0),
+            base_url=base_url,
+            wake_webhooks=wake_webhooks,
         )
     finally:
         await session.close()

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -18,8 +19,10 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions_dsl import Action, ParseErrors, Say, parse
-from gateway.db.models import Call, Number, Voicemail
+from gateway.db.models import Call, Number, NumberSubscription, Voicemail
+from gateway.services import outbox
 from gateway.services.numbers import NumberService
+from gateway.services.views import fmt_time
 from gateway.voice.executor import Executor
 from gateway.voice.interfaces import AgiChannel, AgiError, CallOutcome, Fetcher, Hangup, MediaError
 
@@ -52,7 +55,11 @@ class CallService:
         executor: Executor,
         limits: ScriptLimits,
         fallback: Say,
+        base_url: str = "",
+        wake_webhooks: Callable[[], None] = lambda: None,
     ) -> None:
+        self._base_url = base_url
+        self._wake_webhooks = wake_webhooks
         self._sessions = sessions
         self._numbers = numbers
         self._fetcher = fetcher
@@ -155,20 +162,50 @@ class CallService:
                     )
                 )
                 if recording and call.account_id is not None:
-                    s.add(
-                        Voicemail(
-                            uid=uuid.uuid4().hex,
-                            call_id=call.id,
-                            account_id=call.account_id,
-                            caller=call.caller,
-                            recipient=call.recipient,
-                            duration=Decimal(str(round(outcome.voicemail_seconds, 2))),
-                            path=recording,
-                            size=size,
-                        )
+                    vm = Voicemail(
+                        uid=uuid.uuid4().hex,
+                        call_id=call.id,
+                        account_id=call.account_id,
+                        caller=call.caller,
+                        recipient=call.recipient,
+                        duration=Decimal(str(round(outcome.voicemail_seconds, 2))),
+                        path=recording,
+                        size=size,
+                        created_at=ended,
                     )
+                    s.add(vm)
+                    await self._notify_voicemail(s, call, vm)
         except Exception:
             log.exception("writing the record of call %s failed", call.uid)
+            return
+        if recording:
+            self._wake_webhooks()
+
+    async def _notify_voicemail(self, s: AsyncSession, call: Call, vm: Voicemail) -> None:
+        """POST the new voicemail to the DIN subscription's voicemail_url, if it has one."""
+        url = await s.scalar(
+            select(NumberSubscription.voicemail_url).where(
+                NumberSubscription.number_id == call.number_id, NumberSubscription.kind == "din"
+            )
+        )
+        if not url or call.account_id is None:
+            return
+        outbox.enqueue(
+            s,
+            account_id=call.account_id,
+            kind="voice.voicemail",
+            ref=vm.uid,
+            url=url,
+            payload={
+                "voicemail_id": vm.uid,
+                "callid": call.uid,
+                "caller": vm.caller,
+                "recipient": vm.recipient,
+                "duration": float(vm.duration),
+                "created_at": fmt_time(vm.created_at),
+                "audio_url": f"{self._base_url}/voice/voicemails/{vm.uid}/audio",
+            },
+        )
 
 
 async def _hang_up(channel: AgiChannel) -> None:

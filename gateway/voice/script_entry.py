@@ -15,7 +15,9 @@ async def main(channel: AgiChannel) -> None:
     engine = create_engine(config.database.url, pool_size=1)
     try:
         sessions = session_factory(engine)
-        async with call_service(config.voice, sessions, NumberService(sessions)) as calls:
+        async with call_service(
+            config.voice, sessions, NumberService(sessions), base_url=config.public_base_url
+        ) as calls:
             await calls.handle(channel)
     finally:
         await engine.dispose()
