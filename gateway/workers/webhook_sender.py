@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
-from sqlalchemy import or_, select, update
+from sqlalchemy import exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 
 from gateway.db.models import Account, WebhookDelivery
 from gateway.services.outbox import sign
@@ -132,12 +133,21 @@ class WebhookSender:
     async def _claim(self) -> list[Job]:
         now = datetime.now(UTC)
         token = uuid.uuid4().hex
+        earlier = aliased(WebhookDelivery)
         due = (
             select(WebhookDelivery.id)
             .where(
                 WebhookDelivery.status == "PENDING",
                 WebhookDelivery.next_attempt_at <= now,
                 or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now),
+                # In order per subject and receiver: a DELIVERED callback never overtakes the
+                # DELIVERING one still pending (or retrying) for the same message.
+                ~exists().where(
+                    earlier.ref == WebhookDelivery.ref,
+                    earlier.url == WebhookDelivery.url,
+                    earlier.status == "PENDING",
+                    earlier.id < WebhookDelivery.id,
+                ),
             )
             .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
             .limit(self._batch)

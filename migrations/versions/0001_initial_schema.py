@@ -81,6 +81,7 @@ def upgrade() -> None:
     with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_webhook_deliveries_account_id'), ['account_id'], unique=False)
         batch_op.create_index('ix_webhook_deliveries_status_next', ['status', 'next_attempt_at'], unique=False)
+        batch_op.create_index('ix_webhook_deliveries_ref', ['ref'], unique=False)
 
     op.create_table('messages',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -164,6 +165,7 @@ def downgrade() -> None:
 
     op.drop_table('messages')
     with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
+        batch_op.drop_index('ix_webhook_deliveries_ref')
         batch_op.drop_index('ix_webhook_deliveries_status_next')
         batch_op.drop_index(batch_op.f('ix_webhook_deliveries_account_id'))
 

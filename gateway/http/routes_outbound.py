@@ -1,0 +1,75 @@
+"""Outbound calls, Xoxzo style: POST /voice/simple/playbacks/ (xoxzo-cloudpy's
+call_simple_playback and call_tts_playback). The call's status is read at /voice/calls/<callid>
+(routes_voice)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from actions_dsl.values import lang_problem, text_problem, url_problem
+from gateway.http.errors import ApiError, FieldErrors, json_response
+from gateway.http.params import optional_str, read_params
+from gateway.http.routes_sms import _Collector
+from gateway.keys import ACCOUNT
+from gateway.services import validation as v
+from gateway.voice.outbound import Media, OutboundCalls, OutboundUnavailable, Recording, Tts
+
+routes = web.RouteTableDef()
+OUTBOUND = web.AppKey("outbound", OutboundCalls)
+
+# Line breaks and tabs in a TTS message are spacing, not content: spoken the same as a space.
+_SPACING = re.compile(r"[\r\n\t]+")
+_EITHER = "Give either recording_url, or tts_message and tts_lang."
+
+
+def _media(p: dict[str, Any]) -> Media:
+    url = optional_str(p, "recording_url") or ""
+    message = optional_str(p, "tts_message") or ""
+    lang = (optional_str(p, "tts_lang") or "").strip()
+    if url and (message or lang):
+        raise FieldErrors.one("recording_url", f"{_EITHER} Not both.")
+    if url:
+        checked = v.http_url("recording_url", url) or ""
+        problem = url_problem(checked)
+        if problem is not None:
+            raise FieldErrors.one("recording_url", problem.message)
+        return Recording(checked)
+    if not message and not lang:
+        raise FieldErrors.one("recording_url", f"This field is required. {_EITHER}")
+    errors: dict[str, list[str]] = {}
+    message = _SPACING.sub(" ", message).strip()
+    if not message:
+        errors["tts_message"] = ["This field is required."]
+    elif (problem := text_problem(message)) is not None:
+        errors["tts_message"] = [problem.message]
+    if not lang:
+        errors["tts_lang"] = ["This field is required."]
+    elif (problem := lang_problem(lang)) is not None:
+        errors["tts_lang"] = [problem.message]
+    if errors:
+        raise FieldErrors(errors)
+    return Tts(message, lang)
+
+
+@routes.post("/voice/simple/playbacks/")
+async def create_playback(request: web.Request) -> web.Response:
+    account = request[ACCOUNT]
+    params = await read_params(request)
+    c = _Collector()
+    caller = c.check(lambda: v.e164("caller", optional_str(params, "caller")), "")
+    recipient = c.check(lambda: v.e164("recipient", optional_str(params, "recipient")), "")
+    media: Media | None = c.check(lambda: _media(params), None)
+    callbackurl = c.check(lambda: v.http_url("callbackurl", optional_str(params, "callbackurl")), None)
+    c.raise_if_any()
+    assert media is not None  # no errors: _media returned
+    calls = request.app.get(OUTBOUND)
+    if calls is None:
+        raise ApiError(503, {"detail": "Outbound calls are not enabled on this gateway."})
+    try:
+        callid = await calls.create(account.id, caller, recipient, media, callbackurl)
+    except OutboundUnavailable as exc:
+        raise ApiError(503, {"detail": str(exc)}) from None
+    return json_response([{"callid": callid}], status=201)

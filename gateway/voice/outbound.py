@@ -1,0 +1,625 @@
+"""Outbound calls (POST /voice/simple/playbacks/): originate over AMI, play on answer.
+
+The life of a call, as the `calls` row shows it (direction "outbound"):
+
+1. `create` writes the row (QUEUED) and only then sends Asterisk an Originate
+   (`Channel=PJSIP/<recipient>@<trunk>`, `Context=gateway-outbound`, `Exten=s`, `Priority=1`,
+   `CallerID=<caller>`, `Variable=GATEWAY_CALLID=<callid>`, `Async=true`, `Timeout=<ms>`) whose
+   ActionID names the call, so its OriginateResponse finds the row on any gateway node, across
+   AMI reconnects. AMI not connected, or Asterisk refusing the action: the row is deleted again
+   and the caller gets OutboundUnavailable (HTTP 503). Sent but not confirmed (connection lost,
+   no answer in time): the row stays QUEUED, since Asterisk may well be dialling; the events or
+   the stale sweep settle it.
+2. The callee answers: Asterisk runs the gateway-outbound dialplan, which calls
+   `AGI(agi://<gateway>/outbound,<callid>)`; `play` marks the call IN_PROGRESS (answered_at),
+   runs the recording or the TTS message on the channel through the Executor, hangs up and
+   finalises the row: ended_at, duration (from answer), cost (started minutes x the per-minute
+   price for the recipient's prefix), COMPLETED (FAILED when the media could not be played).
+   The dialplan and the OriginateResponse race; either order gives the same record.
+3. OriginateResponse `Success` marks the call IN_PROGRESS if `play` did not get there first;
+   `Failure` ends it with the status its Reason maps to (ringing -> NO_ANSWER, busy -> BUSY,
+   anything else -> FAILED).
+4. A Hangup event for a call whose playback never ran (answered, but the FastAGI connection
+   never came) ends it FAILED after a grace period that lets a `play` in progress, here or on
+   another node, write the record itself.
+5. `sweep` fails QUEUED calls nobody reported on (events lost while AMI was down).
+
+Every transition is one guarded UPDATE (`ended_at IS NULL`, plus the expected state), so
+whichever path gets there first wins, and the status callback (outbox kind "voice.status",
+the same JSON as GET /voice/calls/<callid>) is written once, in the transaction that ended
+the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from aiohttp import web
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from actions_dsl import Action, Playback, Say
+from actions_dsl.values import lang_problem, text_problem, url_problem
+from gateway.db.models import Call
+from gateway.http.routes_voice import call_json
+from gateway.keys import SESSIONS
+from gateway.services import outbox
+from gateway.services.pricing import PriceList
+from gateway.voice.ami import AmiClient, AmiConnectionLost, AmiMessage, AmiNotConnected
+from gateway.voice.interfaces import AgiChannel, AgiError, CallOutcome, Hangup
+
+log = logging.getLogger(__name__)
+
+OUTBOUND_SCRIPT = "outbound"  # agi://<gateway>/outbound,<callid> in the gateway-outbound context
+ACTION_PREFIX = "gw-originate-"
+CALLID = re.compile(r"[0-9a-f]{32}")
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+_TRUNK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+
+# OriginateResponse `Reason` is the last control frame seen on the dialled channel
+# (AST_CONTROL_*, see main/pbx.c pbx_dial_reason): 4 answered, 3 still ringing when the
+# timeout struck, 5 busy, 8 congestion (also: rejected, out of order), 1 hung up, 0 failed.
+REASON_STATUS: Mapping[str, str] = {"1": "NO_ANSWER", "3": "NO_ANSWER", "5": "BUSY"}
+REASON_TEXT: Mapping[str, str] = {
+    "0": "the call could not be placed",
+    "1": "the callee hung up before answering",
+    "3": "no answer",
+    "5": "busy",
+    "8": "congestion or rejected by the network",
+}
+# Hangup `Cause` (Q.931) of a call that was never answered, when no OriginateResponse said more.
+CAUSE_STATUS: Mapping[str, str] = {"17": "BUSY", "18": "NO_ANSWER", "19": "NO_ANSWER"}
+
+AgiHandler = Callable[[AgiChannel], Awaitable[None]]
+
+
+class OutboundUnavailable(Exception):
+    """The call could not be handed to Asterisk (not connected, or refused); nothing was kept."""
+
+
+class ActionRunner(Protocol):
+    """What plays the call: gateway.voice.executor.Executor."""
+
+    async def run(self, channel: AgiChannel, actions: Sequence[Action]) -> CallOutcome: ...
+
+
+@dataclass(frozen=True)
+class Recording:
+    url: str
+
+
+@dataclass(frozen=True)
+class Tts:
+    message: str
+    lang: str
+
+
+Media = Recording | Tts
+
+
+@dataclass(frozen=True)
+class OutboundSettings:
+    """Everything outbound calls need from the configuration."""
+
+    ami_host: str = "127.0.0.1"
+    ami_port: int = 5038
+    ami_username: str = "gateway"
+    ami_secret: str = ""
+    trunk: str = "trunk"  # Channel=PJSIP/<recipient>@<trunk>
+    context: str = "gateway-outbound"
+    ring_timeout: float = 30.0  # seconds the callee's phone may ring (Originate Timeout)
+    # Price per started minute (from answer) by recipient prefix, digits after +; longest wins.
+    prices: Mapping[str, float] = field(default_factory=lambda: {"": 0.0})
+    originate_timeout: float = 10.0  # how long to wait for Asterisk to confirm an Originate
+    reconnect_max_seconds: float = 30.0
+    hangup_grace: float = 5.0
+    stale_seconds: float = 300.0  # QUEUED this long past the ring timeout: FAILED by the sweep
+    sweep_interval: float = 30.0
+
+
+def check_number(field_name: str, value: str) -> str:
+    if not _E164.fullmatch(value):
+        raise ValueError(f"{field_name} must be an E.164 number, got {value!r}")
+    return value
+
+
+def check_media(media: Media) -> Media:
+    if isinstance(media, Recording):
+        problem = url_problem(media.url)
+    else:
+        problem = lang_problem(media.lang) or text_problem(media.message)
+    if problem is not None:
+        raise ValueError(problem.message)
+    return media
+
+
+class OutboundCalls:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        ami: AmiClient,
+        runner: ActionRunner,
+        *,
+        trunk: str,
+        ring_timeout: float,
+        prices: PriceList,
+        context: str = "gateway-outbound",
+        originate_timeout: float = 10.0,
+        hangup_grace: float = 5.0,
+        stale_seconds: float = 300.0,
+        wake_webhooks: Callable[[], None] | None = None,
+    ) -> None:
+        if not _TRUNK.fullmatch(trunk):
+            raise ValueError(f"trunk must be a PJSIP endpoint name, got {trunk!r}")
+        if not _TRUNK.fullmatch(context):
+            raise ValueError(f"context must be a dialplan context name, got {context!r}")
+        if ring_timeout <= 0:
+            raise ValueError(f"ring_timeout must be positive, got {ring_timeout!r}")
+        self._sessions = sessions
+        self.ami = ami
+        self._runner = runner
+        self._trunk = trunk
+        self._context = context
+        self._ring_timeout = ring_timeout
+        self._prices = prices
+        self._originate_timeout = originate_timeout
+        self._hangup_grace = hangup_grace
+        self._stale_seconds = stale_seconds
+        self._wake = wake_webhooks
+        self._playing: set[str] = set()  # callids whose play() runs in this process
+        self._uniqueids: dict[str, str] = {}  # Asterisk channel uniqueid -> callid
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._remove_listener = ami.add_listener(self._on_event)
+
+    # -- API side ---------------------------------------------------------------------------
+
+    async def create(
+        self, account_id: int, caller: str, recipient: str, media: Media, callbackurl: str | None = None
+    ) -> str:
+        """Record the call and originate it; returns the callid. Raises OutboundUnavailable
+        when Asterisk cannot take it (no row is left behind then)."""
+        check_number("caller", caller)
+        check_number("recipient", recipient)
+        check_media(media)
+        if not self.ami.connected:
+            raise OutboundUnavailable("The voice service is not connected to Asterisk; try again later.")
+        callid = uuid.uuid4().hex
+        async with self._sessions.begin() as s:
+            s.add(
+                Call(
+                    uid=callid,
+                    account_id=account_id,
+                    direction="outbound",
+                    caller=caller,
+                    recipient=recipient,
+                    status="QUEUED",
+                    started_at=datetime.now(UTC),
+                    actions="[]",
+                    recording_url=media.url if isinstance(media, Recording) else None,
+                    tts_message=media.message if isinstance(media, Tts) else None,
+                    tts_lang=media.lang if isinstance(media, Tts) else None,
+                    callbackurl=callbackurl,
+                )
+            )
+        headers = [
+            ("Channel", f"PJSIP/{recipient}@{self._trunk}"),
+            ("Context", self._context),
+            ("Exten", "s"),
+            ("Priority", "1"),
+            ("CallerID", caller),
+            ("Variable", f"GATEWAY_CALLID={callid}"),
+            ("Timeout", str(int(self._ring_timeout * 1000))),
+            ("Async", "true"),
+        ]
+        try:
+            response = await self.ami.send_action(
+                "Originate", headers, action_id=ACTION_PREFIX + callid, timeout=self._originate_timeout
+            )
+        except AmiNotConnected:
+            await self._discard(callid)
+            raise OutboundUnavailable(
+                "The voice service is not connected to Asterisk; try again later."
+            ) from None
+        except (AmiConnectionLost, TimeoutError) as exc:
+            # Written, not confirmed: Asterisk may be dialling. Keep the call; its events or
+            # the sweep settle it, and a retry by the customer cannot ring the callee twice.
+            log.warning("outbound call %s: Originate not confirmed (%s); kept as QUEUED", callid, exc)
+            return callid
+        if not response.success:
+            log.error("outbound call %s: Asterisk refused the Originate: %s", callid, response.message)
+            await self._discard(callid)
+            raise OutboundUnavailable("The voice service refused the call; try again later.")
+        return callid
+
+    async def _discard(self, callid: str) -> None:
+        async with self._sessions.begin() as s:
+            await s.execute(delete(Call).where(Call.uid == callid, Call.status == "QUEUED"))
+
+    # -- the answered call (FastAGI) --------------------------------------------------------
+
+    async def play(self, channel: AgiChannel, callid: str) -> None:
+        """Play call `callid`'s recording or TTS message on the answered channel, hang up and
+        write the record. Called by the FastAGI handler for `agi://.../outbound,<callid>`."""
+        callid = callid.strip()
+        env = channel.env
+        if not CALLID.fullmatch(callid):
+            log.warning("outbound AGI with a bad call id %r (channel %r)", callid[:64], env.get("channel"))
+            await _hang_up(channel)
+            return
+        loaded = await self._answered(callid, env)
+        if loaded is None:
+            await _hang_up(channel)
+            return
+        action, answered_at = loaded
+        self._playing.add(callid)
+        outcome = CallOutcome()
+        try:
+            outcome = await self._runner.run(channel, [action])
+            if outcome.result != "hangup" and not await _hang_up(channel):
+                outcome.result = "hangup"  # the callee was gone before the message ended
+        except asyncio.CancelledError:
+            outcome.result = "hangup"
+            raise
+        except Exception as exc:  # the record must still be written
+            log.exception("outbound call %s failed", callid)
+            outcome.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._playing.discard(callid)
+            await asyncio.shield(self._played(callid, outcome, answered_at))
+
+    async def _answered(self, callid: str, env: Mapping[str, str]) -> tuple[Action, datetime] | None:
+        now = datetime.now(UTC)
+        async with self._sessions.begin() as s:
+            row = await s.scalar(select(Call).where(Call.uid == callid, Call.direction == "outbound"))
+            if row is None:
+                log.warning("outbound AGI for unknown call %s", callid)
+                return None
+            if row.ended_at is not None:
+                log.warning("outbound AGI for call %s, already ended (%s)", callid, row.status)
+                return None
+            answered_at = row.answered_at or now
+            res = await s.execute(
+                update(Call)
+                .where(Call.id == row.id, Call.ended_at.is_(None))
+                .values(
+                    status="IN_PROGRESS",
+                    answered_at=answered_at,
+                    channel=row.channel or (env.get("channel", "")[:128] or None),
+                    asterisk_uniqueid=row.asterisk_uniqueid or (env.get("uniqueid", "")[:64] or None),
+                )
+            )
+            if not res.rowcount:  # type: ignore[attr-defined]
+                return None
+            action: Action
+            if row.recording_url:
+                action = Playback(row.recording_url, line=0)
+            else:
+                action = Say(row.tts_lang or "en", row.tts_message or "", line=0)
+        uniqueid = env.get("uniqueid", "")
+        if uniqueid:
+            self._remember(uniqueid, callid)
+        return action, answered_at
+
+    async def _played(self, callid: str, outcome: CallOutcome, answered_at: datetime) -> None:
+        try:
+            await self._end(
+                callid,
+                "FAILED" if outcome.error else "COMPLETED",
+                error=outcome.error,
+                result=outcome.result,
+                actions=outcome.actions_run,
+                answered_at=answered_at,
+            )
+        except Exception:
+            log.exception("writing the record of outbound call %s failed", callid)
+
+    # -- AMI events -------------------------------------------------------------------------
+
+    def _on_event(self, msg: AmiMessage) -> None:
+        event = (msg.event or "").lower()
+        if event == "originateresponse":
+            aid = msg.action_id or ""
+            callid = aid[len(ACTION_PREFIX) :] if aid.startswith(ACTION_PREFIX) else ""
+            if CALLID.fullmatch(callid):
+                self._spawn(self._originate_response(callid, msg))
+        elif event == "hangup":
+            callid = self._uniqueids.pop(msg.get("Uniqueid") or "", "") or _chanvar_callid(msg)
+            if callid:
+                self._spawn(self._hangup(callid, msg))
+
+    async def _originate_response(self, callid: str, msg: AmiMessage) -> None:
+        if msg.success:
+            uniqueid = msg.get("Uniqueid") or ""
+            channel = msg.get("Channel") or ""
+            if uniqueid and uniqueid != "<null>":
+                self._remember(uniqueid, callid)
+            async with self._sessions.begin() as s:
+                row = await s.scalar(select(Call).where(Call.uid == callid, Call.direction == "outbound"))
+                if row is None or row.status != "QUEUED" or row.ended_at is not None:
+                    return  # play() got there first, or the call is over
+                await s.execute(
+                    update(Call)
+                    .where(Call.id == row.id, Call.status == "QUEUED", Call.ended_at.is_(None))
+                    .values(
+                        status="IN_PROGRESS",
+                        answered_at=row.answered_at or datetime.now(UTC),
+                        channel=row.channel or (channel[:128] or None),
+                        asterisk_uniqueid=row.asterisk_uniqueid
+                        or (uniqueid[:64] if uniqueid and uniqueid != "<null>" else None),
+                    )
+                )
+            return
+        reason = (msg.get("Reason") or "").strip()
+        status = REASON_STATUS.get(reason, "FAILED")
+        text = REASON_TEXT.get(reason, "the call failed")
+        await self._end(
+            callid,
+            status,
+            error=f"{text} (originate reason {reason or '?'})",
+            result=status.lower(),
+            unanswered_only=True,
+        )
+
+    async def _hangup(self, callid: str, msg: AmiMessage) -> None:
+        await asyncio.sleep(self._hangup_grace)  # let play() or the OriginateResponse finish
+        if callid in self._playing:
+            return
+        cause = (msg.get("Cause") or "").strip()
+        cause_text = sanitised_text(msg.get("Cause-txt") or "")
+        async with self._sessions() as s:
+            row = await s.scalar(select(Call).where(Call.uid == callid, Call.direction == "outbound"))
+        if row is None or row.ended_at is not None:
+            self._forget(callid)
+            return
+        if row.answered_at is None:
+            status = CAUSE_STATUS.get(cause, "FAILED")
+            error = f"the call ended before it was answered (cause {cause or '?'} {cause_text})".strip()
+            await self._end(callid, status, error=error, result=status.lower(), unanswered_only=True)
+        else:
+            await self._end(
+                callid,
+                "FAILED",
+                error=f"the call was answered but the playback never ran (hangup cause {cause or '?'})",
+                result="hangup",
+                answered_at=row.answered_at,
+            )
+
+    # -- ending a call ----------------------------------------------------------------------
+
+    async def _end(
+        self,
+        callid: str,
+        status: str,
+        *,
+        error: str | None,
+        result: str | None,
+        actions: Sequence[str] | None = None,
+        answered_at: datetime | None = None,
+        unanswered_only: bool = False,
+        queued_only: bool = False,
+    ) -> bool:
+        """End the call if nothing ended it yet; writes the status callback in the same
+        transaction. True when this call ended it."""
+        ended = datetime.now(UTC)
+        async with self._sessions.begin() as s:
+            row = await s.scalar(select(Call).where(Call.uid == callid, Call.direction == "outbound"))
+            if row is None or row.ended_at is not None:
+                return False
+            if unanswered_only and row.answered_at is not None:
+                return False
+            answered = answered_at or row.answered_at
+            duration = max(0, math.ceil((ended - answered).total_seconds())) if answered else 0
+            cost = self._prices.price_per_part(row.recipient) * math.ceil(duration / 60)
+            stmt = update(Call).where(Call.id == row.id, Call.ended_at.is_(None))
+            if unanswered_only:
+                stmt = stmt.where(Call.answered_at.is_(None))
+            if queued_only:
+                stmt = stmt.where(Call.status == "QUEUED")
+            values: dict[str, Any] = {
+                "status": status,
+                "ended_at": ended,
+                "duration": duration,
+                "cost": cost,
+                "result": result,
+                "error": error,
+            }
+            if answered is not None:
+                values["answered_at"] = answered
+            if actions is not None:
+                values["actions"] = json.dumps(list(actions), ensure_ascii=False)
+            res = await s.execute(stmt.values(**values))
+            if not res.rowcount:  # type: ignore[attr-defined]
+                return False
+            if row.callbackurl and row.account_id is not None:
+                outbox.enqueue(
+                    s,
+                    account_id=row.account_id,
+                    kind="voice.status",
+                    ref=callid,
+                    url=row.callbackurl,
+                    payload=call_json(row),
+                )
+            wake = outbox.written(s) > 0
+        self._forget(callid)
+        if wake and self._wake is not None:
+            self._wake()
+        log.info("outbound call %s: %s", callid, status)
+        return True
+
+    async def sweep(self, now: datetime | None = None, limit: int = 100) -> int:
+        """Fail QUEUED calls nobody reported on well past their ring timeout; returns how many."""
+        now = now or datetime.now(UTC)
+        cutoff = now - timedelta(seconds=self._ring_timeout + self._stale_seconds)
+        async with self._sessions() as s:
+            stale = list(
+                (
+                    await s.execute(
+                        select(Call.uid)
+                        .where(
+                            Call.direction == "outbound",
+                            Call.status == "QUEUED",
+                            Call.ended_at.is_(None),
+                            Call.started_at < cutoff,
+                        )
+                        .limit(limit)
+                    )
+                ).scalars()
+            )
+        ended = 0
+        for callid in stale:
+            if await self._end(
+                callid,
+                "FAILED",
+                error="Asterisk reported no outcome for this call",
+                result="failed",
+                unanswered_only=True,
+                queued_only=True,
+            ):
+                ended += 1
+        return ended
+
+    async def sweep_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("outbound call sweep failed")
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def _remember(self, uniqueid: str, callid: str) -> None:
+        if len(self._uniqueids) >= 10_000:  # Hangups lost while AMI was down: drop the oldest
+            self._uniqueids.pop(next(iter(self._uniqueids)))
+        self._uniqueids[uniqueid] = callid
+
+    def _forget(self, callid: str) -> None:
+        for uniqueid in [u for u, c in self._uniqueids.items() if c == callid]:
+            del self._uniqueids[uniqueid]
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(self._logged(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _logged(coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handling an AMI event for an outbound call failed")
+
+    async def close(self) -> None:
+        """Stop handling events (the AMI client is closed by its owner)."""
+        self._remove_listener()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def sanitised_text(value: str, limit: int = 200) -> str:
+    return "".join(ch if ch.isprintable() else " " for ch in value)[:limit]
+
+
+def _chanvar_callid(msg: AmiMessage) -> str:
+    """GATEWAY_CALLID from `ChanVariable: GATEWAY_CALLID=<callid>` (manager.conf channelvars)."""
+    for value in msg.get_all("ChanVariable"):
+        name, _, callid = value.partition("=")
+        if name.strip() == "GATEWAY_CALLID" and CALLID.fullmatch(callid.strip()):
+            return callid.strip()
+    return ""
+
+
+async def _hang_up(channel: AgiChannel) -> bool:
+    """Hang up; False when the channel says the other side already did."""
+    try:
+        await channel.command("HANGUP")
+    except Hangup:
+        return False
+    except AgiError:
+        pass
+    return True
+
+
+def is_outbound(env: Mapping[str, str]) -> bool:
+    """A FastAGI connection from the gateway-outbound dialplan (`agi://<gw>/outbound,<callid>`)."""
+    return env.get("network_script", "").strip("/") == OUTBOUND_SCRIPT
+
+
+def agi_router(inbound: AgiHandler, outbound: Callable[[], OutboundCalls | None]) -> AgiHandler:
+    """One FastAGI handler for both directions: `outbound` scripts go to OutboundCalls.play
+    with agi_arg_1 as the call id, everything else to the inbound call flow. `outbound` is
+    looked up per call, so the FastAGI server can start before outbound calls are set up."""
+
+    async def handle(channel: AgiChannel) -> None:
+        if not is_outbound(channel.env):
+            await inbound(channel)
+            return
+        calls = outbound()
+        if calls is None:
+            log.warning("outbound AGI call, but outbound calls are not enabled; hanging up")
+            await _hang_up(channel)
+            return
+        await calls.play(channel, channel.env.get("arg_1", ""))
+
+    return handle
+
+
+def outbound_cleanup_ctx(
+    settings: OutboundSettings,
+    runner: Callable[[web.Application], ActionRunner],
+    *,
+    wake_webhooks: Callable[[web.Application], Callable[[], None]] | None = None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context that sets app[OUTBOUND]: AMI client (connecting in the background),
+    OutboundCalls, the stale sweep. Append it after the database and voice contexts; `runner`
+    gets the Executor from the app (e.g. `lambda app: app[CALLS].executor`)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        from gateway.http.routes_outbound import OUTBOUND  # the route module owns the key
+
+        ami = AmiClient(
+            settings.ami_host,
+            settings.ami_port,
+            settings.ami_username,
+            settings.ami_secret,
+            action_timeout=settings.originate_timeout,
+            backoff_max=settings.reconnect_max_seconds,
+        )
+        calls = OutboundCalls(
+            app[SESSIONS],
+            ami,
+            runner(app),
+            trunk=settings.trunk,
+            context=settings.context,
+            ring_timeout=settings.ring_timeout,
+            prices=PriceList(settings.prices),
+            originate_timeout=settings.originate_timeout,
+            hangup_grace=settings.hangup_grace,
+            stale_seconds=settings.stale_seconds,
+            wake_webhooks=wake_webhooks(app) if wake_webhooks else None,
+        )
+        await ami.start()
+        sweeper = asyncio.create_task(calls.sweep_forever(settings.sweep_interval), name="outbound sweep")
+        app[OUTBOUND] = calls
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+            await calls.close()
+            await ami.close()
+
+    return ctx
