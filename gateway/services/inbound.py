@@ -296,16 +296,7 @@ class InboundService:
 
     async def reply(self, account_id: int, uid: str, text: str) -> str:
         """POST /sms/inbounds/<id>/reply/: from the SIN back to the original sender."""
-        async with self._sessions() as s:
-            row = (
-                await s.execute(
-                    select(InboundMessage).where(
-                        InboundMessage.uid == uid, InboundMessage.account_id == account_id
-                    )
-                )
-            ).scalar_one_or_none()
-        if row is None:
-            raise not_found("No such inbound message.")
+        row = await self.get(account_id, uid)
         req = OutboundRequest(
             account_id=account_id, sender=row.recipient.lstrip("+"), recipient=row.sender, text=text
         )
