@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.db import leases
 from gateway.db.models import Message, MessagePart
 from gateway.services import outbox
 from gateway.workers.lifecycle import Lifecycle
@@ -107,29 +108,17 @@ class Dispatcher:
     async def claim(self) -> list[Claimed]:
         now = datetime.now(UTC)
         token = f"{self._node}:{uuid.uuid4().hex[:12]}"
-        due = (
-            select(Message.id)
-            .where(
-                Message.status == "QUEUED",
-                Message.next_attempt_at <= now,
-                or_(Message.claimed_until.is_(None), Message.claimed_until < now),
-            )
-            .order_by(Message.id)
-            .limit(self._batch)
-            .with_for_update(skip_locked=True)
-        )
-        # One UPDATE with the lease conditions repeated: on SQLite (no SKIP LOCKED) two
-        # workers that picked the same rows cannot both win them.
         async with self._sessions.begin() as s:
-            await s.execute(
-                update(Message)
-                .where(
-                    Message.id.in_(due.scalar_subquery()),
-                    Message.status == "QUEUED",
-                    or_(Message.claimed_until.is_(None), Message.claimed_until < now),
-                )
-                .values(claimed_until=now + self._lease, claimed_by=token, attempts=Message.attempts + 1)
-                .execution_options(synchronize_session=False)
+            await leases.claim(
+                s,
+                Message,
+                ready_status="QUEUED",
+                now=now,
+                lease_until=now + self._lease,
+                token=token,
+                limit=self._batch,
+                order_by=(Message.id,),
+                values={"attempts": Message.attempts + 1},
             )
             rows = await s.execute(
                 select(Message.id, Message.msgid, Message.sender, Message.recipient, Message.body)

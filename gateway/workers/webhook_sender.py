@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
+from gateway.db import leases
 from gateway.db.models import Account, WebhookDelivery
 from gateway.services.outbox import sign
 from gateway.workers.lifecycle import Lifecycle
@@ -134,36 +135,26 @@ class WebhookSender:
         now = datetime.now(UTC)
         token = uuid.uuid4().hex
         earlier = aliased(WebhookDelivery)
-        due = (
-            select(WebhookDelivery.id)
-            .where(
-                WebhookDelivery.status == "PENDING",
-                WebhookDelivery.next_attempt_at <= now,
-                or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now),
+        async with self._sessions.begin() as s:
+            await leases.claim(
+                s,
+                WebhookDelivery,
+                ready_status="PENDING",
+                now=now,
+                lease_until=now + self._lease,
+                token=token,
+                limit=self._batch,
+                order_by=(WebhookDelivery.next_attempt_at, WebhookDelivery.id),
                 # In order per subject and receiver: a DELIVERED callback never overtakes the
                 # DELIVERING one still pending (or retrying) for the same message.
-                ~exists().where(
-                    earlier.ref == WebhookDelivery.ref,
-                    earlier.url == WebhookDelivery.url,
-                    earlier.status == "PENDING",
-                    earlier.id < WebhookDelivery.id,
+                extra=(
+                    ~exists().where(
+                        earlier.ref == WebhookDelivery.ref,
+                        earlier.url == WebhookDelivery.url,
+                        earlier.status == "PENDING",
+                        earlier.id < WebhookDelivery.id,
+                    ),
                 ),
-            )
-            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
-            .limit(self._batch)
-            .with_for_update(skip_locked=True)
-        )
-        async with self._sessions.begin() as s:
-            # Lease conditions repeated in the UPDATE: see Dispatcher.claim.
-            await s.execute(
-                update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.id.in_(due.scalar_subquery()),
-                    WebhookDelivery.status == "PENDING",
-                    or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now),
-                )
-                .values(claimed_until=now + self._lease, claimed_by=token)
-                .execution_options(synchronize_session=False)
             )
             rows = await s.execute(
                 select(WebhookDelivery, Account.webhook_secret)
