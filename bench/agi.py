@@ -38,7 +38,6 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,16 @@ import aiohttp
 from aiohttp import web
 from sqlalchemy import func, select
 
-from bench.common import ROOT, drain_output, free_port, peak_rss_mib, percentile, start_process, stop_process
+from bench.common import (
+    ROOT,
+    create_database,
+    drain_output,
+    free_port,
+    peak_rss_mib,
+    percentile,
+    start_process,
+    stop_process,
+)
 from gateway.db import migrate
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.models import Call, Number
@@ -64,7 +72,6 @@ from tests.peers.asterisk_agi import (
     write_wav,
 )
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 DIN = "+81312345678"
 INVENTORY = f"""number,country_code,prefix,sms,voice,monthly_cost,minute_cost
 {DIN},JP,813,false,true,1000,3.5
@@ -261,17 +268,7 @@ async def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-agi-"))
     voice_dir = work / "voice"
-    pg_name = None
-    if args.db == "sqlite":
-        db_url = f"sqlite+aiosqlite:///{work}/gateway.sqlite3"
-    else:
-        import asyncpg
-
-        pg_name = f"bench_{uuid.uuid4().hex[:10]}"
-        conn = await asyncpg.connect(PG_ADMIN)
-        await conn.execute(f'CREATE DATABASE "{pg_name}"')
-        await conn.close()
-        db_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{pg_name}"
+    db_url, drop_database = await create_database(args.db, work)
 
     # The DIN's action_url (and the WAV a playback script plays).
     write_wav(str(work / "greeting.wav"), 0.5)
@@ -419,12 +416,7 @@ async def main() -> None:
         if gw is not None:
             await stop_process(gw)
         await action_runner.cleanup()
-        if pg_name:
-            import asyncpg
-
-            conn = await asyncpg.connect(PG_ADMIN)
-            await conn.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
-            await conn.close()
+        await drop_database()
         shutil.rmtree(work, ignore_errors=True)
 
 

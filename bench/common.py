@@ -6,6 +6,8 @@ import asyncio
 import os
 import socket
 import sys
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,3 +78,30 @@ async def stop_process(proc: asyncio.subprocess.Process) -> None:
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+async def create_database(engine: str, work: Path) -> tuple[str, Callable[[], Awaitable[None]]]:
+    """A fresh database for one benchmark run: (URL, drop). SQLite lives in `work`; PostgreSQL
+    gets its own database on 127.0.0.1 (trust auth, admin database `test`)."""
+    if engine == "sqlite":
+        return f"sqlite+aiosqlite:///{work}/gateway.sqlite3", _nothing
+    import asyncpg
+
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(PG_ADMIN)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG_ADMIN)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}", drop
+
+
+async def _nothing() -> None:
+    return None

@@ -15,7 +15,6 @@ import contextlib
 import secrets
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +22,15 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from bench.common import drain_output, free_port, peak_rss_mib, percentile, start_process, stop_process
+from bench.common import (
+    create_database,
+    drain_output,
+    free_port,
+    peak_rss_mib,
+    percentile,
+    start_process,
+    stop_process,
+)
 from gateway.db import migrate
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.models import Number, NumberSubscription
@@ -31,7 +38,6 @@ from gateway.services.accounts import AccountService
 from smpp.encoding import encode_gsm7
 from smpp.simulator import SimulatorConfig, SmscSimulator
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 SIN = "+81312345678"
 
 
@@ -43,17 +49,7 @@ async def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-sms-in-"))
-    pg_name = None
-    if args.db == "sqlite":
-        db_url = f"sqlite+aiosqlite:///{work}/gateway.sqlite3"
-    else:
-        import asyncpg
-
-        pg_name = f"bench_{uuid.uuid4().hex[:10]}"
-        conn = await asyncpg.connect(PG_ADMIN)
-        await conn.execute(f'CREATE DATABASE "{pg_name}"')
-        await conn.close()
-        db_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{pg_name}"
+    db_url, drop_database = await create_database(args.db, work)
 
     # Webhook receiver: records when each MO (by its text) arrived.
     arrivals: dict[str, float] = {}
@@ -153,12 +149,7 @@ async def main() -> None:
         await stop_process(gw)
         await smsc.stop()
         await hook_runner.cleanup()
-        if pg_name:
-            import asyncpg
-
-            conn = await asyncpg.connect(PG_ADMIN)
-            await conn.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
-            await conn.close()
+        await drop_database()
 
 
 if __name__ == "__main__":

@@ -14,17 +14,22 @@ import asyncio
 import json
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import aiohttp
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.common import drain_output, free_port, peak_rss_mib, percentile, start_process, stop_process
+from bench.common import (
+    create_database,
+    drain_output,
+    free_port,
+    peak_rss_mib,
+    percentile,
+    start_process,
+    stop_process,
+)
 from gateway.db.engine import create_engine
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 async def main() -> None:
@@ -36,17 +41,7 @@ async def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-sms-out-"))
-    pg_name = None
-    if args.db == "sqlite":
-        db_url = f"sqlite+aiosqlite:///{work}/gateway.sqlite3"
-    else:
-        import asyncpg
-
-        pg_name = f"bench_{uuid.uuid4().hex[:10]}"
-        conn = await asyncpg.connect(PG_ADMIN)
-        await conn.execute(f'CREATE DATABASE "{pg_name}"')
-        await conn.close()
-        db_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{pg_name}"
+    db_url, drop_database = await create_database(args.db, work)
 
     smsc_port, http_port = free_port(), free_port()
     env = {
@@ -118,12 +113,7 @@ async def main() -> None:
     finally:
         for p in reversed(subprocs):
             await stop_process(p)
-        if pg_name:
-            import asyncpg
-
-            conn = await asyncpg.connect(PG_ADMIN)
-            await conn.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
-            await conn.close()
+        await drop_database()
 
 
 async def _create_account(env: dict[str, str]) -> str:
