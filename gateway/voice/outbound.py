@@ -19,9 +19,10 @@ The life of a call, as the `calls` row shows it (direction "outbound"):
 3. OriginateResponse `Success` marks the call IN_PROGRESS if `play` did not get there first;
    `Failure` ends it with the status its Reason maps to (ringing -> NO_ANSWER, busy -> BUSY,
    anything else -> FAILED).
-4. A Hangup event for a call whose playback never ran (answered, but the FastAGI connection
-   never came) ends it FAILED after a grace period that lets a `play` in progress, here or on
-   another node, write the record itself.
+4. A Hangup event for a call whose playback never started (answered, but the FastAGI
+   connection never came; `play` marks the start in the row's `actions`) ends it FAILED, after
+   a grace period that lets the OriginateResponse arrive first. A started playback, here or
+   on another node, is left to `play`, which writes the record itself.
 5. `sweep` fails QUEUED calls nobody reported on (events lost while AMI was down).
 
 Every transition is one guarded UPDATE (`ended_at IS NULL`, plus the expected state), so
@@ -287,6 +288,13 @@ class OutboundCalls:
                 log.warning("outbound AGI for call %s, already ended (%s)", callid, row.status)
                 return None
             answered_at = row.answered_at or now
+            action: Action
+            if row.recording_url:
+                action = Playback(row.recording_url, line=0)
+                described = f"playback {row.recording_url}"
+            else:
+                action = Say(row.tts_lang or "en", row.tts_message or "", line=0)
+                described = f"say {action.lang}"
             res = await s.execute(
                 update(Call)
                 .where(Call.id == row.id, Call.ended_at.is_(None))
@@ -295,15 +303,12 @@ class OutboundCalls:
                     answered_at=answered_at,
                     channel=row.channel or (env.get("channel", "")[:128] or None),
                     asterisk_uniqueid=row.asterisk_uniqueid or (env.get("uniqueid", "")[:64] or None),
+                    # Marks the playback as started, for the Hangup handler on any node.
+                    actions=json.dumps([described], ensure_ascii=False),
                 )
             )
             if not res.rowcount:  # type: ignore[attr-defined]
                 return None
-            action: Action
-            if row.recording_url:
-                action = Playback(row.recording_url, line=0)
-            else:
-                action = Say(row.tts_lang or "en", row.tts_message or "", line=0)
         uniqueid = env.get("uniqueid", "")
         if uniqueid:
             self._remember(uniqueid, callid)
@@ -380,6 +385,8 @@ class OutboundCalls:
         if row is None or row.ended_at is not None:
             self._forget(callid)
             return
+        if _played_somewhere(row):
+            return  # a play() (maybe on another node) started it and writes the record itself
         if row.answered_at is None:
             status = CAUSE_STATUS.get(cause, "FAILED")
             error = f"the call ended before it was answered (cause {cause or '?'} {cause_text})".strip()
@@ -527,6 +534,10 @@ class OutboundCalls:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _played_somewhere(row: Call) -> bool:
+    return bool(row.actions) and row.actions != "[]"
 
 
 def sanitised_text(value: str, limit: int = 200) -> str:
