@@ -14,9 +14,18 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.db.engine import create_engine, session_factory
-from gateway.http import routes_dins, routes_inbound, routes_public, routes_sins, routes_sms, routes_voice
+from gateway.http import (
+    routes_dins,
+    routes_inbound,
+    routes_outbound,
+    routes_public,
+    routes_sins,
+    routes_sms,
+    routes_voice,
+)
 from gateway.http.auth import auth_middleware
 from gateway.http.errors import error_middleware
+from gateway.http.routes_outbound import OUTBOUND
 from gateway.keys import ACCOUNTS, CONFIG, ENGINE, INBOUND, LINKS, MESSAGES, NUMBERS, SESSIONS, TEMPLATES
 from gateway.services.accounts import AccountService
 from gateway.services.inbound import InboundService, KeywordReplies
@@ -28,6 +37,7 @@ from gateway.services.tracking import LinkTracker
 from gateway.voice.assembly import call_service
 from gateway.voice.calls import CallService
 from gateway.voice.fastagi import FastAgiServer
+from gateway.voice.outbound import OutboundSettings, agi_router, outbound_cleanup_ctx
 from gateway.workers.dispatcher import Dispatcher
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.receipts import ReceiptApplier
@@ -58,12 +68,30 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(routes_inbound.routes)
     app.add_routes(routes_dins.routes)
     app.add_routes(routes_voice.routes)
+    app.add_routes(routes_outbound.routes)  # 503 while outbound calls are off
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_http_client)
     if config.simulator.enabled:
         app.cleanup_ctx.append(_simulator)
     app.cleanup_ctx.append(_messaging)
     app.cleanup_ctx.append(_voice)
+    if config.voice.ami_enabled:
+        v = config.voice
+        app.cleanup_ctx.append(
+            outbound_cleanup_ctx(
+                OutboundSettings(
+                    ami_host=v.ami_host,
+                    ami_port=v.ami_port,
+                    ami_username=v.ami_username,
+                    ami_secret=v.ami_secret,
+                    trunk=v.trunk,
+                    ring_timeout=v.outbound_ring_timeout,
+                    prices=v.outbound_prices,
+                ),
+                lambda app: app[CALLS].executor,
+                wake_webhooks=lambda app: app[WEBHOOKS].wake,
+            )
+        )
     return app
 
 
@@ -225,7 +253,11 @@ async def _voice(app: web.Application) -> AsyncIterator[None]:
         app[CALLS] = calls
         server: FastAgiServer | None = None
         if cfg.fastagi_enabled:
-            server = FastAgiServer(calls.handle, cfg.fastagi_host, cfg.fastagi_port)
+            # "outbound" scripts (answered calls we originated) go to OutboundCalls, looked up
+            # per call since its cleanup context starts after this one.
+            server = FastAgiServer(
+                agi_router(calls.handle, lambda: app.get(OUTBOUND)), cfg.fastagi_host, cfg.fastagi_port
+            )
             await server.start()
             app[FASTAGI] = server
             log.info("FastAGI listening on %s:%d", cfg.fastagi_host, server.port)

@@ -122,6 +122,15 @@ class VoiceConfig:
     voicemail_silence_seconds: int = 5
     fallback_lang: str = "en"
     fallback_text: str = "Sorry, this number cannot take your call right now. Goodbye."
+    # Outbound calls (POST /voice/simple/playbacks/) are originated over Asterisk's AMI.
+    ami_enabled: bool = False
+    ami_host: str = "127.0.0.1"
+    ami_port: int = 5038
+    ami_username: str = "gateway"
+    ami_secret: str = ""
+    outbound_ring_timeout: float = 30.0
+    # Price per started minute of an outbound call, by recipient prefix (longest wins).
+    outbound_prices: dict[str, float] = field(default_factory=lambda: {"": 0.0})
 
 
 @dataclass

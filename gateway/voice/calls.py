@@ -68,6 +68,11 @@ class CallService:
         self._fallback = fallback
         self.in_progress = 0
 
+    @property
+    def executor(self) -> Executor:
+        """Also runs outbound calls' playback (gateway/voice/outbound.py)."""
+        return self._executor
+
     async def handle(self, channel: AgiChannel) -> None:
         env = channel.env
         raw_caller = env.get("callerid", "")
