@@ -11,8 +11,7 @@ from aiohttp import web
 
 from actions_dsl.values import lang_problem, text_problem, url_problem
 from gateway.http.errors import ApiError, FieldErrors, json_response
-from gateway.http.params import optional_str, read_params
-from gateway.http.routes_sms import _Collector
+from gateway.http.params import FieldCollector, optional_str, read_params
 from gateway.keys import ACCOUNT
 from gateway.services import validation as v
 from gateway.voice.outbound import Media, OutboundCalls, OutboundUnavailable, Recording, Tts
@@ -58,7 +57,7 @@ def _media(p: dict[str, Any]) -> Media:
 async def create_playback(request: web.Request) -> web.Response:
     account = request[ACCOUNT]
     params = await read_params(request)
-    c = _Collector()
+    c = FieldCollector()
     caller = c.check(lambda: v.e164("caller", optional_str(params, "caller")), "")
     recipient = c.check(lambda: v.e164("recipient", optional_str(params, "recipient")), "")
     media: Media | None = c.check(lambda: _media(params), None)

@@ -5,43 +5,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 
 from gateway.http.errors import FieldErrors, forbidden, json_response
-from gateway.http.params import optional_str, read_params
+from gateway.http.params import FieldCollector, optional_str, read_params
 from gateway.keys import ACCOUNT, CONFIG, MESSAGES, TEMPLATES
 from gateway.services import validation as v
 from gateway.services.messages import OutboundRequest, parse_sent_date_query
 from gateway.services.templates import render
 
 routes = web.RouteTableDef()
-T = TypeVar("T")
-
-
-class _Collector:
-    """Runs every field check and reports all failures in one 400, not the first one only."""
-
-    def __init__(self) -> None:
-        self.errors: dict[str, list[str]] = {}
-
-    def check(self, fn: Callable[[], T], fallback: T) -> T:
-        try:
-            return fn()
-        except FieldErrors as exc:
-            self.errors.update(exc.body)
-            return fallback
-
-    def raise_if_any(self) -> None:
-        if self.errors:
-            raise FieldErrors(self.errors)
 
 
 def _outbound(
-    account_id: int, p: dict[str, Any], text: str, c: _Collector, template_id: int | None = None
+    account_id: int, p: dict[str, Any], text: str, c: FieldCollector, template_id: int | None = None
 ) -> OutboundRequest:
     return OutboundRequest(
         account_id=account_id,
@@ -62,7 +42,7 @@ async def send_sms(request: web.Request) -> web.Response:
     params = await read_params(request)
     if not account.freeform:
         raise forbidden("Freeform SMS is not enabled for this account; send an approved template.")
-    c = _Collector()
+    c = FieldCollector()
     text = c.check(lambda: v.message_text("message", optional_str(params, "message")), "")
     req = _outbound(account.id, params, text, c)
     c.raise_if_any()
@@ -128,7 +108,7 @@ async def send_template(request: web.Request) -> web.Response:
     account = request[ACCOUNT]
     params = await read_params(request)
     template = await request.app[TEMPLATES].get_row(account.id, request.match_info["uid"])
-    c = _Collector()
+    c = FieldCollector()
     req = _outbound(account.id, params, "", c, template.id)
     c.raise_if_any()
     if template.status != "APPROVED":
