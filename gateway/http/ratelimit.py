@@ -89,7 +89,9 @@ class RateLimiter:
         for k in stale:
             del self._buckets[k]
 
-    def __len__(self) -> int:
+    @property
+    def tracked(self) -> int:
+        """Accounts with a bucket in memory."""
         return len(self._buckets)
 
 
