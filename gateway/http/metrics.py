@@ -16,7 +16,7 @@ What is exposed:
     gateway_sms_submits_total{result}        counter  submit_sm outcomes: ok | error
     gateway_sms_submit_seconds               histogram  submit_sm -> submit_sm_resp (all parts)
     gateway_sms_receipts_total{state}        counter  DLRs: DELIVERED | FAILED | PENDING | OTHER
-    gateway_sms_mo_total                     counter  MO deliver_sm received
+    gateway_sms_mo_total                     counter  MO deliver_sm received (parts, before reassembly)
     gateway_webhook_posts_total{code}        counter  webhook POSTs by answer: 2xx 3xx 4xx 5xx error
     gateway_smpp_bound                       gauge    1 while the SMPP transceiver is bound
     gateway_calls_in_progress                gauge    AGI calls being handled now
@@ -193,7 +193,9 @@ class Metrics:
             "gateway_sms_submit_seconds", "Time from submit_sm to the last submit_sm_resp.", SUBMIT_BUCKETS
         )
         self.receipts = Counter("gateway_sms_receipts_total", "Delivery receipts received.", ["state"])
-        self.mos = Counter("gateway_sms_mo_total", "Mobile-originated messages received.")
+        self.mos = Counter(
+            "gateway_sms_mo_total", "Mobile-originated deliver_sm received (each part of a long MO counts)."
+        )
         self.webhooks = Counter(
             "gateway_webhook_posts_total", "Webhook POST attempts by answer class.", ["code"]
         )
