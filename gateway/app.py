@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from gateway.db.engine import create_engine, session_factory
 from gateway.http import (
+    metrics,
+    openapi,
     routes_dins,
     routes_inbound,
     routes_outbound,
@@ -25,6 +27,8 @@ from gateway.http import (
 )
 from gateway.http.auth import auth_middleware
 from gateway.http.errors import error_middleware
+from gateway.http.metrics import METRICS, Metrics, MetricsSettings, metrics_middleware
+from gateway.http.ratelimit import RATE_LIMITER, RateLimiter, RateLimitSettings, ratelimit_middleware
 from gateway.http.routes_outbound import OUTBOUND
 from gateway.keys import ACCOUNTS, CONFIG, ENGINE, INBOUND, LINKS, MESSAGES, NUMBERS, SESSIONS, TEMPLATES
 from gateway.services.accounts import AccountService
@@ -59,9 +63,26 @@ FASTAGI = web.AppKey("fastagi", FastAgiServer)
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=config.http.max_body_bytes
+        # metrics outermost (it sees the final status, 401/429/500 included); the rate limit
+        # inside auth, since it counts per account.
+        middlewares=[metrics_middleware, error_middleware, auth_middleware, ratelimit_middleware],
+        client_max_size=config.http.max_body_bytes,
     )
     app[CONFIG] = config
+    app[METRICS] = Metrics(
+        MetricsSettings(token=config.metrics.token),
+        calls_in_progress=lambda: app[CALLS].in_progress if CALLS in app else 0,
+        smpp_bound=lambda: SMPP_CLIENT in app and app[SMPP_CLIENT].bound,
+    )
+    try:
+        app[RATE_LIMITER] = RateLimiter(
+            RateLimitSettings(rate=config.ratelimit.rate, burst=config.ratelimit.burst)
+        )
+    except ValueError as exc:
+        raise ConfigError(f"ratelimit: {exc}") from None
+    app.add_routes(openapi.routes)
+    if config.metrics.enabled:
+        app.add_routes(metrics.routes)
     app.add_routes(routes_public.routes)
     app.add_routes(routes_sms.routes)
     app.add_routes(routes_sins.routes)
@@ -172,6 +193,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         loops=cfg.webhooks.loops,
         poll_interval=cfg.webhooks.poll_interval,
         reply_hook=lambda uid, text: inbound.reply_from_webhook(uid, text),
+        observer=app[METRICS],
     )
     inbound = InboundService(
         sessions,
@@ -195,7 +217,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
             enquire_link_interval=cfg.smpp.enquire_link_interval,
             response_timeout=cfg.smpp.response_timeout,
         ),
-        CoreSmppEvents(receipts, inbound),
+        CoreSmppEvents(receipts, inbound, app[METRICS]),
     )
     dispatcher = Dispatcher(
         sessions,
@@ -208,6 +230,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         lease_seconds=cfg.dispatcher.lease_seconds,
         workers=cfg.dispatcher.workers,
         wake_webhooks=wake_webhooks,
+        observer=app[METRICS],
     )
     app[RECEIPTS] = receipts
     app[SMPP_CLIENT] = client
@@ -248,7 +271,12 @@ async def _voice(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG].voice
     webhooks = app[WEBHOOKS]
     async with call_service(
-        cfg, app[SESSIONS], app[NUMBERS], base_url=app[CONFIG].public_base_url, wake_webhooks=webhooks.wake
+        cfg,
+        app[SESSIONS],
+        app[NUMBERS],
+        base_url=app[CONFIG].public_base_url,
+        wake_webhooks=webhooks.wake,
+        observer=app[METRICS],
     ) as calls:
         app[CALLS] = calls
         server: FastAgiServer | None = None

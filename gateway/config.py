@@ -134,6 +134,19 @@ class VoiceConfig:
 
 
 @dataclass
+class MetricsConfig:
+    enabled: bool = True  # GET /metrics (Prometheus text format)
+    token: str = ""  # set: /metrics needs "Authorization: Bearer <token>"
+
+
+@dataclass
+class RateLimitConfig:
+    # Requests per second per account, per gateway node (in-memory buckets); 0 = off.
+    rate: float = 0.0
+    burst: int = 50
+
+
+@dataclass
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -143,6 +156,8 @@ class Config:
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
     sms: SmsConfig = field(default_factory=SmsConfig)
     voice: VoiceConfig = field(default_factory=VoiceConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
 
     @property
     def public_base_url(self) -> str:

@@ -10,7 +10,8 @@ from aiohttp import web
 from gateway.http.errors import ApiError, Handler
 from gateway.keys import ACCOUNT, ACCOUNTS
 
-PUBLIC_PREFIXES = ("/l/", "/healthz")
+# /metrics has its own optional bearer token (metrics.token).
+PUBLIC_PREFIXES = ("/l/", "/healthz", "/openapi.json", "/docs", "/metrics")
 
 
 def _service_plan(path: str) -> str | None:

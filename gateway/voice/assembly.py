@@ -21,6 +21,7 @@ from gateway.voice.interfaces import MediaSource, Speech
 from gateway.voice.media import MediaCache
 from gateway.voice.ssrf import SsrfPolicy
 from gateway.voice.tts import EspeakSpeech
+from gateway.workers.observer import Observer
 
 
 @asynccontextmanager
@@ -31,6 +32,7 @@ async def call_service(
     *,
     base_url: str = "",
     wake_webhooks: Callable[[], None] = lambda: None,
+    observer: Observer | None = None,
 ) -> AsyncIterator[CallService]:
     data_dir = await asyncio.to_thread(os.path.abspath, cfg.data_dir)
     asterisk_dir = cfg.asterisk_data_dir or data_dir
@@ -63,6 +65,7 @@ async def call_service(
             Say(cfg.fallback_lang, cfg.fallback_text, line=0),
             base_url=base_url,
             wake_webhooks=wake_webhooks,
+            observer=observer,
         )
     finally:
         await session.close()

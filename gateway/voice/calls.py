@@ -25,6 +25,7 @@ from gateway.services.numbers import NumberService
 from gateway.services.views import fmt_time
 from gateway.voice.executor import Executor
 from gateway.voice.interfaces import AgiChannel, AgiError, CallOutcome, Fetcher, Hangup, MediaError
+from gateway.workers.observer import NullObserver, Observer
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,9 @@ class CallService:
         fallback: Say,
         base_url: str = "",
         wake_webhooks: Callable[[], None] = lambda: None,
+        observer: Observer | None = None,
     ) -> None:
+        self._observer = observer or NullObserver()
         self._base_url = base_url
         self._wake_webhooks = wake_webhooks
         self._sessions = sessions
@@ -95,6 +98,7 @@ class CallService:
         async with self._sessions.begin() as s:
             s.add(call)
         self.in_progress += 1
+        self._observer.call_started()
         outcome = CallOutcome()
         script_error: str | None = None
         try:
@@ -113,6 +117,7 @@ class CallService:
             outcome.error = f"{type(exc).__name__}: {exc}"
         finally:
             self.in_progress -= 1
+            self._observer.call_ended()
             await asyncio.shield(self._finish(call, outcome, script_error))
 
     async def _script(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from gateway.db import leases
 from gateway.db.models import Message, MessagePart
 from gateway.services import outbox
 from gateway.workers.lifecycle import Lifecycle
+from gateway.workers.observer import NullObserver, Observer
 from gateway.workers.receipts import ReceiptApplier
 from gateway.workers.status import enqueue_status_callback
 from smpp.dlr import normalize_id
@@ -70,8 +72,10 @@ class Dispatcher:
         lease_seconds: float = 60.0,
         workers: int = 3,
         wake_webhooks: Callable[[], None] = lambda: None,
+        observer: Observer | None = None,
     ) -> None:
         self._wake_webhooks = wake_webhooks
+        self._observer = observer or NullObserver()
         self._sessions = sessions
         self._submitter = submitter
         self._receipts = receipts
@@ -128,16 +132,24 @@ class Dispatcher:
             return [Claimed(*r, token=token) for r in rows]
 
     async def _submit(self, c: Claimed) -> Outcome:
+        started = time.perf_counter()
         try:
             res = await self._submitter.submit(SubmitRequest(c.msgid, c.sender, c.recipient, c.body))
         except SubmitRejected as exc:
+            self._observer.submit_done(time.perf_counter() - started, ok=False)
             return Outcome(c, rejected=exc)
-        except (NotBound, ConnectionLost) as exc:
-            log.info("msg %s back to queue: %s", c.msgid, type(exc).__name__)
+        except NotBound:
+            log.info("msg %s back to queue: not bound", c.msgid)  # nothing was sent
+            return Outcome(c)
+        except ConnectionLost:
+            self._observer.submit_done(time.perf_counter() - started, ok=False)
+            log.info("msg %s back to queue: connection lost", c.msgid)
             return Outcome(c)
         except Exception:
+            self._observer.submit_done(time.perf_counter() - started, ok=False)
             log.exception("msg %s: unexpected submit error, back to queue", c.msgid)
             return Outcome(c)
+        self._observer.submit_done(time.perf_counter() - started, ok=True)
         return Outcome(c, result=res)
 
     async def _record(self, outcomes: Sequence[Outcome]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from gateway.services.inbound import InboundService
+from gateway.workers.observer import NullObserver, Observer
 from gateway.workers.receipts import ReceiptApplier
 from smpp.types import DeliveryReceipt, MoPart
 
@@ -12,18 +13,24 @@ log = logging.getLogger(__name__)
 
 
 class CoreSmppEvents:
-    def __init__(self, receipts: ReceiptApplier, inbound: InboundService) -> None:
+    def __init__(
+        self, receipts: ReceiptApplier, inbound: InboundService, observer: Observer | None = None
+    ) -> None:
         self._receipts = receipts
         self._inbound = inbound
+        self._observer = observer or NullObserver()
         self.bound = False
 
     async def on_receipt(self, receipt: DeliveryReceipt) -> None:
+        self._observer.receipt(receipt.state.value)
         await self._receipts.on_receipt(receipt)
 
     async def on_mo(self, part: MoPart) -> None:
+        self._observer.mo()
         # Returns only once stored: the adapter acknowledges the deliver_sm after this.
         await self._inbound.receive(part)
 
     def on_bind_state(self, bound: bool) -> None:
         self.bound = bound
+        self._observer.bind_state(bound)
         log.info("SMPP bind %s", "up" if bound else "down")

@@ -25,6 +25,7 @@ from gateway.db import leases
 from gateway.db.models import Account, WebhookDelivery
 from gateway.services.outbox import sign
 from gateway.workers.lifecycle import Lifecycle
+from gateway.workers.observer import NullObserver, Observer
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,9 @@ class WebhookSender:
         lease_seconds: float = 120.0,
         reply_hook: ReplyHook | None = None,
         loops: int = 4,
+        observer: Observer | None = None,
     ) -> None:
+        self._observer = observer or NullObserver()
         self._loops = loops
         self._reply_hook = reply_hook
         self._sessions = sessions
@@ -209,6 +212,7 @@ class WebhookSender:
         # Rows with the same outcome share one UPDATE: a batch of 2xx is a single statement.
         groups: dict[tuple[tuple[str, object], ...], list[int]] = {}
         for r in results:
+            self._observer.webhook(r.status_code)
             attempts = r.job.attempts + 1
             values: dict[str, object] = {
                 "attempts": attempts,

@@ -1,0 +1,45 @@
+"""What the workers report for monitoring. gateway/http/metrics.Metrics implements it; the
+workers depend only on this protocol, so they need no HTTP code and tests can omit it."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Observer(Protocol):
+    def submit_done(self, seconds: float, ok: bool) -> None: ...
+
+    def receipt(self, state: str = "") -> None: ...
+
+    def mo(self) -> None: ...
+
+    def webhook(self, status_code: int | None) -> None: ...
+
+    def bind_state(self, bound: bool) -> None: ...
+
+    def call_started(self) -> None: ...
+
+    def call_ended(self) -> None: ...
+
+
+class NullObserver:
+    def submit_done(self, seconds: float, ok: bool) -> None:
+        pass
+
+    def receipt(self, state: str = "") -> None:
+        pass
+
+    def mo(self) -> None:
+        pass
+
+    def webhook(self, status_code: int | None) -> None:
+        pass
+
+    def bind_state(self, bound: bool) -> None:
+        pass
+
+    def call_started(self) -> None:
+        pass
+
+    def call_ended(self) -> None:
+        pass
