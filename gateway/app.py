@@ -192,6 +192,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         batch_size=cfg.webhooks.batch_size,
         loops=cfg.webhooks.loops,
         poll_interval=cfg.webhooks.poll_interval,
+        lease_seconds=cfg.webhooks.lease_seconds,
         reply_hook=lambda uid, text: inbound.reply_from_webhook(uid, text),
         observer=app[METRICS],
     )

@@ -79,6 +79,9 @@ class WebhookConfig:
     batch_size: int = 10
     loops: int = 4
     poll_interval: float = 1.0
+    # A delivery claimed by a node that died is retried by any node after this long (at least
+    # three times the timeout, so a slow receiver is not sent the same POST twice).
+    lease_seconds: float = 60.0
 
 
 @dataclass

@@ -1,10 +1,17 @@
 """Lease claims on work tables (outbound messages, webhook deliveries).
 
 A row is due when it has `status == ready_status`, `next_attempt_at <= now` and no unexpired
-lease. Claiming takes up to `limit` due rows with SELECT ... FOR UPDATE SKIP LOCKED
-(PostgreSQL: several nodes never wait on or take each other's rows) inside one UPDATE that
-repeats the lease conditions (SQLite, which has no SKIP LOCKED: two workers that picked the
-same rows cannot both win them), stamping them with a token the caller then selects by.
+lease. Claiming is two statements in one transaction:
+
+1. SELECT the ids of up to `limit` due rows FOR UPDATE SKIP LOCKED: on PostgreSQL several
+   nodes never wait on, or take, each other's rows.
+2. UPDATE those ids, repeating the lease conditions, stamping them with a token the caller
+   then selects by: on SQLite (no SKIP LOCKED) two workers that read the same ids cannot both
+   win a row.
+
+Not one `UPDATE ... WHERE id IN (SELECT ... LIMIT n)`: PostgreSQL may run that subquery as a
+semi-join once per outer row, so the LIMIT stops bounding the claim (seen: 386 rows claimed
+with limit 200) and the statement turns quadratic.
 """
 
 from __future__ import annotations
@@ -29,19 +36,27 @@ async def claim(
     order_by: tuple[Any, ...],
     extra: tuple[ColumnElement[bool], ...] = (),
     values: Mapping[str, Any] | None = None,
-) -> None:
-    """Stamp up to `limit` due rows of `model` with `token`; select them by `claimed_by == token`."""
+) -> int:
+    """Stamp up to `limit` due rows of `model` with `token`; returns how many. Select them by
+    `claimed_by == token` in the same transaction."""
     unleased = or_(model.claimed_until.is_(None), model.claimed_until < now)
-    due = (
-        select(model.id)
-        .where(model.status == ready_status, model.next_attempt_at <= now, unleased, *extra)
-        .order_by(*order_by)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+    ids = list(
+        (
+            await s.execute(
+                select(model.id)
+                .where(model.status == ready_status, model.next_attempt_at <= now, unleased, *extra)
+                .order_by(*order_by)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).scalars()
     )
-    await s.execute(
+    if not ids:
+        return 0
+    res = await s.execute(
         update(model)
-        .where(model.id.in_(due.scalar_subquery()), model.status == ready_status, unleased)
+        .where(model.id.in_(ids), model.status == ready_status, unleased)
         .values(claimed_until=lease_until, claimed_by=token, **(values or {}))
         .execution_options(synchronize_session=False)
     )
+    return int(res.rowcount)  # type: ignore[attr-defined]

@@ -113,7 +113,7 @@ class Dispatcher:
         now = datetime.now(UTC)
         token = f"{self._node}:{uuid.uuid4().hex[:12]}"
         async with self._sessions.begin() as s:
-            await leases.claim(
+            claimed = await leases.claim(
                 s,
                 Message,
                 ready_status="QUEUED",
@@ -124,6 +124,8 @@ class Dispatcher:
                 order_by=(Message.id,),
                 values={"attempts": Message.attempts + 1},
             )
+            if not claimed:
+                return []
             rows = await s.execute(
                 select(Message.id, Message.msgid, Message.sender, Message.recipient, Message.body)
                 .where(Message.claimed_by == token, Message.status == "QUEUED")

@@ -139,7 +139,7 @@ class WebhookSender:
         token = uuid.uuid4().hex
         earlier = aliased(WebhookDelivery)
         async with self._sessions.begin() as s:
-            await leases.claim(
+            claimed = await leases.claim(
                 s,
                 WebhookDelivery,
                 ready_status="PENDING",
@@ -159,6 +159,8 @@ class WebhookSender:
                     ),
                 ),
             )
+            if not claimed:
+                return []
             rows = await s.execute(
                 select(WebhookDelivery, Account.webhook_secret)
                 .join(Account, Account.id == WebhookDelivery.account_id)
