@@ -263,3 +263,27 @@ async def test_unknown_route_and_method_are_json(gateway: Gateway, http: aiohttp
         assert r.status == 404 and "detail" in await r.json()
     async with http.patch(f"{gateway.base_url}/sms/messages/", headers=gateway.auth(creds)) as r:
         assert r.status == 405 and "detail" in json.loads(await r.text())
+
+
+async def test_nul_characters_are_refused_not_500(gateway: Gateway, http: aiohttp.ClientSession) -> None:
+    """PostgreSQL cannot store NUL; found by schemathesis as a 500 on template creation."""
+    import base64
+
+    creds = await gateway.account()
+    auth = gateway.auth(creds)
+    async with http.post(
+        f"{gateway.base_url}/sms/templates/", json={"name": "a\x00b", "content": "x"}, headers=auth
+    ) as r:
+        assert r.status == 400 and "name" in await r.json()
+    async with http.post(
+        f"{gateway.base_url}/sms/templates/", data={"name": "n", "content": "x\x00"}, headers=auth
+    ) as r:
+        assert r.status == 400 and "content" in await r.json()
+    async with http.get(f"{gateway.base_url}/sms/messages/%00/", headers=auth) as r:
+        assert r.status == 400
+    async with http.get(f"{gateway.base_url}/sms/inbounds/?to=%00", headers=auth) as r:
+        assert r.status == 400
+    bad = base64.b64encode(f"{creds.account.sid}\x00:{creds.auth_token}".encode()).decode()
+    async with http.get(f"{gateway.base_url}/sms/messages/", headers={"Authorization": f"Basic {bad}"}) as r:
+        assert r.status == 401
+    assert await gateway.sql("SELECT id FROM templates") == []

@@ -47,7 +47,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     except (binascii.Error, UnicodeDecodeError):
         raise _challenge("Invalid basic header.") from None
     sid, sep, token = decoded.partition(":")
-    if not sep or not sid or not token:
+    if not sep or not sid or not token or "\x00" in decoded:
         raise _challenge("Invalid basic header.")
     account = await request.app[ACCOUNTS].authenticate(sid, token)
     if account is None:

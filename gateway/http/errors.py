@@ -51,6 +51,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if "\x00" in request.path or "%00" in request.query_string or "\x00" in request.query_string:
+        # No id or filter contains NUL, and PostgreSQL would refuse it as a parameter.
+        return json_response({"detail": "NUL characters are not allowed in the URL."}, status=400)
     try:
         return await handler(request)
     except ApiError as exc:

@@ -23,6 +23,7 @@ async def read_params(request: web.Request) -> dict[str, Any]:
             raise FieldErrors.one("body", "Malformed JSON.") from None
         if not isinstance(data, dict):
             raise FieldErrors.one("body", "Expected a JSON object.")
+        _reject_nul(data)
         return data
     if ctype in ("application/x-www-form-urlencoded", "multipart/form-data", "", "application/octet-stream"):
         if ctype in ("", "application/octet-stream") and not request.body_exists:
@@ -37,8 +38,21 @@ async def read_params(request: web.Request) -> dict[str, Any]:
             if not isinstance(value, str):
                 raise FieldErrors.one(key, "File uploads are not accepted here.")
             out[key] = value
+        _reject_nul(out)
         return out
     raise ApiError(415, {"detail": f"Unsupported content type {ctype!r}; use form or JSON."})
+
+
+def _reject_nul(data: dict[str, Any], prefix: str = "") -> None:
+    """NUL is never valid text here, and PostgreSQL cannot store it: refuse it by name."""
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if "\x00" in str(key) or (isinstance(value, str) and "\x00" in value):
+            raise FieldErrors.one(name.replace("\x00", ""), "NUL characters are not allowed.")
+        if isinstance(value, dict):
+            _reject_nul(value, f"{name}.")
+        elif isinstance(value, list):
+            _reject_nul({str(i): v for i, v in enumerate(value)}, f"{name}.")
 
 
 def optional_str(params: dict[str, Any], name: str) -> str | None:
