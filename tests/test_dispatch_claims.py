@@ -1,11 +1,15 @@
-"""Several dispatchers (nodes) on one database never claim the same queued message."""
+"""Several dispatchers (nodes) on one database never claim the same queued message, and no
+claim takes more than a batch."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import pytest_asyncio
 from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.models import Account, Message
@@ -19,91 +23,60 @@ class NeverCalled:
         raise AssertionError("claims only")
 
 
-async def test_concurrent_claims_are_disjoint(clean_db: str) -> None:
+@pytest_asyncio.fixture
+async def sessions(clean_db: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     engine = create_engine(clean_db)
-    sessions = session_factory(engine)
-    try:
-        async with sessions.begin() as s:
-            acct = Account(sid="s", token_hash="h", name="n", webhook_secret="w")
-            s.add(acct)
-            await s.flush()
-            now = datetime.now(UTC)
-            await s.execute(
-                insert(Message),
-                [
-                    dict(
-                        msgid=f"{i:032d}",
-                        account_id=acct.id,
-                        sender="A",
-                        recipient="+818012345678",
-                        body="x",
-                        parts=1,
-                        cost=1,
-                        status="QUEUED",
-                        tags="",
-                        track_link=False,
-                        created_at=now,
-                        next_attempt_at=now,
-                        attempts=0,
-                    )
-                    for i in range(500)
-                ],
-            )
-        nodes = [
-            Dispatcher(
-                sessions, NeverCalled(), ReceiptApplier(sessions, ""), "", node_id=f"n{i}", batch_size=37
-            )
-            for i in range(4)
-        ]
-        claimed: list[str] = []
-        while True:
-            rounds = await asyncio.gather(*(n.claim() for n in nodes for _ in range(2)))
-            # The batch size bounds every claim (PostgreSQL once ran the LIMIT subquery per row).
-            assert all(len(batch) <= 37 for batch in rounds)
-            got = [c.msgid for batch in rounds for c in batch]
-            if not got:
-                break
-            claimed.extend(got)
-        assert len(claimed) == 500 and len(set(claimed)) == 500
-    finally:
-        await engine.dispose()
+    yield session_factory(engine)
+    await engine.dispose()
 
 
-async def test_one_claim_takes_at_most_a_batch(clean_db: str) -> None:
-    """The reproduction of the PostgreSQL semi-join plan: 300 queued, batch 200, one claim."""
-    engine = create_engine(clean_db)
-    sessions = session_factory(engine)
-    try:
-        async with sessions.begin() as s:
-            acct = Account(sid="s2", token_hash="h", name="n", webhook_secret="w")
-            s.add(acct)
-            await s.flush()
-            now = datetime.now(UTC)
-            await s.execute(
-                insert(Message),
-                [
-                    dict(
-                        msgid=f"b{i:031d}",
-                        account_id=acct.id,
-                        sender="A",
-                        recipient="+818012345678",
-                        body="x",
-                        parts=1,
-                        cost=1,
-                        status="QUEUED",
-                        tags="",
-                        track_link=False,
-                        created_at=now,
-                        next_attempt_at=now,
-                        attempts=0,
-                    )
-                    for i in range(300)
-                ],
-            )
-        node = Dispatcher(
-            sessions, NeverCalled(), ReceiptApplier(sessions, ""), "", node_id="n", batch_size=200
+async def queue(sessions: async_sessionmaker[AsyncSession], n: int) -> None:
+    async with sessions.begin() as s:
+        acct = Account(sid="s", token_hash="h", name="n", webhook_secret="w")
+        s.add(acct)
+        await s.flush()
+        now = datetime.now(UTC)
+        row = dict(
+            account_id=acct.id,
+            sender="A",
+            recipient="+818012345678",
+            body="x",
+            parts=1,
+            cost=1,
+            status="QUEUED",
+            tags="",
+            track_link=False,
+            created_at=now,
+            next_attempt_at=now,
+            attempts=0,
         )
-        assert len(await node.claim()) == 200
-        assert len(await node.claim()) == 100
-    finally:
-        await engine.dispose()
+        await s.execute(insert(Message), [{**row, "msgid": f"{i:032d}"} for i in range(n)])
+
+
+def node(sessions: async_sessionmaker[AsyncSession], name: str, batch: int) -> Dispatcher:
+    return Dispatcher(
+        sessions, NeverCalled(), ReceiptApplier(sessions, ""), "", node_id=name, batch_size=batch
+    )
+
+
+async def test_concurrent_claims_are_disjoint(sessions: async_sessionmaker[AsyncSession]) -> None:
+    await queue(sessions, 500)
+    nodes = [node(sessions, f"n{i}", 37) for i in range(4)]
+    claimed: list[str] = []
+    while True:
+        rounds = await asyncio.gather(*(n.claim() for n in nodes for _ in range(2)))
+        assert all(len(batch) <= 37 for batch in rounds)
+        got = [c.msgid for batch in rounds for c in batch]
+        if not got:
+            break
+        claimed.extend(got)
+    assert len(claimed) == 500 and len(set(claimed)) == 500
+
+
+async def test_one_claim_takes_at_most_a_batch(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """PostgreSQL once ran the claim's LIMIT subquery once per row: 300 queued, batch 200,
+    and one claim took all 300."""
+    await queue(sessions, 300)
+    one = node(sessions, "n", 200)
+    assert len(await one.claim()) == 200
+    assert len(await one.claim()) == 100
