@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.group_commit import GroupCommitter
@@ -50,6 +50,27 @@ class KeywordReplies:
     optout: str
     optin: str
     help: str
+
+
+def _group(source: str, dest: str, ref: int, total: int) -> tuple[ColumnElement[bool], ...]:
+    """The parts of one concatenated MO (assembled or not)."""
+    return (
+        MoPartRow.source == source,
+        MoPartRow.destination == dest,
+        MoPartRow.ref == ref,
+        MoPartRow.total == total,
+    )
+
+
+async def _waiting_parts(s: AsyncSession, group: tuple[ColumnElement[bool], ...]) -> list[MoPartRow]:
+    query = select(MoPartRow).where(*group, MoPartRow.assembled_at.is_(None)).order_by(MoPartRow.seq)
+    return list((await s.execute(query)).scalars())
+
+
+async def _mark_assembled(s: AsyncSession, group: tuple[ColumnElement[bool], ...], when: datetime) -> None:
+    await s.execute(
+        update(MoPartRow).where(*group, MoPartRow.assembled_at.is_(None)).values(assembled_at=when)
+    )
 
 
 @dataclass
@@ -122,12 +143,7 @@ class InboundService:
         received = part.received_at or datetime.now(UTC)
         if part.concat_ref is None or part.concat_total <= 1:
             return source, dest, part.text, 1, received
-        key = (
-            MoPartRow.source == source,
-            MoPartRow.destination == dest,
-            MoPartRow.ref == part.concat_ref,
-            MoPartRow.total == part.concat_total,
-        )
+        key = _group(source, dest, part.concat_ref, part.concat_total)
         dup = await s.scalar(select(MoPartRow.id).where(*key, MoPartRow.seq == part.concat_seq))
         if dup is not None:
             # An SMSC redelivering a part it thinks we missed (lost deliver_sm_resp) must not
@@ -145,20 +161,10 @@ class InboundService:
             )
         )
         await s.flush()
-        rows = list(
-            (
-                await s.execute(
-                    select(MoPartRow).where(*key, MoPartRow.assembled_at.is_(None)).order_by(MoPartRow.seq)
-                )
-            ).scalars()
-        )
+        rows = await _waiting_parts(s, key)
         if len({r.seq for r in rows}) < part.concat_total:
             return None
-        await s.execute(
-            update(MoPartRow)
-            .where(*key, MoPartRow.assembled_at.is_(None))
-            .values(assembled_at=datetime.now(UTC))
-        )
+        await _mark_assembled(s, key, datetime.now(UTC))
         return source, dest, "".join(r.text for r in rows), part.concat_total, rows[0].received_at
 
     async def flush_stale(self) -> None:
@@ -169,27 +175,18 @@ class InboundService:
         cache = _BatchCache()
         async with self._sessions.begin() as s:
             await s.execute(delete(MoPartRow).where(MoPartRow.assembled_at < cutoff))
-            waiting = MoPartRow.assembled_at.is_(None)
             groups = (
                 await s.execute(
                     select(MoPartRow.source, MoPartRow.destination, MoPartRow.ref, MoPartRow.total)
-                    .where(waiting)
+                    .where(MoPartRow.assembled_at.is_(None))
                     .group_by(MoPartRow.source, MoPartRow.destination, MoPartRow.ref, MoPartRow.total)
                     .having(func.min(MoPartRow.received_at) < cutoff)
                 )
             ).all()
             for source, dest, ref, total in groups:
-                key = (
-                    MoPartRow.source == source,
-                    MoPartRow.destination == dest,
-                    MoPartRow.ref == ref,
-                    MoPartRow.total == total,
-                    waiting,
-                )
-                rows = list(
-                    (await s.execute(select(MoPartRow).where(*key).order_by(MoPartRow.seq))).scalars()
-                )
-                await s.execute(update(MoPartRow).where(*key).values(assembled_at=now))
+                key = _group(source, dest, ref, total)
+                rows = await _waiting_parts(s, key)
+                await _mark_assembled(s, key, now)
                 log.warning(
                     "MO %s->%s ref %d: %d of %d parts after the window", source, dest, ref, len(rows), total
                 )
