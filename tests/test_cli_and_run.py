@@ -75,6 +75,7 @@ async def test_run_on_embedded_defaults(tmp_path: Path) -> None:
         "PYTHONPATH": str(ROOT),
         "GATEWAY_HTTP_PORT": str(port),
         "GATEWAY_SMPP_PORT": str(free_port()),
+        "GATEWAY_VOICE_FASTAGI_PORT": str(free_port()),  # 4573 may be taken by another test run
     }
     env.pop("GATEWAY_CONFIG", None)
     env.pop("GATEWAY_DATABASE_URL", None)
