@@ -29,6 +29,7 @@ from gateway.http.auth import auth_middleware
 from gateway.http.errors import error_middleware
 from gateway.http.metrics import METRICS, Metrics, MetricsSettings, metrics_middleware
 from gateway.http.ratelimit import RATE_LIMITER, RateLimiter, RateLimitSettings, ratelimit_middleware
+from gateway.http.request_log import request_id_middleware
 from gateway.http.routes_outbound import OUTBOUND
 from gateway.keys import ACCOUNTS, CONFIG, ENGINE, INBOUND, LINKS, MESSAGES, NUMBERS, SESSIONS, TEMPLATES
 from gateway.services.accounts import AccountService
@@ -65,7 +66,13 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(
         # metrics outermost (it sees the final status, 401/429/500 included); the rate limit
         # inside auth, since it counts per account.
-        middlewares=[metrics_middleware, error_middleware, auth_middleware, ratelimit_middleware],
+        middlewares=[
+            request_id_middleware,
+            metrics_middleware,
+            error_middleware,
+            auth_middleware,
+            ratelimit_middleware,
+        ],
         client_max_size=config.http.max_body_bytes,
     )
     app[CONFIG] = config
@@ -288,8 +295,7 @@ async def _voice(app: web.Application) -> AsyncIterator[None]:
                 agi_router(calls.handle, lambda: app.get(OUTBOUND)), cfg.fastagi_host, cfg.fastagi_port
             )
             await server.start()
-            app[FASTAGI] = server
-            log.info("FastAGI listening on %s:%d", cfg.fastagi_host, server.port)
+            app[FASTAGI] = server  # the server logs where it listens
         yield
         if server is not None:
             await server.stop()

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from gateway import logs
 from gateway.config import Config, ConfigError, load_config
 from gateway.db import migrate
 from gateway.db.engine import create_engine, is_sqlite, session_factory
@@ -181,6 +182,7 @@ def _announce(config: Config, data: dict[str, str]) -> None:
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from gateway.app import create_app
+    from gateway.http.request_log import AccessLogger, access_logger
 
     if config.database.migrate_on_start:
         migrate.upgrade(config.database.url)
@@ -190,7 +192,14 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     # statement can wait that long behind a busy event loop (seen as p99 API latency x3).
     sys.setswitchinterval(0.0005)
     app = create_app(config)
-    web.run_app(app, host=config.http.host, port=config.http.port, print=None, access_log=None)
+    web.run_app(
+        app,
+        host=config.http.host,
+        port=config.http.port,
+        print=None,
+        access_log=access_logger() if config.log.access else None,
+        access_log_class=AccessLogger,
+    )
     return 0
 
 
@@ -239,7 +248,8 @@ def cmd_inbound(config: Config, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description=__doc__)
     p.add_argument("--config", help="TOML config file (default: $GATEWAY_CONFIG, else embedded defaults)")
-    p.add_argument("--log-level", default=os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: log.level, INFO)")
+    p.add_argument("--log-format", choices=logs.FORMATS, help="text or json (default: log.format, text)")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
     sub.add_parser("run", help="run the gateway (migrates first)").set_defaults(fn=cmd_run)
@@ -291,14 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
         config = load_config(args.config)
-    except ConfigError as exc:
+        logs.configure(args.log_format or config.log.format, args.log_level or config.log.level)
+    except (ConfigError, ValueError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     result: int = args.fn(config, args)

@@ -150,6 +150,14 @@ class RateLimitConfig:
 
 
 @dataclass
+class LogConfig:
+    level: str = "INFO"  # DEBUG, INFO, WARNING, ERROR
+    # text: `time LEVEL logger: message key=value ...`; json: one object per line for log shippers.
+    format: str = "text"
+    access: bool = False  # one line per HTTP request (method, path, status, ms, request_id, account)
+
+
+@dataclass
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -161,6 +169,7 @@ class Config:
     voice: VoiceConfig = field(default_factory=VoiceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     @property
     def public_base_url(self) -> str:

@@ -233,6 +233,11 @@ async def create_account(db_url: str, name: str = "crash") -> NewCredentials:
 
 async def subscribe_sin(db_url: str, account_id: int, number: str, action_url: str) -> None:
     """Put `number` in the inventory and subscribe it as a SIN of the account, with a webhook."""
+    await subscribe_number(db_url, account_id, number, "sin", action_url)
+
+
+async def subscribe_number(db_url: str, account_id: int, number: str, kind: str, action_url: str) -> None:
+    """Put `number` in the inventory and subscribe it ("sin" or "din") with its action_url."""
     engine = create_engine(db_url)
     try:
         async with session_factory(engine).begin() as s:
@@ -241,15 +246,15 @@ async def subscribe_sin(db_url: str, account_id: int, number: str, action_url: s
                 number=number,
                 country_code="JP",
                 prefix=number[1:4],
-                sms=True,
-                voice=False,
+                sms=kind == "sin",
+                voice=kind == "din",
                 monthly_cost=Decimal(0),
                 minute_cost=Decimal(0),
             )
             s.add(num)
             await s.flush()
             s.add(
-                NumberSubscription(number_id=num.id, account_id=account_id, kind="sin", action_url=action_url)
+                NumberSubscription(number_id=num.id, account_id=account_id, kind=kind, action_url=action_url)
             )
     finally:
         await engine.dispose()

@@ -9,6 +9,8 @@ from aiohttp import web
 
 from gateway.http.errors import ApiError, Handler
 from gateway.keys import ACCOUNT, ACCOUNTS
+from gateway.logs import log_context
+from gateway.services.accounts import AccountInfo
 
 # /metrics has its own optional bearer token (metrics.token).
 PUBLIC_PREFIXES = ("/l/", "/healthz", "/openapi.json", "/docs", "/metrics")
@@ -38,8 +40,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         account = await request.app[ACCOUNTS].authenticate(plan, value.strip())
         if account is None:
             raise _challenge("Invalid service plan or token.")
-        request[ACCOUNT] = account
-        return await handler(request)
+        return await _admitted(request, handler, account)
     if scheme.lower() != "basic":
         raise _challenge("Use HTTP Basic authentication with your SID and auth token.")
     try:
@@ -54,5 +55,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise _challenge("Invalid username/password.")
     if plan is not None and plan != sid:
         raise _challenge("The service plan in the path is not this account's.")
+    return await _admitted(request, handler, account)
+
+
+async def _admitted(request: web.Request, handler: Handler, account: AccountInfo) -> web.StreamResponse:
     request[ACCOUNT] = account
-    return await handler(request)
+    with log_context(account=account.sid):
+        return await handler(request)

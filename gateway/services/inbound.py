@@ -81,6 +81,8 @@ class _BatchCache:
     secrets: dict[int, str] = field(default_factory=dict)
     webhooks: list[tuple[WebhookDelivery, int]] = field(default_factory=list)
     rules: dict[int, list[AutoReply]] = field(default_factory=dict)
+    # One log line each, once committed.
+    stored: list[dict[str, object]] = field(default_factory=list)
 
 
 class InboundService:
@@ -137,6 +139,8 @@ class InboundService:
             self._wake_dispatcher()
         if outbox.written(s):
             self._wake_webhooks()
+        for fields in cache.stored:
+            log.info("MO stored", extra=fields)
 
     async def _assemble(self, s: AsyncSession, part: MoPart) -> tuple[str, str, str, int, datetime] | None:
         source, dest = e164_from_smpp(part.source), e164_from_smpp(part.destination)
@@ -225,10 +229,16 @@ class InboundService:
             received_at=received,
         )
         s.add(inbound)
+        fields: dict[str, object] = {"inbound_id": inbound.uid, "sin": dest, "parts": parts}
+        cache.stored.append(fields)
         if owner is None:
             self.unrouted += 1
             log.warning(
-                "MO %s -> %s: no SIN subscription; stored unrouted (%d so far)", source, dest, self.unrouted
+                "MO %s -> %s: no SIN subscription; stored unrouted (%d so far)",
+                source,
+                dest,
+                self.unrouted,
+                extra={"inbound_id": inbound.uid},
             )
             return
         reply = (
@@ -236,8 +246,10 @@ class InboundService:
             if keyword
             else await self._auto_reply(s, cache, owner, text)
         )
+        if keyword:
+            fields["keyword"] = keyword
         if reply:
-            await self._send_reply(s, owner.account_id, dest, source, reply)
+            fields["reply_msgid"] = await self._send_reply(s, owner.account_id, dest, source, reply)
         if owner.action_url:
             row = outbox.enqueue_form(
                 s,
@@ -281,13 +293,18 @@ class InboundService:
         rule = first_auto_reply(rules, text)
         return None if rule is None else rule.reply
 
-    async def _send_reply(self, s: AsyncSession, account_id: int, sin: str, to: str, text: str) -> None:
+    async def _send_reply(
+        self, s: AsyncSession, account_id: int, sin: str, to: str, text: str
+    ) -> str | None:
+        """Queues the reply in the caller's transaction; its msgid, or None if it can't be sent."""
         if not to.startswith("+"):
-            return  # an alphanumeric sender cannot receive SMS
+            return None  # an alphanumeric sender cannot receive SMS
         req = OutboundRequest(account_id=account_id, sender=sin.lstrip("+"), recipient=to, text=text)
         parts = self._messages.check_length("message", text)
-        await s.execute(insert(Message), [self._messages.row_for(req, text, parts)])
+        row = self._messages.row_for(req, text, parts)
+        await s.execute(insert(Message), [row])
         s.info["replies_queued"] = True
+        return str(row["msgid"])
 
     # -- API side -------------------------------------------------------------------------
 
@@ -311,10 +328,11 @@ class InboundService:
                 select(OptOut.id).where(OptOut.account_id == row.account_id, OptOut.number == row.sender)
             )
             if opted_out is not None:
-                log.info("webhook reply to opted-out %s suppressed", row.sender)
+                log.info("webhook reply to opted-out %s suppressed", row.sender, extra={"inbound_id": uid})
                 return
-            await self._send_reply(s, row.account_id, row.recipient, row.sender, text)
+            msgid = await self._send_reply(s, row.account_id, row.recipient, row.sender, text)
         self._wake_dispatcher()
+        log.info("webhook reply queued", extra={"inbound_id": uid, "msgid": msgid})
 
     async def get(self, account_id: int, uid: str) -> InboundMessage:
         async with self._sessions() as s:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Callable, Sequence
@@ -20,6 +21,8 @@ from gateway.services import links as linksvc
 from gateway.services.pricing import PriceList
 from gateway.services.views import message_json
 from smpp.encoding import plan
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -155,17 +158,19 @@ class MessageService:
         row = self.row_for(req, text, parts)
         if not tracked:
             await self._inserter.submit(row)
-            return str(row["msgid"])
-        # One transaction: a 201 means the message and its links are committed together.
-        async with self._sessions.begin() as s:
-            if await _opted_out(s, [(req.account_id, req.recipient)]):
-                raise FieldErrors.one("recipient", "Recipient has opted out")
-            msg = Message(**row)
-            s.add(msg)
-            await s.flush()
-            s.add_all(TrackedLink(code=t.code, message_id=msg.id, url=t.url) for t in tracked)
-        self._wake()
-        return msg.msgid
+        else:
+            # One transaction: a 201 means the message and its links are committed together.
+            async with self._sessions.begin() as s:
+                if await _opted_out(s, [(req.account_id, req.recipient)]):
+                    raise FieldErrors.one("recipient", "Recipient has opted out")
+                msg = Message(**row)
+                s.add(msg)
+                await s.flush()
+                s.add_all(TrackedLink(code=t.code, message_id=msg.id, url=t.url) for t in tracked)
+            self._wake()
+        msgid = str(row["msgid"])
+        log.info("queued", extra={"msgid": msgid, "parts": parts})
+        return msgid
 
     async def _links(self, s: AsyncSession, message_ids: Sequence[int]) -> dict[int, list[TrackedLink]]:
         if not message_ids:

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions_dsl import Action, ParseErrors, Say, parse
 from gateway.db.models import Call, Number, NumberSubscription, Voicemail
+from gateway.logs import log_context
 from gateway.services import outbox
 from gateway.services.numbers import NumberService
 from gateway.services.views import fmt_time
@@ -95,30 +96,32 @@ class CallService:
             asterisk_uniqueid=env.get("uniqueid", "")[:64] or None,
             started_at=datetime.now(UTC),
         )
-        async with self._sessions.begin() as s:
-            s.add(call)
-        self.in_progress += 1
-        self._observer.call_started()
-        outcome = CallOutcome()
-        script_error: str | None = None
-        try:
-            actions, script_error = await self._script(target.action_url if target else None, caller, din)
-            if actions is None:
-                log.info("call %s to %s: fallback (%s)", call.uid, din, script_error)
-                actions = [self._fallback]
-            outcome = await self._executor.run(channel, actions)
-            if outcome.result not in ("hangup", "transferred"):
-                await _hang_up(channel)
-        except asyncio.CancelledError:
-            outcome.result = "hangup"
-            raise
-        except Exception as exc:  # the call record must still be written
-            log.exception("call %s failed", call.uid)
-            outcome.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            self.in_progress -= 1
-            self._observer.call_ended()
-            await asyncio.shield(self._finish(call, outcome, script_error))
+        with log_context(callid=call.uid, din=din or None, asterisk_uniqueid=call.asterisk_uniqueid):
+            async with self._sessions.begin() as s:
+                s.add(call)
+            log.info("call answered", extra={"caller": call.caller})
+            self.in_progress += 1
+            self._observer.call_started()
+            outcome = CallOutcome()
+            script_error: str | None = None
+            try:
+                actions, script_error = await self._script(target.action_url if target else None, caller, din)
+                if actions is None:
+                    log.info("fallback: %s", script_error)
+                    actions = [self._fallback]
+                outcome = await self._executor.run(channel, actions)
+                if outcome.result not in ("hangup", "transferred"):
+                    await _hang_up(channel)
+            except asyncio.CancelledError:
+                outcome.result = "hangup"
+                raise
+            except Exception as exc:  # the call record must still be written
+                log.exception("call failed")
+                outcome.error = f"{type(exc).__name__}: {exc}"
+            finally:
+                self.in_progress -= 1
+                self._observer.call_ended()
+                await asyncio.shield(self._finish(call, outcome, script_error))
 
     async def _script(
         self, action_url: str | None, caller: str, din: str
@@ -186,8 +189,13 @@ class CallService:
                     s.add(vm)
                     await self._notify_voicemail(s, call, vm)
         except Exception:
-            log.exception("writing the record of call %s failed", call.uid)
+            log.exception("writing the record of the call failed")
             return
+        log.info(
+            "call ended: %s",
+            outcome.result,
+            extra={"duration": duration, "error": errors, "voicemail": recording is not None},
+        )
         if recording:
             self._wake_webhooks()
 

@@ -53,6 +53,7 @@ from actions_dsl.values import lang_problem, text_problem, url_problem
 from gateway.db.models import Call
 from gateway.http.routes_voice import call_json
 from gateway.keys import SESSIONS
+from gateway.logs import log_context
 from gateway.services import outbox
 from gateway.services.pricing import PriceList
 from gateway.voice.ami import AmiClient, AmiConnectionLost, AmiMessage, AmiNotConnected
@@ -211,6 +212,7 @@ class OutboundCalls:
                     callbackurl=callbackurl,
                 )
             )
+        log.info("originating", extra={"callid": callid})
         headers = [
             ("Channel", f"PJSIP/{recipient}@{self._trunk}"),
             ("Context", self._context),
@@ -233,10 +235,10 @@ class OutboundCalls:
         except (AmiConnectionLost, TimeoutError) as exc:
             # Written, not confirmed: Asterisk may be dialling. Keep the call; its events or
             # the sweep settle it, and a retry by the customer cannot ring the callee twice.
-            log.warning("outbound call %s: Originate not confirmed (%s); kept as QUEUED", callid, exc)
+            log.warning("Originate not confirmed (%s); kept as QUEUED", exc, extra={"callid": callid})
             return callid
         if not response.success:
-            log.error("outbound call %s: Asterisk refused the Originate: %s", callid, response.message)
+            log.error("Asterisk refused the Originate: %s", response.message, extra={"callid": callid})
             await self._discard(callid)
             raise OutboundUnavailable("The voice service refused the call; try again later.")
         return callid
@@ -256,7 +258,11 @@ class OutboundCalls:
             log.warning("outbound AGI with a bad call id %r (channel %r)", callid[:64], env.get("channel"))
             await _hang_up(channel)
             return
-        loaded = await self._answered(callid, env)
+        with log_context(callid=callid):
+            await self._play(channel, callid)
+
+    async def _play(self, channel: AgiChannel, callid: str) -> None:
+        loaded = await self._answered(callid, channel.env)
         if loaded is None:
             await _hang_up(channel)
             return
@@ -271,7 +277,7 @@ class OutboundCalls:
             outcome.result = "hangup"
             raise
         except Exception as exc:  # the record must still be written
-            log.exception("outbound call %s failed", callid)
+            log.exception("outbound call failed", extra={"callid": callid})
             outcome.error = f"{type(exc).__name__}: {exc}"
         finally:
             self._playing.discard(callid)
@@ -282,10 +288,10 @@ class OutboundCalls:
         async with self._sessions.begin() as s:
             row = await s.scalar(select(Call).where(Call.uid == callid, Call.direction == "outbound"))
             if row is None:
-                log.warning("outbound AGI for unknown call %s", callid)
+                log.warning("outbound AGI for an unknown call", extra={"callid": callid})
                 return None
             if row.ended_at is not None:
-                log.warning("outbound AGI for call %s, already ended (%s)", callid, row.status)
+                log.warning("outbound AGI for an ended call (%s)", row.status, extra={"callid": callid})
                 return None
             answered_at = row.answered_at or now
             action: Action
@@ -325,7 +331,7 @@ class OutboundCalls:
                 answered_at=answered_at,
             )
         except Exception:
-            log.exception("writing the record of outbound call %s failed", callid)
+            log.exception("writing the record of the outbound call failed", extra={"callid": callid})
 
     # -- AMI events -------------------------------------------------------------------------
 
@@ -459,7 +465,7 @@ class OutboundCalls:
         self._forget(callid)
         if wake and self._wake is not None:
             self._wake()
-        log.info("outbound call %s: %s", callid, status)
+        log.info("outbound call %s", status, extra={"callid": callid, "status": status})
         return True
 
     async def sweep(self, now: datetime | None = None, limit: int = 100) -> int:

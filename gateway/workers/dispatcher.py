@@ -24,10 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import leases
 from gateway.db.models import Message, MessagePart
+from gateway.logs import log_context
 from gateway.services import outbox
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.observer import NullObserver, Observer
-from gateway.workers.receipts import ReceiptApplier
+from gateway.workers.receipts import ReceiptApplier, log_settled
 from gateway.workers.status import enqueue_status_callback
 from smpp.dlr import normalize_id
 from smpp.types import ConnectionLost, NotBound, SubmitRejected, SubmitRequest, SubmitResult
@@ -57,6 +58,14 @@ class Outcome:
     result: SubmitResult | None = None
     rejected: SubmitRejected | None = None  # permanent failure
     # Neither set: transient (not bound, connection lost), the row goes back to the queue.
+
+
+def _log_outcomes(outcomes: Sequence[Outcome]) -> None:
+    for o in outcomes:
+        if o.result is not None:
+            log.info("submitted", extra={"msgid": o.claimed.msgid, "smsc_ids": list(o.result.smsc_ids)})
+        elif o.rejected is not None:
+            log.warning("refused by the SMSC: %s", o.rejected, extra={"msgid": o.claimed.msgid})
 
 
 class Dispatcher:
@@ -134,6 +143,10 @@ class Dispatcher:
             return [Claimed(*r, token=token) for r in rows]
 
     async def _submit(self, c: Claimed) -> Outcome:
+        with log_context(msgid=c.msgid):
+            return await self._submit_one(c)
+
+    async def _submit_one(self, c: Claimed) -> Outcome:
         started = time.perf_counter()
         try:
             res = await self._submitter.submit(SubmitRequest(c.msgid, c.sender, c.recipient, c.body))
@@ -141,15 +154,15 @@ class Dispatcher:
             self._observer.submit_done(time.perf_counter() - started, ok=False)
             return Outcome(c, rejected=exc)
         except NotBound:
-            log.info("msg %s back to queue: not bound", c.msgid)  # nothing was sent
+            log.info("back to the queue: not bound")  # nothing was sent
             return Outcome(c)
         except ConnectionLost:
             self._observer.submit_done(time.perf_counter() - started, ok=False)
-            log.info("msg %s back to queue: connection lost", c.msgid)
+            log.info("back to the queue: connection lost")
             return Outcome(c)
         except Exception:
             self._observer.submit_done(time.perf_counter() - started, ok=False)
-            log.exception("msg %s: unexpected submit error, back to queue", c.msgid)
+            log.exception("unexpected submit error; back to the queue")
             return Outcome(c)
         self._observer.submit_done(time.perf_counter() - started, ok=True)
         return Outcome(c, result=res)
@@ -162,6 +175,8 @@ class Dispatcher:
                     await self._write(s, outcomes, now)
                 if outbox.written(s):
                     self._wake_webhooks()
+                _log_outcomes(outcomes)
+                log_settled(s)
                 return
             except Exception:
                 # The SMSC already has these; losing the write would resend them, so insist.

@@ -25,6 +25,13 @@ from smpp.types import DeliveryReceipt, ReceiptState
 log = logging.getLogger(__name__)
 
 ORPHAN_MAX_AGE = timedelta(days=3)
+_SETTLED = "settled_messages"
+
+
+def log_settled(s: AsyncSession) -> None:
+    """After the commit: one line per message a receipt brought to its final status."""
+    for msgid, status in s.info.pop(_SETTLED, ()):
+        log.info("final status %s", status, extra={"msgid": msgid, "status": status})
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class ReceiptApplier:
             )
         if outbox.written(s):
             self._wake_webhooks()
+        log_settled(s)
 
     async def _apply(self, s: AsyncSession, pending: Sequence[_Pending], now: datetime) -> list[_Pending]:
         """Apply receipts to their parts; settle the messages; return the receipts that matched nothing."""
@@ -123,9 +131,11 @@ class ReceiptApplier:
                     update(Message)
                     .where(Message.id.in_(mids), Message.status == "DELIVERING")
                     .values(status=final, done_at=now)
-                    .returning(Message.id)
+                    .returning(Message.id, Message.msgid)
                 )
-                changed.extend(res.scalars())
+                for mid, msgid in res:
+                    changed.append(mid)
+                    s.info.setdefault(_SETTLED, []).append((msgid, final))
         if changed:
             msgs = (
                 await s.execute(
@@ -149,6 +159,7 @@ class ReceiptApplier:
             await s.execute(delete(OrphanReceipt).where(OrphanReceipt.received_at < now - ORPHAN_MAX_AGE))
         if outbox.written(s):
             self._wake_webhooks()
+        log_settled(s)
 
     async def _adopt(self, s: AsyncSession, query: Any, now: datetime) -> None:
         orphans = [_Pending(o.smsc_id, o.state, o.stat, o.id) for o in (await s.execute(query)).scalars()]

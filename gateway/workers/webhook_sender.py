@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import aiohttp
 from sqlalchemy import exists, select, update
@@ -62,6 +63,38 @@ class Result:
     @property
     def retryable(self) -> bool:
         return self.status_code is None or self.status_code >= 500 or self.status_code == 429
+
+
+# Which log field names the subject of a webhook, by kind (the row's `ref`).
+_SUBJECT_FIELD = {
+    "sms.status": "msgid",
+    "link.access": "msgid",
+    "sms.inbound": "inbound_id",
+    "voice.status": "callid",
+    "voice.voicemail": "voicemail_id",
+}
+
+
+def _without_query(url: str) -> str:
+    # Receivers often put their own secret in the query string.
+    return urlsplit(url)._replace(query="", fragment="").geturl()
+
+
+def _log_result(r: Result, outcome: str, attempts: int) -> None:
+    fields: dict[str, object] = {
+        _SUBJECT_FIELD.get(r.job.kind, "ref"): r.job.ref,
+        "webhook_id": r.job.id,
+        "kind": r.job.kind,
+        "http_status": r.status_code,
+        "attempts": attempts,
+        "url": _without_query(r.job.url),
+    }
+    if outcome == "DONE":
+        log.info("webhook delivered", extra=fields)
+    elif outcome == "RETRY":
+        log.info("webhook to retry: %s", r.error or f"HTTP {r.status_code}", extra=fields)
+    else:  # DROPPED (a 4xx) or EXPIRED (retried past the window): it will not be sent again
+        log.warning("webhook %s: %s", outcome.lower(), r.error or f"HTTP {r.status_code}", extra=fields)
 
 
 class WebhookSender:
@@ -229,13 +262,12 @@ class WebhookSender:
                 next_at = now + timedelta(seconds=self._first_retry * 2 ** (attempts - 1))
                 if next_at > r.job.created_at + self._give_up:
                     values.update(status="EXPIRED", done_at=now)
-                    log.warning("webhook %d to %s expired after %d attempts", r.job.id, r.job.url, attempts)
                 else:
                     values.update(next_attempt_at=next_at)
             else:
                 values.update(status="DROPPED", done_at=now)
-                log.warning("webhook %d to %s dropped: HTTP %s", r.job.id, r.job.url, r.status_code)
             groups.setdefault(tuple(sorted(values.items())), []).append(r.job.id)
+            _log_result(r, str(values.get("status", "RETRY")), attempts)
         async with self._sessions.begin() as s:
             for key, ids in groups.items():
                 await s.execute(

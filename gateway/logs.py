@@ -1,0 +1,155 @@
+"""Structured logs: every line says which message, call, webhook or request it is about.
+
+Ids reach a record two ways: `log_context(...)` binds them for everything logged inside it (a
+call's whole AGI session, an HTTP request, the delivery of one webhook), including records from
+libraries and from tasks started inside (asyncio copies the context into a new task); and
+`extra={"msgid": ...}` on one call, for loops that handle many messages at once. Both end up as
+fields of the line: `key=value` pairs after the text format's message, or keys of the JSON
+object (one per line, for log shippers) in the json format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+from typing import Any, TextIO
+
+FORMATS = ("text", "json")
+
+# A context variable, not state: each task sees the fields bound on its own path.
+_CONTEXT: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "gateway_log_context", default=MappingProxyType({})
+)
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is a field.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "context",
+    "taskName",
+}
+
+
+@contextlib.contextmanager
+def log_context(**fields: object) -> Iterator[None]:
+    """Bind fields (None values skipped) to every record logged inside, in this task and its children."""
+    added = {k: str(v) for k, v in fields.items() if v is not None}
+    token = _CONTEXT.set({**_CONTEXT.get(), **added})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def current_context() -> Mapping[str, str]:
+    return _CONTEXT.get()
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's fields: the bound context, then its own `extra=` keys (which win)."""
+    fields: dict[str, Any] = dict(getattr(record, "context", None) or {})
+    for key, value in record.__dict__.items():
+        if key not in _STANDARD and not key.startswith("_"):
+            fields[key] = value
+    return fields
+
+
+class ContextFilter(logging.Filter):
+    """Snapshots the bound context onto the record where it is logged (before any other thread or
+    task could format it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "context"):
+            record.context = _CONTEXT.get()
+        return True
+
+
+def _escape_controls(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
+
+
+def _logfmt_value(value: Any) -> str:
+    text = str(value)
+    if text and not any(c in text for c in ' "=\\') and text.isprintable():
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message key=value ...`, for people reading a terminal or journald."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # Text from callers (an MO's sender, a header) must not start a line of its own.
+        record.message = _escape_controls(record.message)
+        return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = record_fields(record)
+        if not fields:
+            return line
+        pairs = " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
+        head, sep, rest = line.partition("\n")  # keep a traceback below the fields
+        return f"{head} {pairs}{sep}{rest}"
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    return str(value)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ms), level, logger, message, the fields, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record_fields(record).items():
+            out.setdefault(key, _json_value(value))
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exception"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def make_handler(fmt: str, stream: TextIO | None = None) -> logging.Handler:
+    if fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
+    return handler
+
+
+def configure(fmt: str, level: str, stream: TextIO | None = None) -> None:
+    """Route every logger to one handler on stderr in the chosen format (replacing earlier ones)."""
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"log level must be one of DEBUG, INFO, WARNING, ERROR, not {level!r}")
+    handler = make_handler(fmt, stream)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)

@@ -1,0 +1,214 @@
+"""Structured logs: the formatters and the bound context, and a real gateway process whose JSON
+lines follow one message (queued, submitted, delivered, its callback) and one call by their ids."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from gateway.logs import JsonFormatter, log_context, make_handler
+from smpp.simulator import SimulatorConfig, SmscSimulator
+from tests.conftest import ENGINES, Gateway, basic, free_port, wait_for
+from tests.peers.asterisk_agi import CallScenario, fastagi_call
+from tests.procs import create_account, fresh_database, gateway_processes, subscribe_number
+from tests.webhook_receiver import Receiver
+
+JP = "+818012345678"
+DIN = "+81312345678"
+
+
+@pytest.fixture
+def captured() -> Iterator[tuple[logging.Logger, io.StringIO, io.StringIO]]:
+    """A private logger writing through both formats, as `gateway run` would."""
+    text, js = io.StringIO(), io.StringIO()
+    logger = logging.getLogger("tests.structured")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    handlers = [make_handler("text", text), make_handler("json", js)]
+    for h in handlers:
+        logger.addHandler(h)
+    yield logger, text, js
+    for h in handlers:
+        logger.removeHandler(h)
+
+
+def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def test_context_reaches_child_tasks_and_ends_with_its_block(
+    captured: tuple[logging.Logger, io.StringIO, io.StringIO],
+) -> None:
+    logger, _, js = captured
+
+    async def child() -> None:
+        await asyncio.sleep(0)
+        logger.info("in a task")
+
+    with log_context(callid="c1", din="+8131"):
+        with log_context(request_id="r1", callid="c2"):
+            logger.info("inner")
+        await asyncio.create_task(child())
+        logger.info("own field", extra={"msgid": "m1"})
+    logger.info("outside")
+    lines = json_lines(js)
+    assert [line["message"] for line in lines] == ["inner", "in a task", "own field", "outside"]
+    assert {k: lines[0][k] for k in ("callid", "din", "request_id")} == {
+        "callid": "c2",
+        "din": "+8131",
+        "request_id": "r1",
+    }
+    assert lines[1]["callid"] == "c1" and "request_id" not in lines[1]
+    assert lines[2]["callid"] == "c1" and lines[2]["msgid"] == "m1"
+    assert not {"callid", "din", "msgid", "request_id"} & set(lines[3])
+
+
+def test_text_lines_cannot_be_split_or_forged(
+    captured: tuple[logging.Logger, io.StringIO, io.StringIO],
+) -> None:
+    logger, text, js = captured
+    hostile = 'x\nFAKE ERROR gateway: injected status=ok "q"'
+    logger.warning("MO from %s", hostile, extra={"sender": hostile, "parts": 2})
+    out = text.getvalue().splitlines()
+    assert len(out) == 1, out
+    line = out[0]
+    assert " WARNING tests.structured: MO from x\\nFAKE ERROR" in line
+    # A value with spaces, quotes or control characters is one quoted, escaped token.
+    assert line.endswith(' sender="x\\nFAKE ERROR gateway: injected status=ok \\"q\\"" parts=2')
+    (obj,) = json_lines(js)
+    assert obj["sender"] == hostile and obj["parts"] == 2 and obj["level"] == "WARNING"
+
+
+def test_json_lines_carry_exceptions_and_odd_values(
+    captured: tuple[logging.Logger, io.StringIO, io.StringIO],
+) -> None:
+    logger, text, js = captured
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logger.exception("failed", extra={"smsc_ids": ["a1", 2], "when": object()})
+    (obj,) = json_lines(js)
+    assert obj["message"] == "failed" and obj["level"] == "ERROR"
+    assert obj["time"].endswith("+00:00") and obj["logger"] == "tests.structured"
+    assert obj["smsc_ids"] == ["a1", 2] and obj["when"].startswith("<object")
+    assert "RuntimeError: boom" in obj["exception"]
+    # The text format keeps the traceback below the line, after the fields.
+    first, *rest = text.getvalue().splitlines()
+    assert "smsc_ids=" in first and rest and "RuntimeError: boom" in rest[-1]
+    assert JsonFormatter().format(logging.makeLogRecord({"msg": "plain"})).startswith('{"time"')
+
+
+def test_unknown_format_or_level_is_refused() -> None:
+    from gateway.cli import main
+
+    assert main(["--log-format", "json", "--log-level", "LOUD", "accounts", "list"]) == 2
+    with pytest.raises(ValueError, match="log format"):
+        make_handler("xml")
+
+
+async def test_request_id_is_echoed_or_made(gateway: Gateway, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{gateway.base_url}/healthz", headers={"X-Request-ID": "abc-123.x:y"}) as r:
+        assert r.headers["X-Request-ID"] == "abc-123.x:y"
+    for hostile in ("a b", "x" * 65, "evil\tline"):
+        async with http.get(f"{gateway.base_url}/sms/messages/", headers={"X-Request-ID": hostile}) as r:
+            assert r.status == 401
+            made = r.headers["X-Request-ID"]
+            assert made != hostile and len(made) == 16 and made.isalnum()
+
+
+# --- a real process logging JSON -------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def sim() -> AsyncIterator[SmscSimulator]:
+    simulator = SmscSimulator(SimulatorConfig(port=0, dlr_delay=0, fail_prefix=None, summary_interval=0))
+    await simulator.start()
+    try:
+        yield simulator
+    finally:
+        await simulator.stop()
+
+
+async def test_a_gateway_process_logs_json_lines_with_message_and_call_ids(
+    tmp_path: Path, sim: SmscSimulator, receiver: Receiver
+) -> None:
+    receiver.replies["/actions"] = 'say en "Hello"'
+    async with fresh_database(ENGINES[0], tmp_path) as db, gateway_processes(tmp_path) as procs:
+        creds = await create_account(db)
+        await subscribe_number(db, creds.account.id, DIN, "din", receiver.url("/actions"))
+        agi_port = free_port()
+        gw = procs.spawn(
+            "gw",
+            db,
+            sim.port,
+            GATEWAY_LOG_FORMAT="json",
+            GATEWAY_LOG_LEVEL="INFO",
+            GATEWAY_LOG_ACCESS="true",
+            GATEWAY_VOICE_FASTAGI_ENABLED="true",
+            GATEWAY_VOICE_FASTAGI_PORT=str(agi_port),
+        )
+        await gw.start()
+        async with aiohttp.ClientSession(headers=basic(creds.account.sid, creds.auth_token)) as http:
+            async with http.post(
+                f"{gw.base_url}/sms/messages/",
+                data={
+                    "message": "hello",
+                    "recipient": JP,
+                    "sender": "DEMO",
+                    "callbackurl": receiver.url("/cb"),
+                },
+                headers={"X-Request-ID": "req-logs-1"},
+            ) as r:
+                assert r.status == 201
+                msgid = (await r.json())[0]["msgid"]
+
+            async def delivered() -> bool:
+                return any(b'"DELIVERED"' in h.body for h in receiver.on("/cb"))
+
+            await wait_for(delivered)
+            transcript = await fastagi_call("127.0.0.1", agi_port, CallScenario(dnid=DIN), timeout=30)
+
+            async def call_ended() -> list[dict[str, Any]] | None:
+                async with http.get(f"{gw.base_url}/voice/calls/") as r:
+                    rows: list[dict[str, Any]] = await r.json()
+                return rows if rows and rows[0]["end_time"] else None
+
+            (call,) = await wait_for(call_ended)
+        assert await gw.stop() == 0
+
+        lines = gw.log_path.read_text().splitlines()
+        assert lines[0].startswith("--- start #1")
+        records = [json.loads(line) for line in lines[1:]]  # every line is one JSON object
+        assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+
+        about_msg = [r for r in records if r.get("msgid") == msgid]
+        messages = [r["message"] for r in about_msg]
+        for expected in ("queued", "submitted", "final status DELIVERED", "webhook delivered"):
+            assert expected in messages, messages
+        queued = about_msg[messages.index("queued")]
+        assert queued["request_id"] == "req-logs-1" and queued["account"] == creds.account.sid
+        assert about_msg[messages.index("submitted")]["smsc_ids"]
+        hooks = [r for r in about_msg if r["message"] == "webhook delivered"]
+        assert {h["url"] for h in hooks} == {receiver.url("/cb")} and all(
+            h["http_status"] == 200 for h in hooks
+        )
+        access = [
+            r for r in records if r["logger"] == "gateway.access" and r.get("request_id") == "req-logs-1"
+        ]
+        assert [(a["message"], a["status"], a["account"]) for a in access] == [
+            ("POST /sms/messages/ 201", 201, creds.account.sid)
+        ]
+
+        about_call = [r for r in records if r.get("callid") == call["callid"]]
+        said = [r["message"] for r in about_call]
+        assert said[0] == "call answered" and said[-1].startswith("call ended"), said
+        assert all(r["din"] == DIN and r["asterisk_uniqueid"] == transcript.uniqueid for r in about_call)
