@@ -1,4 +1,6 @@
-# Gateway image: the same package the README installs, run with `gateway run`.
+# Gateway image: the same package the README installs, run with `gateway run` (which migrates
+# the database first). uid/gid 10001 is fixed so that Asterisk's container can run as the same
+# user on the shared voice volume (docker-compose.yml).
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
@@ -7,7 +9,11 @@ COPY smpp ./smpp
 COPY actions_dsl ./actions_dsl
 COPY migrations ./migrations
 COPY config ./config
-RUN pip install --no-cache-dir . && useradd --system --home /app gateway && mkdir -p /app/var && chown gateway /app/var
+RUN pip install --no-cache-dir . \
+ && groupadd --system --gid 10001 gateway \
+ && useradd --system --uid 10001 --gid 10001 --home /app gateway \
+ && mkdir -p /app/var /var/lib/gateway-voice \
+ && chown gateway:gateway /app/var /var/lib/gateway-voice
 USER gateway
-EXPOSE 8080
+EXPOSE 8080 4573
 CMD ["gateway", "run"]
