@@ -23,10 +23,11 @@ from gateway.db.models import (
     InboundMessage,
     Message,
     MoPartRow,
+    NumberSubscription,
     OptOut,
     WebhookDelivery,
 )
-from gateway.http.errors import not_found
+from gateway.http.errors import forbidden, not_found
 from gateway.services import outbox
 from gateway.services.keywords import HELP_WORDS, START_WORDS, STOP_WORDS
 from gateway.services.messages import MessageService, OutboundRequest
@@ -65,6 +66,20 @@ def _group(source: str, dest: str, ref: int, total: int) -> tuple[ColumnElement[
 async def _waiting_parts(s: AsyncSession, group: tuple[ColumnElement[bool], ...]) -> list[MoPartRow]:
     query = select(MoPartRow).where(*group, MoPartRow.assembled_at.is_(None)).order_by(MoPartRow.seq)
     return list((await s.execute(query)).scalars())
+
+
+async def _holds_sin(s: AsyncSession, account_id: int, number_id: int | None) -> bool:
+    """Replies go out from the SIN an MO came to: only while this account still holds it."""
+    if number_id is None:
+        return False
+    held = await s.scalar(
+        select(NumberSubscription.id).where(
+            NumberSubscription.number_id == number_id,
+            NumberSubscription.kind == "sin",
+            NumberSubscription.account_id == account_id,
+        )
+    )
+    return held is not None
 
 
 async def _mark_assembled(s: AsyncSession, group: tuple[ColumnElement[bool], ...], when: datetime) -> None:
@@ -311,6 +326,11 @@ class InboundService:
     async def reply(self, account_id: int, uid: str, text: str) -> str:
         """POST /sms/inbounds/<id>/reply/: from the SIN back to the original sender."""
         row = await self.get(account_id, uid)
+        async with self._sessions() as s:
+            if not await _holds_sin(s, account_id, row.number_id):
+                raise forbidden(
+                    "This SIN is no longer yours: replies go out from the SIN the message came to."
+                )
         req = OutboundRequest(
             account_id=account_id, sender=row.recipient.lstrip("+"), recipient=row.sender, text=text
         )
@@ -323,6 +343,9 @@ class InboundService:
                 await s.execute(select(InboundMessage).where(InboundMessage.uid == uid))
             ).scalar_one_or_none()
             if row is None or row.account_id is None:
+                return
+            if not await _holds_sin(s, row.account_id, row.number_id):
+                log.info("webhook reply suppressed: the SIN changed hands", extra={"inbound_id": uid})
                 return
             opted_out = await s.scalar(
                 select(OptOut.id).where(OptOut.account_id == row.account_id, OptOut.number == row.sender)
