@@ -200,10 +200,14 @@ class CallService:
             self._wake_webhooks()
 
     async def _notify_voicemail(self, s: AsyncSession, call: Call, vm: Voicemail) -> None:
-        """POST the new voicemail to the DIN subscription's voicemail_url, if it has one."""
+        """POST the new voicemail to the DIN subscription's voicemail_url, if it has one. The
+        subscription must still be the call's account's: the DIN may have changed hands
+        during the call."""
         url = await s.scalar(
             select(NumberSubscription.voicemail_url).where(
-                NumberSubscription.number_id == call.number_id, NumberSubscription.kind == "din"
+                NumberSubscription.number_id == call.number_id,
+                NumberSubscription.kind == "din",
+                NumberSubscription.account_id == call.account_id,
             )
         )
         if not url or call.account_id is None:
