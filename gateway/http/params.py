@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -43,12 +44,27 @@ async def read_params(request: web.Request) -> dict[str, Any]:
     raise ApiError(415, {"detail": f"Unsupported content type {ctype!r}; use form or JSON."})
 
 
+# A lone UTF-16 surrogate (JSON "\ud800") is not a character: no engine can store it as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unstorable(text: str) -> str | None:
+    if "\x00" in text:
+        return "NUL characters are not allowed."
+    if _SURROGATE.search(text):
+        return "Lone UTF-16 surrogates (\\ud800-\\udfff) are not text."
+    return None
+
+
 def _reject_nul(data: dict[str, Any], prefix: str = "") -> None:
-    """NUL is never valid text here, and PostgreSQL cannot store it: refuse it by name."""
+    """NUL and lone surrogates are never valid text here, and neither SQLite nor PostgreSQL can
+    store them: refuse them by name."""
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if "\x00" in str(key) or (isinstance(value, str) and "\x00" in value):
-            raise FieldErrors.one(name.replace("\x00", ""), "NUL characters are not allowed.")
+        problem = _unstorable(str(key)) or (_unstorable(value) if isinstance(value, str) else None)
+        if problem is not None:
+            clean = _SURROGATE.sub("\ufffd", name.replace("\x00", ""))
+            raise FieldErrors.one(clean, problem)
         if isinstance(value, dict):
             _reject_nul(value, f"{name}.")
         elif isinstance(value, list):
