@@ -31,7 +31,10 @@ def _parse_when(field: str, value: str) -> datetime:
         raise FieldErrors.one(
             field, "Expected an ISO-8601 date or date-time, e.g. 2026-11-23T10:00:00Z."
         ) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    try:
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise FieldErrors.one(field, "Out of range: between years 1 and 9999 in UTC.") from None
 
 
 def _int(field: str, value: str | None, default: int, lo: int, hi: int) -> int:
