@@ -65,6 +65,7 @@ def http_url(field: str, value: str | None) -> str | None:
         raise bad
     try:
         parts = urlsplit(value)
+        parts.port  # noqa: B018  # raises ValueError for a port that is not a number in 0-65535
     except ValueError:
         raise bad from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
