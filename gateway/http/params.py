@@ -22,6 +22,8 @@ async def read_params(request: web.Request) -> dict[str, Any]:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise FieldErrors.one("body", "Malformed JSON.") from None
+        except RecursionError:  # [[[[...]]]] deeper than the interpreter's recursion limit
+            raise FieldErrors.one("body", "JSON nested too deeply.") from None
         if not isinstance(data, dict):
             raise FieldErrors.one("body", "Expected a JSON object.")
         _reject_nul(data)
@@ -56,19 +58,22 @@ def _unstorable(text: str) -> str | None:
     return None
 
 
-def _reject_nul(data: dict[str, Any], prefix: str = "") -> None:
+def _reject_nul(data: dict[str, Any]) -> None:
     """NUL and lone surrogates are never valid text here, and neither SQLite nor PostgreSQL can
-    store them: refuse them by name."""
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        problem = _unstorable(str(key)) or (_unstorable(value) if isinstance(value, str) else None)
-        if problem is not None:
-            clean = _SURROGATE.sub("\ufffd", name.replace("\x00", ""))
-            raise FieldErrors.one(clean, problem)
-        if isinstance(value, dict):
-            _reject_nul(value, f"{name}.")
-        elif isinstance(value, list):
-            _reject_nul({str(i): v for i, v in enumerate(value)}, f"{name}.")
+    store them: refuse them by name. Walks with its own stack: the JSON parser accepts nesting
+    about as deep as the recursion limit, so a recursive walk could overflow."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        prefix, node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            name = f"{prefix}{key}"
+            problem = _unstorable(str(key)) or (_unstorable(value) if isinstance(value, str) else None)
+            if problem is not None:
+                clean = _SURROGATE.sub("\ufffd", name.replace("\x00", ""))
+                raise FieldErrors.one(clean, problem)
+            if isinstance(value, dict | list):
+                stack.append((f"{name}.", value))
 
 
 def optional_str(params: dict[str, Any], name: str) -> str | None:
