@@ -33,6 +33,8 @@ async def read_params(request: web.Request) -> dict[str, Any]:
             return {}
         try:
             form = await request.post()
+        except LookupError:  # Content-Type: application/x-www-form-urlencoded; charset=<unknown>
+            raise ApiError(415, {"detail": f"Unsupported charset {request.charset!r}; use UTF-8."}) from None
         except ValueError:
             raise FieldErrors.one("body", "Malformed form body.") from None
         out: dict[str, Any] = {}
