@@ -15,7 +15,10 @@ from gateway.http.errors import ApiError, FieldErrors
 async def read_params(request: web.Request) -> dict[str, Any]:
     ctype = request.content_type
     if ctype == "application/json":
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except web.RequestPayloadError:
+            raise _undecodable(request) from None
         if not raw.strip():
             return {}
         try:
@@ -37,6 +40,8 @@ async def read_params(request: web.Request) -> dict[str, Any]:
             raise ApiError(415, {"detail": f"Unsupported charset {request.charset!r}; use UTF-8."}) from None
         except ValueError:
             raise FieldErrors.one("body", "Malformed form body.") from None
+        except web.RequestPayloadError:
+            raise _undecodable(request) from None
         out: dict[str, Any] = {}
         for key in form:
             value = form.get(key)
@@ -46,6 +51,12 @@ async def read_params(request: web.Request) -> dict[str, Any]:
         _reject_nul(out)
         return out
     raise ApiError(415, {"detail": f"Unsupported content type {ctype!r}; use form or JSON."})
+
+
+def _undecodable(request: web.Request) -> FieldErrors:
+    """The body could not be read as sent, e.g. Content-Encoding: gzip over bytes that are not."""
+    encoding = request.headers.get("Content-Encoding", "")[:40]
+    return FieldErrors.one("body", f"Could not decode the body (Content-Encoding {encoding!r}).")
 
 
 # A lone UTF-16 surrogate (JSON "\ud800") is not a character: no engine can store it as UTF-8.
