@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +18,8 @@ from gateway.services.views import fmt_time
 routes = web.RouteTableDef()
 
 LIST_PARAMS = {"to", "start_date", "end_date", "client_reference", "page", "page_size"}
+_INT = re.compile(r"-?[0-9]+")
+_NUMBER = re.compile(r"\+?([0-9]{5,15})")
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 30
 
@@ -41,7 +44,9 @@ def _int(field: str, value: str | None, default: int, lo: int, hi: int) -> int:
     if value is None or value == "":
         return default
     try:
-        n = int(value)
+        if not _INT.fullmatch(value):  # int() would also take "١", " 5" and "1_0"
+            raise ValueError(value)
+        n = int(value)  # ValueError past 4300 digits
     except ValueError:
         raise FieldErrors.one(field, "Expected a whole number.") from None
     if not lo <= n <= hi:
@@ -55,10 +60,10 @@ def _to_list(value: str | None) -> list[str]:
     out = []
     for item in value.split(","):
         item = item.strip()
-        digits = item.lstrip("+")
-        if not digits.isdigit() or not 5 <= len(digits) <= 15:
+        number = _NUMBER.fullmatch(item)  # ASCII digits: str.isdigit() also takes "²" and "١"
+        if number is None:
             raise FieldErrors.one("to", f"Invalid number {item[:32]!r} in the comma-separated list.")
-        out.append(f"+{digits}")
+        out.append(f"+{number.group(1)}")
     return out
 
 
