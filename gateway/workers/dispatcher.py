@@ -6,11 +6,18 @@ whose node died is taken again when the lease runs out. A message leaves QUEUED 
 when the SMSC accepted it (DELIVERING) or refused it for good (FAIL): a lost
 connection puts it back, so a 201 is never lost; the price is a possible duplicate
 for submits that were in flight when the link dropped.
+
+A batch can take long to go out (a slow or throttling SMSC, a small window): while it is on
+the wire its lease is renewed every third of the lease, so only a node that stopped renewing
+(it died) ever has its rows taken over. Without the renewal another worker would claim the
+same rows once the lease ran out and send them again, and again: a slow SMSC livelocked the
+queue, every message submitted over and over and none ever recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -115,8 +122,33 @@ class Dispatcher:
                 continue
             # Another worker may find more while this batch is on the wire.
             self.lifecycle.wake()
-            outcomes = await asyncio.gather(*(self._submit(c) for c in claimed))
+            sent = asyncio.Event()
+            renewal = asyncio.create_task(self._renew(claimed[0].token, sent))
+            try:
+                outcomes = await asyncio.gather(*(self._submit(c) for c in claimed))
+            finally:
+                # Stopped, not cancelled: a renewal is never cut off mid-transaction.
+                sent.set()
+                await renewal
             await self._record(outcomes)
+
+    async def _renew(self, token: str, sent: asyncio.Event) -> None:
+        """Extend the lease of a batch's rows every third of the lease until it is sent."""
+        interval = self._lease.total_seconds() / 3
+        while not sent.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sent.wait(), interval)
+            if sent.is_set():
+                return
+            try:
+                async with self._sessions.begin() as s:
+                    await s.execute(
+                        update(Message)
+                        .where(Message.claimed_by == token, Message.status == "QUEUED")
+                        .values(claimed_until=datetime.now(UTC) + self._lease)
+                    )
+            except Exception:
+                log.exception("renewing the lease of a batch in flight failed; retrying")
 
     async def claim(self) -> list[Claimed]:
         now = datetime.now(UTC)
