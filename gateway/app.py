@@ -239,6 +239,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         workers=cfg.dispatcher.workers,
         wake_webhooks=wake_webhooks,
         observer=app[METRICS],
+        ready=lambda: client.bound,
     )
     app[RECEIPTS] = receipts
     app[SMPP_CLIENT] = client

@@ -12,6 +12,9 @@ the wire its lease is renewed every third of the lease, so only a node that stop
 (it died) ever has its rows taken over. Without the renewal another worker would claim the
 same rows once the lease ran out and send them again, and again: a slow SMSC livelocked the
 queue, every message submitted over and over and none ever recorded.
+
+While the SMPP client is not bound the dispatcher claims nothing: the queue waits untouched
+instead of being claimed and put back every second.
 """
 
 from __future__ import annotations
@@ -89,7 +92,9 @@ class Dispatcher:
         workers: int = 3,
         wake_webhooks: Callable[[], None] = lambda: None,
         observer: Observer | None = None,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
+        self._ready = ready  # False: submits would only fail (SMPP not bound), claim nothing
         self._wake_webhooks = wake_webhooks
         self._observer = observer or NullObserver()
         self._sessions = sessions
@@ -111,6 +116,9 @@ class Dispatcher:
 
     async def _worker(self) -> None:
         while not self.lifecycle.stopping:
+            if not self._ready():
+                await self.lifecycle.idle(self._poll)
+                continue
             try:
                 claimed = await self.claim()
             except Exception:
