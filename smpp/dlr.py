@@ -64,6 +64,9 @@ _FIELDS = {
 }
 # Digit ids are at most this long before radix conversion is pointless (and slow).
 _MAX_NUMERIC_ID = 40
+# SMPP 3.4 message_id / receipted_message_id: C-Octet String of at most 65 octets.
+MAX_ID_LENGTH = 64
+_ID_STRIP = "\x00 \t\r\n"
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
 
@@ -72,9 +75,23 @@ def is_receipt(esm_class: int) -> bool:
     return (esm_class & ESM_TYPE_MASK) in (ESM_SMSC_RECEIPT, ESM_SME_DELIVERY_ACK, ESM_INTERMEDIATE)
 
 
+def clean_id(raw: str) -> str:
+    """An SMSC message id as the SMSC sent it, trimmed and cut to the SMPP maximum.
+
+    Both submit_sm_resp ids and receipt ids go through here, so an over-long id is cut
+    the same way on both sides and still matches; nothing longer reaches storage.
+    """
+    # A C-Octet String ends at its first NUL.
+    return raw.split("\x00", 1)[0].strip(_ID_STRIP)[:MAX_ID_LENGTH].strip(_ID_STRIP)
+
+
 def parse_receipt_text(text: str) -> dict[str, str]:
-    """The key:value fields of a text receipt, keys lowercased with '_' for spaces."""
-    head = _TEXT_SPLIT.split(text, maxsplit=1)[0]
+    """The key:value fields of a text receipt, keys lowercased with '_' for spaces.
+
+    A NUL separates like a space: some SMSCs terminate the text with one, and no
+    field value may carry it on (PostgreSQL cannot store it).
+    """
+    head = _TEXT_SPLIT.split(text.replace("\x00", " "), maxsplit=1)[0]
     fields: dict[str, str] = {}
     for key, pattern in _FIELDS.items():
         m = pattern.search(head)
@@ -117,7 +134,7 @@ def parse_receipt(
     carriers and not subject to free-text formatting quirks.
     """
     fields = parse_receipt_text(short_message.decode("latin-1"))
-    smsc_id = (receipted_message_id or "").strip("\x00 \t\r\n") or fields.get("id", "")
+    smsc_id = clean_id(receipted_message_id or "") or clean_id(fields.get("id", ""))
     if not smsc_id:
         return None
     stat = fields.get("stat", "")
@@ -140,7 +157,7 @@ def parse_receipt(
 
 def normalize_id(smsc_id: str) -> str:
     """Canonical form of an SMSC message id: trimmed, lowercase, no leading zeros."""
-    s = smsc_id.strip("\x00 \t\r\n").lower()
+    s = smsc_id.strip(_ID_STRIP).lower()
     stripped = s.lstrip("0")
     if s and not stripped:
         return "0"

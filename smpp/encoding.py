@@ -180,8 +180,22 @@ class _Concat(NamedTuple):
     seq: int
 
 
+def udh_fits(short_message: bytes) -> bool:
+    """True when a short_message flagged UDHI has a UDH whose length octet fits in it."""
+    return bool(short_message) and 1 + short_message[0] <= len(short_message)
+
+
+def _valid_concat(concat: _Concat) -> bool:
+    # 3GPP 23.040 9.2.3.24.1: a zero total or a sequence number of zero or beyond the total
+    # makes the receiver ignore the whole IE (else parts 0 and 5 of 2 would "complete" a message).
+    return 1 <= concat.seq <= concat.total
+
+
 def split_udh(short_message: bytes) -> tuple[_Concat | None, bytes]:
-    """Separate a UDH from the body and pull out a concatenation IE if there is one."""
+    """Separate a UDH from the body and pull out a valid concatenation IE if there is one.
+
+    A UDH that overruns the message leaves an empty body (udh_fits tells that case apart).
+    """
     if not short_message:
         return None, b""
     udhl = short_message[0]
@@ -194,10 +208,13 @@ def split_udh(short_message: bytes) -> tuple[_Concat | None, bytes]:
         data = header[i + 2 : i + 2 + iel]
         if len(data) < iel:
             break  # truncated IE: the rest of the header is garbage
+        candidate = None
         if iei == 0x00 and iel == 3:
-            concat = _Concat(data[0], data[1], data[2])
+            candidate = _Concat(data[0], data[1], data[2])
         elif iei == 0x08 and iel == 4:
-            concat = _Concat((data[0] << 8) | data[1], data[2], data[3])
+            candidate = _Concat((data[0] << 8) | data[1], data[2], data[3])
+        if candidate is not None and _valid_concat(candidate):
+            concat = candidate
         i += 2 + iel
     return concat, body
 
@@ -237,7 +254,11 @@ def _alphabet(data_coding: int) -> str:
 
 
 def decode_text(data_coding: int, body: bytes) -> str:
-    """Decode a message body; garbage yields replacement characters, never an exception."""
+    """Decode a message body; garbage yields replacement characters, never an exception.
+
+    The result is valid Unicode (no lone surrogates) but may hold any other code point,
+    NUL included: this is a faithful decoder, cleaning is the caller's business.
+    """
     alphabet = _alphabet(data_coding)
     if alphabet == "gsm":
         return decode_gsm7(body)
@@ -263,8 +284,16 @@ def decode_short_message(
     body = short_message
     if esm_class & ESM_UDHI:
         concat, body = split_udh(short_message)
-    if concat is None and sar_msg_ref_num is not None and sar_total_segments is not None:
-        concat = _Concat(sar_msg_ref_num, sar_total_segments, sar_segment_seqnum or 1)
+    if (
+        concat is None
+        and sar_msg_ref_num is not None
+        and sar_total_segments is not None
+        and sar_segment_seqnum is not None
+    ):
+        # SMPP 3.4 5.3.2.22-24: the three sar_* TLVs come together; one missing or out of
+        # range and the part is taken as a message of its own rather than misfiled.
+        sar = _Concat(sar_msg_ref_num, sar_total_segments, sar_segment_seqnum)
+        concat = sar if _valid_concat(sar) else None
     text = decode_text(data_coding, body)
     if concat is None or concat.total <= 1:
         # A "1 of 1" concatenation is just a single message.
