@@ -7,9 +7,12 @@ can keep a shared window of submit_sm in flight without thread hops.
 
 Delivery guarantees: a deliver_sm is acknowledged only after the core's handler
 returned (it stores first), and a handler error is answered with
-ESME_RX_T_APPN so the SMSC redelivers. A submit whose connection died before
-its submit_sm_resp raises ConnectionLost: the outcome is unknown and the core
-retries, which makes outbound delivery at-least-once.
+ESME_RX_T_APPN so the SMSC redelivers. A deliver_sm that cannot be decoded
+(client_wire.MalformedPdu) never reaches the handler and is refused with a
+permanent status, so it is neither lost silently nor redelivered forever.
+A submit whose connection died before its submit_sm_resp raises
+ConnectionLost: the outcome is unknown and the core retries, which makes
+outbound delivery at-least-once.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from smpp import dlr
 from smpp.client_wire import (
     ALERT_NOTIFICATION,
     BIND_TRANSCEIVER_RESP,
@@ -36,23 +38,16 @@ from smpp.client_wire import (
     RESPONSE_BIT,
     RETRYABLE_SUBMIT_STATUSES,
     SUBMIT_SM_RESP,
-    TAG_MESSAGE_PAYLOAD,
-    TAG_MESSAGE_STATE,
-    TAG_NETWORK_ERROR_CODE,
-    TAG_RECEIPTED_MESSAGE_ID,
-    TAG_SAR_MSG_REF_NUM,
-    TAG_SAR_SEGMENT_SEQNUM,
-    TAG_SAR_TOTAL_SEGMENTS,
     UNBIND,
-    DeliverSm,
+    MalformedPdu,
     SequenceGenerator,
+    decode_deliver_sm,
     encode_request,
     encode_response,
-    parse_deliver_sm,
     status_description,
     submit_sm_message_id,
 )
-from smpp.encoding import decode_short_message, plan, submit_parts
+from smpp.encoding import plan, submit_parts
 from smpp.types import (
     ConnectionLost,
     MoPart,
@@ -412,54 +407,31 @@ class SmppClient:
 
     async def _handle_deliver_sm(self, session: _Session, seq: int, data: bytes) -> None:
         try:
-            pdu = parse_deliver_sm(data)
+            event = decode_deliver_sm(data, datetime.now(UTC))
+        except MalformedPdu as exc:
+            # Redelivering a PDU we cannot decode would loop forever: refuse it permanently.
+            log.warning("malformed deliver_sm %d refused with 0x%02x: %s", seq, exc.status, exc)
+            self._reply(session, "deliver_sm_resp", seq, exc.status)
+            return
         except Exception:
-            # Redelivering a PDU we cannot parse would loop forever: refuse it permanently.
-            log.exception("malformed deliver_sm dropped")
+            log.exception("deliver_sm %d could not be decoded; refused", seq)
             self._reply(session, "deliver_sm_resp", seq, ESME_RX_P_APPN)
+            return
+        if event is None:
+            log.warning("delivery receipt without a message id dropped: %r", data[16:])
+            self._reply(session, "deliver_sm_resp", seq, ESME_ROK)
             return
         status = ESME_ROK
         try:
-            await self._deliver(pdu)
+            # The handler stores before it returns; only then is the SMSC told ROK.
+            if isinstance(event, MoPart):
+                await self.events.on_mo(event)
+            else:
+                await self.events.on_receipt(event)
         except Exception:
             log.exception("deliver_sm handler failed; asking the SMSC to redeliver")
             status = ESME_RX_T_APPN
         self._reply(session, "deliver_sm_resp", seq, status)
-
-    async def _deliver(self, pdu: DeliverSm) -> None:
-        receipted_id = pdu.tlv_cstr(TAG_RECEIPTED_MESSAGE_ID)
-        if dlr.is_receipt(pdu.esm_class) or receipted_id is not None:
-            receipt = dlr.parse_receipt(
-                pdu.short_message or pdu.tlvs.get(TAG_MESSAGE_PAYLOAD, b""),
-                receipted_message_id=receipted_id,
-                message_state=pdu.tlv_int(TAG_MESSAGE_STATE),
-                network_error_code=pdu.tlvs.get(TAG_NETWORK_ERROR_CODE),
-            )
-            if receipt is None:
-                log.warning("delivery receipt without a message id dropped: %r", pdu.short_message)
-                return
-            await self.events.on_receipt(receipt)
-            return
-        payload = pdu.short_message or pdu.tlvs.get(TAG_MESSAGE_PAYLOAD, b"")
-        decoded = decode_short_message(
-            pdu.data_coding,
-            pdu.esm_class,
-            payload,
-            sar_msg_ref_num=pdu.tlv_int(TAG_SAR_MSG_REF_NUM),
-            sar_total_segments=pdu.tlv_int(TAG_SAR_TOTAL_SEGMENTS),
-            sar_segment_seqnum=pdu.tlv_int(TAG_SAR_SEGMENT_SEQNUM),
-        )
-        await self.events.on_mo(
-            MoPart(
-                source=pdu.source_addr,
-                destination=pdu.destination_addr,
-                text=decoded.text,
-                concat_ref=decoded.concat_ref,
-                concat_total=decoded.concat_total,
-                concat_seq=decoded.concat_seq,
-                received_at=datetime.now(UTC),
-            )
-        )
 
     # --- submitting ----------------------------------------------------------------------------
 

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from smpplib import consts as smpp_consts
 from smpplib import smpp as smpp_codec
+
+from smpp import dlr
+from smpp.encoding import ESM_UDHI, decode_short_message, udh_fits
+from smpp.types import DeliveryReceipt, MoPart
 
 # Command ids, used to dispatch on the raw header without a full parse.
 GENERIC_NACK = 0x80000000
@@ -26,11 +31,15 @@ ALERT_NOTIFICATION = 0x00000102
 RESPONSE_BIT = 0x80000000
 
 ESME_ROK = 0x00
+ESME_RINVCMDLEN = 0x02
 ESME_RINVCMDID = 0x03
+ESME_RINVSRCADR = 0x0A
+ESME_RINVDSTADR = 0x0B
 ESME_RMSGQFUL = 0x14
 ESME_RTHROTTLED = 0x58
 ESME_RX_T_APPN = 0x64
 ESME_RX_P_APPN = 0x65
+ESME_RINVOPTPARSTREAM = 0xC0
 RETRYABLE_SUBMIT_STATUSES = frozenset({ESME_RTHROTTLED, ESME_RMSGQFUL})
 
 # TLV tags read from deliver_sm (SMPP 3.4 5.3.2).
@@ -44,6 +53,16 @@ TAG_MESSAGE_STATE = 0x0427
 
 HEADER = struct.Struct(">LLLL")
 MAX_PDU_LENGTH = 64 * 1024  # far above any legal PDU; larger means a desynchronised stream
+# deliver_sm source_addr / destination_addr are C-Octet Strings of at most 21 octets (SMPP 3.4 4.6.1).
+MAX_ADDRESS_LENGTH = 20
+
+
+class MalformedPdu(ValueError):
+    """A PDU body that cannot be decoded; `status` is the command_status to answer it with."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 class SequenceGenerator:
@@ -72,12 +91,14 @@ def encode_response(command: str, seq: int, status: int = ESME_ROK) -> bytes:
 
 
 def submit_sm_message_id(data: bytes) -> str:
-    """message_id of a submit_sm_resp."""
-    pdu = smpp_codec.parse_pdu(data, sequence=0, allow_unknown_opt_params=True)
-    raw = pdu.message_id
-    if isinstance(raw, bytes):
-        return raw.decode("latin-1")
-    return str(raw or "")
+    """message_id of a submit_sm_resp; never raises.
+
+    Read directly rather than through smpplib, which raises on the TLVs SMPP 5.0
+    SMSCs append (network_error_code, additional_status_info_text...): a submit
+    the SMSC accepted must not look failed, or the core would send it again.
+    A missing NUL is tolerated; the id is cut to what SMPP allows (dlr.clean_id).
+    """
+    return dlr.clean_id(data[16:].split(b"\x00", 1)[0].decode("latin-1"))
 
 
 def status_description(status: int) -> str:
@@ -95,9 +116,10 @@ class DeliverSm:
     short_message: bytes
     tlvs: dict[int, bytes]
 
-    def tlv_int(self, tag: int) -> int | None:
+    def tlv_int(self, tag: int, size: int) -> int | None:
+        """An integer TLV; None when absent or not `size` octets long (a value we cannot trust)."""
         value = self.tlvs.get(tag)
-        return int.from_bytes(value, "big") if value else None
+        return int.from_bytes(value, "big") if value is not None and len(value) == size else None
 
     def tlv_cstr(self, tag: int) -> str | None:
         value = self.tlvs.get(tag)
@@ -131,26 +153,38 @@ def _deliver_sm_mandatory_end(body: bytes) -> int:
 
 
 def _parse_tlvs(data: bytes) -> dict[int, bytes]:
+    """Tag -> value. A value running past the PDU is an error (a truncated message_payload
+    or id must not pass for a whole one); fewer than 4 stray octets at the end are ignored."""
     tlvs: dict[int, bytes] = {}
     pos = 0
     while pos + 4 <= len(data):
         tag, length = struct.unpack_from(">HH", data, pos)
+        if pos + 4 + length > len(data):
+            raise MalformedPdu(ESME_RINVOPTPARSTREAM, f"TLV 0x{tag:04x} of {length} octets overruns the PDU")
         tlvs[tag] = data[pos + 4 : pos + 4 + length]
         pos += 4 + length
     return tlvs
 
 
 def parse_deliver_sm(data: bytes) -> DeliverSm:
-    """Mandatory fields through smpplib, TLVs by our own scan.
+    """Mandatory fields through smpplib, TLVs by our own scan; raises only MalformedPdu.
 
     smpplib raises on TLVs it knows globally but not for deliver_sm and drops
     the last octet of a C-string TLV that lacks its NUL; neither must lose a
-    receipt, so it only ever sees the mandatory part.
+    receipt, so it only ever sees the mandatory part, after our own walk over
+    it has checked every field is there.
     """
     body = data[16:]
-    end = _deliver_sm_mandatory_end(body)
+    try:
+        end = _deliver_sm_mandatory_end(body)
+    except ValueError as exc:  # str.index on a missing NUL, or our own checks
+        raise MalformedPdu(ESME_RINVCMDLEN, f"deliver_sm mandatory fields: {exc}") from None
+    tlvs = _parse_tlvs(body[end:])
     mandatory = struct.pack(">L", 16 + end) + data[4:16] + body[:end]
-    pdu = smpp_codec.parse_pdu(mandatory, sequence=0, allow_unknown_opt_params=True)
+    try:
+        pdu = smpp_codec.parse_pdu(mandatory, sequence=0, allow_unknown_opt_params=True)
+    except Exception as exc:  # smpplib raises assorted types; the walk above should prevent any
+        raise MalformedPdu(ESME_RINVCMDLEN, f"deliver_sm: {exc!r}") from exc
 
     def text(value: Any) -> str:
         return value.decode("latin-1") if isinstance(value, bytes) else str(value or "")
@@ -161,5 +195,67 @@ def parse_deliver_sm(data: bytes) -> DeliverSm:
         esm_class=int(pdu.esm_class or 0),
         data_coding=int(pdu.data_coding or 0),
         short_message=bytes(pdu.short_message or b""),
-        tlvs=_parse_tlvs(body[end:]),
+        tlvs=tlvs,
     )
+
+
+def is_receipt(pdu: DeliverSm) -> bool:
+    """Receipts are flagged in esm_class; some SMSCs only add a receipted_message_id TLV."""
+    return dlr.is_receipt(pdu.esm_class) or TAG_RECEIPTED_MESSAGE_ID in pdu.tlvs
+
+
+def decode_receipt(pdu: DeliverSm) -> DeliveryReceipt | None:
+    """The receipt in a deliver_sm for which is_receipt() holds; None when it names no message."""
+    return dlr.parse_receipt(
+        pdu.short_message or pdu.tlvs.get(TAG_MESSAGE_PAYLOAD, b""),
+        receipted_message_id=pdu.tlv_cstr(TAG_RECEIPTED_MESSAGE_ID),
+        message_state=pdu.tlv_int(TAG_MESSAGE_STATE, 1),
+        network_error_code=pdu.tlvs.get(TAG_NETWORK_ERROR_CODE),
+    )
+
+
+def storable_text(text: str) -> str:
+    """MO text without NUL, which PostgreSQL cannot store and no SMS means: trailing NULs
+    (C-style padding some SMSCs add) go, any other shows as U+FFFD like undecodable octets."""
+    return text.rstrip("\x00").replace("\x00", "\ufffd")
+
+
+def decode_mo(pdu: DeliverSm, received_at: datetime) -> MoPart:
+    """A mobile-originated deliver_sm as the core sees it; MalformedPdu if it cannot be one.
+
+    Addresses longer than SMPP allows and a UDH that overruns the message are
+    refused rather than cut: storing a mangled MO would hide the fault.
+    """
+    if len(pdu.source_addr) > MAX_ADDRESS_LENGTH:
+        raise MalformedPdu(ESME_RINVSRCADR, f"source_addr of {len(pdu.source_addr)} characters")
+    if len(pdu.destination_addr) > MAX_ADDRESS_LENGTH:
+        raise MalformedPdu(ESME_RINVDSTADR, f"destination_addr of {len(pdu.destination_addr)} characters")
+    payload = pdu.short_message or pdu.tlvs.get(TAG_MESSAGE_PAYLOAD, b"")
+    if pdu.esm_class & ESM_UDHI and not udh_fits(payload):
+        raise MalformedPdu(ESME_RX_P_APPN, "UDHI set but the UDH is missing or overruns the message")
+    decoded = decode_short_message(
+        pdu.data_coding,
+        pdu.esm_class,
+        payload,
+        sar_msg_ref_num=pdu.tlv_int(TAG_SAR_MSG_REF_NUM, 2),
+        sar_total_segments=pdu.tlv_int(TAG_SAR_TOTAL_SEGMENTS, 1),
+        sar_segment_seqnum=pdu.tlv_int(TAG_SAR_SEGMENT_SEQNUM, 1),
+    )
+    return MoPart(
+        source=pdu.source_addr,
+        destination=pdu.destination_addr,
+        text=storable_text(decoded.text),
+        concat_ref=decoded.concat_ref,
+        concat_total=decoded.concat_total,
+        concat_seq=decoded.concat_seq,
+        received_at=received_at,
+    )
+
+
+def decode_deliver_sm(data: bytes, received_at: datetime) -> DeliveryReceipt | MoPart | None:
+    """A whole deliver_sm PDU to the event the core gets: a receipt, an MO, or None for a
+    receipt that names no message. Raises only MalformedPdu."""
+    pdu = parse_deliver_sm(data)
+    if is_receipt(pdu):
+        return decode_receipt(pdu)
+    return decode_mo(pdu, received_at)
