@@ -3,12 +3,17 @@
 2xx: done. 5xx, 429, timeouts, connection errors: retried after 5 s, 10 s, 20 s ...
 until the next try would fall beyond ~23 h after the event. Other 4xx: the receiver
 rejected this payload for good, so it is dropped (kept with its status for inspection).
+A 429 or 503 with a Retry-After header (seconds or an HTTP date) is not retried before
+that time: the delay is the larger of the backoff and Retry-After, which counts up to
+an hour (a larger value would only expire the delivery; a retry that comes early just
+gets another 429).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import email.utils
 import logging
 import time
 import uuid
@@ -34,6 +39,25 @@ log = logging.getLogger(__name__)
 # A SIN webhook may answer 200 with a text/plain body: that text is sent back as the reply.
 ReplyHook = Callable[[str, str], Awaitable[None]]
 MAX_REPLY_CHARS = 1600
+MAX_RETRY_AFTER = 3600.0  # seconds of a receiver's Retry-After that are honoured
+_RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """A Retry-After header (RFC 9110 10.2.3: delay-seconds or an HTTP-date) as seconds from
+    `now`; None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)  # any length: a huge number is just a long wait
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
 
 
 @dataclass(frozen=True)
@@ -55,6 +79,7 @@ class Result:
     status_code: int | None
     error: str | None
     reply_text: str | None = None
+    retry_after: float | None = None  # seconds the receiver asked us to wait (429/503)
 
     @property
     def done(self) -> bool:
@@ -228,7 +253,10 @@ class WebhookSender:
                         body.decode(resp.charset or "utf-8", errors="replace").strip()[:MAX_REPLY_CHARS]
                         or None
                     )
-                return Result(job, resp.status, None, reply)
+                retry_after = None
+                if resp.status in _RETRY_AFTER_STATUSES:
+                    retry_after = retry_after_seconds(resp.headers.get("Retry-After"), datetime.now(UTC))
+                return Result(job, resp.status, None, reply, retry_after)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             return Result(job, None, f"{type(exc).__name__}: {exc}"[:500])
 
@@ -259,7 +287,10 @@ class WebhookSender:
             if r.done:
                 values.update(status="DONE", done_at=now)
             elif r.retryable:
-                next_at = now + timedelta(seconds=self._first_retry * 2 ** (attempts - 1))
+                delay = self._first_retry * 2 ** (attempts - 1)
+                if r.retry_after is not None:
+                    delay = max(delay, min(r.retry_after, MAX_RETRY_AFTER))
+                next_at = now + timedelta(seconds=delay)
                 if next_at > r.job.created_at + self._give_up:
                     values.update(status="EXPIRED", done_at=now)
                 else:
