@@ -51,8 +51,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if "\x00" in request.path or "%00" in request.query_string or "\x00" in request.query_string:
-        # No id or filter contains NUL, and PostgreSQL would refuse it as a parameter.
+    # No id or filter contains NUL, and PostgreSQL would refuse it as a parameter.
+    if "\x00" in request.path:  # so there is nothing at such a path (404 is documented on ids)
+        return json_response({"detail": "Not found."}, status=404)
+    if "%00" in request.query_string or "\x00" in request.query_string:
         return json_response({"detail": "NUL characters are not allowed in the URL."}, status=400)
     try:
         return await handler(request)
