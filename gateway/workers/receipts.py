@@ -25,6 +25,7 @@ from smpp.types import DeliveryReceipt, ReceiptState
 log = logging.getLogger(__name__)
 
 ORPHAN_MAX_AGE = timedelta(days=3)
+SWEEP_BATCH = 1000  # orphans looked at per sweep, newest first
 _SETTLED = "settled_messages"
 
 
@@ -152,10 +153,16 @@ class ReceiptApplier:
         await self._adopt(s, select(OrphanReceipt).where(OrphanReceipt.smsc_id.in_(sorted(wanted))), now)
 
     async def sweep(self) -> None:
-        """Match orphans whose parts were committed concurrently with them; forget very old ones."""
+        """Match orphans whose parts were committed concurrently with them; forget very old ones.
+
+        Newest first: those races are seconds old, while receipts for copies the gateway never
+        recorded (resent after a drop or a response timeout) stay unmatched for days. Oldest
+        first, a thousand such leftovers hid every newer orphan from the sweep for good.
+        """
         now = datetime.now(UTC)
         async with self._sessions.begin() as s:
-            await self._adopt(s, select(OrphanReceipt).order_by(OrphanReceipt.id).limit(1000), now)
+            newest = select(OrphanReceipt).order_by(OrphanReceipt.id.desc()).limit(SWEEP_BATCH)
+            await self._adopt(s, newest, now)
             await s.execute(delete(OrphanReceipt).where(OrphanReceipt.received_at < now - ORPHAN_MAX_AGE))
         if outbox.written(s):
             self._wake_webhooks()
