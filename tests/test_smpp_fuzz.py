@@ -636,11 +636,13 @@ class ClientUnderFire:
 
 
 class ScriptedSmsc(FakeSmsc):
-    """FakeSmsc (tests/test_smpp_client.py) whose submit_sm_resp bodies the test writes."""
+    """FakeSmsc (tests/test_smpp_client.py) whose bind answers and submit_sm_resp bodies the
+    test writes; by default it binds anyone and answers submits with fresh ids."""
 
     def __init__(self) -> None:
         super().__init__()
         self.submit_bodies: list[bytes] = []
+        self.bind_answers: list[tuple[int, int, bytes]] = []  # command_id, status, body
 
     def next_submit_body(self) -> bytes:
         return self.submit_bodies.pop(0) if self.submit_bodies else b"%x\x00" % len(self.received)
@@ -648,17 +650,15 @@ class ScriptedSmsc(FakeSmsc):
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self.writers.append(writer)
-        answers = {
-            0x09: lambda: b"fake\x00",
-            0x04: lambda: self.submit_bodies.pop(0),
-            0x15: bytes,
-            0x06: bytes,
-        }
+        answers = {0x04: self.next_submit_body, 0x15: bytes, 0x06: bytes}
         try:
             while True:
                 length, command_id, status, seq = HEADER.unpack(await reader.readexactly(16))
                 self.received.append((command_id, status, seq, await reader.readexactly(length - 16)))
-                if command_id in answers:
+                if command_id == 0x09:
+                    answer = self.bind_answers.pop(0) if self.bind_answers else (0x80000009, 0, b"fake\x00")
+                    writer.write(pdu(answer[0], seq, answer[2], answer[1]))
+                elif command_id in answers:
                     writer.write(pdu(command_id | 0x80000000, seq, answers[command_id]()))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -740,6 +740,40 @@ async def test_submit_sm_resp_bodies_over_the_socket(
 
     await asyncio.to_thread(one)
     assert client.bound
+
+
+async def test_any_bind_answer_ends_bound_or_in_a_new_attempt(
+    scripted_smsc: ScriptedSmsc, bound_client: tuple[SmppClient, Recorder]
+) -> None:
+    """Only bind_transceiver_resp with ESME_ROK binds (whatever its body); any other answer to
+    bind_transceiver is a refusal: the client connects again and binds on the next good answer."""
+    client, events = bound_client
+    loop = asyncio.get_running_loop()
+
+    async def rebind(answer: tuple[int, int, bytes]) -> None:
+        connections = scripted_smsc.connections
+        scripted_smsc.bind_answers.append(answer)
+        scripted_smsc.writers[-1].close()  # the SMSC hangs up: the next bind gets `answer`
+        accepted = answer[:2] == (0x80000009, 0)
+        expected = connections + (1 if accepted else 2)
+        await wait_until(lambda: client.bound and scripted_smsc.connections == expected, "rebind")
+        assert not scripted_smsc.bind_answers
+
+    @SOCKET
+    @given(
+        st.sampled_from([0x80000009, 0x80000000, 0x80000002, 0x80000001, 0x80000015])
+        | st.integers(0x80000000, 0xFFFFFFFF),
+        st.sampled_from([0, 0x0D, 0x0E, 0x05]) | st.integers(0, 2**32 - 1),
+        st.binary(max_size=40),
+    )
+    @example(0x80000009, 0, b"")  # no system_id at all
+    @example(0x80000009, 0, b"\xff" * 40)  # no NUL
+    def one(command_id: int, status: int, body: bytes) -> None:
+        asyncio.run_coroutine_threadsafe(rebind((command_id, status, body)), loop).result(EXCHANGE_TIMEOUT)
+
+    await asyncio.to_thread(one)
+    assert events.bind_states[0] is True and events.bind_states[-1] is True
+    assert (await client.submit(SubmitRequest("m", "Demo", "+818012345678", "after all that"))).smsc_ids
 
 
 # --- over a real socket: the simulator against a hostile ESME -------------------------------------
