@@ -458,10 +458,24 @@ def run_schemathesis(
         if hostile:
             for case, kwargs, expect in hostile_cases(op, st, fixed[0] if fixed else {}):
                 call(case, {**auths["basic"], **kwargs.pop("headers", {})}, expect, **kwargs)
+        # Mostly the right credentials; some wrong or none (401 must conform too); the token as a
+        # bearer on /xms/ (Sinch style); the metrics token on /metrics.
+        good_modes = ["basic"]
+        if op.path.startswith("/xms/"):
+            good_modes.append("bearer")
+        if op.path == "/metrics" and metrics_token:
+            good_modes.append("metrics")
+        # The real ids with a good body under every accepted credential, and once without any:
+        # explicit, so that no operation depends on the draw for its success or its 401.
+        body = good_body(st, method, op.path)
+        real_body: dict[str, Any] = {} if body is None else {"body": body, "media_type": "application/json"}
+        names = {p.name for p in op.path_parameters}
+        for params in [p for p in fixed or [{}] if set(p) == names]:
+            for mode in [*good_modes, "none"]:
+                call(op.Case(path_parameters=params or None, **real_body), auths[mode])
         strategies = [op.as_strategy()]
         if op.path_parameters or op.query or op.body:
             strategies.append(op.as_strategy(generation_mode=GenerationMode.NEGATIVE))
-        body = good_body(st, method, op.path)
         for params in fixed or [{}]:
             strategies.append(op.as_strategy(path_parameters=params or None))
             if body is not None:
@@ -469,13 +483,7 @@ def run_schemathesis(
                     strategies.append(
                         op.as_strategy(path_parameters=params or None, body=body, media_type=media_type)
                     )
-        # Mostly the right credentials; some wrong or none (401 must conform too); the token as a
-        # bearer on /xms/ (Sinch style); the metrics token on /metrics.
-        modes = ["basic"] * 8 + ["wrong", "none"]
-        if op.path.startswith("/xms/"):
-            modes += ["bearer"] * 5
-        if op.path == "/metrics" and metrics_token:
-            modes += ["metrics"] * 5
+        modes = ["basic"] * 8 + ["wrong", "none"] + [m for m in good_modes if m != "basic"] * 5
 
         @settings(
             max_examples=max_examples * len(strategies),
