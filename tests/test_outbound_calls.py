@@ -21,13 +21,14 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from sqlalchemy import text
 from xoxzo.cloudpy import XoxzoClient
 
 from gateway.app import CALLS, WEBHOOKS, create_app
 from gateway.config import VoiceConfig
 from gateway.http import routes_outbound
 from gateway.http.routes_outbound import OUTBOUND
-from gateway.keys import CONFIG
+from gateway.keys import CONFIG, SESSIONS
 from gateway.services.accounts import NewCredentials
 from gateway.voice.ami import AmiClient, AmiNotConnected, format_action, sanitise_value
 from gateway.voice.executor import Executor
@@ -167,6 +168,7 @@ async def rig(clean_db: str, sim_smsc: Any, http: aiohttp.ClientSession) -> Asyn
             ring_timeout=20,
             prices={"": 12.0, "81": PRICE_81},
             hangup_grace=0.3,
+            orphan_grace=0.5,
             reconnect_max_seconds=0.5,
             sweep_interval=3600,
         )
@@ -346,6 +348,53 @@ async def test_answered_call_whose_playback_never_ran_fails_on_hangup(rig: Rig) 
     st = await rig.final_status(body[0]["callid"])
     assert st["status"] == "FAILED" and "never ran" in st["error"]
     assert st["answer_time"] and st["duration"] >= 1 and st["cost"] == PRICE_81
+
+
+async def _as_if_another_node_started_playing(rig: Rig, callid: str) -> None:
+    """What play() on another node writes when the FastAGI call reaches it (then that node dies)."""
+
+    async def answered() -> bool:
+        return [tuple(r)[1] for r in await rig.rows()] == ["IN_PROGRESS"]
+
+    await wait_for(answered)
+    async with rig.gw.app[SESSIONS].begin() as s:
+        await s.execute(
+            text("UPDATE calls SET actions = :a WHERE uid = :u"), {"a": '["say en"]', "u": callid}
+        )
+
+
+async def test_call_whose_playing_node_died_is_ended_at_the_hangup(rig: Rig) -> None:
+    """The Hangup event for a started playback is left to the node playing it; when that node
+    has died, the record is ended FAILED at the hangup, with the duration up to it."""
+    rig.ami.plan(Plan(outcome="answer_no_agi", hold_seconds=2.0))
+    code, body = await rig.post(
+        {"caller": CALLER, "recipient": RECIPIENT, "tts_message": "Hello", "tts_lang": "en"}
+    )
+    assert code == 201
+    callid = body[0]["callid"]
+    await _as_if_another_node_started_playing(rig, callid)
+    st = await rig.final_status(callid)
+    assert st["status"] == "FAILED" and "node playing this call stopped" in st["error"], st
+    # Ended at the hangup (2 s after the answer), not when the grace periods ran out.
+    assert 1 <= st["duration"] <= 3 and st["cost"] == PRICE_81
+
+
+async def test_answered_call_with_no_outcome_at_all_is_swept(rig: Rig) -> None:
+    """A single node that crashed mid-playback sees no Hangup after its restart: the sweep ends
+    the call once no playback could still be running, with an unknown (0) duration."""
+    rig.ami.plan(Plan(outcome="answer_no_agi", hold_seconds=60))
+    code, body = await rig.post(
+        {"caller": CALLER, "recipient": RECIPIENT, "tts_message": "Hello", "tts_lang": "en"}
+    )
+    assert code == 201
+    callid = body[0]["callid"]
+    await _as_if_another_node_started_playing(rig, callid)
+    assert await rig.calls.sweep(now=datetime.now(UTC) + timedelta(hours=1)) == 0  # may still play
+    assert await rig.calls.sweep(now=datetime.now(UTC) + timedelta(hours=5)) == 1
+    st = await rig.final_status(callid)
+    assert st["status"] == "FAILED" and "duration unknown" in st["error"], st
+    assert st["duration"] == 0 and st["cost"] == 0
+    assert await rig.calls.sweep(now=datetime.now(UTC) + timedelta(hours=5)) == 0  # ended once
 
 
 async def test_unconfirmed_originate_is_kept_and_swept(rig: Rig) -> None:

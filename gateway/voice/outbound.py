@@ -22,8 +22,13 @@ The life of a call, as the `calls` row shows it (direction "outbound"):
 4. A Hangup event for a call whose playback never started (answered, but the FastAGI
    connection never came; `play` marks the start in the row's `actions`) ends it FAILED, after
    a grace period that lets the OriginateResponse arrive first. A started playback, here or
-   on another node, is left to `play`, which writes the record itself.
-5. `sweep` fails QUEUED calls nobody reported on (events lost while AMI was down).
+   on another node, is left to `play`, which writes the record itself; if the record is still
+   open `orphan_grace` later, the node playing it died: the call is ended FAILED at the time of
+   the Hangup event, by whichever node's event handler gets there first.
+5. `sweep` fails QUEUED calls nobody reported on (events lost while AMI was down), and
+   IN_PROGRESS calls answered longer ago than any playback can last (`max_call_seconds`: the
+   node playing it died and the Hangup event was lost too, e.g. a single node that crashed),
+   with an unknown duration recorded as 0.
 
 Every transition is one guarded UPDATE (`ended_at IS NULL`, plus the expected state), so
 whichever path gets there first wins, and the status callback (outbox kind "voice.status",
@@ -125,6 +130,10 @@ class OutboundSettings:
     reconnect_max_seconds: float = 30.0
     hangup_grace: float = 5.0
     stale_seconds: float = 300.0  # QUEUED this long past the ring timeout: FAILED by the sweep
+    # A started playback whose record is still open this long after the Hangup: its node died.
+    orphan_grace: float = 30.0
+    # IN_PROGRESS this long after the answer: FAILED by the sweep (no playback lasts that long).
+    max_call_seconds: float = 4 * 3600.0
     sweep_interval: float = 30.0
 
 
@@ -158,6 +167,8 @@ class OutboundCalls:
         originate_timeout: float = 10.0,
         hangup_grace: float = 5.0,
         stale_seconds: float = 300.0,
+        orphan_grace: float = 30.0,
+        max_call_seconds: float = 4 * 3600.0,
         wake_webhooks: Callable[[], None] | None = None,
     ) -> None:
         if not _TRUNK.fullmatch(trunk):
@@ -176,6 +187,8 @@ class OutboundCalls:
         self._originate_timeout = originate_timeout
         self._hangup_grace = hangup_grace
         self._stale_seconds = stale_seconds
+        self._orphan_grace = orphan_grace
+        self._max_call = timedelta(seconds=max_call_seconds)
         self._wake = wake_webhooks
         self._playing: set[str] = set()  # callids whose play() runs in this process
         self._uniqueids: dict[str, str] = {}  # Asterisk channel uniqueid -> callid
@@ -381,6 +394,7 @@ class OutboundCalls:
         )
 
     async def _hangup(self, callid: str, msg: AmiMessage) -> None:
+        hung_up_at = datetime.now(UTC)
         await asyncio.sleep(self._hangup_grace)  # let play() or the OriginateResponse finish
         if callid in self._playing:
             return
@@ -392,7 +406,10 @@ class OutboundCalls:
             self._forget(callid)
             return
         if _played_somewhere(row):
-            return  # a play() (maybe on another node) started it and writes the record itself
+            # A play() (maybe on another node) started it and writes the record itself, within
+            # moments of the hangup, unless its node died.
+            await self._end_orphan(callid, hung_up_at, cause)
+            return
         if row.answered_at is None:
             status = CAUSE_STATUS.get(cause, "FAILED")
             error = f"the call ended before it was answered (cause {cause or '?'} {cause_text})".strip()
@@ -405,6 +422,21 @@ class OutboundCalls:
                 result="hangup",
                 answered_at=row.answered_at,
             )
+
+    async def _end_orphan(self, callid: str, hung_up_at: datetime, cause: str) -> None:
+        await asyncio.sleep(self._orphan_grace)
+        if callid in self._playing:
+            return
+        await self._end(
+            callid,
+            "FAILED",
+            error=(
+                "the gateway node playing this call stopped before recording its outcome; "
+                f"ended at Asterisk's hangup (cause {cause or '?'})"
+            ),
+            result="hangup",
+            ended_at=hung_up_at,
+        )
 
     # -- ending a call ----------------------------------------------------------------------
 
@@ -419,10 +451,12 @@ class OutboundCalls:
         answered_at: datetime | None = None,
         unanswered_only: bool = False,
         queued_only: bool = False,
+        in_progress_only: bool = False,
+        ended_at: datetime | None = None,
     ) -> bool:
         """End the call if nothing ended it yet; writes the status callback in the same
         transaction. True when this call ended it."""
-        ended = datetime.now(UTC)
+        ended = ended_at or datetime.now(UTC)
         async with self._sessions.begin() as s:
             row = await s.scalar(select(Call).where(Call.uid == callid, Call.direction == "outbound"))
             if row is None or row.ended_at is not None:
@@ -437,6 +471,8 @@ class OutboundCalls:
                 stmt = stmt.where(Call.answered_at.is_(None))
             if queued_only:
                 stmt = stmt.where(Call.status == "QUEUED")
+            if in_progress_only:
+                stmt = stmt.where(Call.status == "IN_PROGRESS")
             values: dict[str, Any] = {
                 "status": status,
                 "ended_at": ended,
@@ -469,8 +505,42 @@ class OutboundCalls:
         return True
 
     async def sweep(self, now: datetime | None = None, limit: int = 100) -> int:
-        """Fail QUEUED calls nobody reported on well past their ring timeout; returns how many."""
+        """Fail QUEUED calls nobody reported on well past their ring timeout, and IN_PROGRESS
+        calls answered longer ago than any call lasts; returns how many."""
         now = now or datetime.now(UTC)
+        return await self._sweep_queued(now, limit) + await self._sweep_abandoned(now, limit)
+
+    async def _sweep_abandoned(self, now: datetime, limit: int) -> int:
+        async with self._sessions() as s:
+            rows = (
+                await s.execute(
+                    select(Call.uid, Call.answered_at)
+                    .where(
+                        Call.direction == "outbound",
+                        Call.status == "IN_PROGRESS",
+                        Call.ended_at.is_(None),
+                        Call.answered_at < now - self._max_call,
+                    )
+                    .limit(limit)
+                )
+            ).all()
+        ended = 0
+        for callid, answered_at in rows:
+            if callid in self._playing:
+                continue
+            if await self._end(
+                callid,
+                "FAILED",
+                error="no outcome: the gateway node playing this call stopped and its hangup was "
+                "not seen; duration unknown",
+                result="failed",
+                in_progress_only=True,
+                ended_at=answered_at,  # duration 0 (and no charge) rather than a guess
+            ):
+                ended += 1
+        return ended
+
+    async def _sweep_queued(self, now: datetime, limit: int) -> int:
         cutoff = now - timedelta(seconds=self._ring_timeout + self._stale_seconds)
         async with self._sessions() as s:
             stale = list(
@@ -626,6 +696,8 @@ def outbound_cleanup_ctx(
             originate_timeout=settings.originate_timeout,
             hangup_grace=settings.hangup_grace,
             stale_seconds=settings.stale_seconds,
+            orphan_grace=settings.orphan_grace,
+            max_call_seconds=settings.max_call_seconds,
             wake_webhooks=wake_webhooks(app) if wake_webhooks else None,
         )
         await ami.start()
