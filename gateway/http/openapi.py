@@ -540,10 +540,11 @@ def _table() -> None:
             inb,
             "replyInbound",
             "Reply to a received SMS",
-            "Sent from the SIN to the original sender.",
+            "Sent from the SIN to the original sender, while you hold the SIN (else 403).",
             ok_status=201,
             ok_schema=_ref("MsgidList"),
             body=_obj({"message": _str(minLength=1)}, ["message"]),
+            errors=(403,),
         ),
     )
     p_plan = {"plan": _str("Your SID (Sinch `service_plan_id`).")}
