@@ -202,7 +202,7 @@ def test_document_structure_errors_and_security() -> None:
                 assert "404" in codes, where
             if path.startswith("/xms/"):
                 assert op["security"] == [{"basicAuth": []}, {"bearerAuth": []}], where
-            elif path.startswith(("/l/", "/healthz", "/openapi.json", "/docs")):
+            elif path.startswith(("/l/", "/healthz", "/readyz", "/openapi.json", "/docs")):
                 assert op["security"] == [], where
     assert len(ids) == len(set(ids)), "operationIds must be unique"
     send = doc["paths"]["/sms/messages/"]["post"]

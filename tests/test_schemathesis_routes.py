@@ -88,6 +88,7 @@ KEY_OPERATIONS = {
     "POST /voice/simple/playbacks/",
     "GET /l/{code}",
     "GET /healthz",
+    "GET /readyz",
     "GET /metrics",
     "GET /openapi.json",
     "GET /docs",

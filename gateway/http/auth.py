@@ -13,7 +13,7 @@ from gateway.logs import log_context
 from gateway.services.accounts import AccountInfo
 
 # /metrics has its own optional bearer token (metrics.token).
-PUBLIC_PREFIXES = ("/l/", "/healthz", "/openapi.json", "/docs", "/metrics")
+PUBLIC_PREFIXES = ("/l/", "/healthz", "/readyz", "/openapi.json", "/docs", "/metrics")
 
 
 def _service_plan(path: str) -> str | None:

@@ -206,6 +206,7 @@ SCHEMAS: dict[str, JSON] = {
         ["voicemail_id", "callid", "caller", "recipient", "duration", "size", "created_at", "audio_url"],
     ),
     "Health": _obj({"status": _str(enum=["ok"])}, ["status"]),
+    "Ready": _obj({"status": _str(enum=["ready"]), "database": _str(enum=["up"])}, ["status", "database"]),
 }
 
 
@@ -654,7 +655,25 @@ def _table() -> None:
             security="public",
         ),
     )
-    _add("GET", "/healthz", Op(pub, "health", "Health check", ok_schema=_ref("Health"), security="public"))
+    _add(
+        "GET",
+        "/healthz",
+        Op(pub, "health", "Liveness: the process serves HTTP", ok_schema=_ref("Health"), security="public"),
+    )
+    _add(
+        "GET",
+        "/readyz",
+        Op(
+            pub,
+            "ready",
+            "Readiness: the database answers",
+            "503 while the database does not answer within 2 s. The SMSC, webhook receivers and "
+            "Asterisk are not checked: work for them is queued durably.",
+            ok_schema=_ref("Ready"),
+            errors=(503,),
+            security="public",
+        ),
+    )
     _add(
         "GET",
         "/openapi.json",

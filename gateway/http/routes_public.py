@@ -1,11 +1,19 @@
-"""Unauthenticated routes: tracked-link redirects and the health check."""
+"""Unauthenticated routes: tracked-link redirects, liveness and readiness."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from aiohttp import web
+from sqlalchemy import text
 
 from gateway.http.errors import json_response, not_found
-from gateway.keys import LINKS
+from gateway.keys import LINKS, SESSIONS
+
+log = logging.getLogger(__name__)
+
+READY_DB_TIMEOUT = 2.0
 
 routes = web.RouteTableDef()
 
@@ -21,3 +29,16 @@ async def follow_link(request: web.Request) -> web.StreamResponse:
 @routes.get("/healthz")
 async def health(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def ready(request: web.Request) -> web.Response:
+    """Ready to take API traffic: the database answers. SMPP, webhook receivers and Asterisk
+    are not checked: requests are queued durably while they are away (see docs/faults.md)."""
+    try:
+        async with asyncio.timeout(READY_DB_TIMEOUT), request.app[SESSIONS]() as s:
+            await s.execute(text("SELECT 1"))
+    except Exception as exc:
+        log.warning("not ready: database: %s", exc)
+        return json_response({"detail": "Not ready: the database does not answer."}, status=503)
+    return json_response({"status": "ready", "database": "up"})

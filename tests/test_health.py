@@ -1,0 +1,40 @@
+"""/healthz (liveness) and /readyz (readiness: the database answers)."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from gateway.db.engine import create_engine, session_factory
+from gateway.http import routes_public
+from gateway.keys import SESSIONS
+from tests.conftest import Gateway, free_port
+
+
+async def test_ready_and_live_on_a_running_gateway(gateway: Gateway, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{gateway.base_url}/readyz") as r:
+        assert (r.status, await r.json()) == (200, {"status": "ready", "database": "up"})
+    async with http.get(f"{gateway.base_url}/healthz") as r:
+        assert (r.status, await r.json()) == (200, {"status": "ok"})
+
+
+async def test_not_ready_while_the_database_does_not_answer(http: aiohttp.ClientSession) -> None:
+    # A PostgreSQL server that is not there: every connection attempt is refused.
+    engine = create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/test")
+    app = web.Application()
+    app[SESSIONS] = session_factory(engine)
+    app.add_routes(routes_public.routes)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+            assert r.status == 503
+            assert (await r.json())["detail"].startswith("Not ready: the database")
+        async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
+            assert r.status == 200  # alive all the same: restarting would not bring the database back
+    finally:
+        await runner.cleanup()
+        await engine.dispose()
