@@ -38,6 +38,9 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     ap.add_argument("--window", type=int, default=10)
+    # INFO, the default, logs three lines per message here (queued, submitted, final status).
+    ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--log-format", choices=["text", "json"], default="text")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-sms-out-"))
@@ -50,7 +53,8 @@ async def main() -> None:
         "GATEWAY_SMPP_PORT": str(smsc_port),
         "GATEWAY_SIMULATOR_ENABLED": "false",
         "GATEWAY_SMPP_WINDOW": str(args.window),
-        "GATEWAY_LOG_LEVEL": "WARNING",
+        "GATEWAY_LOG_LEVEL": args.log_level,
+        "GATEWAY_LOG_FORMAT": args.log_format,
     }
     smsc = await start_process(
         "-m",
