@@ -388,3 +388,18 @@ async def test_concatenated_gsm7_mo_with_sar_or_udh(
         )
     [hit] = await hits(receiver, "/mo", 1)
     assert form(hit)["message"] == text
+
+
+def test_only_ascii_digits_make_an_e164_number() -> None:
+    from gateway.services.inbound import e164_from_smpp
+    from gateway.voice.calls import e164_from_agi
+
+    assert e164_from_smpp("819012345678") == "+819012345678"
+    assert e164_from_smpp("+819012345678") == "+819012345678"
+    assert e164_from_smpp("Shop") == "Shop"
+    # Unicode digits are kept as the SMSC sent them (an odd sender), never made a number.
+    assert e164_from_smpp("8190²²²") == "8190²²²"
+    assert e164_from_smpp("٨١٩٠١٢٣٤٥٦٧") == "٨١٩٠١٢٣٤٥٦٧"
+    assert e164_from_agi("819012345678") == "+819012345678"
+    assert e164_from_agi("+8190²²²²²") == ""
+    assert e164_from_agi("unknown") == ""

@@ -43,7 +43,8 @@ def e164_from_smpp(addr: str) -> str:
     addr = addr.strip()
     if addr.startswith("+"):
         return addr
-    return f"+{addr}" if addr.isdigit() else addr
+    # isdigit() alone takes "²" or Arabic-Indic digits, which no numbering plan has.
+    return f"+{addr}" if addr.isascii() and addr.isdigit() else addr
 
 
 @dataclass(frozen=True)

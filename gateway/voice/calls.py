@@ -37,7 +37,7 @@ def e164_from_agi(value: str | None) -> str:
         return ""
     value = value.strip()
     digits = value.lstrip("+")
-    if digits.isdigit() and 5 <= len(digits) <= 15:
+    if digits.isascii() and digits.isdigit() and 5 <= len(digits) <= 15:
         return "+" + digits
     return ""
 
