@@ -304,6 +304,8 @@ async def test_sinch_filters_and_pagination(
         ("?to=abc", "to"),
         ("?colour=red", "colour"),
         ("?start_date=2026-01-02&end_date=2026-01-01", "end_date"),
+        (f"?to={SIN}&to={second.number}", "to"),
+        ("?page=1&page=2", "page"),
     ):
         code, body = await get(query)
         assert code == 400 and field in body, query

@@ -73,7 +73,10 @@ async def _list(request: web.Request) -> tuple[int, int, int, list[InboundMessag
     if unknown:
         raise FieldErrors({name: ["Unknown parameter."] for name in unknown})
     now = datetime.now(UTC)
-    errors: dict[str, list[str]] = {}
+    # A repeated filter would silently lose all but its first value (`to` takes a comma list).
+    errors: dict[str, list[str]] = {
+        name: ["Give this parameter at most once."] for name in sorted(set(q)) if len(q.getall(name)) > 1
+    }
 
     def check(fn: Any, fallback: Any) -> Any:
         try:
