@@ -168,31 +168,50 @@ class WebhookSender:
             )
         self.lifecycle.wake()
 
-    def _take_ready(self) -> list[Job]:
+    def _take_ready(self, limit: int) -> list[Job]:
         jobs: list[Job] = []
-        while self._ready and len(jobs) < self._batch:
+        while self._ready and len(jobs) < limit:
             jobs.append(self._ready.popleft())
         return jobs
 
     async def run(self) -> None:
-        # Several loops: one slow receiver must not hold up every other delivery for its timeout.
         await asyncio.gather(*(self._loop() for _ in range(self._loops)))
 
     async def _loop(self) -> None:
-        while not self.lifecycle.stopping:
-            try:
-                jobs = self._take_ready() or await self._claim()
-            except Exception:
-                log.exception("claiming webhooks failed; retrying")
-                jobs = []
-            if not jobs:
+        """Keeps up to batch_size POSTs in flight and records each as it ends: a receiver that
+        hangs until the timeout holds one slot, not the deliveries claimed alongside it."""
+        in_flight: set[asyncio.Task[Result]] = set()
+        while in_flight or not self.lifecycle.stopping:
+            free = self._batch - len(in_flight)
+            if free > 0 and not self.lifecycle.stopping:
+                try:
+                    jobs = self._take_ready(free) or await self._claim(free)
+                except Exception:
+                    log.exception("claiming webhooks failed; retrying")
+                    jobs = []
+                in_flight.update(asyncio.create_task(self._post(j)) for j in jobs)
+            if not in_flight:
                 await self.lifecycle.idle(self._poll)
                 continue
-            results = await asyncio.gather(*(self._post(j) for j in jobs))
+            # Wake for the first POST to end, or (with a free slot) for new work.
+            free = self._batch - len(in_flight)
+            waiter = None
+            if free > 0 and not self.lifecycle.stopping:
+                waiter = asyncio.create_task(self.lifecycle.idle(self._poll))
+            await asyncio.wait(
+                [*in_flight, *([waiter] if waiter else [])], return_when=asyncio.FIRST_COMPLETED
+            )
+            if waiter is not None and not waiter.done():
+                waiter.cancel()
+            finished = [t for t in in_flight if t.done()]
+            if not finished:
+                continue
+            in_flight.difference_update(finished)
+            results = [t.result() for t in finished]
             await self._record(results)
             await self._replies(results)
 
-    async def _claim(self) -> list[Job]:
+    async def _claim(self, limit: int) -> list[Job]:
         now = datetime.now(UTC)
         token = uuid.uuid4().hex
         earlier = aliased(WebhookDelivery)
@@ -204,7 +223,7 @@ class WebhookSender:
                 now=now,
                 lease_until=now + self._lease,
                 token=token,
-                limit=self._batch,
+                limit=limit,
                 order_by=(WebhookDelivery.next_attempt_at, WebhookDelivery.id),
                 # In order per subject and receiver: a DELIVERED callback never overtakes the
                 # DELIVERING one still pending (or retrying) for the same message.
