@@ -115,6 +115,7 @@ def create_app(config: Config) -> web.Application:
                     trunk=v.trunk,
                     ring_timeout=v.outbound_ring_timeout,
                     prices=v.outbound_prices,
+                    max_call_seconds=v.max_call_seconds,
                 ),
                 lambda app: app[CALLS].executor,
                 wake_webhooks=lambda app: app[WEBHOOKS].wake,
@@ -297,9 +298,21 @@ async def _voice(app: web.Application) -> AsyncIterator[None]:
             )
             await server.start()
             app[FASTAGI] = server  # the server logs where it listens
+        sweeper = asyncio.create_task(
+            _forever("abandoned call sweep", lambda: _sweep_calls(calls, cfg.max_call_seconds)),
+            name="call-sweep",
+        )
         yield
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
         if server is not None:
             await server.stop()
+
+
+async def _sweep_calls(calls: CallService, max_call_seconds: float) -> None:
+    while True:
+        await calls.sweep_abandoned(max_call_seconds)
+        await asyncio.sleep(60)
 
 
 async def _forever(what: str, fn: Callable[[], Awaitable[None]]) -> None:

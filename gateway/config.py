@@ -123,6 +123,9 @@ class VoiceConfig:
     transfer_allow_prefixes: str = "+81"
     voicemail_max_seconds: int = 120
     voicemail_silence_seconds: int = 5
+    # A call still IN_PROGRESS this long after it started, and not handled by a live process of
+    # this node, is ended FAILED with an unknown duration (its node died mid-call).
+    max_call_seconds: float = 4 * 3600.0
     fallback_lang: str = "en"
     fallback_text: str = "Sorry, this number cannot take your call right now. Goodbye."
     # Outbound calls (POST /voice/simple/playbacks/) are originated over Asterisk's AMI.

@@ -11,7 +11,7 @@ import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from urllib.parse import urlencode
 
@@ -71,6 +71,7 @@ class CallService:
         self._limits = limits
         self._fallback = fallback
         self.in_progress = 0
+        self._active: set[str] = set()  # uids of the calls this process is handling
 
     @property
     def executor(self) -> Executor:
@@ -101,6 +102,7 @@ class CallService:
                 s.add(call)
             log.info("call answered", extra={"caller": call.caller})
             self.in_progress += 1
+            self._active.add(call.uid)
             self._observer.call_started()
             outcome = CallOutcome()
             script_error: str | None = None
@@ -120,8 +122,50 @@ class CallService:
                 outcome.error = f"{type(exc).__name__}: {exc}"
             finally:
                 self.in_progress -= 1
+                self._active.discard(call.uid)
                 self._observer.call_ended()
                 await asyncio.shield(self._finish(call, outcome, script_error))
+
+    async def sweep_abandoned(self, max_call_seconds: float, now: datetime | None = None) -> int:
+        """End inbound calls still IN_PROGRESS long after they started and not handled here: the
+        node handling them stopped (crash, kill) before writing their record. Duration unknown,
+        so 0 and no charge. Should such a call still be running on a live node after all, that
+        node's own record overwrites this one when the call ends. Returns how many were ended."""
+        cutoff = (now or datetime.now(UTC)) - timedelta(seconds=max_call_seconds)
+        async with self._sessions.begin() as s:
+            rows = (
+                await s.execute(
+                    select(Call.id, Call.uid, Call.started_at)
+                    .where(
+                        Call.direction == "inbound",
+                        Call.status == "IN_PROGRESS",
+                        Call.ended_at.is_(None),
+                        Call.started_at < cutoff,
+                    )
+                    .limit(500)
+                )
+            ).all()
+            ended = 0
+            for call_id, uid, started in rows:
+                if uid in self._active:
+                    continue
+                res = await s.execute(
+                    update(Call)
+                    .where(Call.id == call_id, Call.status == "IN_PROGRESS", Call.ended_at.is_(None))
+                    .values(
+                        status="FAILED",
+                        ended_at=started,
+                        duration=0,
+                        cost=Decimal(0),
+                        result="unknown",
+                        error="no outcome: the gateway node handling this call stopped before "
+                        "recording it; duration unknown",
+                    )
+                )
+                if res.rowcount:  # type: ignore[attr-defined]
+                    ended += 1
+                    log.warning("abandoned call ended by the sweep", extra={"callid": uid})
+        return ended
 
     async def _script(
         self, action_url: str | None, caller: str, din: str
