@@ -12,7 +12,9 @@ ESME_RX_T_APPN so the SMSC redelivers. A deliver_sm that cannot be decoded
 permanent status, so it is neither lost silently nor redelivered forever.
 A submit whose connection died before its submit_sm_resp raises
 ConnectionLost: the outcome is unknown and the core retries, which makes
-outbound delivery at-least-once.
+outbound delivery at-least-once. For a long message the exception names the
+parts the SMSC did accept, and the retry skips them under the same
+concatenation reference, so only the part that was on the wire can go twice.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from smpp.client_wire import (
     status_description,
     submit_sm_message_id,
 )
-from smpp.encoding import plan, submit_parts
+from smpp.encoding import concat_ref_for, plan, submit_parts
 from smpp.types import (
     ConnectionLost,
     MoPart,
@@ -216,7 +218,6 @@ class SmppClient:
         self._stopping = asyncio.Event()
         self._run_task: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
-        self._concat_counter = 0
         self._throttle_delay = config.throttle_backoff_min
         self._resume_at = 0.0  # loop time before which no submit_sm is sent (throttling)
 
@@ -435,20 +436,24 @@ class SmppClient:
 
     # --- submitting ----------------------------------------------------------------------------
 
-    def _next_concat_ref(self) -> int:
-        self._concat_counter = self._concat_counter % 255 + 1
-        return self._concat_counter
-
     async def submit(self, req: SubmitRequest) -> SubmitResult:
-        """Send every part; returns the SMSC ids in part order.
+        """Send every part not in req.skip_parts; returns their SMSC ids in part order.
 
-        NotBound: nothing was sent. ConnectionLost: the session died with a part
-        unanswered (earlier parts may have gone out). SubmitRejected: permanent.
+        A long message's parts all carry one concatenation reference, req.concat_ref or one
+        derived from req.ref, so a retry that skips the parts an earlier attempt got accepted
+        completes the same concatenation.
+
+        NotBound: nothing was sent. ConnectionLost: the session died with a part unanswered;
+        its `accepted` holds the parts of this call the SMSC had answered. SubmitRejected:
+        permanent.
         """
         session = self._session
         if session is None or not session.bound or self._stopping.is_set():
             raise NotBound("no bound SMPP session")
         message = plan(req.text)
+        concat_ref = concat_ref_for(req.ref) if req.concat_ref is None else req.concat_ref
+        if not 0 <= concat_ref <= 0xFF:
+            raise ValueError(f"concat_ref {concat_ref} is not an 8-bit reference")
         source_ton, source_npi, source = source_address(req.source, self.config)
         dest_ton, dest_npi, destination = destination_address(req.destination, self.config)
         fields: dict[str, Any] = {
@@ -461,11 +466,18 @@ class SmppClient:
             "registered_delivery": 1 if req.want_receipt else 0,
             "data_coding": message.data_coding,
         }
-        ids: list[str] = []
-        for esm_class, short_message in submit_parts(message, self._next_concat_ref()):
-            ids.append(await self._submit_part(session, esm_class, short_message, fields))
-        log.debug("submitted %s in %d part(s): %s", req.ref, len(ids), ids)
-        return SubmitResult(tuple(ids))
+        accepted: dict[int, str] = {}
+        try:
+            for seq, (esm_class, short_message) in enumerate(submit_parts(message, concat_ref), start=1):
+                if seq in req.skip_parts:
+                    continue
+                accepted[seq] = await self._submit_part(session, esm_class, short_message, fields)
+        except ConnectionLost as exc:
+            if not accepted:
+                raise
+            raise ConnectionLost(str(exc), accepted) from exc
+        log.debug("submitted %s part(s) %s: %s", req.ref, list(accepted), list(accepted.values()))
+        return SubmitResult(tuple(accepted.values()), tuple(accepted))
 
     async def _submit_part(
         self, session: _Session, esm_class: int, short_message: bytes, fields: dict[str, Any]

@@ -8,6 +8,7 @@ interface), so a GSM payload's length in octets equals its length in septets.
 from __future__ import annotations
 
 import codecs
+import zlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -149,6 +150,13 @@ def plan(text: str) -> EncodedMessage:
     else:
         payloads = _split(units, part * octets_per_unit)
     return EncodedMessage(data_coding=data_coding, payloads=payloads, length=length)
+
+
+def concat_ref_for(seed: str) -> int:
+    """A concatenation reference (1..255) that depends only on `seed` (a message id): every
+    attempt at one message gets the same one, in any process, so parts of a retry assemble
+    with the parts an earlier attempt got through."""
+    return zlib.crc32(seed.encode("utf-8", "surrogatepass")) % 255 + 1
 
 
 def build_udh(ref: int, total: int, seq: int) -> bytes:

@@ -8,6 +8,7 @@ without the other.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -25,16 +26,30 @@ class ReceiptState(Enum):
 
 @dataclass(frozen=True)
 class SubmitRequest:
-    ref: str  # our msgid, used for logging and the concatenation reference seed
+    """One message to submit; a retry of a long message sends the same request again with the
+    parts the SMSC already accepted in `skip_parts`, so only the rest goes out, under the same
+    concatenation reference (the handset assembles parts from both attempts)."""
+
+    ref: str  # our msgid, used for logging and, without concat_ref, to derive the reference
     source: str  # alphanumeric sender id or digits (a leading + is stripped for the PDU)
     destination: str  # E.164 with leading +
     text: str
     want_receipt: bool = True
+    # 8-bit UDH concatenation reference (1..255) for a long message; None derives it from
+    # `ref`. Either way every attempt at one message must use the same one.
+    concat_ref: int | None = None
+    skip_parts: frozenset[int] = frozenset()  # part numbers (from 1) accepted by an earlier attempt
 
 
 @dataclass(frozen=True)
 class SubmitResult:
-    smsc_ids: tuple[str, ...]  # one per part, in part order, as the SMSC returned them
+    smsc_ids: tuple[str, ...]  # one per part this call sent, in part order, as the SMSC returned them
+    seqs: tuple[int, ...] = ()  # their part numbers (from 1); () means parts 1..len(smsc_ids)
+
+    def numbered(self) -> tuple[tuple[int, str], ...]:
+        """(part number, SMSC id) for each part this call sent."""
+        seqs = self.seqs or tuple(range(1, len(self.smsc_ids) + 1))
+        return tuple(zip(seqs, self.smsc_ids, strict=True))
 
 
 @dataclass(frozen=True)
@@ -76,7 +91,16 @@ class NotBound(SmppError):
 
 
 class ConnectionLost(SmppError):
-    """The session dropped with this submit in flight; outcome unknown, retry it."""
+    """The session dropped with this submit in flight; outcome unknown, retry it.
+
+    `accepted` maps the part numbers the SMSC did accept before the drop (in this call) to their
+    SMSC ids: a retry passes them as SubmitRequest.skip_parts. The part that was on the wire is
+    not among them; the SMSC may or may not have taken it.
+    """
+
+    def __init__(self, reason: str, accepted: Mapping[int, str] | None = None) -> None:
+        super().__init__(reason)
+        self.accepted: dict[int, str] = dict(accepted or {})
 
 
 class SubmitRejected(SmppError):

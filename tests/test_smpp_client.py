@@ -303,6 +303,76 @@ async def test_response_timeout_forces_reconnect(peer: SmscPeer, start_client: C
     await client.submit(request("fast again"))
 
 
+# 700 septets of distinct text: five GSM parts (4 x 153 + 88).
+FIVE_PARTS = "".join(f"{i:03d} " for i in range(175))
+
+
+def concat(submit: Any) -> tuple[int, int, int, bytes]:
+    """(reference, total, part number, body) of a submit_sm carrying an 8-bit concatenation UDH."""
+    udh = submit.short_message[:6]
+    assert submit.esm_class & 0x40 and udh[:3] == b"\x05\x00\x03", udh
+    return udh[3], udh[4], udh[5], submit.short_message[6:]
+
+
+async def test_long_message_keeps_its_reference_and_skips_accepted_parts(
+    peer: SmscPeer, start_client: ClientFactory
+) -> None:
+    client, _ = await connect(peer, start_client)
+    whole = await client.submit(request(FIVE_PARTS))
+    again = await client.submit(request(FIVE_PARTS))
+    chosen = await client.submit(request(FIVE_PARTS, concat_ref=200, skip_parts=frozenset({1, 2})))
+    other = await client.submit(SubmitRequest("m2", "Gateway", "+818012345678", FIVE_PARTS))
+
+    assert len(whole.smsc_ids) == 5 and whole.seqs == (1, 2, 3, 4, 5)
+    assert chosen.seqs == (3, 4, 5) and len(chosen.smsc_ids) == 3
+    assert chosen.numbered() == tuple(zip((3, 4, 5), chosen.smsc_ids, strict=True))
+    submits = await peer.submits()
+    assert [s.message_id for s in submits] == [
+        *whole.smsc_ids,
+        *again.smsc_ids,
+        *chosen.smsc_ids,
+        *other.smsc_ids,
+    ]
+    parts = [concat(s) for s in submits]
+    first, second, third, fourth = parts[:5], parts[5:10], parts[10:13], parts[13:]
+    # The reference is a function of the request: the same on every attempt at one message.
+    ref = first[0][0]
+    assert [p[:3] for p in first] == [(ref, 5, n) for n in range(1, 6)]
+    assert second == first
+    assert b"".join(p[3] for p in first) == FIVE_PARTS.encode()
+    # Given explicitly, it is used; skipped parts are not sent; the total stays 5.
+    assert [p[:3] for p in third] == [(200, 5, 3), (200, 5, 4), (200, 5, 5)]
+    assert [p[3] for p in third] == [p[3] for p in first[2:]]
+    assert [p[:3] for p in fourth] == [(fourth[0][0], 5, n) for n in range(1, 6)]
+
+
+async def test_drop_mid_long_message_reports_the_accepted_parts(
+    peer: SmscPeer, start_client: ClientFactory
+) -> None:
+    client, _ = await connect(peer, start_client)
+    await peer.configure(drop_after=2, dlr_mode="none")  # closes right after answering part 2
+    with pytest.raises(ConnectionLost) as lost:
+        await client.submit(request(FIVE_PARTS))
+    accepted = lost.value.accepted
+    assert sorted(accepted) == [1, 2]
+    first = await peer.submits()
+    assert [s.message_id for s in first] == [accepted[1], accepted[2]]
+
+    async def rebound() -> bool:
+        return await peer.bind_count() >= 2 and client.bound
+
+    await eventually(rebound)
+    rest = await client.submit(request(FIVE_PARTS, skip_parts=frozenset(accepted)))
+    assert rest.seqs == (3, 4, 5)
+    submits = await peer.submits()
+    assert [s.message_id for s in submits] == [accepted[1], accepted[2], *rest.smsc_ids]
+    parts = [concat(s) for s in submits]
+    ref = parts[0][0]
+    # Parts 1-2 once, 3-5 once: one concatenation the handset can assemble.
+    assert [p[:3] for p in parts] == [(ref, 5, n) for n in range(1, 6)]
+    assert b"".join(p[3] for p in parts) == FIVE_PARTS.encode()
+
+
 async def test_mo_decoding(peer: SmscPeer, start_client: ClientFactory) -> None:
     _, events = await connect(peer, start_client)
     await peer.inject_mo("+818011112222", "+81501234567", b"Hi \x1b\x65")
@@ -393,6 +463,7 @@ class FakeSmsc:
         self.connections = 0
         self.answer_enquire_link = True
         self.submit_statuses: list[int] = []  # statuses for the next submit_sm answers
+        self.answer_submits: int | None = None  # answer only this many more submit_sm (None: all)
         self.writers: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
         self.port = 0
@@ -427,9 +498,13 @@ class FakeSmsc:
                 self.received.append((command_id, status, seq, body))
                 if command_id == 0x09:
                     writer.write(pdu(0x80000009, seq, b"fake\x00"))
+                elif command_id == 0x04 and self.answer_submits is not None and self.answer_submits <= 0:
+                    pass  # left unanswered: the ESME's response timeout ends the session
                 elif command_id == 0x04 and self.submit_statuses:
                     writer.write(pdu(0x80000004, seq, status=self.submit_statuses.pop(0)))
                 elif command_id == 0x04:
+                    if self.answer_submits is not None:
+                        self.answer_submits -= 1
                     self._ids += 1
                     writer.write(pdu(0x80000004, seq, b"%x\x00" % self._ids))
                 elif command_id == 0x15 and self.answer_enquire_link:
@@ -534,6 +609,29 @@ async def test_submit_error_statuses(fake_smsc: FakeSmsc, start_client: ClientFa
     result = await client.submit(request("eventually"))
     assert result.smsc_ids
     assert fake_smsc.commands().count(0x04) == 4
+
+
+async def test_response_timeout_mid_long_message_resends_only_the_unanswered_part(
+    fake_smsc: FakeSmsc, start_client: ClientFactory
+) -> None:
+    client, _ = await fake_client(fake_smsc, start_client, response_timeout=0.3)
+    fake_smsc.answer_submits = 2  # parts 1 and 2 answered, part 3 never
+    with pytest.raises(ConnectionLost) as lost:
+        await client.submit(request(FIVE_PARTS))
+    assert sorted(lost.value.accepted) == [1, 2]
+    fake_smsc.answer_submits = None
+
+    async def rebound() -> bool:
+        return fake_smsc.connections >= 2 and client.bound
+
+    await eventually(rebound)
+    rest = await client.submit(request(FIVE_PARTS, skip_parts=frozenset(lost.value.accepted)))
+    assert rest.seqs == (3, 4, 5)
+    bodies = [body for command, _, _, body in fake_smsc.received if command == 0x04]
+    udhs = [bytes(b[b.index(b"\x05\x00\x03") :][:6]) for b in bodies]
+    ref = udhs[0][3]
+    # Part 3 was on the wire when the session was given up: the only part that can go twice.
+    assert udhs == [build_udh(ref, 5, n) for n in (1, 2, 3, 3, 4, 5)]
 
 
 async def test_throughput_over_1000_per_second(fake_smsc: FakeSmsc, start_client: ClientFactory) -> None:
