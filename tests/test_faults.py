@@ -355,7 +355,8 @@ async def test_smsc_closing_the_socket_repeatedly(
     # the SMSC had answered are not resent, so no long message is left as a fragment.
     print(
         f"\nclosing x{drops}: {len(api.accepted)} messages, {got.part_submits} submits accepted,"
-        f" {duplicates(api, got)} messages twice, {got.resent_parts} parts twice, {len(got.fragments)} fragments"
+        f" {duplicates(api, got)} messages twice, {got.resent_parts} parts twice,"
+        f" {len(got.fragments)} fragments"
     )
     assert not got.fragments
     assert duplicates(api, got) + got.resent_parts <= window * drops

@@ -15,6 +15,14 @@ queue, every message submitted over and over and none ever recorded.
 
 While the SMPP client is not bound the dispatcher claims nothing: the queue waits untouched
 instead of being claimed and put back every second.
+
+A long message interrupted after the SMSC accepted some of its parts goes back to the queue
+with those parts recorded (message_parts rows, SUBMITTED, while the message stays QUEUED), in
+the same write and under the same claim guard as the requeue. The next claim loads them and
+the submit skips them: only the missing parts go out, under the same concatenation reference
+(derived from the row id), so the handset assembles parts from both attempts. Receipts for the
+early parts are matched as they come; the message settles once it is DELIVERING and no part is
+left SUBMITTED.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -60,6 +68,14 @@ class Claimed:
     recipient: str
     body: str
     token: str  # the claim's lease token: results are written only while it still holds
+    # Part numbers an earlier, interrupted attempt got accepted (message_parts rows).
+    done_parts: frozenset[int] = frozenset()
+
+    @property
+    def concat_ref(self) -> int:
+        # From the row id rather than the random msgid: consecutive messages (to one handset
+        # too) get different references, on every node, and every attempt the same one.
+        return (self.id - 1) % 255 + 1
 
 
 @dataclass(frozen=True)
@@ -67,7 +83,9 @@ class Outcome:
     claimed: Claimed
     result: SubmitResult | None = None
     rejected: SubmitRejected | None = None  # permanent failure
-    # Neither set: transient (not bound, connection lost), the row goes back to the queue.
+    # Neither set: transient (not bound, connection lost), the row goes back to the queue,
+    # with the parts the SMSC accepted before the link went (part number -> SMSC id).
+    partial: dict[int, str] = field(default_factory=dict)
 
 
 def _log_outcomes(outcomes: Sequence[Outcome]) -> None:
@@ -180,7 +198,15 @@ class Dispatcher:
                 .where(Message.claimed_by == token, Message.status == "QUEUED")
                 .order_by(Message.id)
             )
-            return [Claimed(*r, token=token) for r in rows]
+            batch = [Claimed(*r, token=token) for r in rows]
+            done: dict[int, set[int]] = {}
+            for message_id, seq in await s.execute(
+                select(MessagePart.message_id, MessagePart.seq)
+                .join(Message, Message.id == MessagePart.message_id)
+                .where(Message.claimed_by == token, Message.status == "QUEUED")
+            ):
+                done.setdefault(message_id, set()).add(seq)
+            return [replace(c, done_parts=frozenset(done[c.id])) if c.id in done else c for c in batch]
 
     async def _submit(self, c: Claimed) -> Outcome:
         with log_context(msgid=c.msgid):
@@ -189,17 +215,24 @@ class Dispatcher:
     async def _submit_one(self, c: Claimed) -> Outcome:
         started = time.perf_counter()
         try:
-            res = await self._submitter.submit(SubmitRequest(c.msgid, c.sender, c.recipient, c.body))
+            res = await self._submitter.submit(
+                SubmitRequest(
+                    c.msgid, c.sender, c.recipient, c.body, concat_ref=c.concat_ref, skip_parts=c.done_parts
+                )
+            )
         except SubmitRejected as exc:
             self._observer.submit_done(time.perf_counter() - started, ok=False)
             return Outcome(c, rejected=exc)
         except NotBound:
             log.info("back to the queue: not bound")  # nothing was sent
             return Outcome(c)
-        except ConnectionLost:
+        except ConnectionLost as exc:
             self._observer.submit_done(time.perf_counter() - started, ok=False)
-            log.info("back to the queue: connection lost")
-            return Outcome(c)
+            if exc.accepted:
+                log.info("back to the queue: connection lost after part(s) %s", sorted(exc.accepted))
+            else:
+                log.info("back to the queue: connection lost")
+            return Outcome(c, partial=exc.accepted)
         except Exception:
             self._observer.submit_done(time.perf_counter() - started, ok=False)
             log.exception("unexpected submit error; back to the queue")
@@ -227,13 +260,25 @@ class Dispatcher:
         # Few statements per batch whatever its size: on SQLite every statement is a hop to
         # the single connection's thread, and on PostgreSQL a round trip.
         accepted: dict[int, SubmitResult] = {o.claimed.id: o.result for o in outcomes if o.result is not None}
-        retry = [o.claimed.id for o in outcomes if o.result is None and o.rejected is None]
+        retry = {o.claimed.id: o.partial for o in outcomes if o.result is None and o.rejected is None}
+        resumed = {o.claimed.id for o in outcomes if o.claimed.done_parts}
         mine = (Message.status == "QUEUED", Message.claimed_by.in_({o.claimed.token for o in outcomes}))
+        parts: list[dict[str, object]] = []
         if retry:
-            await s.execute(
-                update(Message)
-                .where(Message.id.in_(retry), *mine)
-                .values(claimed_until=None, claimed_by=None, next_attempt_at=now + RETRY_DELAY)
+            requeued = (
+                await s.execute(
+                    update(Message)
+                    .where(Message.id.in_(list(retry)), *mine)
+                    .values(claimed_until=None, claimed_by=None, next_attempt_at=now + RETRY_DELAY)
+                    .returning(Message.id)
+                )
+            ).scalars()
+            # Parts of an interrupted long message the SMSC accepted: recorded only while the
+            # claim still held, so the next attempt (on any node) skips exactly these.
+            parts.extend(
+                {"message_id": mid, "seq": seq, "smsc_id": normalize_id(smsc_id), "state": "SUBMITTED"}
+                for mid in requeued
+                for seq, smsc_id in retry[mid].items()
             )
         changed: list[int] = []
         if accepted:
@@ -246,12 +291,11 @@ class Dispatcher:
                 )
             ).scalars()
             changed.extend(won)
-        smsc_ids = {mid: [normalize_id(i) for i in result.smsc_ids] for mid, result in accepted.items()}
-        parts = [
-            {"message_id": mid, "seq": seq, "smsc_id": smsc_id, "state": "SUBMITTED"}
+        parts.extend(
+            {"message_id": mid, "seq": seq, "smsc_id": normalize_id(smsc_id), "state": "SUBMITTED"}
             for mid in changed
-            for seq, smsc_id in enumerate(smsc_ids[mid], start=1)
-        ]
+            for seq, smsc_id in accepted[mid].numbered()
+        )
         if parts:
             await s.execute(insert(MessagePart), parts)
         for o in outcomes:
@@ -274,4 +318,8 @@ class Dispatcher:
                 await enqueue_status_callback(s, msg, self._base_url)
         if parts:
             # Receipts that raced ahead of this write are waiting as orphans.
-            await self._receipts.adopt_orphans(s, [i for mid in changed for i in smsc_ids.get(mid, ())], now)
+            await self._receipts.adopt_orphans(s, [str(p["smsc_id"]) for p in parts], now)
+        earlier = [mid for mid in changed if mid in resumed and mid in accepted]
+        if earlier:
+            # The parts of an earlier attempt may all have their final receipts already.
+            await self._receipts.settle(s, earlier, now)

@@ -108,10 +108,15 @@ class ReceiptApplier:
                 .where(MessagePart.id.in_(part_ids), MessagePart.state == "SUBMITTED")
                 .values(state=state, stat=stat)
             )
-        await self._settle(s, touched, now)
+        await self.settle(s, touched, now)
         return unmatched
 
-    async def _settle(self, s: AsyncSession, message_ids: Iterable[int], now: datetime) -> None:
+    async def settle(self, s: AsyncSession, message_ids: Iterable[int], now: datetime) -> None:
+        """DELIVERING messages none of whose parts is SUBMITTED any more get their final status.
+
+        A message still QUEUED is left alone even if every part recorded so far has its final
+        receipt: those are the parts an interrupted attempt got accepted, and the rest are to come.
+        """
         ids = sorted(set(message_ids))
         if not ids:
             return
