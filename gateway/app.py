@@ -214,7 +214,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         wake_webhooks,
         fast_path=webhooks,
     )
-    receipts = ReceiptApplier(sessions, base_url, wake_webhooks)
+    receipts = ReceiptApplier(sessions, base_url, wake_webhooks, observer=app[METRICS])
     client = SmppClient(
         SmppClientConfig(
             host=cfg.smpp.host,

@@ -47,3 +47,8 @@ async def test_metrics_reflect_traffic(
     assert value(text, "gateway_smpp_bound") == 1
     assert value(text, "gateway_sms_queue_depth") == 0 and value(text, "gateway_db_up") == 1
     assert 'route="/sms/messages/"' in text
+    # DLR latency: one observation per message settled by its receipt.
+    assert value(text, "gateway_sms_settled_total", '{status="DELIVERED"}') == 3
+    assert value(text, "gateway_sms_delivery_seconds_count") == 3
+    assert value(text, "gateway_sms_delivery_seconds_bucket", '{le="+Inf"}') == 3
+    assert 0 <= value(text, "gateway_sms_delivery_seconds_sum") < 3 * 60

@@ -7,6 +7,7 @@ process started; rates are PromQL's job, e.g.
     rate(gateway_sms_submits_total{result="ok"}[5m])          submits/s accepted by the SMSC
     rate(gateway_sms_receipts_total[5m])                      DLRs/s
     histogram_quantile(0.99, rate(gateway_sms_submit_seconds_bucket[5m]))
+    histogram_quantile(0.5, rate(gateway_sms_delivery_seconds_bucket[5m]))    median DLR latency
 
 What is exposed:
 
@@ -16,6 +17,8 @@ What is exposed:
     gateway_sms_submits_total{result}        counter  submit_sm outcomes: ok | error
     gateway_sms_submit_seconds               histogram  submit_sm -> submit_sm_resp (all parts)
     gateway_sms_receipts_total{state}        counter  DLRs: DELIVERED | FAILED | PENDING | OTHER
+    gateway_sms_delivery_seconds             histogram  accepted by the SMSC -> final status (DLR latency)
+    gateway_sms_settled_total{status}        counter  messages settled by receipts: DELIVERED | FAIL
     gateway_sms_mo_total                     counter  MO deliver_sm received (parts, before reassembly)
     gateway_webhook_posts_total{code}        counter  webhook POSTs by answer: 2xx 3xx 4xx 5xx error
     gateway_smpp_bound                       gauge    1 while the SMPP transceiver is bound
@@ -50,6 +53,7 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SUBMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DELIVERY_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0, 86400.0)
 RECEIPT_STATES = ("DELIVERED", "FAILED", "PENDING")
 DB_TIMEOUT = 5.0
 UNMATCHED = "(unmatched)"  # requests no route matched: one label value, not one per probed URL
@@ -193,6 +197,14 @@ class Metrics:
             "gateway_sms_submit_seconds", "Time from submit_sm to the last submit_sm_resp.", SUBMIT_BUCKETS
         )
         self.receipts = Counter("gateway_sms_receipts_total", "Delivery receipts received.", ["state"])
+        self.delivery_seconds = Histogram(
+            "gateway_sms_delivery_seconds",
+            "Time from the SMSC accepting a message to its final status (receipts).",
+            DELIVERY_BUCKETS,
+        )
+        self.settled_total = Counter(
+            "gateway_sms_settled_total", "Messages brought to a final status by receipts.", ["status"]
+        )
         self.mos = Counter(
             "gateway_sms_mo_total", "Mobile-originated deliver_sm received (each part of a long MO counts)."
         )
@@ -216,6 +228,12 @@ class Metrics:
     def receipt(self, state: str = "") -> None:
         """A delivery receipt arrived; state is smpp.types.ReceiptState's value."""
         self.receipts.inc(state if state in RECEIPT_STATES else "OTHER")
+
+    def settled(self, status: str, seconds: float | None) -> None:
+        """A message reached its final status (DELIVERED or FAIL) from its receipts."""
+        self.settled_total.inc(status if status in ("DELIVERED", "FAIL") else "OTHER")
+        if seconds is not None:
+            self.delivery_seconds.observe(max(0.0, seconds))
 
     def mo(self) -> None:
         self.mos.inc()
@@ -254,6 +272,8 @@ class Metrics:
             *self.submits.lines(),
             *self.submit_seconds.lines(),
             *self.receipts.lines(),
+            *self.delivery_seconds.lines(),
+            *self.settled_total.lines(),
             *self.mos.lines(),
             *self.webhooks.lines(),
             *self.bound.lines_for(1 if bound else 0),

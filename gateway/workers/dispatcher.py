@@ -249,7 +249,7 @@ class Dispatcher:
                 if outbox.written(s):
                     self._wake_webhooks()
                 _log_outcomes(outcomes)
-                log_settled(s)
+                log_settled(s, self._observer)
                 return
             except Exception:
                 # The SMSC already has these; losing the write would resend them, so insist.

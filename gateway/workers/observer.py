@@ -11,6 +11,8 @@ class Observer(Protocol):
 
     def receipt(self, state: str = "") -> None: ...
 
+    def settled(self, status: str, seconds: float | None) -> None: ...
+
     def mo(self) -> None: ...
 
     def webhook(self, status_code: int | None) -> None: ...
@@ -27,6 +29,9 @@ class NullObserver:
         pass
 
     def receipt(self, state: str = "") -> None:
+        pass
+
+    def settled(self, status: str, seconds: float | None) -> None:
         pass
 
     def mo(self) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.db.group_commit import GroupCommitter
 from gateway.db.models import Message, MessagePart, OrphanReceipt
 from gateway.services import outbox
+from gateway.workers.observer import NullObserver, Observer
 from gateway.workers.status import enqueue_status_callback
 from smpp.dlr import candidate_ids, normalize_id
 from smpp.types import DeliveryReceipt, ReceiptState
@@ -29,10 +30,12 @@ SWEEP_BATCH = 1000  # orphans looked at per sweep, newest first
 _SETTLED = "settled_messages"
 
 
-def log_settled(s: AsyncSession) -> None:
-    """After the commit: one line per message a receipt brought to its final status."""
-    for msgid, status in s.info.pop(_SETTLED, ()):
-        log.info("final status %s", status, extra={"msgid": msgid, "status": status})
+def log_settled(s: AsyncSession, observer: Observer) -> None:
+    """After the commit: one line per message a receipt brought to its final status, and its
+    time from the SMSC's acceptance to that status for the delivery-latency histogram."""
+    for msgid, status, seconds in s.info.pop(_SETTLED, ()):
+        observer.settled(status, seconds)
+        log.info("final status %s", status, extra={"msgid": msgid, "status": status, "seconds": seconds})
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,9 @@ class ReceiptApplier:
         sessions: async_sessionmaker[AsyncSession],
         base_url: str,
         wake_webhooks: Callable[[], None] = lambda: None,
+        observer: Observer | None = None,
     ) -> None:
+        self.observer: Observer = observer or NullObserver()
         self._sessions = sessions
         self._base_url = base_url
         self._wake_webhooks = wake_webhooks
@@ -74,7 +79,7 @@ class ReceiptApplier:
             )
         if outbox.written(s):
             self._wake_webhooks()
-        log_settled(s)
+        log_settled(s, self.observer)
 
     async def _apply(self, s: AsyncSession, pending: Sequence[_Pending], now: datetime) -> list[_Pending]:
         """Apply receipts to their parts; settle the messages; return the receipts that matched nothing."""
@@ -137,11 +142,12 @@ class ReceiptApplier:
                     update(Message)
                     .where(Message.id.in_(mids), Message.status == "DELIVERING")
                     .values(status=final, done_at=now)
-                    .returning(Message.id, Message.msgid)
+                    .returning(Message.id, Message.msgid, Message.sent_time)
                 )
-                for mid, msgid in res:
+                for mid, msgid, sent in res:
                     changed.append(mid)
-                    s.info.setdefault(_SETTLED, []).append((msgid, final))
+                    seconds = round(max(0.0, (now - sent).total_seconds()), 3) if sent else None
+                    s.info.setdefault(_SETTLED, []).append((msgid, final, seconds))
         if changed:
             msgs = (
                 await s.execute(
@@ -171,7 +177,7 @@ class ReceiptApplier:
             await s.execute(delete(OrphanReceipt).where(OrphanReceipt.received_at < now - ORPHAN_MAX_AGE))
         if outbox.written(s):
             self._wake_webhooks()
-        log_settled(s)
+        log_settled(s, self.observer)
 
     async def _adopt(self, s: AsyncSession, query: Any, now: datetime) -> None:
         orphans = [_Pending(o.smsc_id, o.state, o.stat, o.id) for o in (await s.execute(query)).scalars()]
