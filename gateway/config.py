@@ -73,9 +73,9 @@ class WebhookConfig:
     timeout: float = 10.0
     first_retry_seconds: float = 5.0
     give_up_after_seconds: float = 23 * 3600.0
-    # Deliveries run in `loops` independent loops, each keeping up to `batch_size` POSTs in
-    # flight and recording each as it ends: a receiver that hangs until `timeout` holds one
-    # slot, not the deliveries claimed with it.
+    # Deliveries run in `loops` independent loops of up to `batch_size` POSTs in flight; a POST
+    # still running 1 s into its round keeps its slot while the loop goes on, so a receiver that
+    # hangs until `timeout` does not hold up the deliveries claimed with it.
     batch_size: int = 10
     loops: int = 4
     poll_interval: float = 1.0

@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 # A SIN webhook may answer 200 with a text/plain body: that text is sent back as the reply.
 ReplyHook = Callable[[str, str], Awaitable[None]]
 MAX_REPLY_CHARS = 1600
-MAX_RETRY_AFTER = 3600.0  # seconds of a receiver's Retry-After that are honoured
+MAX_RETRY_AFTER = 3600.0
+# How long a round of POSTs waits for its slowest before recording the rest and moving on.
+STRAGGLER_WAIT = 1.0  # seconds of a receiver's Retry-After that are honoured
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 
@@ -178,10 +180,13 @@ class WebhookSender:
         await asyncio.gather(*(self._loop() for _ in range(self._loops)))
 
     async def _loop(self) -> None:
-        """Keeps up to batch_size POSTs in flight and records each as it ends: a receiver that
-        hangs until the timeout holds one slot, not the deliveries claimed alongside it."""
+        """Rounds of up to batch_size POSTs, each recorded in one write when the round ends, as
+        long as receivers answer promptly. A POST still running STRAGGLER_WAIT into its round
+        is left in flight, holding one slot, and is recorded when it ends: a receiver that hangs
+        until the timeout does not hold up the deliveries claimed alongside it."""
         in_flight: set[asyncio.Task[Result]] = set()
         while in_flight or not self.lifecycle.stopping:
+            new: set[asyncio.Task[Result]] = set()
             free = self._batch - len(in_flight)
             if free > 0 and not self.lifecycle.stopping:
                 try:
@@ -189,20 +194,23 @@ class WebhookSender:
                 except Exception:
                     log.exception("claiming webhooks failed; retrying")
                     jobs = []
-                in_flight.update(asyncio.create_task(self._post(j)) for j in jobs)
+                new = {asyncio.create_task(self._post(j)) for j in jobs}
+                in_flight |= new
             if not in_flight:
                 await self.lifecycle.idle(self._poll)
                 continue
-            # Wake for the first POST to end, or (with a free slot) for new work.
-            free = self._batch - len(in_flight)
-            waiter = None
-            if free > 0 and not self.lifecycle.stopping:
-                waiter = asyncio.create_task(self.lifecycle.idle(self._poll))
-            await asyncio.wait(
-                [*in_flight, *([waiter] if waiter else [])], return_when=asyncio.FIRST_COMPLETED
-            )
-            if waiter is not None and not waiter.done():
-                waiter.cancel()
+            if new:
+                await asyncio.wait(new, timeout=STRAGGLER_WAIT)
+            else:
+                # Only stragglers: wake when one ends, or (with a free slot) for new work.
+                waiter = None
+                if free > 0 and not self.lifecycle.stopping:
+                    waiter = asyncio.create_task(self.lifecycle.idle(self._poll))
+                await asyncio.wait(
+                    [*in_flight, *([waiter] if waiter else [])], return_when=asyncio.FIRST_COMPLETED
+                )
+                if waiter is not None and not waiter.done():
+                    waiter.cancel()
             finished = [t for t in in_flight if t.done()]
             if not finished:
                 continue
