@@ -29,6 +29,7 @@ import importlib
 import inspect
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -208,6 +209,11 @@ def main() -> int:
     finally:
         with contextlib.suppress(OSError, ValueError):
             stdout.flush()
+        # The call is over; Asterisk may still send the SIGHUP for the hangup we asked for.
+        # Python puts its own handlers back to the default (terminate) while shutting down, so
+        # a late SIGHUP would kill the script with a signal instead of its exit status; an
+        # ignored signal stays ignored.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
