@@ -47,10 +47,6 @@ def log_context(**fields: object) -> Iterator[None]:
         _CONTEXT.reset(token)
 
 
-def current_context() -> Mapping[str, str]:
-    return _CONTEXT.get()
-
-
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The record's fields: the bound context, then its own `extra=` keys (which win)."""
     fields: dict[str, Any] = dict(getattr(record, "context", None) or {})

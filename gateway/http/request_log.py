@@ -21,15 +21,11 @@ from gateway.logs import log_context
 HEADER = "X-Request-ID"
 _SANE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
-REQUEST_ID = web.RequestKey("request_id", str)
-
-
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     given = request.headers.get(HEADER, "")
     # Anything else could forge log fields or lines, so it is replaced, not cleaned.
     request_id = given if _SANE.fullmatch(given) else uuid.uuid4().hex[:16]
-    request[REQUEST_ID] = request_id
     with log_context(request_id=request_id):
         try:
             response = await handler(request)
