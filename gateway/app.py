@@ -8,6 +8,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 
 import aiohttp
 from aiohttp import web
@@ -298,21 +299,16 @@ async def _voice(app: web.Application) -> AsyncIterator[None]:
             )
             await server.start()
             app[FASTAGI] = server  # the server logs where it listens
+        sweeps = Lifecycle()
         sweeper = asyncio.create_task(
-            _forever("abandoned call sweep", lambda: _sweep_calls(calls, cfg.max_call_seconds)),
+            _every(sweeps, 60.0, "call sweep", partial(calls.sweep_abandoned, cfg.max_call_seconds)),
             name="call-sweep",
         )
         yield
-        sweeper.cancel()
-        await asyncio.gather(sweeper, return_exceptions=True)
+        sweeps.request_stop()
+        await sweeper
         if server is not None:
             await server.stop()
-
-
-async def _sweep_calls(calls: CallService, max_call_seconds: float) -> None:
-    while True:
-        await calls.sweep_abandoned(max_call_seconds)
-        await asyncio.sleep(60)
 
 
 async def _forever(what: str, fn: Callable[[], Awaitable[None]]) -> None:
@@ -328,7 +324,9 @@ async def _forever(what: str, fn: Callable[[], Awaitable[None]]) -> None:
             await asyncio.sleep(1)
 
 
-async def _every(lifecycle: Lifecycle, seconds: float, what: str, fn: Callable[[], Awaitable[None]]) -> None:
+async def _every(
+    lifecycle: Lifecycle, seconds: float, what: str, fn: Callable[[], Awaitable[object]]
+) -> None:
     while not lifecycle.stopping:
         await lifecycle.idle(seconds)
         if lifecycle.stopping:
