@@ -4,6 +4,7 @@ gateway server on a loopback port wired to an SMSC peer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import tempfile
@@ -98,6 +99,19 @@ async def clean_db(db_url: str) -> str:
 
 def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": aiohttp.encode_basic_auth(user, password)}
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[str]:
+    """`app` on a free loopback port for the block; yields its base URL (http://127.0.0.1:<port>)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
 
 
 def free_port() -> int:

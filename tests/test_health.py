@@ -8,7 +8,7 @@ from aiohttp import web
 from gateway.db.engine import create_engine, session_factory
 from gateway.http import routes_public
 from gateway.keys import SESSIONS
-from tests.conftest import Gateway, free_port
+from tests.conftest import Gateway, free_port, serve_app
 
 
 async def test_ready_and_live_on_a_running_gateway(gateway: Gateway, http: aiohttp.ClientSession) -> None:
@@ -24,17 +24,12 @@ async def test_not_ready_while_the_database_does_not_answer(http: aiohttp.Client
     app = web.Application()
     app[SESSIONS] = session_factory(engine)
     app.add_routes(routes_public.routes)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
-            assert r.status == 503
-            assert (await r.json())["detail"].startswith("Not ready: the database")
-        async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
-            assert r.status == 200  # alive all the same: restarting would not bring the database back
+        async with serve_app(app) as base_url:
+            async with http.get(f"{base_url}/readyz") as r:
+                assert r.status == 503
+                assert (await r.json())["detail"].startswith("Not ready: the database")
+            async with http.get(f"{base_url}/healthz") as r:
+                assert r.status == 200  # alive all the same: restarting would not bring the database back
     finally:
-        await runner.cleanup()
         await engine.dispose()

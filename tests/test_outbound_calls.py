@@ -38,7 +38,7 @@ from gateway.voice.media import MediaCache
 from gateway.voice.outbound import OutboundCalls, OutboundSettings, agi_router, outbound_cleanup_ctx
 from gateway.voice.ssrf import SsrfPolicy
 from gateway.voice.tts import EspeakSpeech
-from tests.conftest import Gateway, gateway_config, wait_for
+from tests.conftest import Gateway, gateway_config, serve_app, wait_for
 from tests.peers.ami_server import AmiServer, Plan
 from tests.peers.asterisk_agi import CallScenario, fastagi_call
 from tests.test_callbacks_links import verify
@@ -69,13 +69,9 @@ async def media() -> AsyncIterator[MediaServer]:
 
     app = web.Application()
     app.router.add_get("/greeting.wav", greeting)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    srv.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/greeting.wav"  # type: ignore[union-attr]
-    yield srv
-    await runner.cleanup()
+    async with serve_app(app) as base_url:
+        srv.url = f"{base_url}/greeting.wav"
+        yield srv
 
 
 @asynccontextmanager

@@ -46,7 +46,7 @@ from gateway.keys import NUMBERS, TEMPLATES
 from gateway.services.accounts import NewCredentials
 from gateway.services.number_import import parse_numbers_csv
 from smpp.encoding import decode_short_message, encode_gsm7
-from tests.conftest import Gateway, basic, gateway_config, start_gateway, wait_for
+from tests.conftest import Gateway, basic, gateway_config, serve_app, start_gateway, wait_for
 from tests.peers.ami_server import AmiServer
 from tests.peers.asterisk_agi import CallScenario, fastagi_call
 from tests.webhook_receiver import Hit, Receiver
@@ -294,12 +294,8 @@ async def actions() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/actions", script)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/actions"  # type: ignore[union-attr]
-    await runner.cleanup()
+    async with serve_app(app) as base_url:
+        yield f"{base_url}/actions"
 
 
 @pytest_asyncio.fixture
@@ -671,13 +667,8 @@ async def gate() -> AsyncIterator[Gate]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    g.base_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-    yield g
-    await runner.cleanup()
+    async with serve_app(app) as g.base_url:
+        yield g
 
 
 async def texts_to(peer: Any, number: str) -> list[tuple[str, str]]:

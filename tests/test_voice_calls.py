@@ -25,7 +25,7 @@ from gateway.db.models import Call
 from gateway.keys import NUMBERS, SESSIONS
 from gateway.services.accounts import NewCredentials
 from gateway.services.number_import import parse_numbers_csv
-from tests.conftest import Gateway, wait_for
+from tests.conftest import Gateway, serve_app, wait_for
 from tests.peers.asterisk_agi import CallScenario, fastagi_call
 from tests.webhook_receiver import Receiver
 
@@ -77,13 +77,8 @@ async def action_server() -> AsyncIterator[ActionServer]:
     app = web.Application()
     app.router.add_get("/actions", actions)
     app.router.add_get("/greeting.wav", media)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    srv.base_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-    yield srv
-    await runner.cleanup()
+    async with serve_app(app) as srv.base_url:
+        yield srv
 
 
 @dataclass
@@ -306,56 +301,51 @@ async def test_calls_abandoned_by_a_dead_node_are_swept_but_live_ones_are_not(
 
     app = web.Application()
     app.router.add_get("/actions", held_script)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        din = await subscribe(gateway, http, f"http://127.0.0.1:{port}/actions")
-        now = datetime.now(UTC)
-        async with gateway.app[SESSIONS].begin() as s:
-            # Seen from `later`, four hours on: 5 h old (abandoned) and 3 h old (may still run).
-            hour = timedelta(hours=1)
-            for uid, started in (("deadnode0", now - hour), ("recent000", now + hour)):
-                s.add(
-                    Call(
-                        uid=uid,
-                        account_id=din.creds.account.id,
-                        direction="inbound",
-                        caller=CALLER,
-                        recipient=DIN,
-                        status="IN_PROGRESS",
-                        started_at=started,
-                        actions="[]",
+    async with serve_app(app) as base_url:
+        try:
+            din = await subscribe(gateway, http, f"{base_url}/actions")
+            now = datetime.now(UTC)
+            async with gateway.app[SESSIONS].begin() as s:
+                # Seen from `later`, four hours on: 5 h old (abandoned) and 3 h old (may still run).
+                hour = timedelta(hours=1)
+                for uid, started in (("deadnode0", now - hour), ("recent000", now + hour)):
+                    s.add(
+                        Call(
+                            uid=uid,
+                            account_id=din.creds.account.id,
+                            direction="inbound",
+                            caller=CALLER,
+                            recipient=DIN,
+                            status="IN_PROGRESS",
+                            started_at=started,
+                            actions="[]",
+                        )
                     )
-                )
-        live = asyncio.create_task(call(gateway))
+            live = asyncio.create_task(call(gateway))
 
-        async def live_in_progress() -> bool:
-            return gateway.app[CALLS].in_progress == 1
+            async def live_in_progress() -> bool:
+                return gateway.app[CALLS].in_progress == 1
 
-        await wait_for(live_in_progress)
-        calls = gateway.app[CALLS]
-        later = now + timedelta(hours=4, minutes=1)  # the live call looks abandoned by then too
-        assert await calls.sweep_abandoned(4 * 3600, now=later) == 1
-        release.set()
-        await live
+            await wait_for(live_in_progress)
+            calls = gateway.app[CALLS]
+            later = now + timedelta(hours=4, minutes=1)  # the live call looks abandoned by then too
+            assert await calls.sweep_abandoned(4 * 3600, now=later) == 1
+            release.set()
+            await live
 
-        async def live_recorded() -> dict[str, Any] | None:
-            async with http.get(f"{gateway.base_url}/voice/calls/", headers=gateway.auth(din.creds)) as r:
-                got = {c["callid"]: c for c in await r.json()}
-            ended = sum(c["end_time"] is not None for c in got.values())
-            return got if len(got) == 3 and ended == 2 else None
+            async def live_recorded() -> dict[str, Any] | None:
+                async with http.get(f"{gateway.base_url}/voice/calls/", headers=gateway.auth(din.creds)) as r:
+                    got = {c["callid"]: c for c in await r.json()}
+                ended = sum(c["end_time"] is not None for c in got.values())
+                return got if len(got) == 3 and ended == 2 else None
 
-        rows = await wait_for(live_recorded)
-        dead = rows["deadnode0"]
-        assert dead["status"] == "FAILED" and "duration unknown" in dead["error"]
-        assert dead["duration"] == 0 and dead["cost"] == 0
-        assert rows["recent000"]["status"] == "IN_PROGRESS" and rows["recent000"]["end_time"] is None
-        [live_rec] = [r for uid, r in rows.items() if uid not in ("deadnode0", "recent000")]
-        assert live_rec["status"] == "COMPLETED" and live_rec["duration"] >= 0
-        assert await calls.sweep_abandoned(4 * 3600, now=later) == 0
-    finally:
-        release.set()
-        await runner.cleanup()
+            rows = await wait_for(live_recorded)
+            dead = rows["deadnode0"]
+            assert dead["status"] == "FAILED" and "duration unknown" in dead["error"]
+            assert dead["duration"] == 0 and dead["cost"] == 0
+            assert rows["recent000"]["status"] == "IN_PROGRESS" and rows["recent000"]["end_time"] is None
+            [live_rec] = [r for uid, r in rows.items() if uid not in ("deadnode0", "recent000")]
+            assert live_rec["status"] == "COMPLETED" and live_rec["duration"] >= 0
+            assert await calls.sweep_abandoned(4 * 3600, now=later) == 0
+        finally:
+            release.set()

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import pytest_asyncio
 from aiohttp import web
 
+from tests.conftest import serve_app
+
 
 @dataclass
 class Hit:
@@ -48,11 +50,5 @@ async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", rec.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    rec.base_url = f"http://127.0.0.1:{port}"
-    yield rec
-    await runner.cleanup()
+    async with serve_app(app) as rec.base_url:
+        yield rec
