@@ -39,7 +39,14 @@ from gateway.db.models import Account, Number, NumberSubscription
 # VOIP (Japan's ordinary 050 numbers) and VOICEMAIL, which are billed like normal calls.
 DEFAULT_DENY_NUMBER_TYPES = "PREMIUM_RATE,SHARED_COST,UAN,PERSONAL_NUMBER,PAGER,UNKNOWN"
 _TYPES = {name: value for name, value in vars(PhoneNumberType).items() if name.isupper()}
-_TYPE_NAMES = {value: name.lower().replace("_", " ") for name, value in _TYPES.items()}
+_NAMES = {value: name for name, value in _TYPES.items()}
+_DESCRIBED = {
+    PhoneNumberType.PREMIUM_RATE: "a premium-rate number",
+    PhoneNumberType.SHARED_COST: "a shared-cost number",
+    PhoneNumberType.UAN: "a universal access (UAN) number",
+    PhoneNumberType.PERSONAL_NUMBER: "a personal number",
+    PhoneNumberType.UNKNOWN: "not in any range known to be allocated",
+}
 MAX_PREFIX_DIGITS = 15
 
 
@@ -103,7 +110,7 @@ class DialPolicy:
         except phonenumbers.NumberParseException:
             kind = PhoneNumberType.UNKNOWN
         if kind in self.deny_types:
-            return f"is a {_TYPE_NAMES.get(kind, 'denied')} number"
+            return "is " + _DESCRIBED.get(kind, f"a {_NAMES[kind].lower().replace('_', ' ')} number")
         return None
 
 
