@@ -160,3 +160,51 @@ async def test_call_limits_hold_across_two_nodes(clean_db: str, sim_smsc: Any) -
         for gw in nodes:
             await gw.runner.cleanup()
         await ami.close()
+
+
+async def test_a_destination_without_a_price_is_refused(clean_db: str, sim_smsc: Any) -> None:
+    """The operator widened an account to +44 but priced only +81: a GB call would be billed
+    0, so it is refused like any other destination the account may not call."""
+    ami = AmiServer(secret="s3cret")
+    await ami.start()
+    cfg = gateway_config(
+        clean_db,
+        sim_smsc.host,
+        sim_smsc.port,
+        voice__ami_enabled=True,
+        voice__ami_port=ami.port,
+        voice__ami_secret="s3cret",
+        voice__outbound_prices={"81": 3.0},
+    )
+    gw = await start_gateway(cfg)
+    try:
+        creds = await gw.account()
+        await hold_din(gw, creds, "+81312345678")
+        await update_rights(gw.app[SESSIONS], creds.account.sid, {"outbound_allow_prefixes": "+81,+44"})
+
+        async def connected() -> bool:
+            return bool(gw.app[OUTBOUND].ami.connected)
+
+        await wait_for(connected)
+        ami.plan(Plan(outcome="busy"))
+        answers = []
+        async with aiohttp.ClientSession() as http:
+            for recipient in ("+447400123456", "+819012345678"):  # GB mobile, JP mobile
+                fields = {
+                    "caller": "+81312345678",
+                    "recipient": recipient,
+                    "tts_message": "Hi",
+                    "tts_lang": "en",
+                }
+                async with http.post(
+                    f"{gw.base_url}/voice/simple/playbacks/", data=fields, headers=gw.auth(creds)
+                ) as r:
+                    answers.append((r.status, await r.json()))
+        (gb, gb_body), (jp, _) = answers
+        assert gb == 400 and set(gb_body) == {"recipient"} and "no price" in gb_body["recipient"][0]
+        assert jp == 201
+        [originate] = ami.named("Originate")
+        assert originate.get("Channel") == "PJSIP/+819012345678@trunk"
+    finally:
+        await gw.runner.cleanup()
+        await ami.close()

@@ -311,6 +311,8 @@ class OutboundCalls:
     def _check(self, rights: DialRights | None, account_id: int, caller: str, recipient: str) -> None:
         errors: dict[str, list[str]] = {}
         problem = self._policy.refusal(recipient, rights.allow_prefixes if rights else ())
+        if problem is None and not self._prices.covers(recipient):
+            problem = "has no price on this gateway"  # it would be billed 0
         if problem is not None:
             errors["recipient"] = [f"This account may not call {recipient}: it {problem}."]
         if rights is None or caller not in rights.callers:
