@@ -34,6 +34,7 @@ from gateway.http.request_log import request_id_middleware
 from gateway.http.routes_outbound import OUTBOUND
 from gateway.keys import ACCOUNTS, CONFIG, ENGINE, INBOUND, LINKS, MESSAGES, NUMBERS, SESSIONS, TEMPLATES
 from gateway.services.accounts import AccountService
+from gateway.services.dialing import DialPolicy
 from gateway.services.inbound import InboundService, KeywordReplies
 from gateway.services.messages import MessageService
 from gateway.services.numbers import NumberService
@@ -43,7 +44,7 @@ from gateway.services.tracking import LinkTracker
 from gateway.voice.assembly import call_service
 from gateway.voice.calls import CallService
 from gateway.voice.fastagi import FastAgiServer
-from gateway.voice.outbound import OutboundSettings, agi_router, outbound_cleanup_ctx
+from gateway.voice.outbound import OutboundSettings, agi_router, outbound_cleanup_ctx, price_table_problem
 from gateway.workers.dispatcher import Dispatcher
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.receipts import ReceiptApplier
@@ -88,6 +89,7 @@ def create_app(config: Config) -> web.Application:
         )
     except ValueError as exc:
         raise ConfigError(f"ratelimit: {exc}") from None
+    _check_dialing(config)
     app.add_routes(openapi.routes)
     if config.metrics.enabled:
         app.add_routes(metrics.routes)
@@ -116,6 +118,10 @@ def create_app(config: Config) -> web.Application:
                     trunk=v.trunk,
                     ring_timeout=v.outbound_ring_timeout,
                     prices=v.outbound_prices,
+                    allow_prefixes=v.outbound_allow_prefixes,
+                    deny_number_types=v.deny_number_types,
+                    max_concurrent=v.outbound_max_concurrent,
+                    max_per_minute=v.outbound_max_per_minute,
                     max_call_seconds=v.max_call_seconds,
                 ),
                 lambda app: app[CALLS].executor,
@@ -123,6 +129,24 @@ def create_app(config: Config) -> web.Application:
             )
         )
     return app
+
+
+def _check_dialing(config: Config) -> None:
+    """The toll-fraud settings, checked before anything starts."""
+    v = config.voice
+    try:
+        DialPolicy.parse(v.outbound_allow_prefixes, v.deny_number_types)
+        DialPolicy.parse(v.transfer_allow_prefixes, v.deny_number_types)
+    except ValueError as exc:
+        raise ConfigError(f"voice: {exc}") from None
+    if v.outbound_max_concurrent < 0 or v.outbound_max_per_minute < 0:
+        raise ConfigError("voice.outbound_max_concurrent and outbound_max_per_minute must be >= 0")
+    if v.ami_enabled and (problem := price_table_problem(v.outbound_prices)) is not None:
+        raise ConfigError(
+            f"voice.ami_enabled is true but {problem}: outbound calls would not be billed. "
+            "Set a price per minute for every prefix calls may reach, e.g. [voice.outbound_prices] "
+            '"81" = 3.0'
+        )
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

@@ -20,6 +20,7 @@ from gateway.db import migrate
 from gateway.db.engine import create_engine, is_sqlite, session_factory
 from gateway.http.errors import ApiError
 from gateway.services.accounts import AccountService
+from gateway.services.dialing import RIGHTS_COLUMNS, is_phone_number, parse_prefixes, update_rights
 from gateway.services.templates import TemplateService
 
 T = TypeVar("T")
@@ -81,11 +82,61 @@ def cmd_accounts(config: Config, args: argparse.Namespace) -> int:
             if info is None:
                 print(f"no account {args.sid}", file=sys.stderr)
                 return 1
-            _print({"sid": info.sid, "freeform": info.freeform, "webhook_secret": info.webhook_secret})
+            rights = await _update_dialing(config, args)
+            _print(
+                {"sid": info.sid, "freeform": info.freeform, "webhook_secret": info.webhook_secret, **rights}
+            )
             return 0
         raise AssertionError(args.action)
 
     return _with_services(config, go)
+
+
+DEFAULT = "default"  # `accounts set --outbound-...=default`: back to the global setting
+
+
+def _prefixes_arg(value: str) -> str:
+    if value == DEFAULT:
+        return value
+    try:
+        return ",".join(parse_prefixes(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _limit_arg(value: str) -> str | int:
+    if value == DEFAULT:
+        return value
+    if not (value.isascii() and value.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or {DEFAULT!r}, got {value!r}")
+    return int(value)
+
+
+def _caller_arg(value: str) -> str:
+    if not is_phone_number(value):
+        raise argparse.ArgumentTypeError(f"expected a valid E.164 number, e.g. +81312345678, got {value!r}")
+    return value
+
+
+async def _update_dialing(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """The account's toll-fraud overrides (gateway/services/dialing.py)."""
+    columns = {
+        name: None if value == DEFAULT else value
+        for name in RIGHTS_COLUMNS
+        if (value := getattr(args, name)) is not None
+    }
+    engine = create_engine(config.database.url)
+    try:
+        rights = await update_rights(
+            session_factory(engine),
+            args.sid,
+            columns,
+            args.add_verified_caller or (),
+            args.remove_verified_caller or (),
+        )
+    finally:
+        await engine.dispose()
+    return rights or {}
 
 
 def cmd_templates(config: Config, args: argparse.Namespace) -> int:
@@ -184,6 +235,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from gateway.app import create_app
     from gateway.http.request_log import AccessLogger, access_logger
 
+    app = create_app(config)  # first: a configuration it refuses touches nothing
     if config.database.migrate_on_start:
         migrate.upgrade(config.database.url)
     if config.simulator.enabled and is_sqlite(config.database.url):
@@ -191,7 +243,6 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     # SQLite work runs on aiosqlite's thread; with the default 5 ms GIL switch interval every
     # statement can wait that long behind a busy event loop (seen as p99 API latency x3).
     sys.setswitchinterval(0.0005)
-    app = create_app(config)
     web.run_app(
         app,
         host=config.http.host,
@@ -266,6 +317,30 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("sid")
     st.add_argument("--freeform", action=argparse.BooleanOptionalAction, default=None)
     st.add_argument("--webhook-secret")
+    st.add_argument(
+        "--outbound-allow-prefixes",
+        dest="outbound_allow_prefixes",
+        type=_prefixes_arg,
+        metavar="PREFIXES",
+        help='E.164 prefixes this account may call or transfer to, e.g. "+81,+1"; "" none; '
+        f'"{DEFAULT}" the global voice.outbound_allow_prefixes / transfer_allow_prefixes',
+    )
+    for limit in ("concurrent", "per_minute"):
+        st.add_argument(
+            f"--outbound-max-{limit.replace('_', '-')}",
+            dest=f"outbound_max_{limit}",
+            type=_limit_arg,
+            metavar="N",
+            help=f'this account\'s limit (0: no outbound calls); "{DEFAULT}" voice.outbound_max_{limit}',
+        )
+    st.add_argument(
+        "--add-verified-caller",
+        action="append",
+        type=_caller_arg,
+        metavar="E164",
+        help="a caller id this account may show besides its DINs (checked by you); repeatable",
+    )
+    st.add_argument("--remove-verified-caller", action="append", metavar="E164", help="repeatable")
     for name in ("create", "list", "rotate-token", "set"):
         acc.choices[name].set_defaults(fn=cmd_accounts)
 
@@ -307,7 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    result: int = args.fn(config, args)
+    try:
+        result: int = args.fn(config, args)
+    except ConfigError as exc:  # e.g. `run` with settings the app refuses (create_app)
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
     return result
 
 

@@ -121,6 +121,9 @@ class VoiceConfig:
     dial_timeout: int = 30
     # Comma-separated E.164 prefixes transfers may reach (toll-fraud guard); "" = none allowed.
     transfer_allow_prefixes: str = "+81"
+    # phonenumbers number types no transfer or outbound call may reach, whatever the prefix
+    # (why these: gateway/services/dialing.py).
+    deny_number_types: str = "PREMIUM_RATE,SHARED_COST,UAN,PERSONAL_NUMBER,PAGER,UNKNOWN"
     voicemail_max_seconds: int = 120
     voicemail_silence_seconds: int = 5
     # A call still IN_PROGRESS this long after it started, and not handled by a live process of
@@ -135,8 +138,17 @@ class VoiceConfig:
     ami_username: str = "gateway"
     ami_secret: str = ""
     outbound_ring_timeout: float = 30.0
-    # Price per started minute of an outbound call, by recipient prefix (longest wins).
-    outbound_prices: dict[str, float] = field(default_factory=lambda: {"": 0.0})
+    # Price per started minute of an outbound call, by recipient prefix (longest wins). Required
+    # with ami_enabled: empty or all-zero refuses to start (the calls would be free to tenants).
+    outbound_prices: dict[str, float] = field(default_factory=dict)
+    # Comma-separated E.164 prefixes outbound calls may reach: the home market only, so premium
+    # international destinations need the operator's decision; "" = none. Per account:
+    # `gateway accounts set <sid> --outbound-allow-prefixes` (also replaces transfer_allow_prefixes).
+    outbound_allow_prefixes: str = "+81"
+    # Per account (overridable with `gateway accounts set`), across every node: outbound calls
+    # not ended yet, and outbound calls placed in the last 60 s. Over either: 429.
+    outbound_max_concurrent: int = 10
+    outbound_max_per_minute: int = 30
 
 
 @dataclass

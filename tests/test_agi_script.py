@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from actions_dsl import parse
+from gateway.services.dialing import DialRights
 from gateway.voice.agi_protocol import UnsafeArgument
 from gateway.voice.executor import Executor
 from gateway.voice.interfaces import AgiChannel, AgiError, MediaError
@@ -59,7 +60,9 @@ async def script_hook(channel: AgiChannel) -> None:
             files = _ToneFiles(out / "files", fail="broken")
             (out / "vm").mkdir(exist_ok=True)
             executor = Executor(files, files, "trunk", 30, ("+81",), str(out / "vm"), 120, 5)
-            outcome = await executor.run(channel, parse(os.environ["DIN_AGI_TEST_SCRIPT"]))
+            # The call's account holds +81501234567 (the scripts' transfer --caller=).
+            rights = DialRights(account_id=1, callers=frozenset({"+81501234567"}))
+            outcome = await executor.run(channel, parse(os.environ["DIN_AGI_TEST_SCRIPT"]), rights)
             report["outcome"] = dataclasses.asdict(outcome)
         elif mode == "inject":
             refused = []

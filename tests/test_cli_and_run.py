@@ -54,6 +54,79 @@ async def test_account_and_template_commands(clean_db: str) -> None:
     assert code == 2 and "GATEWAY_SMPP_PORT" in err
 
 
+async def test_accounts_set_manages_the_toll_fraud_overrides(clean_db: str) -> None:
+    env = {"GATEWAY_DATABASE_URL": clean_db}
+    code, out, err = await run_cli(env, "accounts", "create", "--name", "acme")
+    assert code == 0, err
+    sid = json.loads(out)["sid"]
+    code, out, err = await run_cli(
+        env,
+        "accounts",
+        "set",
+        sid,
+        "--outbound-allow-prefixes",
+        "81, +1415",
+        "--outbound-max-concurrent",
+        "2",
+        "--outbound-max-per-minute",
+        "0",
+        "--add-verified-caller",
+        "+815012345678",
+        "--add-verified-caller",
+        "+81312345678",
+    )
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["outbound_allow_prefixes"] == "+81,+1415"
+    assert (shown["outbound_max_concurrent"], shown["outbound_max_per_minute"]) == (2, 0)
+    assert shown["verified_callers"] == ["+81312345678", "+815012345678"]
+    code, out, err = await run_cli(
+        env,
+        "accounts",
+        "set",
+        sid,
+        "--outbound-allow-prefixes",
+        "default",
+        "--outbound-max-concurrent",
+        "default",
+        "--remove-verified-caller",
+        "+81312345678",
+    )
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["outbound_allow_prefixes"] is None and shown["outbound_max_concurrent"] is None
+    assert shown["outbound_max_per_minute"] == 0 and shown["verified_callers"] == ["+815012345678"]
+    assert await _sql(
+        clean_db,
+        "SELECT outbound_allow_prefixes, outbound_max_concurrent, outbound_max_per_minute, "
+        "verified_callers FROM accounts",
+    ) == [(None, None, 0, "+815012345678")]
+    for bad in (
+        ["--add-verified-caller", "+8150"],
+        ["--add-verified-caller", "+81312345678\r\nx"],
+        ["--outbound-allow-prefixes", "+81,81x"],
+        ["--outbound-max-concurrent", "-1"],
+    ):
+        code, _, err = await run_cli(env, "accounts", "set", sid, *bad)
+        assert code == 2 and bad[0] in err, (bad, err)
+    code, _, err = await run_cli(env, "accounts", "set", "nope", "--outbound-max-concurrent", "1")
+    assert code == 1 and "no account" in err
+
+
+async def test_run_refuses_ami_without_a_price_table(tmp_path: Path) -> None:
+    env = {
+        "GATEWAY_VOICE_AMI_ENABLED": "true",
+        "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/gw.sqlite3",
+        "GATEWAY_HTTP_PORT": str(free_port()),
+        "GATEWAY_SMPP_PORT": str(free_port()),
+        "GATEWAY_VOICE_FASTAGI_PORT": str(free_port()),
+    }
+    code, _, err = await run_cli(env, "run", cwd=tmp_path)
+    assert code == 2 and "voice.outbound_prices is empty" in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "gw.sqlite3").exists()  # refused before touching anything
+
+
 async def _sql(url: str, query: str) -> list[Any]:
     from sqlalchemy import text
 

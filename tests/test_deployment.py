@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.app import create_app
 from gateway.config import load_config
 from tests.conftest import ROOT
 
@@ -108,6 +109,13 @@ def test_ami_user_secret_and_network(compose: dict[str, Any]) -> None:
     assert last(values, cfg.voice.ami_username, "secret") == cfg.voice.ami_secret
     assert last(values, "general", "enabled") == "yes"
     assert "5038" not in str(compose["services"]["asterisk"].get("ports", []))  # AMI stays inside
+
+
+def test_the_app_accepts_the_compose_configuration(compose: dict[str, Any]) -> None:
+    """create_app's start-up checks (AMI on needs a price table) pass on the shipped settings."""
+    cfg = gateway_config(compose)
+    assert cfg.voice.outbound_prices == {"81": 3.0}
+    create_app(cfg)
 
 
 def test_voice_volume_is_shared_by_one_uid(compose: dict[str, Any]) -> None:

@@ -18,10 +18,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import phonenumbers
 import pytest
 import pytest_asyncio
 
 from actions_dsl import Action, Playback, Say, Transfer, VoicemailPlayback, parse
+from gateway.services.dialing import DialRights
 from gateway.voice.agi_protocol import AgiStreamError, UnsafeArgument
 from gateway.voice.executor import Executor
 from gateway.voice.fastagi import FastAgiServer
@@ -40,6 +42,8 @@ from tests.peers.asterisk_agi import (
 
 TRUNK = "trunk"
 DIAL_TIMEOUT = 30
+# The call's account (the DIN's holder) holds +81501234567 (a DIN, or verified by the operator).
+HOLDS = DialRights(account_id=1, callers=frozenset({"+81501234567"}))
 
 
 def _write_tone(path: str, seconds: float = 0.2) -> None:
@@ -110,6 +114,7 @@ class Bridge:
 
     executor: Executor
     scripts: dict[str, Sequence[Action]] = field(default_factory=dict)
+    rights: dict[str, DialRights | None] = field(default_factory=dict)
     outcomes: dict[str, CallOutcome] = field(default_factory=dict)
     envs: dict[str, dict[str, str]] = field(default_factory=dict)
     custom: dict[str, Callable[[AgiChannel], Awaitable[None]]] = field(default_factory=dict)
@@ -123,13 +128,17 @@ class Bridge:
         if script in self.custom:
             await self.custom[script](channel)
             return
-        self.outcomes[uid] = await self.executor.run(channel, self.scripts[script])
+        rights = self.rights.get(script)
+        actions = self.scripts[script]
+        run = self.executor.run
+        self.outcomes[uid] = await (run(channel, actions, rights) if rights else run(channel, actions))
         self._changed.set()
 
-    def register(self, actions: str | Sequence[Action]) -> str:
+    def register(self, actions: str | Sequence[Action], rights: DialRights | None = None) -> str:
         self._n += 1
         name = f"s{self._n}"
         self.scripts[name] = parse(actions) if isinstance(actions, str) else actions
+        self.rights[name] = rights
         return name
 
     async def outcome(self, transcript: CallTranscript, timeout: float = 5.0) -> CallOutcome:
@@ -149,9 +158,9 @@ class Rig:
     voicemail_dir: Path
 
     async def call(
-        self, actions: str | Sequence[Action], **scenario: object
+        self, actions: str | Sequence[Action], rights: DialRights | None = None, **scenario: object
     ) -> tuple[CallTranscript, CallOutcome]:
-        name = self.bridge.register(actions)
+        name = self.bridge.register(actions, rights)
         transcript = await fastagi_call(
             "127.0.0.1",
             self.server.port,
@@ -245,7 +254,7 @@ async def test_answer_comes_first_even_for_an_empty_script(rig: Rig) -> None:
 
 async def test_transfer_with_caller_id_ends_the_script(rig: Rig) -> None:
     t, outcome = await rig.call(
-        "transfer +81312345678 --caller=+81501234567\nplayback https://media.example/never.mp3"
+        "transfer +81312345678 --caller=+81501234567\nplayback https://media.example/never.mp3", HOLDS
     )
     assert t.commands == [
         "ANSWER",
@@ -267,6 +276,47 @@ async def test_transfer_without_caller_sets_no_caller_id(rig: Rig) -> None:
     assert t.commands == ["ANSWER", "EXEC Dial PJSIP/+81312345678@trunk,30", "GET VARIABLE DIALSTATUS"]
     assert t.callerids == []
     assert outcome.result == "transferred"
+
+
+@pytest.mark.parametrize("rights", [HOLDS, None], ids=["other-numbers-held", "no-account"])
+async def test_transfer_with_a_caller_the_account_does_not_hold_sets_no_caller_id(
+    rig: Rig, rights: DialRights | None
+) -> None:
+    """A toll-free number the tenant does not hold: not shown; the transfer itself goes on."""
+    t, outcome = await rig.call("transfer +81312345678 --caller=+81120444444", rights)
+    assert t.verbs == ["ANSWER", "EXEC", "GET VARIABLE"]
+    assert t.callerids == [] and "+81120444444" not in t.received.decode()
+    assert t.dialed == ["PJSIP/+81312345678@trunk,30"] and outcome.result == "transferred"
+    assert outcome.error == "transfer: caller id not set: not a number of this account"
+
+
+@pytest.mark.parametrize(
+    ("number", "kind"),
+    [
+        ("+81990123456", phonenumbers.PhoneNumberType.PREMIUM_RATE),  # 0990: dial-Q2 premium rate
+        ("+81570123456", phonenumbers.PhoneNumberType.UAN),  # 0570: Navi Dial, caller pays more
+    ],
+)
+async def test_transfer_to_japanese_premium_and_shared_cost_ranges_is_refused(
+    rig: Rig, number: str, kind: int
+) -> None:
+    """Both are valid numbers under the default +81 allow-list; their type refuses them."""
+    parsed = phonenumbers.parse(number)
+    assert phonenumbers.is_valid_number(parsed) and phonenumbers.number_type(parsed) == kind
+    t, outcome = await rig.call(f'transfer {number}\nsay en "Sorry"')
+    assert t.verbs == ["ANSWER", "STREAM FILE"] and t.dialed == []
+    assert outcome.result == "completed"
+    assert outcome.error is not None and f"refused: {number} is a" in outcome.error
+
+
+async def test_the_accounts_own_prefixes_replace_the_global_list(rig: Rig) -> None:
+    us_only = DialRights(account_id=1, callers=frozenset(), allow_prefixes=("+1",))
+    t, outcome = await rig.call("transfer +81312345678", us_only)
+    assert t.dialed == [] and "not under an allowed prefix" in (outcome.error or "")
+    t, outcome = await rig.call("transfer +14155550100", us_only)
+    assert t.dialed == ["PJSIP/+14155550100@trunk,30"]
+    t, outcome = await rig.call("transfer +19002345678", us_only)  # US premium rate (900)
+    assert t.dialed == [] and "premium-rate" in (outcome.error or "")
 
 
 async def test_transfer_outside_the_allow_list_is_refused(rig: Rig) -> None:
@@ -439,7 +489,7 @@ async def test_file_asterisk_cannot_play(tmp_path: Path) -> None:
 
 async def test_agi_error_answer_is_recorded_and_the_script_goes_on(rig: Rig) -> None:
     t, outcome = await rig.call(
-        "transfer +81312345678 --caller=+81501234567", replies={"SET CALLERID": [INVALID]}
+        "transfer +81312345678 --caller=+81501234567", HOLDS, replies={"SET CALLERID": [INVALID]}
     )
     assert t.verbs == ["ANSWER", "SET CALLERID", "EXEC", "GET VARIABLE"]  # dialled all the same
     assert outcome.result == "transferred"

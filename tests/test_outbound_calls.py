@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import phonenumbers
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -28,8 +29,10 @@ from gateway.app import CALLS, WEBHOOKS, create_app
 from gateway.config import VoiceConfig
 from gateway.http import routes_outbound
 from gateway.http.routes_outbound import OUTBOUND
-from gateway.keys import CONFIG, SESSIONS
+from gateway.keys import CONFIG, NUMBERS, SESSIONS
 from gateway.services.accounts import NewCredentials
+from gateway.services.dialing import update_rights
+from gateway.services.number_import import parse_numbers_csv
 from gateway.voice.ami import AmiClient, AmiNotConnected, format_action, sanitise_value
 from gateway.voice.executor import Executor
 from gateway.voice.fastagi import FastAgiServer
@@ -45,8 +48,9 @@ from tests.test_callbacks_links import verify
 from tests.test_voice_calls import tone_wav
 from tests.webhook_receiver import Receiver
 
-CALLER = "+81312345678"
+CALLER = "+81312345678"  # a DIN the rig's account holds
 RECIPIENT = "+819012345678"
+ALLOWED = "+81,+44,+1,+371"  # the rig's global voice.outbound_allow_prefixes: JP, GB, US, LV
 SECRET = "s3cret"
 PRICE_81 = 3.5
 INJECTION = "\r\nAction: Command\r\nCommand: core stop now\r\n\r\n"
@@ -146,6 +150,19 @@ def _has_route(app: web.Application, path: str) -> bool:
     return any(r.canonical == path for r in app.router.resources())
 
 
+async def hold_din(gw: Gateway, creds: NewCredentials, number: str) -> None:
+    """`creds`' account subscribes to `number` as a DIN (put in the inventory first)."""
+    numbers = gw.app[NUMBERS]
+    await numbers.import_numbers(
+        parse_numbers_csv(
+            "number,country_code,prefix,sms,voice,monthly_cost,minute_cost\n"
+            f"{number},JP,{number[1:4]},false,true,1000,3.5\n"
+        )
+    )
+    [(uid,)] = await gw.sql("SELECT uid FROM numbers WHERE number = :n", n=number)
+    await numbers.subscribe(creds.account.id, "din", uid)
+
+
 @pytest_asyncio.fixture
 async def rig(clean_db: str, sim_smsc: Any, http: aiohttp.ClientSession) -> AsyncIterator[Rig]:
     ami = AmiServer(secret=SECRET)
@@ -163,6 +180,7 @@ async def rig(clean_db: str, sim_smsc: Any, http: aiohttp.ClientSession) -> Asyn
             trunk="trunk",
             ring_timeout=20,
             prices={"": 12.0, "81": PRICE_81},
+            allow_prefixes=ALLOWED,
             hangup_grace=0.3,
             orphan_grace=0.5,
             reconnect_max_seconds=0.5,
@@ -181,6 +199,7 @@ async def rig(clean_db: str, sim_smsc: Any, http: aiohttp.ClientSession) -> Asyn
             calls = app[OUTBOUND]
             assert await calls.ami.wait_connected(10), calls.ami.last_error
             creds = await gw.account(name="outbound")
+            await hold_din(gw, creds, CALLER)
             client = XoxzoClient(sid=creds.account.sid, auth_token=creds.auth_token, api_host=gw.base_url)
             yield Rig(gw, ami, calls, creds, client, http)
         finally:
@@ -543,6 +562,137 @@ async def test_header_injection_never_reaches_the_ami_wire(rig: Rig) -> None:
     assert not any(line.startswith((b"Command", b"Action: Command")) for line in wire.split(b"\r\n"))
     row = await rig.gw.sql("SELECT tts_message FROM calls")
     assert row[0][0] == "Hello Action: Command Command: core stop now bye"
+
+
+# -- toll-fraud guards ------------------------------------------------------------------------
+
+TTS = {"tts_message": "Hi", "tts_lang": "en"}
+
+
+def example(region: str, kind: int) -> str:
+    number = phonenumbers.example_number_for_type(region, kind)
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+@pytest.mark.parametrize("region", ["GB", "JP", "US", "LV"])
+async def test_premium_rate_destinations_are_refused_and_never_dialled(rig: Rig, region: str) -> None:
+    """Each country's prefix is allowed (its mobile example is called), its premium-rate
+    range is not: the number-type deny-list, not the prefix, refuses it."""
+    premium = example(region, phonenumbers.PhoneNumberType.PREMIUM_RATE)
+    code, body = await rig.post({"caller": CALLER, "recipient": premium, **TTS})
+    assert code == 400 and set(body) == {"recipient"} and "premium-rate" in body["recipient"][0], body
+    assert rig.ami.named("Originate") == [] and await rig.rows() == []
+    rig.ami.plan(Plan(outcome="busy"))
+    mobile = example(region, phonenumbers.PhoneNumberType.MOBILE)
+    code, body = await rig.post({"caller": CALLER, "recipient": mobile, **TTS})
+    assert code == 201, body
+    assert originate_of(rig, body[0]["callid"]).get("Channel") == f"PJSIP/{mobile}@trunk"
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    ["+81570123456", "+447012345678", "+33612345678"],  # JP 0570 (UAN), UK 070 (personal), FR
+)
+async def test_other_denied_types_and_prefixes_are_refused(rig: Rig, recipient: str) -> None:
+    code, body = await rig.post({"caller": CALLER, "recipient": recipient, **TTS})
+    assert code == 400 and set(body) == {"recipient"}, body
+    assert rig.ami.named("Originate") == [] and await rig.rows() == []
+
+
+async def test_a_caller_the_account_does_not_hold_is_refused(rig: Rig) -> None:
+    other = await rig.gw.account(name="other")
+    await hold_din(rig.gw, other, "+81399990000")
+    for caller in ("+81120444444", "+81399990000", "+819011112222"):  # toll-free, B's DIN, anyone
+        code, body = await rig.post({"caller": caller, "recipient": RECIPIENT, **TTS})
+        assert code == 400 and set(body) == {"caller"}, (caller, body)
+    # Both refusals at once; and B's own DIN is fine for B.
+    code, body = await rig.post({"caller": "+81120444444", "recipient": "+81990123456", **TTS})
+    assert code == 400 and set(body) == {"caller", "recipient"}, body
+    assert rig.ami.named("Originate") == [] and await rig.rows() == []
+    code, body = await rig.post({"caller": "+81399990000", "recipient": RECIPIENT, **TTS}, other)
+    assert code == 201, body
+    assert originate_of(rig, body[0]["callid"]).get("CallerID") == "+81399990000"
+
+
+async def test_an_operator_verified_caller_id_is_accepted(rig: Rig) -> None:
+    verified = "+815012345678"
+    code, body = await rig.post({"caller": verified, "recipient": RECIPIENT, **TTS})
+    assert code == 400 and "caller" in body
+    sid = rig.creds.account.sid
+    await update_rights(rig.gw.app[SESSIONS], sid, {}, add_callers=[verified])  # what the CLI does
+    code, body = await rig.post({"caller": verified, "recipient": RECIPIENT, **TTS})
+    assert code == 201, body
+    assert originate_of(rig, body[0]["callid"]).get("CallerID") == verified
+    assert (await rig.final_status(body[0]["callid"]))["caller"] == verified
+    await update_rights(rig.gw.app[SESSIONS], sid, {}, remove_callers=[verified])
+    code, body = await rig.post({"caller": verified, "recipient": RECIPIENT, **TTS})
+    assert code == 400 and "caller" in body
+
+
+async def test_the_accounts_own_prefixes_replace_the_global_list(rig: Rig) -> None:
+    sessions, sid = rig.gw.app[SESSIONS], rig.creds.account.sid
+    await update_rights(sessions, sid, {"outbound_allow_prefixes": "+33"})  # widens to FR, drops JP
+    code, body = await rig.post({"caller": CALLER, "recipient": RECIPIENT, **TTS})
+    assert code == 400 and set(body) == {"recipient"}, body
+    code, body = await rig.post({"caller": CALLER, "recipient": "+33899123456", **TTS})  # FR premium
+    assert code == 400 and "premium-rate" in body["recipient"][0], body
+    rig.ami.plan(Plan(outcome="busy"))
+    code, body = await rig.post({"caller": CALLER, "recipient": "+33612345678", **TTS})
+    assert code == 201, body
+    await update_rights(sessions, sid, {"outbound_allow_prefixes": ""})  # no destination at all
+    code, body = await rig.post({"caller": CALLER, "recipient": "+33612345678", **TTS})
+    assert code == 400 and set(body) == {"recipient"}, body
+    await update_rights(sessions, sid, {"outbound_allow_prefixes": None})  # the global list again
+    rig.ami.plan(Plan(outcome="busy"))
+    code, body = await rig.post({"caller": CALLER, "recipient": RECIPIENT, **TTS})
+    assert code == 201, body
+    assert len(rig.ami.named("Originate")) == 2
+
+
+async def test_concurrent_call_limit_is_429(rig: Rig) -> None:
+    await update_rights(rig.gw.app[SESSIONS], rig.creds.account.sid, {"outbound_max_concurrent": 2})
+    rig.ami.plan(Plan(outcome="silent"), Plan(outcome="silent"))  # both stay open
+    for _ in range(2):
+        code, body = await rig.post({"caller": CALLER, "recipient": RECIPIENT, **TTS})
+        assert code == 201, body
+    async with rig.http.post(
+        f"{rig.gw.base_url}/voice/simple/playbacks/",
+        headers=rig.gw.auth(rig.creds),
+        data={"caller": CALLER, "recipient": RECIPIENT, **TTS},
+    ) as r:
+        assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
+        body = await r.json()
+    assert body["limit"] == "outbound_max_concurrent" and "2" in body["detail"], body
+    assert len(rig.ami.named("Originate")) == 2 and len(await rig.rows()) == 2
+    # Another account is not held up by this one's calls.
+    other = await rig.gw.account(name="other")
+    await hold_din(rig.gw, other, "+81399990000")
+    rig.ami.plan(Plan(outcome="busy"))
+    code, body = await rig.post({"caller": "+81399990000", "recipient": RECIPIENT, **TTS}, other)
+    assert code == 201, body
+    # Once the open calls have ended, the account may call again.
+    assert await rig.calls.sweep(now=datetime.now(UTC) + timedelta(hours=1)) == 2
+    rig.ami.plan(Plan(outcome="busy"))
+    code, body = await rig.post({"caller": CALLER, "recipient": RECIPIENT, **TTS})
+    assert code == 201, body
+
+
+async def test_calls_per_minute_limit_is_429(rig: Rig) -> None:
+    await update_rights(rig.gw.app[SESSIONS], rig.creds.account.sid, {"outbound_max_per_minute": 2})
+    for _ in range(2):
+        rig.ami.plan(Plan(outcome="busy"))
+        code, body = await rig.post({"caller": CALLER, "recipient": RECIPIENT, **TTS})
+        assert code == 201, body
+        assert (await rig.final_status(body[0]["callid"]))["status"] == "BUSY"  # ended: not concurrency
+    async with rig.http.post(
+        f"{rig.gw.base_url}/voice/simple/playbacks/",
+        headers=rig.gw.auth(rig.creds),
+        data={"caller": CALLER, "recipient": RECIPIENT, **TTS},
+    ) as r:
+        assert r.status == 429 and 1 <= int(r.headers["Retry-After"]) <= 60
+        body = await r.json()
+    assert body["limit"] == "outbound_max_per_minute", body
+    assert len(rig.ami.named("Originate")) == 2 and len(await rig.rows()) == 2
 
 
 # -- the AMI client on its own ----------------------------------------------------------------

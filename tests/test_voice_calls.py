@@ -24,6 +24,7 @@ from gateway.app import CALLS, FASTAGI
 from gateway.db.models import Call
 from gateway.keys import NUMBERS, SESSIONS
 from gateway.services.accounts import NewCredentials
+from gateway.services.dialing import update_rights
 from gateway.services.number_import import parse_numbers_csv
 from tests.conftest import Gateway, serve_app, wait_for
 from tests.peers.asterisk_agi import CallScenario, fastagi_call
@@ -161,6 +162,29 @@ async def test_transfer_respects_the_allow_list(
     assert t.callerids == ["+81312345678"]
     [rec] = await records(gateway, http, din.creds)
     assert rec["result"] == "transferred" and "+14155550123" in rec["error"]
+
+
+async def test_transfer_toll_fraud_guards_on_a_live_call(
+    gateway: Gateway, http: aiohttp.ClientSession, action_server: ActionServer
+) -> None:
+    """The DIN holder's script: Japanese premium-rate (0990) and Navi Dial (0570) numbers are
+    valid +81 numbers, refused by their type; a caller id the holder neither holds nor had
+    verified is not set, the transfer goes on; one the operator verified is set."""
+    din = await subscribe(gateway, http, f"{action_server.base_url}/actions")
+    action_server.script = (
+        "transfer +81990123456\ntransfer +81570123456\ntransfer +81311112222 --caller=+81120444444\n"
+    )
+    t = await call(gateway)
+    assert t.dialed == ["PJSIP/+81311112222@trunk,30"] and t.callerids == []
+    assert "+81120444444" not in t.received.decode()
+    [rec] = await records(gateway, http, din.creds)
+    assert rec["result"] == "transferred"
+    assert "+81990123456 is a premium-rate number" in rec["error"]
+    assert "+81570123456 is a universal access (UAN) number" in rec["error"]
+    assert "caller id not set" in rec["error"]
+    await update_rights(gateway.app[SESSIONS], din.creds.account.sid, {}, add_callers=["+81120444444"])
+    t = await call(gateway)
+    assert t.callerids == ["+81120444444"] and t.dialed == ["PJSIP/+81311112222@trunk,30"]
 
 
 async def test_voicemail_is_recorded_listed_and_downloadable(

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -74,6 +75,11 @@ class Account(Base):
     webhook_secret: Mapped[str] = mapped_column(String(128))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Operator-set toll-fraud guards (gateway/services/dialing.py); NULL: the global setting.
+    outbound_allow_prefixes: Mapped[str | None] = mapped_column(Text)  # comma-separated, "" = none
+    outbound_max_concurrent: Mapped[int | None] = mapped_column(Integer)
+    outbound_max_per_minute: Mapped[int | None] = mapped_column(Integer)
+    verified_callers: Mapped[str | None] = mapped_column(Text)  # comma-separated E.164
 
 
 class Template(Base):
@@ -300,7 +306,16 @@ class Call(Base):
     tts_lang: Mapped[str | None] = mapped_column(String(35))
     callbackurl: Mapped[str | None] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_calls_account_started", "account_id", "started_at"),)
+    __table_args__ = (
+        Index("ix_calls_account_started", "account_id", "started_at"),
+        # The account's open calls, counted for its concurrent-call limit on every new call.
+        Index(
+            "ix_calls_open_by_account",
+            "account_id",
+            postgresql_where=text("ended_at IS NULL"),
+            sqlite_where=text("ended_at IS NULL"),
+        ),
+    )
 
 
 class Voicemail(Base):

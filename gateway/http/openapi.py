@@ -583,13 +583,20 @@ def _table() -> None:
             voice,
             "createPlayback",
             "Place a call that plays a recording or speaks a text",
-            "Give `recording_url`, or `tts_message` and `tts_lang`. Originated through Asterisk AMI.",
+            "Give `recording_url`, or `tts_message` and `tts_lang`. Originated through Asterisk AMI."
+            "\n\nToll-fraud guards: `recipient` must start with a prefix the operator allows for"
+            " your account and must not be a premium-rate, shared-cost or similar number (400"
+            " naming `recipient`); `caller` must be one of your DINs or a caller id the operator"
+            " verified for your account (400 naming `caller`). Over your account's limit of"
+            " outbound calls at once or per minute: 429 with `Retry-After` and"
+            ' `{"detail": "...", "limit": "outbound_max_concurrent"}` (or'
+            " `outbound_max_per_minute`). Nothing is written or dialled when a call is refused.",
             ok_status=201,
             ok_schema=_ref("CallidList"),
             body=_obj(
                 {
-                    "caller": _str("E.164.", pattern=E164),
-                    "recipient": _str("E.164.", pattern=E164),
+                    "caller": _str("E.164: one of your DINs, or a caller id verified for you.", pattern=E164),
+                    "recipient": _str("E.164, under a prefix your account may call.", pattern=E164),
                     "recording_url": {**URL, "description": "mp3 or wav to play."},
                     "tts_message": _str("Text to speak."),
                     "tts_lang": _str("Language, e.g. en, ja."),

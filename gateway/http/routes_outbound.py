@@ -14,7 +14,15 @@ from gateway.http.errors import ApiError, FieldErrors, json_response
 from gateway.http.params import FieldCollector, optional_str, read_params
 from gateway.keys import ACCOUNT
 from gateway.services import validation as v
-from gateway.voice.outbound import Media, OutboundCalls, OutboundUnavailable, Recording, Tts
+from gateway.voice.outbound import (
+    Media,
+    OutboundCalls,
+    OutboundLimited,
+    OutboundRefused,
+    OutboundUnavailable,
+    Recording,
+    Tts,
+)
 
 routes = web.RouteTableDef()
 OUTBOUND = web.AppKey("outbound", OutboundCalls)
@@ -69,6 +77,12 @@ async def create_playback(request: web.Request) -> web.Response:
         raise ApiError(503, {"detail": "Outbound calls are not enabled on this gateway."})
     try:
         callid = await calls.create(account.id, caller, recipient, media, callbackurl)
+    except OutboundRefused as exc:
+        raise FieldErrors(exc.errors) from None
+    except OutboundLimited as exc:
+        response = json_response({"detail": exc.message, "limit": exc.limit}, status=429)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     except OutboundUnavailable as exc:
         raise ApiError(503, {"detail": str(exc)}) from None
     return json_response([{"callid": callid}], status=201)

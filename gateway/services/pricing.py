@@ -20,5 +20,10 @@ class PriceList:
                 return price
         return Decimal(0)
 
+    def covers(self, recipient: str) -> bool:
+        """Some prefix of the table (the catch-all "" included) prices `recipient`."""
+        digits = recipient.lstrip("+")
+        return any(digits.startswith(prefix) for prefix, _ in self._prices)
+
     def cost(self, recipient: str, parts: int) -> Decimal:
         return self.price_per_part(recipient) * parts

@@ -55,6 +55,7 @@ async def call_service(
             cfg.voicemail_max_seconds,
             cfg.voicemail_silence_seconds,
             voicemail_local_dir=os.path.join(data_dir, "voicemail"),
+            deny_number_types=cfg.deny_number_types,
         )
         yield CallService(
             sessions,

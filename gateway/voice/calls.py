@@ -18,10 +18,11 @@ from urllib.parse import urlencode
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from actions_dsl import Action, ParseErrors, Say, parse
+from actions_dsl import Action, ParseErrors, Say, Transfer, parse
 from gateway.db.models import Call, Number, NumberSubscription, Voicemail
 from gateway.logs import log_context
 from gateway.services import outbox
+from gateway.services.dialing import DialRights, load_rights
 from gateway.services.numbers import NumberService
 from gateway.services.views import fmt_time
 from gateway.voice.executor import Executor
@@ -111,7 +112,8 @@ class CallService:
                 if actions is None:
                     log.info("fallback: %s", script_error)
                     actions = [self._fallback]
-                outcome = await self._executor.run(channel, actions)
+                rights = await self._rights(target.account_id if target else None, actions)
+                outcome = await self._executor.run(channel, actions, rights)
                 if outcome.result not in ("hangup", "transferred"):
                     await _hang_up(channel)
             except asyncio.CancelledError:
@@ -125,6 +127,13 @@ class CallService:
                 self._active.discard(call.uid)
                 self._observer.call_ended()
                 await asyncio.shield(self._finish(call, outcome, script_error))
+
+    async def _rights(self, account_id: int | None, actions: list[Action]) -> DialRights | None:
+        """The DIN holder's dialing rights, read only for a script that transfers."""
+        if account_id is None or not any(isinstance(a, Transfer) for a in actions):
+            return None
+        async with self._sessions() as s:
+            return await load_rights(s, account_id)
 
     async def sweep_abandoned(self, max_call_seconds: float, now: datetime | None = None) -> int:
         """End inbound calls still IN_PROGRESS long after they started and not handled here: the

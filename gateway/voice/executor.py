@@ -6,9 +6,13 @@ The commands sent, per action (every argument goes through agi_protocol's checks
 * playback <url>: media.playback_file(url) -> path, then `STREAM FILE <path> ""`
 * say <lang> "<text>": speech.say_file(lang, text) -> path, then `STREAM FILE <path> ""`
 * transfer <number> [--caller=<caller>]: refused (error recorded, next action) unless the number
-  is E.164 and starts with an allowed prefix; then `SET CALLERID "<caller>"` when a valid caller
-  is given, `EXEC Dial PJSIP/<number>@<trunk>,<dial timeout>`, `GET VARIABLE DIALSTATUS`; the
-  script ends there (result `transferred`)
+  is E.164, starts with an allowed prefix (the account's own list when the operator set one) and
+  is of no denied number type (premium rate, ...: gateway/services/dialing.py); then
+  `SET CALLERID "<caller>"` when the caller is a DIN the call's account holds or a caller id the
+  operator verified for it (any other caller: not set, error recorded, the transfer goes on
+  showing the original caller, as any call forwarding does), `EXEC Dial
+  PJSIP/<number>@<trunk>,<dial timeout>`, `GET VARIABLE DIALSTATUS`; the script ends there
+  (result `transferred`)
 * voicemail playback|say: the greeting as above, then
   `RECORD FILE <voicemail_dir>/<32 hex> wav "#" <max ms> beep s=<silence s>` (Asterisk adds
   `.wav`); the script ends there (result `voicemail`)
@@ -29,6 +33,13 @@ import wave
 from collections.abc import Callable, Sequence
 
 from actions_dsl import Action, Playback, Say, Transfer, VoicemailPlayback, VoicemailSay
+from gateway.services.dialing import (
+    DEFAULT_DENY_NUMBER_TYPES,
+    DialPolicy,
+    DialRights,
+    normalise_prefix,
+    parse_number_types,
+)
 
 from .agi_protocol import (
     AgiStreamError,
@@ -78,6 +89,7 @@ class Executor:
         *,
         voicemail_local_dir: str | None = None,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        deny_number_types: str = DEFAULT_DENY_NUMBER_TYPES,
     ) -> None:
         """`voicemail_dir` is where Asterisk writes recordings; `voicemail_local_dir` is the same
         directory as this process sees it (when Asterisk mounts it elsewhere), default the same."""
@@ -87,7 +99,10 @@ class Executor:
         if isinstance(dial_timeout, bool) or not isinstance(dial_timeout, int) or dial_timeout <= 0:
             raise ValueError(f"dial_timeout must be a positive number of seconds, got {dial_timeout!r}")
         self._dial_timeout = dial_timeout
-        self._prefixes = tuple(_normalise_prefix(p) for p in transfer_allow_prefixes)
+        self._policy = DialPolicy(
+            tuple(normalise_prefix(p, "transfer prefix") for p in transfer_allow_prefixes),
+            parse_number_types(deny_number_types),
+        )
         self._voicemail_dir = safe_path(voicemail_dir.rstrip("/") or "/", "voicemail_dir")
         self._voicemail_local_dir = (voicemail_local_dir or voicemail_dir).rstrip("/") or "/"
         if isinstance(voicemail_max_seconds, bool) or voicemail_max_seconds <= 0:
@@ -100,12 +115,17 @@ class Executor:
 
     @property
     def transfer_allow_prefixes(self) -> tuple[str, ...]:
-        return self._prefixes
+        return self._policy.allow_prefixes
 
-    def transfer_allowed(self, number: str) -> bool:
-        return is_e164(number) and any(number.startswith(p) for p in self._prefixes)
+    def transfer_allowed(self, number: str, rights: DialRights | None = None) -> bool:
+        prefixes = rights.allow_prefixes if rights else None
+        return is_e164(number) and self._policy.refusal(number, prefixes) is None
 
-    async def run(self, channel: AgiChannel, actions: Sequence[Action]) -> CallOutcome:
+    async def run(
+        self, channel: AgiChannel, actions: Sequence[Action], rights: DialRights | None = None
+    ) -> CallOutcome:
+        """`rights`: the call's account (the DIN's holder), for transfers; without it a
+        transfer may reach the global allow-list and sets no caller id."""
         outcome = CallOutcome()
         try:
             try:
@@ -117,7 +137,7 @@ class Executor:
             for action in actions:
                 outcome.actions_run.append(_describe(action))
                 try:
-                    await self._run_action(channel, action, outcome)
+                    await self._run_action(channel, action, outcome, rights)
                 except _EndOfScript:
                     break
                 except (Hangup, AgiStreamError):
@@ -137,13 +157,15 @@ class Executor:
                 outcome.result = "hangup"
         return outcome
 
-    async def _run_action(self, channel: AgiChannel, action: Action, outcome: CallOutcome) -> None:
+    async def _run_action(
+        self, channel: AgiChannel, action: Action, outcome: CallOutcome, rights: DialRights | None
+    ) -> None:
         if isinstance(action, Playback):
             await self._stream(channel, await self._media.playback_file(action.url))
         elif isinstance(action, Say):
             await self._stream(channel, await self._speech.say_file(action.lang, action.text))
         elif isinstance(action, Transfer):
-            await self._transfer(channel, action, outcome)
+            await self._transfer(channel, action, outcome, rights)
         elif isinstance(action, VoicemailPlayback | VoicemailSay):
             await self._voicemail(channel, action, outcome)
         else:  # pragma: no cover - exhaustive over Action
@@ -158,14 +180,23 @@ class Executor:
             raise AgiError(f"Asterisk could not play {path} ({response.result} {response.data})".rstrip())
         return response
 
-    async def _transfer(self, channel: AgiChannel, action: Transfer, outcome: CallOutcome) -> None:
+    async def _transfer(
+        self, channel: AgiChannel, action: Transfer, outcome: CallOutcome, rights: DialRights | None
+    ) -> None:
         number = action.number
         if not is_e164(number):
             raise UnsafeArgument(f"refused: {number!r} is not an E.164 number")
-        if not self.transfer_allowed(number):
-            raise UnsafeArgument(f"refused: {number} is not under an allowed prefix")
+        problem = self._policy.refusal(number, rights.allow_prefixes if rights else None)
+        if problem is not None:
+            raise UnsafeArgument(f"refused: {number} {problem}")
         if action.caller is not None:
-            if is_e164(action.caller):
+            if not is_e164(action.caller):
+                _add_error(outcome, f"transfer: caller id {action.caller!r} ignored, not E.164")
+            elif rights is None or action.caller not in rights.callers:
+                # Going on shows the original caller's number, as any call forwarding does;
+                # refusing would drop the caller for a cosmetic field.
+                _add_error(outcome, "transfer: caller id not set: not a number of this account")
+            else:
                 caller = safe_number(action.caller, "caller")
                 try:
                     await channel.command(format_command("SET CALLERID", Quoted(caller)))
@@ -173,8 +204,6 @@ class Executor:
                     raise
                 except AgiError as exc:  # the transfer matters more than the number shown
                     _add_error(outcome, f"transfer: caller id not set: {exc}")
-            else:
-                _add_error(outcome, f"transfer: caller id {action.caller!r} ignored, not E.164")
         dial = f"PJSIP/{safe_number(number)}@{self._trunk},{safe_int(self._dial_timeout)}"
         await channel.command(format_command("EXEC", "Dial", dial))
         outcome.result = "transferred"
@@ -246,15 +275,6 @@ def _wav_seconds(path: str) -> float | None:
     except (wave.Error, EOFError, OSError):
         pass
     return max(size - 44, 0) / _WAV_BYTES_PER_SECOND
-
-
-def _normalise_prefix(prefix: str) -> str:
-    p = prefix.strip()
-    if p and not p.startswith("+"):
-        p = "+" + p
-    if not p[1:].isdigit() or not p[1:].isascii() or len(p) > 16:
-        raise ValueError(f"transfer prefix {prefix!r} is not + followed by digits")
-    return p
 
 
 def _add_error(outcome: CallOutcome, message: str) -> None:

@@ -2,7 +2,10 @@
 
 The life of a call, as the `calls` row shows it (direction "outbound"):
 
-1. `create` writes the row (QUEUED) and only then sends Asterisk an Originate
+1. `create` checks the toll-fraud guards (gateway/services/dialing.py: destination prefix and
+   number type, a caller id the account holds, its concurrent and per-minute call limits,
+   counted in the calls table under a lock on the account's row so they hold across nodes),
+   writes the row (QUEUED) and only then sends Asterisk an Originate
    (`Channel=PJSIP/<recipient>@<trunk>`, `Context=gateway-outbound`, `Exten=s`, `Priority=1`,
    `CallerID=<caller>`, `Variable=GATEWAY_CALLID=<callid>`, `Async=true`, `Timeout=<ms>`) whose
    ActionID names the call, so its OriginateResponse finds the row on any gateway node, across
@@ -50,7 +53,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from aiohttp import web
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions_dsl import Action, Playback, Say
@@ -60,6 +63,7 @@ from gateway.http.routes_voice import call_json
 from gateway.keys import SESSIONS
 from gateway.logs import log_context
 from gateway.services import outbox
+from gateway.services.dialing import DEFAULT_DENY_NUMBER_TYPES, DialPolicy, DialRights, load_rights
 from gateway.services.pricing import PriceList
 from gateway.voice.ami import AmiClient, AmiConnectionLost, AmiMessage, AmiNotConnected
 from gateway.voice.interfaces import AgiChannel, AgiError, CallOutcome, Hangup
@@ -91,6 +95,37 @@ AgiHandler = Callable[[AgiChannel], Awaitable[None]]
 
 class OutboundUnavailable(Exception):
     """The call could not be handed to Asterisk (not connected, or refused); nothing was kept."""
+
+
+class OutboundRefused(Exception):
+    """The toll-fraud guards refused the call (HTTP 400); nothing was written or sent."""
+
+    def __init__(self, errors: Mapping[str, list[str]]) -> None:
+        super().__init__(str(dict(errors)))
+        self.errors = dict(errors)
+
+
+class OutboundLimited(Exception):
+    """The account is at one of its call limits (HTTP 429); nothing was written or sent."""
+
+    def __init__(self, limit: str, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.limit = limit  # the config key: outbound_max_concurrent / outbound_max_per_minute
+        self.message = message
+        self.retry_after = retry_after
+
+
+def price_table_problem(prices: Mapping[str, float]) -> str | None:
+    """Why `prices` cannot bill outbound calls, or None. All-zero counts as no table: it bills
+    every call at 0, which is the free dialling toll fraud wants (set a real price, even a small
+    one, for destinations that truly cost nothing)."""
+    if not prices:
+        return "voice.outbound_prices is empty"
+    if any(p < 0 for p in prices.values()):
+        return "voice.outbound_prices has a negative price"
+    if all(p == 0 for p in prices.values()):
+        return "every price in voice.outbound_prices is 0"
+    return None
 
 
 class ActionRunner(Protocol):
@@ -125,7 +160,11 @@ class OutboundSettings:
     context: str = "gateway-outbound"
     ring_timeout: float = 30.0  # seconds the callee's phone may ring (Originate Timeout)
     # Price per started minute (from answer) by recipient prefix, digits after +; longest wins.
-    prices: Mapping[str, float] = field(default_factory=lambda: {"": 0.0})
+    prices: Mapping[str, float] = field(default_factory=dict)
+    allow_prefixes: str = "+81"  # comma-separated; an account's own list replaces it
+    deny_number_types: str = DEFAULT_DENY_NUMBER_TYPES
+    max_concurrent: int = 10  # per account, unless the account has its own
+    max_per_minute: int = 30
     originate_timeout: float = 10.0  # how long to wait for Asterisk to confirm an Originate
     reconnect_max_seconds: float = 30.0
     hangup_grace: float = 5.0
@@ -170,6 +209,9 @@ class OutboundCalls:
         orphan_grace: float = 30.0,
         max_call_seconds: float = 4 * 3600.0,
         wake_webhooks: Callable[[], None] | None = None,
+        policy: DialPolicy | None = None,
+        max_concurrent: int = 10,
+        max_per_minute: int = 30,
     ) -> None:
         if not _TRUNK.fullmatch(trunk):
             raise ValueError(f"trunk must be a PJSIP endpoint name, got {trunk!r}")
@@ -190,6 +232,11 @@ class OutboundCalls:
         self._orphan_grace = orphan_grace
         self._max_call = timedelta(seconds=max_call_seconds)
         self._wake = wake_webhooks
+        self._policy = policy or DialPolicy.parse("+81")
+        if max_concurrent < 0 or max_per_minute < 0:
+            raise ValueError("outbound call limits must be >= 0")
+        self._max_concurrent = max_concurrent
+        self._max_per_minute = max_per_minute
         self._playing: set[str] = set()  # callids whose play() runs in this process
         self._uniqueids: dict[str, str] = {}  # Asterisk channel uniqueid -> callid
         self._tasks: set[asyncio.Task[None]] = set()
@@ -200,15 +247,20 @@ class OutboundCalls:
     async def create(
         self, account_id: int, caller: str, recipient: str, media: Media, callbackurl: str | None = None
     ) -> str:
-        """Record the call and originate it; returns the callid. Raises OutboundUnavailable
-        when Asterisk cannot take it (no row is left behind then)."""
+        """Record the call and originate it; returns the callid. Raises OutboundRefused (a
+        guard said no), OutboundLimited (the account is at a limit) or OutboundUnavailable
+        (Asterisk cannot take it); no row is left behind then."""
         check_number("caller", caller)
         check_number("recipient", recipient)
         check_media(media)
-        if not self.ami.connected:
-            raise OutboundUnavailable("The voice service is not connected to Asterisk; try again later.")
         callid = uuid.uuid4().hex
         async with self._sessions.begin() as s:
+            rights = await load_rights(s, account_id, lock=True)
+            self._check(rights, account_id, caller, recipient)
+            assert rights is not None
+            if not self.ami.connected:
+                raise OutboundUnavailable("The voice service is not connected to Asterisk; try again later.")
+            await self._check_limits(s, rights)
             s.add(
                 Call(
                     uid=callid,
@@ -255,6 +307,54 @@ class OutboundCalls:
             await self._discard(callid)
             raise OutboundUnavailable("The voice service refused the call; try again later.")
         return callid
+
+    def _check(self, rights: DialRights | None, account_id: int, caller: str, recipient: str) -> None:
+        errors: dict[str, list[str]] = {}
+        problem = self._policy.refusal(recipient, rights.allow_prefixes if rights else ())
+        if problem is None and not self._prices.covers(recipient):
+            problem = "has no price on this gateway"  # it would be billed 0
+        if problem is not None:
+            errors["recipient"] = [f"This account may not call {recipient}: it {problem}."]
+        if rights is None or caller not in rights.callers:
+            errors["caller"] = [
+                "Use a DIN this account holds, or a caller id the operator verified for this account."
+            ]
+        if errors:
+            log.warning(
+                "outbound call refused by the toll-fraud guards",
+                extra={"account_id": account_id, "fields": sorted(errors)},
+            )
+            raise OutboundRefused(errors)
+
+    async def _check_limits(self, s: AsyncSession, rights: DialRights) -> None:
+        """The account's open and last-minute outbound calls, counted in the calls table (so
+        across every node); the caller holds the account's row lock, so two requests cannot
+        both take the last slot."""
+        mine = (Call.account_id == rights.account_id, Call.direction == "outbound")
+        limit = self._max_concurrent if rights.max_concurrent is None else rights.max_concurrent
+        open_calls = await s.scalar(select(func.count()).where(*mine, Call.ended_at.is_(None))) or 0
+        if open_calls >= limit:
+            raise OutboundLimited(
+                "outbound_max_concurrent",
+                f"This account may have at most {limit} outbound calls at once; retry when one ends.",
+                5,  # when a call ends is unknowable; a short hint keeps clients polling slowly
+            )
+        limit = self._max_per_minute if rights.max_per_minute is None else rights.max_per_minute
+        now = datetime.now(UTC)
+        count, oldest = (
+            await s.execute(
+                select(func.count(), func.min(Call.started_at)).where(
+                    *mine, Call.started_at > now - timedelta(seconds=60)
+                )
+            )
+        ).one()
+        if count >= limit:
+            wait = 60 if oldest is None else math.ceil(60 - (now - oldest).total_seconds())
+            raise OutboundLimited(
+                "outbound_max_per_minute",
+                f"This account may place at most {limit} outbound calls per minute.",
+                max(1, wait),
+            )
 
     async def _discard(self, callid: str) -> None:
         async with self._sessions.begin() as s:
@@ -693,6 +793,9 @@ def outbound_cleanup_ctx(
             context=settings.context,
             ring_timeout=settings.ring_timeout,
             prices=PriceList(settings.prices),
+            policy=DialPolicy.parse(settings.allow_prefixes, settings.deny_number_types),
+            max_concurrent=settings.max_concurrent,
+            max_per_minute=settings.max_per_minute,
             originate_timeout=settings.originate_timeout,
             hangup_grace=settings.hangup_grace,
             stale_seconds=settings.stale_seconds,
