@@ -20,9 +20,10 @@ from gateway.net.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
 
-# Descriptors kept for everything but the listeners' connections: database pool, SMSC and AMI
-# links, webhook and media clients, log and data files.
-RESERVED = 256
+# Descriptors kept for everything but the listeners' connections (database pool, SMSC and AMI
+# links, webhook and media clients, log and data files, and a burst of accepts not yet closed):
+# a quarter of the limit, and never fewer than this.
+MIN_RESERVED = 192
 
 
 def raise_nofile_limit() -> int:
@@ -38,9 +39,9 @@ def raise_nofile_limit() -> int:
     return int(soft)
 
 
-def fit_caps(caps: Sequence[int], limit: int, reserved: int = RESERVED) -> list[int]:
-    """The caps, scaled down in proportion when together they exceed `limit - reserved`."""
-    budget = max(limit - reserved, len(caps))
+def fit_caps(caps: Sequence[int], limit: int) -> list[int]:
+    """The caps, scaled down in proportion when together they exceed what `limit` leaves them."""
+    budget = max(limit - max(MIN_RESERVED, limit // 4), len(caps))
     total = sum(caps)
     if total <= budget:
         return list(caps)
