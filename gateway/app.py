@@ -233,6 +233,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
             window=cfg.smpp.window,
             enquire_link_interval=cfg.smpp.enquire_link_interval,
             response_timeout=cfg.smpp.response_timeout,
+            max_inbound_in_flight=cfg.smpp.max_inbound_in_flight,
         ),
         CoreSmppEvents(receipts, inbound, app[METRICS]),
     )
