@@ -33,6 +33,7 @@ from gateway.http.ratelimit import RATE_LIMITER, RateLimiter, RateLimitSettings,
 from gateway.http.request_log import request_id_middleware
 from gateway.http.routes_outbound import OUTBOUND
 from gateway.keys import ACCOUNTS, CONFIG, ENGINE, INBOUND, LINKS, MESSAGES, NUMBERS, SESSIONS, TEMPLATES
+from gateway.net.guard import IPNetwork, parse_networks
 from gateway.services.accounts import AccountService
 from gateway.services.dialing import DialPolicy
 from gateway.services.inbound import InboundService, KeywordReplies
@@ -105,7 +106,13 @@ def create_app(config: Config) -> web.Application:
     if config.simulator.enabled:
         app.cleanup_ctx.append(_simulator)
     app.cleanup_ctx.append(_messaging)
-    app.cleanup_ctx.append(_voice)
+    try:
+        fastagi_peers = parse_networks(config.voice.fastagi_allowed_peers)
+    except ValueError as exc:
+        raise ConfigError(f"voice.fastagi_allowed_peers: {exc}") from None
+    if config.voice.fastagi_enabled and not fastagi_peers:
+        raise ConfigError("voice.fastagi_allowed_peers is empty: no Asterisk could connect")
+    app.cleanup_ctx.append(partial(_voice, fastagi_peers))
     if config.voice.ami_enabled:
         v = config.voice
         app.cleanup_ctx.append(
@@ -250,6 +257,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
             window=cfg.smpp.window,
             enquire_link_interval=cfg.smpp.enquire_link_interval,
             response_timeout=cfg.smpp.response_timeout,
+            max_inbound_in_flight=cfg.smpp.max_inbound_in_flight,
         ),
         CoreSmppEvents(receipts, inbound, app[METRICS]),
     )
@@ -301,7 +309,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
     await receipts.close()
 
 
-async def _voice(app: web.Application) -> AsyncIterator[None]:
+async def _voice(fastagi_peers: tuple[IPNetwork, ...], app: web.Application) -> AsyncIterator[None]:
     """The AGI bridge: the call flow behind a FastAGI server."""
     cfg = app[CONFIG].voice
     webhooks = app[WEBHOOKS]
@@ -319,7 +327,12 @@ async def _voice(app: web.Application) -> AsyncIterator[None]:
             # "outbound" scripts (answered calls we originated) go to OutboundCalls, looked up
             # per call since its cleanup context starts after this one.
             server = FastAgiServer(
-                agi_router(calls.handle, lambda: app.get(OUTBOUND)), cfg.fastagi_host, cfg.fastagi_port
+                agi_router(calls.handle, lambda: app.get(OUTBOUND)),
+                cfg.fastagi_host,
+                cfg.fastagi_port,
+                max_connections=cfg.fastagi_max_connections,
+                allowed_peers=fastagi_peers,
+                secret=cfg.fastagi_secret,
             )
             await server.start()
             app[FASTAGI] = server  # the server logs where it listens

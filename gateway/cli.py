@@ -12,8 +12,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aiohttp import web
-
 from gateway import logs
 from gateway.config import Config, ConfigError, load_config
 from gateway.db import migrate
@@ -233,25 +231,50 @@ def _announce(config: Config, data: dict[str, str]) -> None:
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from gateway.app import create_app
+    from gateway.http.listener import serve
     from gateway.http.request_log import AccessLogger, access_logger
+    from gateway.net import fds
 
     app = create_app(config)  # first: a configuration it refuses touches nothing
     if config.database.migrate_on_start:
         migrate.upgrade(config.database.url)
     if config.simulator.enabled and is_sqlite(config.database.url):
         _demo_credentials(config)
+    _fit_connection_caps(config, fds.raise_nofile_limit())
     # SQLite work runs on aiosqlite's thread; with the default 5 ms GIL switch interval every
     # statement can wait that long behind a busy event loop (seen as p99 API latency x3).
     sys.setswitchinterval(0.0005)
-    web.run_app(
-        app,
-        host=config.http.host,
-        port=config.http.port,
-        print=None,
-        access_log=access_logger() if config.log.access else None,
-        access_log_class=AccessLogger,
-    )
+
+    async def main() -> None:
+        fds.throttle_accept_errors(asyncio.get_running_loop())
+        await serve(
+            app,
+            config.http,
+            access_log=access_logger() if config.log.access else None,
+            access_log_class=AccessLogger,
+        )
+
+    asyncio.run(main())
     return 0
+
+
+def _fit_connection_caps(config: Config, open_files: int) -> None:
+    """Lower the listeners' connection caps so that, together, they leave descriptors free."""
+    from gateway.net.fds import fit_caps
+
+    http, voice = config.http, config.voice
+    caps = [http.max_connections, voice.fastagi_max_connections if voice.fastagi_enabled else 0]
+    fitted = fit_caps(caps, open_files)
+    if fitted != caps:
+        log.warning(
+            "open-files limit %d: connection caps lowered to http.max_connections=%d, "
+            "voice.fastagi_max_connections=%d",
+            open_files,
+            *fitted,
+        )
+        http.max_connections = fitted[0]
+        if voice.fastagi_enabled:
+            voice.fastagi_max_connections = fitted[1]
 
 
 def cmd_inbound(config: Config, args: argparse.Namespace) -> int:

@@ -28,6 +28,12 @@ class HttpConfig:
     # Base of URLs we hand out (message `url`, tracked links); defaults to http://host:port.
     public_base_url: str = ""
     max_body_bytes: int = 64 * 1024
+    # Open connections at once; over it a new one is closed at once (`gateway run` lowers it to
+    # fit the open-files limit, with voice.fastagi_max_connections).
+    max_connections: int = 1000
+    # Seconds a connection gets to send a complete request head, from when it opens or from the
+    # previous response (so also how long an idle keep-alive connection stays open).
+    header_timeout: float = 5.0
 
 
 @dataclass
@@ -47,6 +53,9 @@ class SmppConfig:
     window: int = 10
     enquire_link_interval: float = 30.0
     response_timeout: float = 10.0
+    # deliver_sm being handled (not yet answered) at once; at the bound the socket is not read
+    # until one is answered, so the SMSC's own window holds the rest back.
+    max_inbound_in_flight: int = 100
 
 
 @dataclass
@@ -106,6 +115,11 @@ class VoiceConfig:
     fastagi_enabled: bool = True
     fastagi_host: str = "127.0.0.1"
     fastagi_port: int = 4573
+    # Addresses/CIDRs FastAGI accepts connections from (comma-separated): the Asterisk servers.
+    fastagi_allowed_peers: str = "127.0.0.1/8,::1"
+    # Set: every AGI URL must carry it, agi://host:4573/din?key=<secret> (see extensions.conf).
+    fastagi_secret: str = ""
+    fastagi_max_connections: int = 1000  # one per call in progress
     data_dir: str = "var/voice"  # media cache, TTS cache, voicemail store (Asterisk must read it)
     # Asterisk sees data_dir under this path (when it runs elsewhere and mounts it); "" = same path.
     asterisk_data_dir: str = ""

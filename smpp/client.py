@@ -10,6 +10,10 @@ returned (it stores first), and a handler error is answered with
 ESME_RX_T_APPN so the SMSC redelivers. A deliver_sm that cannot be decoded
 (client_wire.MalformedPdu) never reaches the handler and is refused with a
 permanent status, so it is neither lost silently nor redelivered forever.
+At most `max_inbound_in_flight` deliver_sm are handled at once: at the bound the socket is not
+read until one is answered, so an SMSC flooding deliver_sm without waiting for the answers
+fills its own window and the socket buffers, not the gateway's memory and event loop. While
+reading stands still, no response timeout fires (the answer may be in the unread bytes).
 A submit whose connection died before its submit_sm_resp raises
 ConnectionLost: the outcome is unknown and the core retries, which makes
 outbound delivery at-least-once. For a long message the exception names the
@@ -75,6 +79,7 @@ class SmppClientConfig:
     window: int = 10  # outstanding submit_sm shared by all callers
     enquire_link_interval: float = 30.0
     response_timeout: float = 10.0
+    max_inbound_in_flight: int = 100  # deliver_sm being handled; at the bound reading stops
     connect_timeout: float = 10.0
     reconnect_backoff_min: float = 0.5
     reconnect_backoff_max: float = 30.0
@@ -129,6 +134,7 @@ class _Session:
         self.bound = False
         self.closed = False
         self.close_reason = ""
+        self.reading_paused = False  # not reading: deliver_sm handlers are at their bound
         self._pending: dict[int, tuple[asyncio.Future[_Response], asyncio.TimerHandle]] = {}
         self._loop = asyncio.get_running_loop()
 
@@ -175,6 +181,12 @@ class _Session:
             future.set_result(response)
 
     def _timed_out(self, seq: int) -> None:
+        entry = self._pending.get(seq)
+        if self.reading_paused and entry is not None:
+            # The answer may be among the bytes we are not reading yet: wait on.
+            timer = self._loop.call_later(self.response_timeout, self._timed_out, seq)
+            self._pending[seq] = (entry[0], timer)
+            return
         # An SMSC that stops answering is treated as a dead link: reconnecting is
         # the only way to learn the state of the window again.
         self.abort(f"no response to sequence {seq} within {self.response_timeout}s")
@@ -217,7 +229,11 @@ class SmppClient:
         self._reported_bound = False
         self._stopping = asyncio.Event()
         self._run_task: asyncio.Task[None] | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
+        if config.max_inbound_in_flight < 1:
+            raise ValueError("max_inbound_in_flight must be at least 1")
+        self._handlers: set[asyncio.Task[None]] = set()  # deliver_sm being handled
+        self._handler_done = asyncio.Event()
+        self.inbound_peak = 0  # most deliver_sm ever handled at once
         self._throttle_delay = config.throttle_backoff_min
         self._resume_at = 0.0  # loop time before which no submit_sm is sent (throttling)
 
@@ -225,6 +241,11 @@ class SmppClient:
     def bound(self) -> bool:
         session = self._session
         return session is not None and session.bound and not self._stopping.is_set()
+
+    @property
+    def inbound_in_flight(self) -> int:
+        """deliver_sm read and not answered yet."""
+        return len(self._handlers)
 
     async def wait_bound(self, timeout: float) -> bool:
         try:
@@ -364,6 +385,7 @@ class SmppClient:
         reader = session.reader
         try:
             while True:
+                await self._inbound_room(session)
                 header = await reader.readexactly(16)
                 length, command_id, status, seq = HEADER.unpack(header)
                 if length < 16 or length > MAX_PDU_LENGTH:
@@ -376,13 +398,27 @@ class SmppClient:
         except (ConnectionError, OSError) as exc:
             session.abort(f"read failed: {exc!r}")
 
+    async def _inbound_room(self, session: _Session) -> None:
+        """Wait while max_inbound_in_flight deliver_sm are being handled: SMPP windowing is
+        the SMSC's back-pressure, and our unread socket is what makes it apply."""
+        while len(self._handlers) >= self.config.max_inbound_in_flight:
+            session.reading_paused = True
+            self._handler_done.clear()
+            await self._handler_done.wait()
+        session.reading_paused = False
+
+    def _handler_finished(self, task: asyncio.Task[None]) -> None:
+        self._handlers.discard(task)
+        self._handler_done.set()
+
     def _dispatch(self, session: _Session, command_id: int, status: int, seq: int, data: bytes) -> None:
         if command_id & RESPONSE_BIT:
             session.resolve(seq, _Response(command_id, status, data))
         elif command_id == DELIVER_SM:
             task = asyncio.create_task(self._handle_deliver_sm(session, seq, data))
             self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
+            task.add_done_callback(self._handler_finished)
+            self.inbound_peak = max(self.inbound_peak, len(self._handlers))
         elif command_id == ENQUIRE_LINK:
             self._reply(session, "enquire_link_resp", seq)
         elif command_id == UNBIND:

@@ -24,6 +24,7 @@ from gateway.app import create_app
 from gateway.config import Config
 from gateway.db import migrate
 from gateway.db.engine import create_engine
+from gateway.http.listener import start_api
 from gateway.keys import ACCOUNTS, SESSIONS
 from gateway.services.accounts import NewCredentials
 
@@ -160,11 +161,9 @@ def gateway_config(db_url: str, smsc_host: str, smsc_port: int, **overrides: Any
 
 
 async def start_gateway(cfg: Config) -> Gateway:
+    """The app behind the same guarded listener as `gateway run` (gateway/http/listener.py)."""
     app = create_app(cfg)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
-    await site.start()
+    runner = await start_api(app, cfg.http, access_log=None)
     return Gateway(app, cfg.public_base_url, runner)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -49,6 +50,11 @@ class GatewayProcess:
         self.log_path = workdir / f"{name}.log"
         self.proc: asyncio.subprocess.Process | None = None
         self.starts = 0
+        self.open_files: tuple[int, int] | None = None  # set: starts under this (soft, hard) RLIMIT_NOFILE
+
+    def _limit_open_files(self) -> None:  # runs in the child, before exec
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.open_files)
 
     @property
     def running(self) -> bool:
@@ -78,6 +84,7 @@ class GatewayProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=self._limit_open_files if self.open_files else None,
             )
         try:
             await self._wait_healthy(timeout)

@@ -9,6 +9,7 @@ differ, the voice volume mounted where one side does not look, different uids on
 from __future__ import annotations
 
 import re
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import yaml
 
 from gateway.app import create_app
 from gateway.config import load_config
+from gateway.net.guard import address_in, parse_networks
 from tests.conftest import ROOT
 
 
@@ -94,8 +96,27 @@ def test_dialplan_reaches_the_gateway_fastagi_server(compose: dict[str, Any]) ->
     text = (ROOT / "asterisk" / "extensions.conf").read_text()
     site = (ROOT / "docker" / "asterisk" / "gateway-site.conf").read_text()
     globals_ = conf_values(text.replace("#tryinclude gateway-site.conf", site))
+    # Each URL carries the key the gateway wants (voice.fastagi_secret), as its only parameter.
+    assert cfg.voice.fastagi_secret
     for key, script in (("GATEWAY_FASTAGI", "din"), ("GATEWAY_FASTAGI_OUTBOUND", "outbound")):
-        assert last(globals_, "globals", key) == f"agi://gateway:{cfg.voice.fastagi_port}/{script}"
+        url = f"agi://gateway:{cfg.voice.fastagi_port}/{script}?key={cfg.voice.fastagi_secret}"
+        assert last(globals_, "globals", key) == url
+    # The repo's dialplan alone (no site file) targets a gateway on the same box: loopback,
+    # which the default allow-list admits.
+    for key in ("GATEWAY_FASTAGI", "GATEWAY_FASTAGI_OUTBOUND"):
+        host = last(conf_values(text), "globals", key).split("//", 1)[1].split(":", 1)[0]
+        assert address_in(host, parse_networks(load_config(env={}).voice.fastagi_allowed_peers))
+
+
+def test_fastagi_admits_the_compose_asterisk_and_nothing_else(compose: dict[str, Any]) -> None:
+    cfg = gateway_config(compose)
+    allowed = parse_networks(cfg.voice.fastagi_allowed_peers)
+    [subnet] = [ip_network(c["subnet"]) for c in compose["networks"]["default"]["ipam"]["config"]]
+    asterisk = compose["services"]["asterisk"]["networks"]["default"]["ipv4_address"]
+    assert ip_address(asterisk) in subnet and address_in(asterisk, allowed)
+    # Only that one address of the compose network: not the SMSC, PostgreSQL or any other container.
+    others = [h for h in subnet.hosts() if str(h) != asterisk]
+    assert not any(address_in(str(h), allowed) for h in others)
 
 
 def test_ami_user_secret_and_network(compose: dict[str, Any]) -> None:

@@ -1,5 +1,12 @@
 """FastAGI server: Asterisk's `AGI(agi://host:4573/<script>)` connects here, once per call.
 
+Only peers on the allow-list (the Asterisk servers; loopback by default) get in, at most
+`max_connections` at once: a ListenerGuard closes any other connection before a byte of it is
+read. With a `secret`, the AGI URL must also carry it (`agi://gw:4573/din?key=<secret>`, which
+Asterisk passes on as agi_network_script and agi_request); a request without the right key is
+closed before the handler sees it, so nothing is recorded or fetched for it. The key is removed
+from both fields before the handler (and any log line) sees them.
+
 Each connection gets its own task: read the `agi_*` header block (bounded: line length, number
 of lines, bytes, time), wrap the connection in a StreamAgiChannel and await the handler with it.
 Garbage in the header, a client that closes early or a handler that raises never takes the
@@ -11,9 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
+
+from gateway.net.guard import IPNetwork, ListenerGuard, parse_networks
+from gateway.net.throttled_log import ThrottledLog
 
 from .agi_channel import DEFAULT_LONG_TIMEOUT, DEFAULT_TIMEOUT, StreamAgiChannel
 from .agi_protocol import parse_header_line
@@ -22,6 +33,7 @@ from .interfaces import AgiChannel
 log = logging.getLogger(__name__)
 
 Handler = Callable[[AgiChannel], Awaitable[None]]
+LOOPBACK = parse_networks("127.0.0.1/8,::1")
 
 
 class HeaderError(Exception):
@@ -42,6 +54,9 @@ class FastAgiServer:
         command_timeout: float = DEFAULT_TIMEOUT,
         long_command_timeout: float = DEFAULT_LONG_TIMEOUT,
         backlog: int = 1024,
+        max_connections: int = 1000,
+        allowed_peers: Sequence[IPNetwork] = LOOPBACK,
+        secret: str = "",
     ) -> None:
         self._handler = handler
         self._host = host
@@ -53,6 +68,15 @@ class FastAgiServer:
         self._command_timeout = command_timeout
         self._long_command_timeout = long_command_timeout
         self._backlog = backlog
+        self._guard = ListenerGuard(
+            "FastAGI (voice.fastagi_allowed_peers, voice.fastagi_max_connections)",
+            max_connections=max_connections,
+            allowed_peers=allowed_peers,
+        )
+        self._secret = secret.encode()
+        self._bad_key = ThrottledLog(
+            log, logging.WARNING, "FastAGI %s: request without the right key (voice.fastagi_secret); closed"
+        )
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls_handled = 0  # connections whose handler ran to the end (or raised)
@@ -71,11 +95,14 @@ class FastAgiServer:
     async def start(self) -> None:
         if self._server is not None:
             return
-        self._server = await asyncio.start_server(
-            self._on_connection,
+
+        def protocol() -> asyncio.Protocol:  # what asyncio.start_server would make
+            return asyncio.StreamReaderProtocol(asyncio.StreamReader(self._max_line), self._on_connection)
+
+        self._server = await asyncio.get_running_loop().create_server(
+            self._guard.wrap(protocol),
             self._host,
             self._requested_port,
-            limit=self._max_line,
             backlog=self._backlog,
             reuse_address=True,
         )
@@ -127,6 +154,9 @@ class FastAgiServer:
             except (ConnectionError, OSError) as exc:
                 log.info("FastAGI %s: connection lost during the header: %s", peer, exc)
                 return
+            if not self._key_ok(env):
+                self._bad_key.hit(peer)
+                return
             channel = StreamAgiChannel(
                 reader,
                 writer,
@@ -155,6 +185,19 @@ class FastAgiServer:
                 await _quietly(_close_writer(writer))
             if task is not None:
                 self._tasks.discard(task)
+
+    def _key_ok(self, env: dict[str, str]) -> bool:
+        """Take the key out of the script and request fields; True if it is the one required."""
+        keys = []
+        for field in ("network_script", "request"):
+            if field in env:
+                env[field], key = _without_key(env[field])
+                keys.append(key)
+        if not self._secret:
+            return True
+        # Asterisk sends the same URL in both fields; a forged header must not tell them apart.
+        given = keys[0] if keys and len(set(keys)) == 1 else None
+        return given is not None and hmac.compare_digest(given.encode(), self._secret)
 
     async def _read_header(self, reader: asyncio.StreamReader) -> dict[str, str]:
         lines: list[str] = []
@@ -187,6 +230,18 @@ class FastAgiServer:
         if not env:
             raise HeaderError("empty header block")
         return env
+
+
+def _without_key(value: str) -> tuple[str, str | None]:
+    """("din?key=s&x=1", ...) -> ("din?x=1", "s"): the value without its `key` parameter, and the
+    key (None unless exactly one). Compared as written in the URL: no percent-decoding."""
+    base, sep, query = value.partition("?")
+    if not sep:
+        return value, None
+    params = [p.partition("=") for p in query.split("&") if p]
+    keys = [v for k, _, v in params if k == "key"]
+    rest = "&".join(k + eq + v for k, eq, v in params if k != "key")
+    return (f"{base}?{rest}" if rest else base), (keys[0] if len(keys) == 1 else None)
 
 
 def _peername(writer: asyncio.StreamWriter) -> str:

@@ -205,7 +205,7 @@ class CallTranscript:
     dialed: list[str] = field(default_factory=list)  # EXEC Dial arguments
     recordings: list[Recording] = field(default_factory=list)
     hangup_sent: bool = False  # the HANGUP line went out (or SIGHUP for a script)
-    ended_by: str = ""  # "bridge" (it closed), "peer" (we closed), "timeout"
+    ended_by: str = ""  # "bridge" (it closed), "reset" (it reset), "peer" (we closed), "timeout"
     returncode: int | None = None  # AGI script exit status
     stderr: bytes = b""
 
@@ -561,6 +561,9 @@ async def _serve(
         except TimeoutError:
             transcript.ended_by = "timeout"
             return
+        except ConnectionError:  # res_agi: the read fails, AGI() ends with AGISTATUS=FAILURE
+            transcript.ended_by = "reset"
+            return
         if raw is None:
             transcript.ended_by = transcript.ended_by or "bridge"
             return
@@ -579,14 +582,21 @@ async def _serve(
 
 
 async def fastagi_call(
-    host: str, port: int, scenario: CallScenario | None = None, *, timeout: float = 30.0
+    host: str,
+    port: int,
+    scenario: CallScenario | None = None,
+    *,
+    timeout: float = 30.0,
+    local_host: str | None = None,
 ) -> CallTranscript:
     """Place one call: connect like `AGI(agi://host:port/<script>)` and play Asterisk's side
-    until the bridge closes the connection (or the scenario closes it)."""
+    until the bridge closes the connection (or the scenario closes it). `local_host`: the
+    address the call comes from (an Asterisk on another box), e.g. 127.0.0.2."""
     scenario = scenario or CallScenario()
     transcript = CallTranscript()
     agi = AsteriskAgi(scenario, transcript, fast=True)
-    reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+    local = (local_host, 0) if local_host else None
+    reader, writer = await asyncio.open_connection(host, port, limit=1 << 20, local_addr=local)
     header = agi.header(f"agi://{host}:{port}/{scenario.script}")
     transcript.header, transcript.uniqueid = header, agi.uniqueid
 
