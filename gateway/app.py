@@ -31,7 +31,14 @@ from gateway.http import (
 from gateway.http.auth import auth_middleware
 from gateway.http.errors import DB_OUTAGE, error_middleware
 from gateway.http.metrics import METRICS, Metrics, MetricsSettings, metrics_middleware
-from gateway.http.ratelimit import RATE_LIMITER, RateLimiter, RateLimitSettings, ratelimit_middleware
+from gateway.http.ratelimit import (
+    AUTH_FAILURES,
+    MAX_TRACKED_ADDRESSES,
+    RATE_LIMITER,
+    RateLimiter,
+    RateLimitSettings,
+    ratelimit_middleware,
+)
 from gateway.http.request_log import request_id_middleware
 from gateway.http.routes_outbound import OUTBOUND
 from gateway.keys import ACCOUNTS, CONFIG, ENGINE, INBOUND, LINKS, MESSAGES, NUMBERS, SESSIONS, TEMPLATES
@@ -88,6 +95,12 @@ def create_app(config: Config) -> web.Application:
     try:
         app[RATE_LIMITER] = RateLimiter(
             RateLimitSettings(rate=config.ratelimit.rate, burst=config.ratelimit.burst)
+        )
+        app[AUTH_FAILURES] = RateLimiter(
+            RateLimitSettings(
+                rate=config.ratelimit.auth_failures_per_second, burst=config.ratelimit.auth_failures_burst
+            ),
+            max_keys=MAX_TRACKED_ADDRESSES,
         )
     except ValueError as exc:
         raise ConfigError(f"ratelimit: {exc}") from None
