@@ -247,7 +247,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
             enquire_link_interval=cfg.smpp.enquire_link_interval,
             response_timeout=cfg.smpp.response_timeout,
         ),
-        CoreSmppEvents(receipts, inbound, app[METRICS]),
+        CoreSmppEvents(receipts, inbound, app[METRICS], app[DB_OUTAGE]),
     )
     dispatcher = Dispatcher(
         sessions,

@@ -12,9 +12,14 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import basic, gateway_config, start_gateway, wait_for
+from gateway.db.availability import DbOutage, is_outage
+from gateway.db.engine import create_engine
+from smpp.client_wire import ESME_RX_T_APPN
+from tests.conftest import basic, free_port, gateway_config, start_gateway, wait_for
 from tests.webhook_receiver import Receiver
 
 
@@ -111,6 +116,12 @@ async def test_api_and_workers_ride_out_a_database_outage(
         await proxy.cut()
         await sim_smsc.configure()  # binds accepted: the dispatcher now tries to claim, and fails
         caplog.clear()
+        # Inbound SMS during the outage cannot be stored: the SMSC is asked to redeliver
+        # (ESME_RX_T_APPN), quietly.
+        await wait_for(lambda: _bound(sim_smsc), timeout=20)
+        for _ in range(3):
+            await sim_smsc.simulator.inject_mo("+819011112222", "+815012345678", b"during the outage")
+        await wait_for(lambda: _redelivery_asked(sim_smsc), timeout=10)
         started = asyncio.get_running_loop().time()
         while asyncio.get_running_loop().time() - started < 4.0:
             for method, url, kw in [
@@ -160,3 +171,63 @@ async def test_api_and_workers_ride_out_a_database_outage(
 
 async def _callbacks(receiver: Receiver, msgid: str) -> bool:
     return any(msgid.encode() in h.body and b"DELIVERED" in h.body for h in receiver.on("/status"))
+
+
+async def _bound(sim_smsc: Any) -> bool:
+    return bool(sim_smsc.simulator.has_receiver())
+
+
+async def _redelivery_asked(sim_smsc: Any) -> bool:
+    return ESME_RX_T_APPN in sim_smsc.simulator.delivery_statuses
+
+
+async def test_outage_told_apart_from_bugs(tmp_path: Any) -> None:
+    """Real exceptions from real engines: an unreachable server is an outage; a statement the
+    database refuses, or an OSError that did not come from the driver, is a bug (500)."""
+    refused = create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/test")
+    sqlite = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'x.sqlite3'}")
+    try:
+        with pytest.raises(Exception) as down:
+            async with refused.connect() as c:
+                await c.execute(text("SELECT 1"))
+        assert is_outage(down.value)
+        async with sqlite.begin() as c:
+            await c.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+            await c.execute(text("INSERT INTO t VALUES (1)"))
+        with pytest.raises(Exception) as duplicate:
+            async with sqlite.begin() as c:
+                await c.execute(text("INSERT INTO t VALUES (1)"))
+        assert not is_outage(duplicate.value)
+        with pytest.raises(Exception) as typo:
+            async with sqlite.begin() as c:
+                await c.execute(text("SELEC 1"))
+        assert not is_outage(typo.value)
+        with pytest.raises(Exception) as cannot_open:
+            async with create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/missing/x.sqlite3").connect():
+                pass
+        assert is_outage(cannot_open.value)
+        assert not is_outage(ConnectionRefusedError(111, "a customer's webhook receiver"))
+        assert not is_outage(TimeoutError())
+    finally:
+        await refused.dispose()
+        await sqlite.dispose()
+
+
+def test_an_outage_is_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    outage = DbOutage(clock=lambda: now[0])
+    failure = ConnectionRefusedError(111, "refused")
+    assert outage.backoff() == DbOutage.BACKOFF_MIN
+    with caplog.at_level(logging.WARNING, logger="gateway.db.availability"):
+        while now[0] < 65.0:  # 100 failures a second for 65 s
+            outage.report(failure, "API")
+            now[0] = round(now[0] + 0.01, 2)
+        assert outage.backoff() == DbOutage.BACKOFF_MAX
+        outage.connected()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4, lines  # the start, a summary at 30 s and 60 s, the return
+    assert lines[0].startswith("database unreachable (ConnectionRefusedError")
+    assert lines[1].startswith("database still unreachable after 30 s: 3000 failures in the last 30 s")
+    assert lines[2].startswith("database still unreachable after 60 s:")
+    assert lines[3] == "database reachable again after 65 s"
+    assert not outage.down and outage.backoff() == DbOutage.BACKOFF_MIN

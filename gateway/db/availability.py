@@ -60,6 +60,8 @@ def _asyncpg_connection_errors() -> tuple[type[BaseException], ...]:
 
 
 _ASYNCPG = _asyncpg_connection_errors()
+# SQLITE_BUSY, _LOCKED, _IOERR, _FULL, _CANTOPEN, _PROTOCOL: the file, not the statement.
+_SQLITE_UNAVAILABLE = frozenset({5, 6, 10, 13, 14, 15})
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -67,6 +69,11 @@ def is_outage(exc: BaseException) -> bool:
     timed out, pool exhausted, server shutting down); False for everything else, bugs included
     (a syntax error, a constraint violation, a wrong type)."""
     for e in _chain(exc):
+        if isinstance(e, sa_exc.DBAPIError):
+            sqlite_code = getattr(e.orig, "sqlite_errorcode", None)
+            if isinstance(sqlite_code, int):
+                # SQLite says OperationalError for a syntax error too: go by its result code.
+                return sqlite_code & 0xFF in _SQLITE_UNAVAILABLE
         if isinstance(
             e,
             sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.DisconnectionError | sa_exc.TimeoutError,
