@@ -12,8 +12,10 @@ from functools import partial
 
 import aiohttp
 from aiohttp import web
+from sqlalchemy import event
 
 from gateway.config import Config, ConfigError
+from gateway.db.availability import DbOutage
 from gateway.db.engine import create_engine, session_factory
 from gateway.http import (
     metrics,
@@ -27,9 +29,16 @@ from gateway.http import (
     routes_voice,
 )
 from gateway.http.auth import auth_middleware
-from gateway.http.errors import error_middleware
+from gateway.http.errors import DB_OUTAGE, error_middleware
 from gateway.http.metrics import METRICS, Metrics, MetricsSettings, metrics_middleware
-from gateway.http.ratelimit import RATE_LIMITER, RateLimiter, RateLimitSettings, ratelimit_middleware
+from gateway.http.ratelimit import (
+    AUTH_FAILURES,
+    MAX_TRACKED_ADDRESSES,
+    RATE_LIMITER,
+    RateLimiter,
+    RateLimitSettings,
+    ratelimit_middleware,
+)
 from gateway.http.request_log import request_id_middleware
 from gateway.http.routes_outbound import OUTBOUND
 from gateway.keys import ACCOUNTS, CONFIG, ENGINE, INBOUND, LINKS, MESSAGES, NUMBERS, SESSIONS, TEMPLATES
@@ -79,6 +88,7 @@ def create_app(config: Config) -> web.Application:
         client_max_size=config.http.max_body_bytes,
     )
     app[CONFIG] = config
+    app[DB_OUTAGE] = DbOutage()
     app[METRICS] = Metrics(
         MetricsSettings(token=config.metrics.token),
         calls_in_progress=lambda: app[CALLS].in_progress if CALLS in app else 0,
@@ -87,6 +97,12 @@ def create_app(config: Config) -> web.Application:
     try:
         app[RATE_LIMITER] = RateLimiter(
             RateLimitSettings(rate=config.ratelimit.rate, burst=config.ratelimit.burst)
+        )
+        app[AUTH_FAILURES] = RateLimiter(
+            RateLimitSettings(
+                rate=config.ratelimit.auth_failures_per_second, burst=config.ratelimit.auth_failures_burst
+            ),
+            max_keys=MAX_TRACKED_ADDRESSES,
         )
     except ValueError as exc:
         raise ConfigError(f"ratelimit: {exc}") from None
@@ -159,6 +175,9 @@ def _check_dialing(config: Config) -> None:
 async def _database(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     engine = create_engine(cfg.database.url, cfg.database.pool_size)
+    outage = app[DB_OUTAGE]
+    # A new connection after an outage is the database coming back: say so once.
+    event.listen(engine.sync_engine, "connect", lambda *_: outage.connected())
     sessions = session_factory(engine)
     app[ENGINE] = engine
     app[SESSIONS] = sessions
@@ -235,6 +254,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         lease_seconds=cfg.webhooks.lease_seconds,
         reply_hook=lambda uid, text: inbound.reply_from_webhook(uid, text),
         observer=app[METRICS],
+        db=app[DB_OUTAGE],
     )
     inbound = InboundService(
         sessions,
@@ -259,7 +279,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
             response_timeout=cfg.smpp.response_timeout,
             max_inbound_in_flight=cfg.smpp.max_inbound_in_flight,
         ),
-        CoreSmppEvents(receipts, inbound, app[METRICS]),
+        CoreSmppEvents(receipts, inbound, app[METRICS], app[DB_OUTAGE]),
     )
     dispatcher = Dispatcher(
         sessions,
@@ -274,6 +294,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         wake_webhooks=wake_webhooks,
         observer=app[METRICS],
         ready=lambda: client.bound,
+        db=app[DB_OUTAGE],
     )
     app[RECEIPTS] = receipts
     app[SMPP_CLIENT] = client
@@ -282,15 +303,18 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
     app[MESSAGES] = messages
     app[INBOUND] = inbound
     housekeeping = Lifecycle()
+    db = app[DB_OUTAGE]
     workers = [
-        asyncio.create_task(_forever("dispatcher", dispatcher.run), name="dispatcher"),
-        asyncio.create_task(_forever("webhook sender", webhooks.run), name="webhooks"),
-        asyncio.create_task(_every(housekeeping, 2.0, "orphan receipt sweep", receipts.sweep), name="sweep"),
+        asyncio.create_task(_forever(db, "dispatcher", dispatcher.run), name="dispatcher"),
+        asyncio.create_task(_forever(db, "webhook sender", webhooks.run), name="webhooks"),
         asyncio.create_task(
-            _every(housekeeping, 10.0, "stale MO parts", inbound.flush_stale), name="mo-parts"
+            _every(db, housekeeping, 2.0, "orphan receipt sweep", receipts.sweep), name="sweep"
+        ),
+        asyncio.create_task(
+            _every(db, housekeeping, 10.0, "stale MO parts", inbound.flush_stale), name="mo-parts"
         ),
     ]
-    client_task = asyncio.create_task(_forever("smpp client", client.run), name="smpp-client")
+    client_task = asyncio.create_task(_forever(db, "smpp client", client.run), name="smpp-client")
     yield
     await messages.close()  # the HTTP site is already closed: commit what it accepted
     # Stop taking work, let in-flight batches record their outcome, then unbind.
@@ -338,7 +362,13 @@ async def _voice(fastagi_peers: tuple[IPNetwork, ...], app: web.Application) -> 
             app[FASTAGI] = server  # the server logs where it listens
         sweeps = Lifecycle()
         sweeper = asyncio.create_task(
-            _every(sweeps, 60.0, "call sweep", partial(calls.sweep_abandoned, cfg.max_call_seconds)),
+            _every(
+                app[DB_OUTAGE],
+                sweeps,
+                60.0,
+                "call sweep",
+                partial(calls.sweep_abandoned, cfg.max_call_seconds),
+            ),
             name="call-sweep",
         )
         yield
@@ -348,7 +378,7 @@ async def _voice(fastagi_peers: tuple[IPNetwork, ...], app: web.Application) -> 
             await server.stop()
 
 
-async def _forever(what: str, fn: Callable[[], Awaitable[None]]) -> None:
+async def _forever(db: DbOutage, what: str, fn: Callable[[], Awaitable[None]]) -> None:
     """A background loop that dies of a bug is restarted, not left silently dead."""
     while True:
         try:
@@ -356,13 +386,13 @@ async def _forever(what: str, fn: Callable[[], Awaitable[None]]) -> None:
             return
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("%s crashed; restarting in 1 s", what)
-            await asyncio.sleep(1)
+        except Exception as exc:
+            # Restarted after 1 s (longer while the database is unreachable).
+            await asyncio.sleep(max(1.0, db.failed(exc, f"{what} loop", log)))
 
 
 async def _every(
-    lifecycle: Lifecycle, seconds: float, what: str, fn: Callable[[], Awaitable[object]]
+    db: DbOutage, lifecycle: Lifecycle, seconds: float, what: str, fn: Callable[[], Awaitable[object]]
 ) -> None:
     while not lifecycle.stopping:
         await lifecycle.idle(seconds)
@@ -370,5 +400,5 @@ async def _every(
             return
         try:
             await fn()
-        except Exception:
-            log.exception("%s failed", what)
+        except Exception as exc:
+            db.failed(exc, what, log)  # its interval is the back-off

@@ -176,6 +176,10 @@ class RateLimitConfig:
     # Requests per second per account, per gateway node (in-memory buckets); 0 = off.
     rate: float = 0.0
     burst: int = 50
+    # Failed authentications per client address (peer address, IPv6 by /64) before it gets
+    # 429, and their refill per second; 0 per second turns the throttle off.
+    auth_failures_burst: int = 20
+    auth_failures_per_second: float = 1.0
 
 
 @dataclass

@@ -59,6 +59,7 @@ from smpp.types import (
     MoPart,
     NotBound,
     SmppEvents,
+    StoreUnavailable,
     SubmitRejected,
     SubmitRequest,
     SubmitResult,
@@ -465,6 +466,8 @@ class SmppClient:
                 await self.events.on_mo(event)
             else:
                 await self.events.on_receipt(event)
+        except StoreUnavailable:
+            status = ESME_RX_T_APPN  # redelivered later; the handler has logged the outage
         except Exception:
             log.exception("deliver_sm handler failed; asking the SMSC to redeliver")
             status = ESME_RX_T_APPN

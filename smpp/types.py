@@ -103,6 +103,12 @@ class ConnectionLost(SmppError):
         self.accepted: dict[int, str] = dict(accepted or {})
 
 
+class StoreUnavailable(SmppError):
+    """Raised by an SmppEvents handler that cannot store the PDU right now (its database is
+    unreachable) and has reported that itself: the SMSC is asked to redeliver, without a
+    traceback per PDU."""
+
+
 class SubmitRejected(SmppError):
     """The SMSC answered submit_sm with a permanent error status."""
 

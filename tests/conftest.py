@@ -154,6 +154,10 @@ def gateway_config(db_url: str, smsc_host: str, smsc_port: int, **overrides: Any
     cfg.sms.prices = {"": 10.0, "81": 8.0, "8190": 9.5}
     cfg.voice.fastagi_port = 0  # ephemeral: tests run many gateways
     cfg.voice.data_dir = str(Path(tempfile.mkdtemp(prefix="gw-voice-")))
+    # Many tests send wrong credentials on purpose, all from 127.0.0.1: a burst no test reaches
+    # keeps the failed-auth throttle in the path without throttling them (test_auth_hostile.py
+    # tightens it).
+    cfg.ratelimit.auth_failures_burst = 100_000
     for key, value in overrides.items():
         section, name = key.split("__")
         setattr(getattr(cfg, section), name, value)

@@ -10,6 +10,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
+from gateway.db.availability import is_outage
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,8 @@ class GroupCommitter(Generic[T]):
             try:
                 rejected = await self._write([item for item, _ in batch]) or {}
             except Exception as exc:
-                log.warning("group write of %d items failed: %s", len(batch), exc)
+                if not is_outage(exc):  # an outage is reported (once per interval) by the callers
+                    log.warning("group write of %d items failed: %s", len(batch), exc)
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)

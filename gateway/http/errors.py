@@ -9,7 +9,12 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.db.availability import DbOutage, is_outage
+
 log = logging.getLogger(__name__)
+
+# The process's view of database outages, shared with the background loops (gateway/app.py).
+DB_OUTAGE = web.AppKey("db_outage", DbOutage)
 
 
 class ApiError(Exception):
@@ -67,7 +72,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         return json_response({"detail": exc.reason}, status=exc.status)
-    except Exception:
+    except Exception as exc:
+        outage = request.app.get(DB_OUTAGE)
+        if outage is not None and is_outage(exc):
+            # Not a bug and not the caller's fault: one log line per interval, not per request.
+            resource = request.match_info.route.resource
+            outage.report(exc, f"API {request.method} {resource.canonical if resource else '?'}")
+            return db_unavailable(outage.RETRY_AFTER)
         # A bug must not leak internals; it is logged with the request for the operator.
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_response({"detail": "Internal error; it has been logged."}, status=500)
+
+
+def db_unavailable(retry_after: int) -> web.Response:
+    response = json_response({"detail": "Service temporarily unavailable: database"}, status=503)
+    response.headers["Retry-After"] = str(retry_after)
+    return response

@@ -45,8 +45,9 @@ from dataclasses import dataclass
 from aiohttp import web
 from sqlalchemy import func, select
 
+from gateway.db.availability import is_outage
 from gateway.db.models import Message, WebhookDelivery
-from gateway.http.errors import ApiError, Handler
+from gateway.http.errors import DB_OUTAGE, ApiError, Handler
 from gateway.keys import SESSIONS
 
 log = logging.getLogger(__name__)
@@ -299,8 +300,12 @@ async def _db_gauges(app: web.Application) -> tuple[int | None, int | None]:
             pending = await s.scalar(
                 select(func.count()).select_from(WebhookDelivery).where(WebhookDelivery.status == "PENDING")
             )
-    except Exception:  # a scrape must still answer, with gateway_db_up 0
-        log.warning("metrics: database gauges unavailable", exc_info=True)
+    except Exception as exc:  # a scrape must still answer, with gateway_db_up 0
+        outage = app.get(DB_OUTAGE)
+        if outage is not None and (isinstance(exc, TimeoutError) or is_outage(exc)):
+            outage.report(exc, "/metrics")
+        else:
+            log.warning("metrics: database gauges unavailable", exc_info=True)
         return None, None
     return int(queued or 0), int(pending or 0)
 

@@ -14,13 +14,17 @@ metrics) and failed authentication (401) are never counted or limited.
 
 The buckets live in this process: with N gateway nodes behind a load balancer an account can
 reach up to N x the configured rate. Buckets are not persisted; a restart starts them full.
+
+The same buckets, keyed by client address, throttle failed authentication (AUTH_FAILURES, used
+by gateway/http/auth.py): each refused credential takes a token, and an address whose bucket is
+empty gets the same 429 before its credentials are looked up.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -44,39 +48,61 @@ class _Bucket:
 
 
 class RateLimiter:
-    """Token buckets keyed by account id. Single event loop: no locking needed."""
+    """Token buckets keyed by account id (or client address). Single event loop: no locking.
+
+    `max_keys` bounds memory when keys come from outside (addresses): past it, the bucket
+    untouched the longest is forgotten.
+    """
 
     PRUNE_EVERY = 60.0  # seconds between sweeps of buckets that have refilled completely
 
-    def __init__(self, settings: RateLimitSettings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: RateLimitSettings,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int | None = None,
+    ) -> None:
         if settings.rate > 0 and settings.burst < 1:
             raise ValueError("ratelimit burst must be at least 1")
         self.settings = settings
         self._clock = clock
-        self._buckets: dict[int, _Bucket] = {}
+        self._max_keys = max_keys
+        # In order of last use (a used bucket is moved to the end), so the first is the oldest.
+        self._buckets: dict[Hashable, _Bucket] = {}
         self._pruned_at = clock()
 
     @property
     def enabled(self) -> bool:
         return self.settings.rate > 0
 
-    def take(self, account_id: int) -> float:
-        """Take one token for this account: 0.0 if granted, else seconds until one is available."""
+    def take(self, key: Hashable) -> float:
+        """Take one token for this key: 0.0 if granted, else seconds until one is available."""
         if not self.enabled:
             return 0.0
         rate, burst = self.settings.rate, float(self.settings.burst)
         now = self._clock()
         self._maybe_prune(now)
-        bucket = self._buckets.get(account_id)
+        bucket = self._buckets.pop(key, None)
         if bucket is None:
-            bucket = self._buckets[account_id] = _Bucket(burst, now)
+            bucket = _Bucket(burst, now)
+            if self._max_keys is not None and len(self._buckets) >= self._max_keys:
+                del self._buckets[next(iter(self._buckets))]
         else:
             bucket.tokens = min(burst, bucket.tokens + max(0.0, now - bucket.at) * rate)
             bucket.at = now
+        self._buckets[key] = bucket
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return 0.0
         return (1.0 - bucket.tokens) / rate
+
+    def wait(self, key: Hashable) -> float:
+        """Seconds until this key could take a token (0.0: it can now); takes nothing."""
+        bucket = self._buckets.get(key)
+        if not self.enabled or bucket is None:
+            return 0.0
+        tokens = bucket.tokens + max(0.0, self._clock() - bucket.at) * self.settings.rate
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.settings.rate
 
     def _maybe_prune(self, now: float) -> None:
         """A bucket that has refilled to `burst` is the same as no bucket: forget it, so memory
@@ -96,6 +122,9 @@ class RateLimiter:
 
 
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+# Failed authentication per client address (gateway/http/auth.py).
+AUTH_FAILURES = web.AppKey("auth_failures", RateLimiter)
+MAX_TRACKED_ADDRESSES = 10_000
 
 
 def retry_after_seconds(wait: float) -> int:
@@ -112,8 +141,12 @@ async def ratelimit_middleware(request: web.Request, handler: Handler) -> web.St
         return await handler(request)
     wait = limiter.take(account.id)
     if wait > 0:
-        seconds = retry_after_seconds(wait)
-        response = json_response({"detail": f"Rate limit exceeded; retry after {seconds} s."}, status=429)
-        response.headers["Retry-After"] = str(seconds)
-        return response
+        return too_many_requests(wait)
     return await handler(request)
+
+
+def too_many_requests(wait: float, reason: str = "Rate limit exceeded") -> web.Response:
+    seconds = retry_after_seconds(wait)
+    response = json_response({"detail": f"{reason}; retry after {seconds} s."}, status=429)
+    response.headers["Retry-After"] = str(seconds)
+    return response

@@ -8,7 +8,8 @@ import logging
 from aiohttp import web
 from sqlalchemy import text
 
-from gateway.http.errors import json_response, not_found
+from gateway.db.availability import is_outage
+from gateway.http.errors import DB_OUTAGE, json_response, not_found
 from gateway.keys import LINKS, SESSIONS
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ async def ready(request: web.Request) -> web.Response:
         async with asyncio.timeout(READY_DB_TIMEOUT), request.app[SESSIONS]() as s:
             await s.execute(text("SELECT 1"))
     except Exception as exc:
-        log.warning("not ready: database: %s", exc)
+        outage = request.app.get(DB_OUTAGE)
+        if outage is not None and (isinstance(exc, TimeoutError) or is_outage(exc)):
+            outage.report(exc, "/readyz")  # probed every few seconds: not a line each time
+        else:
+            log.warning("not ready: database: %r", exc)
         return json_response({"detail": "Not ready: the database does not answer."}, status=503)
     return json_response({"status": "ready", "database": "up"})

@@ -95,13 +95,21 @@ class AccountService:
             rows = (await s.execute(select(Account).order_by(Account.id))).scalars().all()
         return [_info(r) for r in rows]
 
+    def cached(self, sid: str, token: str) -> AccountInfo | None:
+        """The account if these credentials authenticated within CACHE_TTL; no database query."""
+        if not (sid.isascii() and token.isascii()):
+            return None
+        hit = self._cache.get((sid, hash_token(token)))
+        return hit[1] if hit and hit[0] > time.monotonic() else None
+
     async def authenticate(self, sid: str, token: str) -> AccountInfo | None:
+        if not (sid.isascii() and token.isascii()):
+            return None  # SIDs and tokens are ASCII by construction: nothing to look up
+        if (hit := self.cached(sid, token)) is not None:
+            return hit
         digest = hash_token(token)
         key = (sid, digest)
         now = time.monotonic()
-        hit = self._cache.get(key)
-        if hit and hit[0] > now:
-            return hit[1]
         async with self._sessions() as s:
             row = (
                 await s.execute(select(Account).where(Account.sid == sid, Account.disabled.is_(False)))

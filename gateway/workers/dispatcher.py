@@ -41,6 +41,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import leases
+from gateway.db.availability import DbOutage
 from gateway.db.models import Message, MessagePart
 from gateway.logs import log_context
 from gateway.services import outbox
@@ -111,7 +112,9 @@ class Dispatcher:
         wake_webhooks: Callable[[], None] = lambda: None,
         observer: Observer | None = None,
         ready: Callable[[], bool] = lambda: True,
+        db: DbOutage | None = None,
     ) -> None:
+        self._db = db or DbOutage()
         self._ready = ready  # False: submits would only fail (SMPP not bound), claim nothing
         self._wake_webhooks = wake_webhooks
         self._observer = observer or NullObserver()
@@ -139,9 +142,9 @@ class Dispatcher:
                 continue
             try:
                 claimed = await self.claim()
-            except Exception:
-                log.exception("claiming queued messages failed; retrying")
-                await self.lifecycle.idle(self._poll)
+            except Exception as exc:
+                backoff = self._db.failed(exc, "claiming queued messages", log)
+                await self.lifecycle.idle(max(self._poll, backoff))
                 continue
             if not claimed:
                 await self.lifecycle.idle(self._poll)
@@ -173,8 +176,8 @@ class Dispatcher:
                         .where(Message.claimed_by == token, Message.status == "QUEUED")
                         .values(claimed_until=datetime.now(UTC) + self._lease)
                     )
-            except Exception:
-                log.exception("renewing the lease of a batch in flight failed; retrying")
+            except Exception as exc:
+                self._db.failed(exc, "renewing the lease of a batch in flight", log)
 
     async def claim(self) -> list[Claimed]:
         now = datetime.now(UTC)
@@ -251,10 +254,10 @@ class Dispatcher:
                 _log_outcomes(outcomes)
                 log_settled(s, self._observer)
                 return
-            except Exception:
+            except Exception as exc:
                 # The SMSC already has these; losing the write would resend them, so insist.
-                log.exception("recording %d submit outcomes failed (attempt %d)", len(outcomes), attempt + 1)
-                await asyncio.sleep(0.2 * 2**attempt)
+                what = f"recording {len(outcomes)} submit outcomes (attempt {attempt + 1})"
+                await asyncio.sleep(max(0.2 * 2**attempt, self._db.failed(exc, what, log)))
 
     async def _write(self, s: AsyncSession, outcomes: Sequence[Outcome], now: datetime) -> None:
         # Few statements per batch whatever its size: on SQLite every statement is a hop to

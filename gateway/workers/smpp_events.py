@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import logging
 
+from gateway.db.availability import DbOutage, is_outage
 from gateway.services.inbound import InboundService
 from gateway.workers.observer import NullObserver, Observer
 from gateway.workers.receipts import ReceiptApplier
-from smpp.types import DeliveryReceipt, MoPart
+from smpp.types import DeliveryReceipt, MoPart, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 
 class CoreSmppEvents:
     def __init__(
-        self, receipts: ReceiptApplier, inbound: InboundService, observer: Observer | None = None
+        self,
+        receipts: ReceiptApplier,
+        inbound: InboundService,
+        observer: Observer | None = None,
+        db: DbOutage | None = None,
     ) -> None:
+        self._db = db or DbOutage()
         self._receipts = receipts
         self._inbound = inbound
         self._observer = observer or NullObserver()
@@ -23,12 +29,26 @@ class CoreSmppEvents:
 
     async def on_receipt(self, receipt: DeliveryReceipt) -> None:
         self._observer.receipt(receipt.state.value)
-        await self._receipts.on_receipt(receipt)
+        try:
+            await self._receipts.on_receipt(receipt)
+        except Exception as exc:
+            self._unavailable(exc, "storing a delivery receipt")
+            raise
 
     async def on_mo(self, part: MoPart) -> None:
         self._observer.mo()
         # Returns only once stored: the adapter acknowledges the deliver_sm after this.
-        await self._inbound.receive(part)
+        try:
+            await self._inbound.receive(part)
+        except Exception as exc:
+            self._unavailable(exc, "storing an inbound SMS")
+            raise
+
+    def _unavailable(self, exc: Exception, what: str) -> None:
+        """An outage is reported once per interval and the SMSC asked to redeliver quietly."""
+        if is_outage(exc):
+            self._db.report(exc, what)
+            raise StoreUnavailable(str(exc)) from exc
 
     def on_bind_state(self, bound: bool) -> None:
         self.bound = bound

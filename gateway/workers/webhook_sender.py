@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from gateway.db import leases
+from gateway.db.availability import DbOutage
 from gateway.db.models import Account, WebhookDelivery
 from gateway.services.outbox import sign
 from gateway.workers.lifecycle import Lifecycle
@@ -139,7 +140,9 @@ class WebhookSender:
         reply_hook: ReplyHook | None = None,
         loops: int = 4,
         observer: Observer | None = None,
+        db: DbOutage | None = None,
     ) -> None:
+        self._db = db or DbOutage()
         self._observer = observer or NullObserver()
         self._loops = loops
         self._reply_hook = reply_hook
@@ -191,8 +194,8 @@ class WebhookSender:
             if free > 0 and not self.lifecycle.stopping:
                 try:
                     jobs = self._take_ready(free) or await self._claim(free)
-                except Exception:
-                    log.exception("claiming webhooks failed; retrying")
+                except Exception as exc:
+                    await self.lifecycle.idle(self._db.failed(exc, "claiming webhooks", log))
                     jobs = []
                 new = {asyncio.create_task(self._post(j)) for j in jobs}
                 in_flight |= new
@@ -216,7 +219,12 @@ class WebhookSender:
                 continue
             in_flight.difference_update(finished)
             results = [t.result() for t in finished]
-            await self._record(results)
+            try:
+                await self._record(results)
+            except Exception as exc:
+                # Unrecorded rows stay claimed and are sent again when their lease runs out.
+                await self.lifecycle.idle(self._db.failed(exc, "recording webhook results", log))
+                continue
             await self._replies(results)
 
     async def _claim(self, limit: int) -> list[Job]:
