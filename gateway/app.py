@@ -15,6 +15,8 @@ from aiohttp import web
 
 from gateway.config import Config, ConfigError
 from gateway.db.engine import create_engine, session_factory
+from gateway.egress.client import policy_session
+from gateway.egress.policy import SsrfPolicy
 from gateway.http import (
     metrics,
     openapi,
@@ -32,7 +34,18 @@ from gateway.http.metrics import METRICS, Metrics, MetricsSettings, metrics_midd
 from gateway.http.ratelimit import RATE_LIMITER, RateLimiter, RateLimitSettings, ratelimit_middleware
 from gateway.http.request_log import request_id_middleware
 from gateway.http.routes_outbound import OUTBOUND
-from gateway.keys import ACCOUNTS, CONFIG, ENGINE, INBOUND, LINKS, MESSAGES, NUMBERS, SESSIONS, TEMPLATES
+from gateway.keys import (
+    ACCOUNTS,
+    CONFIG,
+    ENGINE,
+    INBOUND,
+    LINKS,
+    MESSAGES,
+    NUMBERS,
+    SESSIONS,
+    TEMPLATES,
+    URL_POLICY,
+)
 from gateway.services.accounts import AccountService
 from gateway.services.inbound import InboundService, KeywordReplies
 from gateway.services.messages import MessageService
@@ -77,6 +90,7 @@ def create_app(config: Config) -> web.Application:
         client_max_size=config.http.max_body_bytes,
     )
     app[CONFIG] = config
+    app[URL_POLICY] = SsrfPolicy.from_config(config.outbound_http)
     app[METRICS] = Metrics(
         MetricsSettings(token=config.metrics.token),
         calls_in_progress=lambda: app[CALLS].in_progress if CALLS in app else 0,
@@ -140,7 +154,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _http_client(app: web.Application) -> AsyncIterator[None]:
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100, limit_per_host=20))
+    """The one session for every customer URL (webhooks, action_url, media): each connection
+    checked against the outbound URL policy, no cookie jar shared between tenants."""
+    session = policy_session(app[URL_POLICY], limit=100, limit_per_host=20)
     app[HTTP_CLIENT] = session
     yield
     await session.close()
@@ -285,6 +301,7 @@ async def _voice(app: web.Application) -> AsyncIterator[None]:
         cfg,
         app[SESSIONS],
         app[NUMBERS],
+        app[HTTP_CLIENT],
         base_url=app[CONFIG].public_base_url,
         wake_webhooks=webhooks.wake,
         observer=app[METRICS],

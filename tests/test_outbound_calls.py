@@ -26,6 +26,8 @@ from xoxzo.cloudpy import XoxzoClient
 
 from gateway.app import CALLS, WEBHOOKS, create_app
 from gateway.config import VoiceConfig
+from gateway.egress.client import policy_session
+from gateway.egress.policy import SsrfPolicy
 from gateway.http import routes_outbound
 from gateway.http.routes_outbound import OUTBOUND
 from gateway.keys import CONFIG, SESSIONS
@@ -33,10 +35,9 @@ from gateway.services.accounts import NewCredentials
 from gateway.voice.ami import AmiClient, AmiNotConnected, format_action, sanitise_value
 from gateway.voice.executor import Executor
 from gateway.voice.fastagi import FastAgiServer
-from gateway.voice.fetcher import PolicyFetcher, policy_session
+from gateway.voice.fetcher import PolicyFetcher
 from gateway.voice.media import MediaCache
 from gateway.voice.outbound import OutboundCalls, OutboundSettings, agi_router, outbound_cleanup_ctx
-from gateway.voice.ssrf import SsrfPolicy
 from gateway.voice.tts import EspeakSpeech
 from tests.conftest import Gateway, gateway_config, serve_app, wait_for
 from tests.peers.ami_server import AmiServer, Plan
@@ -81,7 +82,7 @@ async def voice_executor(cfg: VoiceConfig) -> AsyncIterator[Executor]:
     session = policy_session(policy)
     try:
         media = MediaCache(
-            PolicyFetcher(session, policy), cfg.data_dir, cfg.media_max_bytes, cfg.media_timeout
+            PolicyFetcher(session), cfg.data_dir, cfg.media_max_bytes, cfg.media_timeout
         )
         yield Executor(
             media,
