@@ -503,3 +503,23 @@ async def test_fetcher_requires_a_policy_session() -> None:
     async with aiohttp.ClientSession() as plain:
         with pytest.raises(ValueError, match="policy_session"):
             PolicyFetcher(plain)
+
+
+async def test_policy_session_checks_every_request_itself(server: MiniServer) -> None:
+    """Not only through PolicyFetcher: any request on the session (a webhook POST, a redirect
+    aiohttp follows on its own) is checked, IP literals included (aiohttp never asks the
+    resolver about those)."""
+    port = server.port
+    async with policy_session(SsrfPolicy(allow_private=False, allow_loopback=False)) as strict:
+        for host in ("127.0.0.1", "localhost", "[::ffff:127.0.0.1]", "127.1", "[::1]", "0.0.0.0"):
+            with pytest.raises(AddressRefused):
+                async with strict.get(f"http://{host}:{port}/ok"):
+                    pass
+    assert server.hits == []
+    async with policy_session(SsrfPolicy(allow_private=False, allow_loopback=True)) as loose:
+        async with loose.get(server.url("/ok")) as ok:
+            assert await ok.text() == "hello"
+        with pytest.raises(AddressRefused, match="metadata"):
+            async with loose.get(server.url("/redirect?to=http://169.254.169.254/latest/")):
+                pass
+    assert server.hits == ["/ok", "/redirect"]
