@@ -81,9 +81,7 @@ async def voice_executor(cfg: VoiceConfig) -> AsyncIterator[Executor]:
     policy = SsrfPolicy(allow_private=True, allow_loopback=True)
     session = policy_session(policy)
     try:
-        media = MediaCache(
-            PolicyFetcher(session), cfg.data_dir, cfg.media_max_bytes, cfg.media_timeout
-        )
+        media = MediaCache(PolicyFetcher(session), cfg.data_dir, cfg.media_max_bytes, cfg.media_timeout)
         yield Executor(
             media,
             EspeakSpeech(cfg.data_dir),
