@@ -119,14 +119,14 @@ class SsrfPolicy:
     def check_host(self, host: str) -> str | None:
         """Judge a URL's host without DNS: the reason it is refused, or None. None for a name
         means only "not refused by its spelling": its addresses are checked when connecting."""
-        ip = parse_ip(host)
+        name = host.rstrip(".").lower()  # `127.0.0.1.`, `localhost.`: the same to a resolver
+        ip = parse_ip(name)
         if ip is not None:
             reason = self.check_address(ip)
             return f"address refused: {reason}" if reason else None
-        numeric = legacy_numeric(host)
+        numeric = legacy_numeric(name)
         if numeric is not None:
             return f"host {host!r} is a non-canonical numeric address (the system would read it as {numeric})"
-        name = host.rstrip(".").lower()
         if not self.allow_loopback and (name == "localhost" or name.endswith(".localhost")):
             # RFC 6761: these names are loopback whatever DNS says.
             return f"host {host!r} is a loopback name (loopback not allowed)"
