@@ -17,6 +17,8 @@ from sqlalchemy import event
 from gateway.config import Config, ConfigError
 from gateway.db.availability import DbOutage
 from gateway.db.engine import create_engine, session_factory
+from gateway.egress.client import policy_session
+from gateway.egress.policy import SsrfPolicy
 from gateway.http import (
     metrics,
     openapi,
@@ -41,7 +43,18 @@ from gateway.http.ratelimit import (
 )
 from gateway.http.request_log import request_id_middleware
 from gateway.http.routes_outbound import OUTBOUND
-from gateway.keys import ACCOUNTS, CONFIG, ENGINE, INBOUND, LINKS, MESSAGES, NUMBERS, SESSIONS, TEMPLATES
+from gateway.keys import (
+    ACCOUNTS,
+    CONFIG,
+    ENGINE,
+    INBOUND,
+    LINKS,
+    MESSAGES,
+    NUMBERS,
+    SESSIONS,
+    TEMPLATES,
+    URL_POLICY,
+)
 from gateway.net.guard import IPNetwork, parse_networks
 from gateway.services.accounts import AccountService
 from gateway.services.dialing import DialPolicy
@@ -89,6 +102,7 @@ def create_app(config: Config) -> web.Application:
     )
     app[CONFIG] = config
     app[DB_OUTAGE] = DbOutage()
+    app[URL_POLICY] = SsrfPolicy.from_config(config.outbound_http)
     app[METRICS] = Metrics(
         MetricsSettings(token=config.metrics.token),
         calls_in_progress=lambda: app[CALLS].in_progress if CALLS in app else 0,
@@ -190,7 +204,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _http_client(app: web.Application) -> AsyncIterator[None]:
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100, limit_per_host=20))
+    """The one session for every customer URL (webhooks, action_url, media): each connection
+    checked against the outbound URL policy, no cookie jar shared between tenants."""
+    session = policy_session(app[URL_POLICY], limit=100, limit_per_host=20)
     app[HTTP_CLIENT] = session
     yield
     await session.close()
@@ -341,6 +357,7 @@ async def _voice(fastagi_peers: tuple[IPNetwork, ...], app: web.Application) -> 
         cfg,
         app[SESSIONS],
         app[NUMBERS],
+        app[HTTP_CLIENT],
         base_url=app[CONFIG].public_base_url,
         wake_webhooks=webhooks.wake,
         observer=app[METRICS],

@@ -94,6 +94,15 @@ class WebhookConfig:
 
 
 @dataclass
+class OutboundHttpConfig:
+    # Where customer URLs (callbacks, webhooks, action_url, media) may point. Link-local, cloud
+    # metadata and other special addresses are always refused; private ranges and loopback only
+    # when these say so (a single-tenant or demo install whose receivers run on this host).
+    allow_private_addresses: bool = False
+    allow_loopback: bool = False
+
+
+@dataclass
 class SmsConfig:
     max_parts: int = 10
     # Price per part by destination prefix (digits after +); the longest prefix wins.
@@ -127,10 +136,6 @@ class VoiceConfig:
     action_url_max_bytes: int = 16 * 1024
     media_max_bytes: int = 10 * 1024 * 1024
     media_timeout: float = 20.0  # one download of a playback file, redirects included
-    # SSRF policy for action_url and media fetches: link-local and cloud metadata addresses are
-    # always refused; private and loopback ranges only when these say so.
-    allow_private_addresses: bool = True
-    allow_loopback: bool = True
     trunk: str = "trunk"  # PJSIP endpoint used by transfer: Dial(PJSIP/<number>@<trunk>)
     dial_timeout: int = 30
     # Comma-separated E.164 prefixes transfers may reach (toll-fraud guard); "" = none allowed.
@@ -198,6 +203,7 @@ class Config:
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
+    outbound_http: OutboundHttpConfig = field(default_factory=OutboundHttpConfig)
     sms: SmsConfig = field(default_factory=SmsConfig)
     voice: VoiceConfig = field(default_factory=VoiceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

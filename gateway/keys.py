@@ -6,6 +6,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.config import Config
+from gateway.egress.policy import SsrfPolicy
 from gateway.services.accounts import AccountInfo, AccountService
 from gateway.services.inbound import InboundService
 from gateway.services.messages import MessageService
@@ -22,5 +23,6 @@ TEMPLATES = web.AppKey("templates", TemplateService)
 LINKS = web.AppKey("links", LinkTracker)
 NUMBERS = web.AppKey("numbers", NumberService)
 INBOUND = web.AppKey("inbound", InboundService)
+URL_POLICY = web.AppKey("url_policy", SsrfPolicy)  # where customer URLs may point
 
 ACCOUNT = web.RequestKey("account", AccountInfo)

@@ -153,6 +153,9 @@ def gateway_config(db_url: str, smsc_host: str, smsc_port: int, **overrides: Any
     cfg.webhooks.timeout = 3.0
     cfg.sms.prices = {"": 10.0, "81": 8.0, "8190": 9.5}
     cfg.voice.fastagi_port = 0  # ephemeral: tests run many gateways
+    # The suite's receivers and action_url servers listen on loopback; tests of the URL policy
+    # itself override this with outbound_http__allow_loopback=False.
+    cfg.outbound_http.allow_loopback = True
     cfg.voice.data_dir = str(Path(tempfile.mkdtemp(prefix="gw-voice-")))
     # Many tests send wrong credentials on purpose, all from 127.0.0.1: a burst no test reaches
     # keeps the failed-auth throttle in the path without throttling them (test_auth_hostile.py

@@ -175,6 +175,7 @@ class GatewayProcesses:
             "GATEWAY_WEBHOOKS_POLL_INTERVAL": "0.2",
             "GATEWAY_WEBHOOKS_FIRST_RETRY_SECONDS": "0.5",
             "GATEWAY_WEBHOOKS_TIMEOUT": "5",
+            "GATEWAY_OUTBOUND_HTTP_ALLOW_LOOPBACK": "true",  # the receivers are on loopback
             "GATEWAY_SMPP_ENQUIRE_LINK_INTERVAL": "5",
             "GATEWAY_LOG_LEVEL": "WARNING",
             **env,

@@ -27,6 +27,8 @@ from xoxzo.cloudpy import XoxzoClient
 
 from gateway.app import CALLS, WEBHOOKS, create_app
 from gateway.config import VoiceConfig
+from gateway.egress.client import policy_session
+from gateway.egress.policy import SsrfPolicy
 from gateway.http import routes_outbound
 from gateway.http.routes_outbound import OUTBOUND
 from gateway.keys import CONFIG, NUMBERS, SESSIONS
@@ -36,10 +38,9 @@ from gateway.services.number_import import parse_numbers_csv
 from gateway.voice.ami import AmiClient, AmiNotConnected, format_action, sanitise_value
 from gateway.voice.executor import Executor
 from gateway.voice.fastagi import FastAgiServer
-from gateway.voice.fetcher import PolicyFetcher, policy_session
+from gateway.voice.fetcher import PolicyFetcher
 from gateway.voice.media import MediaCache
 from gateway.voice.outbound import OutboundCalls, OutboundSettings, agi_router, outbound_cleanup_ctx
-from gateway.voice.ssrf import SsrfPolicy
 from gateway.voice.tts import EspeakSpeech
 from tests.conftest import Gateway, gateway_config, serve_app, wait_for
 from tests.peers.ami_server import AmiServer, Plan
@@ -84,9 +85,7 @@ async def voice_executor(cfg: VoiceConfig) -> AsyncIterator[Executor]:
     policy = SsrfPolicy(allow_private=True, allow_loopback=True)
     session = policy_session(policy)
     try:
-        media = MediaCache(
-            PolicyFetcher(session, policy), cfg.data_dir, cfg.media_max_bytes, cfg.media_timeout
-        )
+        media = MediaCache(PolicyFetcher(session), cfg.data_dir, cfg.media_max_bytes, cfg.media_timeout)
         yield Executor(
             media,
             EspeakSpeech(cfg.data_dir),

@@ -14,10 +14,11 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from gateway.config import VoiceConfig
-from gateway.voice.fetcher import MAX_REDIRECTS, PolicyFetcher, PolicyResolver, policy_session
-from gateway.voice.interfaces import FetchRefused, MediaError
-from gateway.voice.ssrf import SsrfPolicy, parse_ip
+from gateway.config import OutboundHttpConfig
+from gateway.egress.client import PolicyResolver, policy_session
+from gateway.egress.policy import AddressRefused, SsrfPolicy, parse_ip
+from gateway.voice.fetcher import MAX_REDIRECTS, PolicyFetcher
+from gateway.voice.interfaces import FetchFailed, FetchRefused
 
 # --------------------------------------------------------------------------- the policy
 
@@ -141,10 +142,11 @@ def test_only_strict_addresses_parse(text: str) -> None:
     assert SsrfPolicy(allow_private=True, allow_loopback=True).check_address(text) is not None
 
 
-def test_policy_from_voice_config_fields() -> None:
-    cfg = VoiceConfig()
-    policy = SsrfPolicy(allow_private=cfg.allow_private_addresses, allow_loopback=cfg.allow_loopback)
-    assert policy.check_address("169.254.169.254") is not None
+def test_policy_defaults_refuse_private_and_loopback() -> None:
+    policy = SsrfPolicy.from_config(OutboundHttpConfig())
+    assert policy == SsrfPolicy(allow_private=False, allow_loopback=False)
+    for address in ("169.254.169.254", "127.0.0.1", "10.0.0.1", "::1"):
+        assert policy.check_address(address) is not None
 
 
 # --------------------------------------------------------------------------- a real server
@@ -254,7 +256,7 @@ async def make_fetcher() -> AsyncIterator[FetcherFactory]:
         policy = SsrfPolicy(allow_private=allow_private, allow_loopback=allow_loopback)
         session = policy_session(policy)
         sessions.append(session)
-        return PolicyFetcher(session, policy)
+        return PolicyFetcher(session)
 
     yield make
     for s in sessions:
@@ -398,7 +400,7 @@ async def test_resolver_returns_only_checked_numeric_addresses() -> None:
         assert r["host"] in ("127.0.0.1", "::1")
         assert r["port"] == 8080
         assert r["flags"] & socket.AI_NUMERICHOST
-    with pytest.raises(FetchRefused):
+    with pytest.raises(AddressRefused):
         await PolicyResolver(SsrfPolicy(allow_private=True, allow_loopback=False)).resolve("localhost", 80)
 
 
@@ -460,7 +462,7 @@ async def test_body_at_cap_accepted(path: str, server: MiniServer, make_fetcher:
 async def test_timeout(path: str, server: MiniServer, make_fetcher: FetcherFactory) -> None:
     fetcher = await make_fetcher()
     started = time.monotonic()
-    with pytest.raises(MediaError, match="timed out") as info:
+    with pytest.raises(FetchFailed, match="timed out") as info:
         await fetcher.get(server.url(path), max_bytes=100_000, timeout=0.4)
     assert not isinstance(info.value, FetchRefused)
     assert time.monotonic() - started < 2
@@ -485,23 +487,39 @@ async def test_non_http_refused(url: str, make_fetcher: FetcherFactory) -> None:
         await fetcher.get(url, max_bytes=1000, timeout=5)
 
 
-async def test_connection_failure_is_media_error(make_fetcher: FetcherFactory) -> None:
+async def test_connection_failure_is_fetch_failed(make_fetcher: FetcherFactory) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     fetcher = await make_fetcher()
-    with pytest.raises(MediaError) as info:
+    with pytest.raises(FetchFailed) as info:
         await fetcher.get(f"http://127.0.0.1:{port}/", max_bytes=1000, timeout=5)
-    assert type(info.value) is MediaError
-    with pytest.raises(MediaError, match="cannot resolve"):
+    assert type(info.value) is FetchFailed
+    with pytest.raises(FetchFailed, match="cannot resolve"):
         await fetcher.get("http://no-such-host.invalid/", max_bytes=1000, timeout=5)
 
 
 async def test_fetcher_requires_a_policy_session() -> None:
-    policy = SsrfPolicy(allow_private=False, allow_loopback=True)
     async with aiohttp.ClientSession() as plain:
         with pytest.raises(ValueError, match="policy_session"):
-            PolicyFetcher(plain, policy)
-    async with policy_session(SsrfPolicy(allow_private=True, allow_loopback=True)) as other:
-        with pytest.raises(ValueError, match="same policy"):
-            PolicyFetcher(other, policy)
+            PolicyFetcher(plain)
+
+
+async def test_policy_session_checks_every_request_itself(server: MiniServer) -> None:
+    """Not only through PolicyFetcher: any request on the session (a webhook POST, a redirect
+    aiohttp follows on its own) is checked, IP literals included (aiohttp never asks the
+    resolver about those)."""
+    port = server.port
+    async with policy_session(SsrfPolicy(allow_private=False, allow_loopback=False)) as strict:
+        for host in ("127.0.0.1", "localhost", "[::ffff:127.0.0.1]", "127.1", "[::1]", "0.0.0.0"):
+            with pytest.raises(AddressRefused):
+                async with strict.get(f"http://{host}:{port}/ok"):
+                    pass
+    assert server.hits == []
+    async with policy_session(SsrfPolicy(allow_private=False, allow_loopback=True)) as loose:
+        async with loose.get(server.url("/ok")) as ok:
+            assert await ok.text() == "hello"
+        with pytest.raises(AddressRefused, match="metadata"):
+            async with loose.get(server.url("/redirect?to=http://169.254.169.254/latest/")):
+                pass
+    assert server.hits == ["/ok", "/redirect"]

@@ -300,6 +300,7 @@ async def test_the_pyst2_agi_script_runs_the_same_call_flow(
         "PYTHONPATH": str(ROOT),
         "GATEWAY_DATABASE_URL": cfg.database.url,
         "GATEWAY_VOICE_DATA_DIR": cfg.voice.data_dir,
+        "GATEWAY_OUTBOUND_HTTP_ALLOW_LOOPBACK": "true",  # the action_url server is on loopback
     }
     env.pop("DIN_AGI_HOOK", None)
     t = await run_agi_script(

@@ -18,11 +18,12 @@ import lameenc
 import pytest
 import pytest_asyncio
 
+from gateway.egress.client import policy_session
+from gateway.egress.policy import SsrfPolicy
 from gateway.voice import tts
-from gateway.voice.fetcher import PolicyFetcher, policy_session
+from gateway.voice.fetcher import PolicyFetcher
 from gateway.voice.interfaces import FetchRefused, MediaError
 from gateway.voice.media import MediaCache, sniff_audio
-from gateway.voice.ssrf import SsrfPolicy
 from gateway.voice.tts import EspeakSpeech
 from tests.test_ssrf import MiniServer
 
@@ -111,7 +112,7 @@ async def server() -> AsyncIterator[MiniServer]:
 async def fetcher() -> AsyncIterator[PolicyFetcher]:
     policy = SsrfPolicy(allow_private=False, allow_loopback=True)  # the test server is loopback
     async with policy_session(policy) as session:
-        yield PolicyFetcher(session, policy)
+        yield PolicyFetcher(session)
 
 
 @pytest.fixture
@@ -221,7 +222,7 @@ async def test_media_over_size_cap_refused(
 async def test_ssrf_policy_applies_to_media(server: MiniServer, tmp_path: Path) -> None:
     policy = SsrfPolicy(allow_private=True, allow_loopback=False)
     async with policy_session(policy) as session:
-        strict = MediaCache(PolicyFetcher(session, policy), tmp_path, max_bytes=1_000_000, timeout=5)
+        strict = MediaCache(PolicyFetcher(session), tmp_path, max_bytes=1_000_000, timeout=5)
         with pytest.raises(FetchRefused, match="loopback"):
             await strict.playback_file(server.url("/tone.wav"))
     assert server.hits == []

@@ -10,9 +10,10 @@ from typing import Any
 from aiohttp import web
 
 from actions_dsl.values import lang_problem, text_problem, url_problem
+from gateway.egress.policy import SsrfPolicy
 from gateway.http.errors import ApiError, FieldErrors, json_response
 from gateway.http.params import FieldCollector, optional_str, read_params
-from gateway.keys import ACCOUNT
+from gateway.keys import ACCOUNT, URL_POLICY
 from gateway.services import validation as v
 from gateway.voice.outbound import (
     Media,
@@ -32,14 +33,14 @@ _SPACING = re.compile(r"[\r\n\t]+")
 _EITHER = "Give either recording_url, or tts_message and tts_lang."
 
 
-def _media(p: dict[str, Any]) -> Media:
+def _media(p: dict[str, Any], policy: SsrfPolicy) -> Media:
     url = optional_str(p, "recording_url") or ""
     message = optional_str(p, "tts_message") or ""
     lang = (optional_str(p, "tts_lang") or "").strip()
     if url and (message or lang):
         raise FieldErrors.one("recording_url", f"{_EITHER} Not both.")
     if url:
-        checked = v.http_url("recording_url", url) or ""
+        checked = v.http_url("recording_url", url, policy) or ""
         problem = url_problem(checked)
         if problem is not None:
             raise FieldErrors.one("recording_url", problem.message)
@@ -68,8 +69,11 @@ async def create_playback(request: web.Request) -> web.Response:
     c = FieldCollector()
     caller = c.check(lambda: v.e164("caller", optional_str(params, "caller")), "")
     recipient = c.check(lambda: v.e164("recipient", optional_str(params, "recipient")), "")
-    media: Media | None = c.check(lambda: _media(params), None)
-    callbackurl = c.check(lambda: v.http_url("callbackurl", optional_str(params, "callbackurl")), None)
+    policy = request.app[URL_POLICY]
+    media: Media | None = c.check(lambda: _media(params, policy), None)
+    callbackurl = c.check(
+        lambda: v.http_url("callbackurl", optional_str(params, "callbackurl"), policy), None
+    )
     c.raise_if_any()
     assert media is not None  # no errors: _media returned
     calls = request.app.get(OUTBOUND)

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from gateway.http.errors import FieldErrors, json_response
 from gateway.http.params import optional_str, read_params
-from gateway.keys import ACCOUNT, NUMBERS
+from gateway.keys import ACCOUNT, NUMBERS, URL_POLICY
 from gateway.services.numbers import Kind, parse_filters
 
 FILTERS = ("country", "prefix")
@@ -74,6 +74,7 @@ def number_routes(kind: Kind, base: str) -> web.RouteTableDef:
             request.match_info["uid"],
             optional_str(params, "action_url"),
             optional_str(params, "voicemail_url"),
+            url_policy=request.app[URL_POLICY],
         )
         return json_response(out)
 

@@ -10,9 +10,10 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.egress.policy import SsrfPolicy
 from gateway.http.errors import FieldErrors, forbidden, json_response
 from gateway.http.params import FieldCollector, optional_str, read_params
-from gateway.keys import ACCOUNT, CONFIG, MESSAGES, TEMPLATES
+from gateway.keys import ACCOUNT, CONFIG, MESSAGES, TEMPLATES, URL_POLICY
 from gateway.services import validation as v
 from gateway.services.messages import OutboundRequest, parse_sent_date_query
 from gateway.services.templates import render
@@ -21,17 +22,24 @@ routes = web.RouteTableDef()
 
 
 def _outbound(
-    account_id: int, p: dict[str, Any], text: str, c: FieldCollector, template_id: int | None = None
+    account_id: int,
+    p: dict[str, Any],
+    text: str,
+    c: FieldCollector,
+    policy: SsrfPolicy,
+    template_id: int | None = None,
 ) -> OutboundRequest:
     return OutboundRequest(
         account_id=account_id,
         recipient=c.check(lambda: v.e164("recipient", optional_str(p, "recipient")), ""),
         sender=c.check(lambda: v.sender(optional_str(p, "sender")), ""),
         text=text,
-        callbackurl=c.check(lambda: v.http_url("callbackurl", optional_str(p, "callbackurl")), None),
+        callbackurl=c.check(lambda: v.http_url("callbackurl", optional_str(p, "callbackurl"), policy), None),
         tags=tuple(c.check(lambda: v.tags(optional_str(p, "tags")), [])),
         track_link=c.check(lambda: v.boolean("track_link", optional_str(p, "track_link")), False),
-        lt_callbackurl=c.check(lambda: v.http_url("lt_callbackurl", optional_str(p, "lt_callbackurl")), None),
+        lt_callbackurl=c.check(
+            lambda: v.http_url("lt_callbackurl", optional_str(p, "lt_callbackurl"), policy), None
+        ),
         template_id=template_id,
     )
 
@@ -44,7 +52,7 @@ async def send_sms(request: web.Request) -> web.Response:
         raise forbidden("Freeform SMS is not enabled for this account; send an approved template.")
     c = FieldCollector()
     text = c.check(lambda: v.message_text("message", optional_str(params, "message")), "")
-    req = _outbound(account.id, params, text, c)
+    req = _outbound(account.id, params, text, c, request.app[URL_POLICY])
     c.raise_if_any()
     msgid = await request.app[MESSAGES].create(req)
     return json_response([{"msgid": msgid}], status=201)
@@ -109,7 +117,7 @@ async def send_template(request: web.Request) -> web.Response:
     params = await read_params(request)
     template = await request.app[TEMPLATES].get_row(account.id, request.match_info["uid"])
     c = FieldCollector()
-    req = _outbound(account.id, params, "", c, template.id)
+    req = _outbound(account.id, params, "", c, request.app[URL_POLICY], template.id)
     c.raise_if_any()
     if template.status != "APPROVED":
         raise FieldErrors.one(

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from gateway.db.models import Account, AutoReplyRule, Number, NumberSubscription
+from gateway.egress.policy import SsrfPolicy
 from gateway.http.errors import FieldErrors, not_found
 from gateway.services import validation as v
 from gateway.services.keywords import RESERVED_KEYWORDS
@@ -429,6 +430,8 @@ class NumberService:
         uid: str,
         action_url: str | None,
         voicemail_url: str | None = None,
+        *,
+        url_policy: SsrfPolicy,
     ) -> dict[str, Any]:
         """Sets action_url and, for a DIN, voicemail_url (where new voicemails are POSTed)."""
         kind = _check_kind(kind)
@@ -436,8 +439,8 @@ class NumberService:
             sub, n = await self._own(s, account_id, kind, uid)
             if voicemail_url is not None and kind != "din":
                 raise FieldErrors.one("voicemail_url", "Only DIN subscriptions take a voicemail_url.")
-            url = v.http_url("action_url", action_url)
-            vm_url = v.http_url("voicemail_url", voicemail_url)
+            url = v.http_url("action_url", action_url, url_policy)
+            vm_url = v.http_url("voicemail_url", voicemail_url, url_policy)
             if url is None and vm_url is None:
                 raise FieldErrors.one("action_url", "This field is required.")
             if url is not None:

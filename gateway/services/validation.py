@@ -6,7 +6,9 @@ import re
 from urllib.parse import urlsplit
 
 import phonenumbers
+from yarl import URL
 
+from gateway.egress.policy import SsrfPolicy
 from gateway.http.errors import FieldErrors
 
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
@@ -57,7 +59,11 @@ def message_text(field: str, value: str | None) -> str:
     return value
 
 
-def http_url(field: str, value: str | None) -> str | None:
+def http_url(field: str, value: str | None, policy: SsrfPolicy) -> str | None:
+    """A customer URL we will fetch or POST to. Refused here: what the outbound policy can never
+    reach by its spelling alone (refused IP literals, non-canonical numeric hosts, `localhost`
+    names without loopback). Names are not resolved here: the client checks every address it
+    connects to (DNS may change between now and then)."""
     if value is None or value == "":
         return None
     bad = FieldErrors.one(field, "Enter a valid http(s) URL.")
@@ -66,10 +72,15 @@ def http_url(field: str, value: str | None) -> str | None:
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018  # raises ValueError for a port that is not a number in 0-65535
+        host = URL(value).raw_host  # the host as the HTTP client will read it
     except ValueError:
         raise bad from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname or not host:
         raise bad
+    # Both parsers' readings are judged: the URL is refused if either points somewhere refused.
+    for candidate in dict.fromkeys((host, parts.hostname)):
+        if policy.check_host(candidate):
+            raise FieldErrors.one(field, "This URL points to an address that is not allowed.")
     return value
 
 

@@ -1,5 +1,6 @@
 """Builds the call flow from configuration: used by the app (FastAGI) and by the per-call
-pyst2 AGI script, so both run exactly the same bridge."""
+pyst2 AGI script, so both run exactly the same bridge. `http` is the caller's session for
+customer URLs, from gateway.egress.client.policy_session (the caller closes it)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions_dsl import Say
@@ -16,10 +18,9 @@ from gateway.services.numbers import NumberService
 from gateway.voice.asterisk_paths import AsteriskView
 from gateway.voice.calls import CallService, ScriptLimits
 from gateway.voice.executor import Executor
-from gateway.voice.fetcher import PolicyFetcher, policy_session
+from gateway.voice.fetcher import PolicyFetcher
 from gateway.voice.interfaces import MediaSource, Speech
 from gateway.voice.media import MediaCache
-from gateway.voice.ssrf import SsrfPolicy
 from gateway.voice.tts import EspeakSpeech
 from gateway.workers.observer import Observer
 
@@ -29,6 +30,7 @@ async def call_service(
     cfg: VoiceConfig,
     sessions: async_sessionmaker[AsyncSession],
     numbers: NumberService,
+    http: aiohttp.ClientSession,
     *,
     base_url: str = "",
     wake_webhooks: Callable[[], None] = lambda: None,
@@ -37,36 +39,31 @@ async def call_service(
     data_dir = await asyncio.to_thread(os.path.abspath, cfg.data_dir)
     asterisk_dir = cfg.asterisk_data_dir or data_dir
     await asyncio.to_thread(os.makedirs, os.path.join(data_dir, "voicemail"), exist_ok=True)
-    policy = SsrfPolicy(allow_private=cfg.allow_private_addresses, allow_loopback=cfg.allow_loopback)
-    session = policy_session(policy)
-    try:
-        fetcher = PolicyFetcher(session, policy)
-        media: MediaSource = MediaCache(fetcher, data_dir, cfg.media_max_bytes, cfg.media_timeout)
-        speech: Speech = EspeakSpeech(data_dir)
-        if asterisk_dir != data_dir:
-            media = speech = AsteriskView(media, speech, data_dir, asterisk_dir)
-        executor = Executor(
-            media,
-            speech,
-            cfg.trunk,
-            cfg.dial_timeout,
-            tuple(p.strip() for p in cfg.transfer_allow_prefixes.split(",") if p.strip()),
-            os.path.join(asterisk_dir, "voicemail"),
-            cfg.voicemail_max_seconds,
-            cfg.voicemail_silence_seconds,
-            voicemail_local_dir=os.path.join(data_dir, "voicemail"),
-            deny_number_types=cfg.deny_number_types,
-        )
-        yield CallService(
-            sessions,
-            numbers,
-            fetcher,
-            executor,
-            ScriptLimits(cfg.action_url_timeout, cfg.action_url_max_bytes),
-            Say(cfg.fallback_lang, cfg.fallback_text, line=0),
-            base_url=base_url,
-            wake_webhooks=wake_webhooks,
-            observer=observer,
-        )
-    finally:
-        await session.close()
+    fetcher = PolicyFetcher(http)  # refuses a session without the URL policy
+    media: MediaSource = MediaCache(fetcher, data_dir, cfg.media_max_bytes, cfg.media_timeout)
+    speech: Speech = EspeakSpeech(data_dir)
+    if asterisk_dir != data_dir:
+        media = speech = AsteriskView(media, speech, data_dir, asterisk_dir)
+    executor = Executor(
+        media,
+        speech,
+        cfg.trunk,
+        cfg.dial_timeout,
+        tuple(p.strip() for p in cfg.transfer_allow_prefixes.split(",") if p.strip()),
+        os.path.join(asterisk_dir, "voicemail"),
+        cfg.voicemail_max_seconds,
+        cfg.voicemail_silence_seconds,
+        voicemail_local_dir=os.path.join(data_dir, "voicemail"),
+        deny_number_types=cfg.deny_number_types,
+    )
+    yield CallService(
+        sessions,
+        numbers,
+        fetcher,
+        executor,
+        ScriptLimits(cfg.action_url_timeout, cfg.action_url_max_bytes),
+        Say(cfg.fallback_lang, cfg.fallback_text, line=0),
+        base_url=base_url,
+        wake_webhooks=wake_webhooks,
+        observer=observer,
+    )

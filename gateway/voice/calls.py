@@ -110,7 +110,7 @@ class CallService:
             try:
                 actions, script_error = await self._script(target.action_url if target else None, caller, din)
                 if actions is None:
-                    log.info("fallback: %s", script_error)
+                    log.info("fallback: %s", script_error)  # the detail was logged by _script
                     actions = [self._fallback]
                 rights = await self._rights(target.account_id if target else None, actions)
                 outcome = await self._executor.run(channel, actions, rights)
@@ -119,9 +119,9 @@ class CallService:
             except asyncio.CancelledError:
                 outcome.result = "hangup"
                 raise
-            except Exception as exc:  # the call record must still be written
+            except Exception:  # the call record must still be written
                 log.exception("call failed")
-                outcome.error = f"{type(exc).__name__}: {exc}"
+                outcome.error = "internal error"
             finally:
                 self.in_progress -= 1
                 self._active.discard(call.uid)
@@ -179,6 +179,9 @@ class CallService:
     async def _script(
         self, action_url: str | None, caller: str, din: str
     ) -> tuple[list[Action] | None, str | None]:
+        """The script's actions, or None and why not. The reason is what the call record (the
+        tenant) sees: generic, never what the URL answered nor which way the connection failed
+        (a port scanner with read-back otherwise); the detail goes to the log."""
         if not action_url:
             return None, "no DIN subscription with an action_url for this number"
         url = (
@@ -187,17 +190,21 @@ class CallService:
         try:
             res = await self._fetcher.get(url, max_bytes=self._limits.max_bytes, timeout=self._limits.timeout)
         except MediaError as exc:
-            return None, f"action_url: {exc}"
+            log.warning("action_url fetch failed: %s", exc)
+            return None, "action_url fetch failed"
         if res.status != 200:
-            return None, f"action_url answered HTTP {res.status}"
+            log.warning("action_url answered HTTP %d", res.status)
+            return None, f"action_url fetch failed: HTTP {res.status}"
         try:
             text = res.body.decode("utf-8")
         except UnicodeDecodeError:
-            return None, "action_url: the script is not UTF-8"
+            log.warning("action_url script is not UTF-8")
+            return None, "invalid script: not UTF-8"
         try:
             return parse(text), None
         except ParseErrors as exc:
-            return None, f"invalid script: {exc}"
+            log.warning("invalid script from action_url: %s", "; ".join(map(str, exc.errors)))
+            return None, f"invalid script at line {exc.line}, column {exc.column}"
 
     async def _finish(self, call: Call, outcome: CallOutcome, script_error: str | None) -> None:
         ended = datetime.now(UTC)

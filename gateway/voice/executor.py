@@ -18,7 +18,8 @@ The commands sent, per action (every argument goes through agi_protocol's checks
   `.wav`); the script ends there (result `voicemail`)
 
 A media, speech or AGI (510/520) failure of one action is recorded in `outcome.error` and the
-script goes on with the next action. A hangup at any point (HANGUP line, 511, connection closed)
+script goes on with the next action; for media that is the error's generic `public` text, the
+detail goes to the log. A hangup at any point (HANGUP line, 511, connection closed)
 ends the run with result `hangup` and the actions run so far.
 """
 
@@ -143,11 +144,11 @@ class Executor:
                 except (Hangup, AgiStreamError):
                     raise
                 except (MediaError, AgiError, UnsafeArgument) as exc:
-                    _add_error(outcome, f"{_kind(action)}: {exc}")
-                except Exception as exc:
+                    _add_error(outcome, f"{_kind(action)}: {_public(exc, _kind(action))}")
+                except Exception:
                     # A bug in a media/speech backend must not drop the call record.
                     log.exception("action %s failed", _kind(action))
-                    _add_error(outcome, f"{_kind(action)}: {type(exc).__name__}: {exc}")
+                    _add_error(outcome, f"{_kind(action)}: internal error")
         except Hangup:
             if outcome.result not in ("transferred", "voicemail"):
                 outcome.result = "hangup"
@@ -226,7 +227,8 @@ class Executor:
         except (MediaError, AgiError, UnsafeArgument) as exc:
             if isinstance(exc, AgiStreamError):
                 raise
-            _add_error(outcome, f"voicemail greeting: {exc}")  # still take the message
+            # still take the message
+            _add_error(outcome, f"voicemail greeting: {_public(exc, 'voicemail greeting')}")
 
         name = safe_token(self._new_id(), "voicemail id")
         path = f"{self._voicemail_dir}/{name}"
@@ -275,6 +277,15 @@ def _wav_seconds(path: str) -> float | None:
     except (wave.Error, EOFError, OSError):
         pass
     return max(size - 44, 0) / _WAV_BYTES_PER_SECOND
+
+
+def _public(exc: Exception, what: str) -> str:
+    """The tenant-visible text of an action's failure; a media error's detail (what a URL
+    answered, which kind of connection failure) goes to the operator log only."""
+    if isinstance(exc, MediaError):
+        log.warning("%s failed: %s", what, exc)
+        return exc.public
+    return str(exc)
 
 
 def _add_error(outcome: CallOutcome, message: str) -> None:

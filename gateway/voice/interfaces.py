@@ -2,7 +2,7 @@
 
 - the AGI channel (one live call, FastAGI or the per-call pyst2 script) -> agi_channel.py
 - media and speech that turn an action's URL or text into a file Asterisk can play
-- the HTTP fetcher that honours the SSRF policy (action_url, media)
+- the HTTP fetcher that honours the URL policy (action_url, media)
 - the executor that runs parsed actions on a channel -> executor.py
 """
 
@@ -40,11 +40,26 @@ class AgiChannel(Protocol):
 
 
 class MediaError(Exception):
-    """A media URL could not be fetched or decoded, or the SSRF policy refused it."""
+    """A media URL could not be fetched or decoded, or the URL policy refused it.
+
+    str(): the detail, for the operator log only (it may quote what a URL answered, or tell a
+    closed port from a silent one). `public`: what the tenant may see in the call record."""
+
+    generic: str | None = None  # the public text of every error of this class, when set
+
+    def __init__(self, detail: str, *, public: str | None = None) -> None:
+        super().__init__(detail)
+        self.public = public or self.generic or detail
 
 
-class FetchRefused(MediaError):
-    """The SSRF policy refused the URL (scheme, address, redirect, size)."""
+class FetchFailed(MediaError):
+    """The fetch itself failed (connection, timeout, policy, size): one public text for all."""
+
+    generic = "media fetch failed"
+
+
+class FetchRefused(FetchFailed):
+    """The URL policy refused the URL (scheme, address, redirect, size)."""
 
 
 class MediaSource(Protocol):
@@ -67,8 +82,8 @@ class FetchResult:
 
 class Fetcher(Protocol):
     async def get(self, url: str, *, max_bytes: int, timeout: float) -> FetchResult:
-        """GET honouring the SSRF policy (every redirect hop re-checked); raises FetchRefused
-        or MediaError."""
+        """GET honouring the URL policy (every redirect hop re-checked); raises FetchRefused
+        or FetchFailed."""
 
 
 @dataclass

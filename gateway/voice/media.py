@@ -20,6 +20,8 @@ import miniaudio
 from gateway.voice.interfaces import Fetcher, MediaError
 
 SAMPLE_RATE = 8000
+# What the call record says of a body that is not playable audio: never the bytes themselves.
+_NOT_AUDIO = "media is not playable MP3 or WAV audio"
 _FRAMES_PER_READ = 16384
 
 
@@ -55,7 +57,7 @@ def decode_to_pcm(data: bytes, max_seconds: float) -> bytes:
     kind = sniff_audio(data)
     if kind is None:
         head = data[:16]
-        raise MediaError(f"not an MP3 or WAV file ({len(data)} bytes starting {head!r})")
+        raise MediaError(f"not an MP3 or WAV file ({len(data)} bytes starting {head!r})", public=_NOT_AUDIO)
     max_frames = int(max_seconds * SAMPLE_RATE)
     pcm = bytearray()
     try:
@@ -74,9 +76,9 @@ def decode_to_pcm(data: bytes, max_seconds: float) -> bytes:
         finally:
             stream.close()
     except miniaudio.MiniaudioError as exc:
-        raise MediaError(f"cannot decode {kind.upper()} audio: {exc}") from exc
+        raise MediaError(f"cannot decode {kind.upper()} audio: {exc}", public=_NOT_AUDIO) from exc
     if not pcm:
-        raise MediaError(f"{kind.upper()} file holds no decodable audio")
+        raise MediaError(f"{kind.upper()} file holds no decodable audio", public=_NOT_AUDIO)
     return bytes(pcm)
 
 
@@ -144,7 +146,9 @@ class MediaCache:
     async def _produce(self, url: str, base: Path) -> str:
         result = await self._fetcher.get(url, max_bytes=self._max_bytes, timeout=self._timeout)
         if not 200 <= result.status < 300:
-            raise MediaError(f"media URL answered HTTP {result.status}")
+            raise MediaError(
+                f"media URL answered HTTP {result.status}", public=f"media fetch failed: HTTP {result.status}"
+            )
         await asyncio.to_thread(self._convert, result.body, base.with_name(base.name + ".wav"))
         return str(base)
 

@@ -389,9 +389,9 @@ class OutboundCalls:
         except asyncio.CancelledError:
             outcome.result = "hangup"
             raise
-        except Exception as exc:  # the record must still be written
+        except Exception:  # the record must still be written
             log.exception("outbound call failed", extra={"callid": callid})
-            outcome.error = f"{type(exc).__name__}: {exc}"
+            outcome.error = "internal error"
         finally:
             self._playing.discard(callid)
             await asyncio.shield(self._played(callid, outcome, answered_at))

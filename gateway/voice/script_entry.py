@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from gateway.config import load_config
 from gateway.db.engine import create_engine, session_factory
+from gateway.egress.client import policy_session
+from gateway.egress.policy import SsrfPolicy
 from gateway.services.numbers import NumberService
 from gateway.voice.assembly import call_service
 from gateway.voice.interfaces import AgiChannel
@@ -15,9 +17,12 @@ async def main(channel: AgiChannel) -> None:
     engine = create_engine(config.database.url, pool_size=1)
     try:
         sessions = session_factory(engine)
-        async with call_service(
-            config.voice, sessions, NumberService(sessions), base_url=config.public_base_url
-        ) as calls:
+        async with (
+            policy_session(SsrfPolicy.from_config(config.outbound_http)) as http,
+            call_service(
+                config.voice, sessions, NumberService(sessions), http, base_url=config.public_base_url
+            ) as calls,
+        ):
             await calls.handle(channel)
     finally:
         await engine.dispose()

@@ -3,6 +3,8 @@
 2xx: done. 5xx, 429, timeouts, connection errors: retried after 5 s, 10 s, 20 s ...
 until the next try would fall beyond ~23 h after the event. Other 4xx: the receiver
 rejected this payload for good, so it is dropped (kept with its status for inspection).
+A URL the outbound policy refuses (gateway/egress: checked on every connection, as DNS may
+have changed since the URL was saved) is dropped at once too: it would be refused for 23 h.
 A 429 or 503 with a Retry-After header (seconds or an HTTP date) is not retried before
 that time: the delay is the larger of the backoff and Retry-After, which counts up to
 an hour (a larger value would only expire the delivery; a retry that comes early just
@@ -30,6 +32,8 @@ from sqlalchemy.orm import aliased
 from gateway.db import leases
 from gateway.db.availability import DbOutage
 from gateway.db.models import Account, WebhookDelivery
+from gateway.egress.client import session_policy
+from gateway.egress.policy import AddressRefused
 from gateway.services.outbox import sign
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.observer import NullObserver, Observer
@@ -44,6 +48,8 @@ MAX_RETRY_AFTER = 3600.0
 # How long a round of POSTs waits for its slowest before recording the rest and moving on.
 STRAGGLER_WAIT = 1.0  # seconds of a receiver's Retry-After that are honoured
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
+# last_error of a delivery the policy refused: the tenant may read it, the reason is logged.
+REFUSED_ERROR = "receiver address not allowed"
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
@@ -83,6 +89,7 @@ class Result:
     error: str | None
     reply_text: str | None = None
     retry_after: float | None = None  # seconds the receiver asked us to wait (429/503)
+    refused: str | None = None  # why the outbound policy refused the URL (operator log only)
 
     @property
     def done(self) -> bool:
@@ -90,6 +97,8 @@ class Result:
 
     @property
     def retryable(self) -> bool:
+        if self.refused:
+            return False
         return self.status_code is None or self.status_code >= 500 or self.status_code == 429
 
 
@@ -121,8 +130,9 @@ def _log_result(r: Result, outcome: str, attempts: int) -> None:
         log.info("webhook delivered", extra=fields)
     elif outcome == "RETRY":
         log.info("webhook to retry: %s", r.error or f"HTTP {r.status_code}", extra=fields)
-    else:  # DROPPED (a 4xx) or EXPIRED (retried past the window): it will not be sent again
-        log.warning("webhook %s: %s", outcome.lower(), r.error or f"HTTP {r.status_code}", extra=fields)
+    else:  # DROPPED (a 4xx, a refused address) or EXPIRED (retried past the window): never again
+        why = r.refused or r.error or f"HTTP {r.status_code}"
+        log.warning("webhook %s: %s", outcome.lower(), why, extra=fields)
 
 
 class WebhookSender:
@@ -147,6 +157,7 @@ class WebhookSender:
         self._loops = loops
         self._reply_hook = reply_hook
         self._sessions = sessions
+        session_policy(http)  # ValueError unless every POST goes through the URL policy
         self._http = http
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._first_retry = first_retry
@@ -292,6 +303,8 @@ class WebhookSender:
                 if resp.status in _RETRY_AFTER_STATUSES:
                     retry_after = retry_after_seconds(resp.headers.get("Retry-After"), datetime.now(UTC))
                 return Result(job, resp.status, None, reply, retry_after)
+        except AddressRefused as exc:
+            return Result(job, None, REFUSED_ERROR, refused=str(exc))
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             return Result(job, None, f"{type(exc).__name__}: {exc}"[:500])
 

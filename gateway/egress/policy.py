@@ -1,22 +1,28 @@
-"""SSRF policy for the URLs customers hand us (action_url, playback media).
+"""The outbound URL policy: which addresses a customer-supplied URL may reach.
 
-The policy judges *addresses*, never host strings: the fetcher resolves every host (names,
-and numeric forms the C library would accept) and asks `check_address` about each result,
-then connects only to addresses that passed (see fetcher.py).
+One policy covers every URL a tenant hands us (SMS status and link callbacks, the SIN MO
+webhook, voicemail and outbound-call callbacks, a DIN's action_url, playback media). It judges
+*addresses*, never host strings: the client (client.py) resolves every name and asks
+`check_address` about each result, then connects only to addresses that passed.
 
 Always refused, whatever the settings: cloud metadata endpoints, link-local, unspecified
 and "this network" (0.0.0.0/8, ::), multicast, broadcast, reserved, documentation and
 other special-purpose ranges, and the IPv6 forms that embed one of those IPv4 addresses
-(IPv4-mapped ::ffff:a.b.c.d, IPv4-translated, IPv4-compatible, NAT64, 6to4, Teredo).
-Private ranges (RFC 1918, CGNAT 100.64/10, benchmarking 198.18/15, unique-local fc00::/7,
-site-local fec0::/10) only with allow_private; loopback (127/8, ::1) only with allow_loopback.
+(IPv4-mapped ::ffff:a.b.c.d, IPv4-translated, IPv4-compatible, NAT64, 6to4, Teredo), and hosts
+the C library would read as a number although they are not a canonical address (`127.1`,
+`2130706433`, `0x7f.1`, `0177.0.0.1`). Private ranges (RFC 1918, CGNAT 100.64/10,
+benchmarking 198.18/15, unique-local fc00::/7, site-local fec0::/10) only with allow_private;
+loopback (127/8, ::1, and the names `localhost` / `*.localhost`) only with allow_loopback.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Final
+
+from gateway.config import OutboundHttpConfig
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -74,11 +80,15 @@ _NAT64: Final = _V6("64:ff9b::/96")  # well-known NAT64 prefix
 _GLOBAL_UNICAST: Final = _V6("2000::/3")
 
 
+class AddressRefused(Exception):
+    """The policy refused where a URL points; the message is the reason, for the operator log."""
+
+
 def parse_ip(text: str) -> IPAddress | None:
     """Strict parse (dotted-quad IPv4 or IPv6, brackets allowed); None for anything else.
 
-    `127.1`, `2130706433`, `0x7f.1` and `0177.0.0.1` are *not* addresses here: the fetcher
-    treats them as host names, whose resolution the policy then judges."""
+    `127.1`, `2130706433`, `0x7f.1` and `0177.0.0.1` are *not* addresses here (see
+    `legacy_numeric`)."""
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
     try:
@@ -87,10 +97,40 @@ def parse_ip(text: str) -> IPAddress | None:
         return None
 
 
+def legacy_numeric(host: str) -> str | None:
+    """The address the C library reads a non-canonical numeric host as (`127.1` -> 127.0.0.1),
+    else None. AI_NUMERICHOST: no DNS traffic, so this never blocks."""
+    try:
+        infos = socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError, ValueError):
+        return None
+    return str(infos[0][4][0]) if infos else None
+
+
 @dataclass(frozen=True)
 class SsrfPolicy:
     allow_private: bool
     allow_loopback: bool
+
+    @classmethod
+    def from_config(cls, cfg: OutboundHttpConfig) -> SsrfPolicy:
+        return cls(allow_private=cfg.allow_private_addresses, allow_loopback=cfg.allow_loopback)
+
+    def check_host(self, host: str) -> str | None:
+        """Judge a URL's host without DNS: the reason it is refused, or None. None for a name
+        means only "not refused by its spelling": its addresses are checked when connecting."""
+        name = host.rstrip(".").lower()  # `127.0.0.1.`, `localhost.`: the same to a resolver
+        ip = parse_ip(name)
+        if ip is not None:
+            reason = self.check_address(ip)
+            return f"address refused: {reason}" if reason else None
+        numeric = legacy_numeric(name)
+        if numeric is not None:
+            return f"host {host!r} is a non-canonical numeric address (the system would read it as {numeric})"
+        if not self.allow_loopback and (name == "localhost" or name.endswith(".localhost")):
+            # RFC 6761: these names are loopback whatever DNS says.
+            return f"host {host!r} is a loopback name (loopback not allowed)"
+        return None
 
     def check_address(self, ip: str | IPAddress) -> str | None:
         """None when a connection to `ip` is allowed, else the reason it is refused."""
