@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -160,9 +161,17 @@ def _demo_credentials(config: Config) -> None:
 
     created = _with_services(config, go)
     if created is not None:
-        creds_file.parent.mkdir(parents=True, exist_ok=True)
-        creds_file.write_text(json.dumps(created, indent=2))
-        creds_file.chmod(0o600)  # the token is only ever shown here and at creation
+        # The token is only ever shown here and at creation: the file is 0600 from its first
+        # byte (mkstemp), and appears complete under its name.
+        creds_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=creds_file.parent, prefix=".demo-account.")
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(json.dumps(created, indent=2))
+            os.replace(tmp, creds_file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     data = created or known
     assert data is not None
     _announce(config, data)
@@ -307,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    # Everything the gateway writes (the SQLite database and its WAL, var/, the demo credentials,
+    # the voice data dir) is private to its user: webhook secrets and caller audio live there.
+    # Asterisk reads and writes the voice data dir as the same user (docker-compose runs both
+    # as uid 10001).
+    os.umask(0o077)
     result: int = args.fn(config, args)
     return result
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,16 @@ async def _sql(url: str, query: str) -> list[Any]:
         rows = list((await conn.execute(text(query))).all())
     await engine.dispose()
     return rows
+
+
+def _private_state(var: Path, pid: int) -> tuple[dict[str, int], dict[str, str], str]:
+    """Modes of what `gateway run` made in var/, the demo file's content, the process's umask."""
+    names = ("voice", "gateway.sqlite3", "gateway.sqlite3-wal", "gateway.sqlite3-shm", "demo-account.json")
+    modes = {"var": stat.S_IMODE(var.stat().st_mode)}
+    modes.update((name, stat.S_IMODE((var / name).stat().st_mode)) for name in names)
+    status = Path(f"/proc/{pid}/status").read_text()
+    umask = next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:"))
+    return modes, json.loads((var / "demo-account.json").read_text()), umask
 
 
 async def test_run_on_embedded_defaults(tmp_path: Path) -> None:
@@ -125,6 +136,19 @@ async def test_run_on_embedded_defaults(tmp_path: Path) -> None:
                     return bool((await r.json())["status"] == "DELIVERED")
 
             await wait_for(delivered, timeout=20)
+        # Webhook secrets and the demo token live in var/: nobody but the gateway's user reads them.
+        modes, demo, umask = _private_state(tmp_path / "var", proc.pid)
+        assert modes == {
+            "var": 0o700,
+            "voice": 0o700,  # Asterisk shares the gateway's uid (docker-compose)
+            "gateway.sqlite3": 0o600,
+            "gateway.sqlite3-wal": 0o600,
+            "gateway.sqlite3-shm": 0o600,
+            "demo-account.json": 0o600,
+        }
+        assert demo["sid"] == lines["sid"]
+        # Whatever the process creates next is private from its first byte, not chmod'ed after.
+        assert umask == "0077"
     finally:
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 30)
