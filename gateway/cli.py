@@ -52,9 +52,13 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
 def cmd_accounts(config: Config, args: argparse.Namespace) -> int:
     async def go(accounts: AccountService, _t: TemplateService) -> int:
         if args.action == "create":
-            creds = await accounts.create(
-                args.name, freeform=args.freeform, webhook_secret=args.webhook_secret
-            )
+            try:
+                creds = await accounts.create(
+                    args.name, freeform=args.freeform, webhook_secret=args.webhook_secret
+                )
+            except ValueError as exc:
+                print(f"error: {exc}; nothing created", file=sys.stderr)
+                return 2
             _print(
                 {
                     "sid": creds.account.sid,
@@ -66,7 +70,12 @@ def cmd_accounts(config: Config, args: argparse.Namespace) -> int:
             )
             return 0
         if args.action == "list":
-            _print([{"sid": a.sid, "name": a.name, "freeform": a.freeform} for a in await accounts.list()])
+            _print(
+                [
+                    {"sid": a.sid, "name": a.name, "freeform": a.freeform, "disabled": a.disabled}
+                    for a in await accounts.list()
+                ]
+            )
             return 0
         if args.action == "rotate-token":
             token = await accounts.rotate_token(args.sid)
@@ -76,13 +85,24 @@ def cmd_accounts(config: Config, args: argparse.Namespace) -> int:
             _print({"sid": args.sid, "auth_token": token})
             return 0
         if args.action == "set":
-            info = await accounts.update_flags(
-                args.sid, freeform=args.freeform, webhook_secret=args.webhook_secret
-            )
+            try:
+                info = await accounts.update_flags(
+                    args.sid, freeform=args.freeform, webhook_secret=args.webhook_secret
+                )
+            except ValueError as exc:
+                print(f"error: {exc}; nothing changed", file=sys.stderr)
+                return 2
             if info is None:
                 print(f"no account {args.sid}", file=sys.stderr)
                 return 1
             _print({"sid": info.sid, "freeform": info.freeform, "webhook_secret": info.webhook_secret})
+            return 0
+        if args.action in ("disable", "enable"):
+            info = await accounts.set_disabled(args.sid, args.action == "disable")
+            if info is None:
+                print(f"no account {args.sid}", file=sys.stderr)
+                return 1
+            _print({"sid": info.sid, "disabled": info.disabled})
             return 0
         raise AssertionError(args.action)
 
@@ -267,15 +287,21 @@ def build_parser() -> argparse.ArgumentParser:
     create = acc.add_parser("create")
     create.add_argument("--name", required=True)
     create.add_argument("--freeform", action="store_true", help="allow freeform (non-template) SMS")
-    create.add_argument("--webhook-secret", help="HMAC secret for webhooks (default: random)")
+    create.add_argument(
+        "--webhook-secret", help="HMAC secret for webhooks, 16 to 128 characters (default: random)"
+    )
     acc.add_parser("list")
     rot = acc.add_parser("rotate-token")
     rot.add_argument("sid")
     st = acc.add_parser("set")
     st.add_argument("sid")
     st.add_argument("--freeform", action=argparse.BooleanOptionalAction, default=None)
-    st.add_argument("--webhook-secret")
-    for name in ("create", "list", "rotate-token", "set"):
+    st.add_argument("--webhook-secret", help="16 to 128 characters")
+    acc.add_parser(
+        "disable", help="refuse its API credentials (within seconds) and hold its queued messages"
+    ).add_argument("sid")
+    acc.add_parser("enable", help="undo disable").add_argument("sid")
+    for name in ("create", "list", "rotate-token", "set", "disable", "enable"):
         acc.choices[name].set_defaults(fn=cmd_accounts)
 
     inb = sub.add_parser("inbound", help="inbound SMS housekeeping").add_subparsers(
