@@ -28,6 +28,7 @@ from gateway.http import (
 )
 from gateway.http.auth import auth_middleware
 from gateway.http.errors import error_middleware
+from gateway.http.link_misses import LINK_MISSES, MissLimiter, MissLimitSettings
 from gateway.http.metrics import METRICS, Metrics, MetricsSettings, metrics_middleware
 from gateway.http.ratelimit import RATE_LIMITER, RateLimiter, RateLimitSettings, ratelimit_middleware
 from gateway.http.request_log import request_id_middleware
@@ -88,6 +89,13 @@ def create_app(config: Config) -> web.Application:
         )
     except ValueError as exc:
         raise ConfigError(f"ratelimit: {exc}") from None
+    links = config.links
+    try:
+        app[LINK_MISSES] = MissLimiter(
+            MissLimitSettings(links.miss_per_minute, links.miss_burst, links.max_clients)
+        )
+    except ValueError as exc:
+        raise ConfigError(f"links: {exc}") from None
     app.add_routes(openapi.routes)
     if config.metrics.enabled:
         app.add_routes(metrics.routes)
