@@ -32,6 +32,7 @@ from gateway.http import (
 )
 from gateway.http.auth import auth_middleware
 from gateway.http.errors import DB_OUTAGE, error_middleware
+from gateway.http.link_misses import LINK_MISSES, MissLimiter, MissLimitSettings
 from gateway.http.metrics import METRICS, Metrics, MetricsSettings, metrics_middleware
 from gateway.http.ratelimit import (
     AUTH_FAILURES,
@@ -121,6 +122,13 @@ def create_app(config: Config) -> web.Application:
     except ValueError as exc:
         raise ConfigError(f"ratelimit: {exc}") from None
     _check_dialing(config)
+    links = config.links
+    try:
+        app[LINK_MISSES] = MissLimiter(
+            MissLimitSettings(links.miss_per_minute, links.miss_burst, links.max_clients)
+        )
+    except ValueError as exc:
+        raise ConfigError(f"links: {exc}") from None
     app.add_routes(openapi.routes)
     if config.metrics.enabled:
         app.add_routes(metrics.routes)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,9 +51,13 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
 def cmd_accounts(config: Config, args: argparse.Namespace) -> int:
     async def go(accounts: AccountService, _t: TemplateService) -> int:
         if args.action == "create":
-            creds = await accounts.create(
-                args.name, freeform=args.freeform, webhook_secret=args.webhook_secret
-            )
+            try:
+                creds = await accounts.create(
+                    args.name, freeform=args.freeform, webhook_secret=args.webhook_secret
+                )
+            except ValueError as exc:
+                print(f"error: {exc}; nothing created", file=sys.stderr)
+                return 2
             _print(
                 {
                     "sid": creds.account.sid,
@@ -64,7 +69,12 @@ def cmd_accounts(config: Config, args: argparse.Namespace) -> int:
             )
             return 0
         if args.action == "list":
-            _print([{"sid": a.sid, "name": a.name, "freeform": a.freeform} for a in await accounts.list()])
+            _print(
+                [
+                    {"sid": a.sid, "name": a.name, "freeform": a.freeform, "disabled": a.disabled}
+                    for a in await accounts.list()
+                ]
+            )
             return 0
         if args.action == "rotate-token":
             token = await accounts.rotate_token(args.sid)
@@ -74,9 +84,13 @@ def cmd_accounts(config: Config, args: argparse.Namespace) -> int:
             _print({"sid": args.sid, "auth_token": token})
             return 0
         if args.action == "set":
-            info = await accounts.update_flags(
-                args.sid, freeform=args.freeform, webhook_secret=args.webhook_secret
-            )
+            try:
+                info = await accounts.update_flags(
+                    args.sid, freeform=args.freeform, webhook_secret=args.webhook_secret
+                )
+            except ValueError as exc:
+                print(f"error: {exc}; nothing changed", file=sys.stderr)
+                return 2
             if info is None:
                 print(f"no account {args.sid}", file=sys.stderr)
                 return 1
@@ -84,6 +98,13 @@ def cmd_accounts(config: Config, args: argparse.Namespace) -> int:
             _print(
                 {"sid": info.sid, "freeform": info.freeform, "webhook_secret": info.webhook_secret, **rights}
             )
+            return 0
+        if args.action in ("disable", "enable"):
+            info = await accounts.set_disabled(args.sid, args.action == "disable")
+            if info is None:
+                print(f"no account {args.sid}", file=sys.stderr)
+                return 1
+            _print({"sid": info.sid, "disabled": info.disabled})
             return 0
         raise AssertionError(args.action)
 
@@ -209,9 +230,17 @@ def _demo_credentials(config: Config) -> None:
 
     created = _with_services(config, go)
     if created is not None:
-        creds_file.parent.mkdir(parents=True, exist_ok=True)
-        creds_file.write_text(json.dumps(created, indent=2))
-        creds_file.chmod(0o600)  # the token is only ever shown here and at creation
+        # The token is only ever shown here and at creation: the file is 0600 from its first
+        # byte (mkstemp), and appears complete under its name.
+        creds_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=creds_file.parent, prefix=".demo-account.")
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(json.dumps(created, indent=2))
+            os.replace(tmp, creds_file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     data = created or known
     assert data is not None
     _announce(config, data)
@@ -332,14 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
     create = acc.add_parser("create")
     create.add_argument("--name", required=True)
     create.add_argument("--freeform", action="store_true", help="allow freeform (non-template) SMS")
-    create.add_argument("--webhook-secret", help="HMAC secret for webhooks (default: random)")
+    create.add_argument(
+        "--webhook-secret", help="HMAC secret for webhooks, 16 to 128 characters (default: random)"
+    )
     acc.add_parser("list")
     rot = acc.add_parser("rotate-token")
     rot.add_argument("sid")
     st = acc.add_parser("set")
     st.add_argument("sid")
     st.add_argument("--freeform", action=argparse.BooleanOptionalAction, default=None)
-    st.add_argument("--webhook-secret")
+    st.add_argument("--webhook-secret", help="16 to 128 characters")
     st.add_argument(
         "--outbound-allow-prefixes",
         dest="outbound_allow_prefixes",
@@ -364,7 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a caller id this account may show besides its DINs (checked by you); repeatable",
     )
     st.add_argument("--remove-verified-caller", action="append", metavar="E164", help="repeatable")
-    for name in ("create", "list", "rotate-token", "set"):
+    acc.add_parser(
+        "disable", help="refuse its API credentials (within seconds) and hold its queued messages"
+    ).add_argument("sid")
+    acc.add_parser("enable", help="undo disable").add_argument("sid")
+    for name in ("create", "list", "rotate-token", "set", "disable", "enable"):
         acc.choices[name].set_defaults(fn=cmd_accounts)
 
     inb = sub.add_parser("inbound", help="inbound SMS housekeeping").add_subparsers(
@@ -405,6 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    # Everything the gateway writes (the SQLite database and its WAL, var/, the demo credentials,
+    # the voice data dir) is private to its user: webhook secrets and caller audio live there.
+    # Asterisk reads and writes the voice data dir as the same user (docker-compose runs both
+    # as uid 10001).
+    os.umask(0o077)
     try:
         result: int = args.fn(config, args)
     except ConfigError as exc:  # e.g. `run` with settings the app refuses (create_app)

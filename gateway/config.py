@@ -188,6 +188,15 @@ class RateLimitConfig:
 
 
 @dataclass
+class LinksConfig:
+    # Unknown /l/<code> lookups each client address may make: `miss_burst` at once, refilled at
+    # `miss_per_minute` (0 = no limit); then 429. Per node, for up to `max_clients` addresses.
+    miss_per_minute: float = 10.0
+    miss_burst: int = 20
+    max_clients: int = 10_000
+
+
+@dataclass
 class LogConfig:
     level: str = "INFO"  # DEBUG, INFO, WARNING, ERROR
     # text: `time LEVEL logger: message key=value ...`; json: one object per line for log shippers.
@@ -208,6 +217,7 @@ class Config:
     voice: VoiceConfig = field(default_factory=VoiceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    links: LinksConfig = field(default_factory=LinksConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @property

@@ -67,6 +67,10 @@ class ContextFilter(logging.Filter):
 
 
 def _escape_controls(text: str) -> str:
+    """Every non-printable character as a JSON escape: C0/C1 controls, DEL, and everything
+    str.splitlines() or a log viewer ends a line on (U+0085, U+2028, U+2029 included), format
+    characters (bidi overrides) and lone surrogates. Valid inside a JSON string too, and there it
+    decodes back to the same character."""
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
@@ -76,7 +80,8 @@ def _logfmt_value(value: Any) -> str:
     text = str(value)
     if text and not any(c in text for c in ' "=\\') and text.isprintable():
         return text
-    return json.dumps(text, ensure_ascii=False)
+    # ensure_ascii=False escapes only C0, so the rest of the non-printables are escaped after.
+    return _escape_controls(json.dumps(text, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):
@@ -98,6 +103,11 @@ class TextFormatter(logging.Formatter):
         pairs = " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
         head, sep, rest = line.partition("\n")  # keep a traceback below the fields
         return f"{head} {pairs}{sep}{rest}"
+
+    def formatException(self, ei: Any) -> str:
+        # A traceback keeps its lines, indented: a newline in an exception's message (caller text,
+        # maybe) cannot start a line that reads as a record, and no other separator gets through.
+        return "\n".join("  " + _escape_controls(line) for line in super().formatException(ei).split("\n"))
 
 
 def _json_value(value: Any) -> Any:
@@ -126,7 +136,9 @@ class JsonFormatter(logging.Formatter):
             out["exception"] = record.exc_text
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(out, ensure_ascii=False)
+        # ensure_ascii=False keeps text readable but leaves U+2028/U+2029/U+0085, DEL and C1
+        # raw, and log shippers and str.splitlines() split lines on them.
+        return _escape_controls(json.dumps(out, ensure_ascii=False))
 
 
 def make_handler(fmt: str, stream: TextIO | None = None) -> logging.Handler:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import string
 from typing import Any
 
 import aiohttp
 
+from gateway.http.link_misses import MissLimiter, MissLimitSettings, client_key
+from gateway.services.links import new_code
 from smpp.encoding import decode_short_message
 from tests.conftest import Gateway, wait_for
 from tests.webhook_receiver import Receiver
 
 JP = "+818012345678"
+URL_SAFE = set(string.ascii_letters + string.digits + "-_")
 
 
 def verify(secret: str, hit: Any) -> None:
@@ -144,3 +148,60 @@ async def test_link_tracking_redirects_and_calls_back_once(
     assert len(receiver.on("/lt")) == 1
     async with http.get(f"{gateway.base_url}/l/nope", allow_redirects=False) as r:
         assert r.status == 404
+
+
+async def test_link_codes_are_long_and_guessing_them_is_throttled_per_address(
+    gateway: Gateway, http: aiohttp.ClientSession, sim_smsc: Any
+) -> None:
+    """8-character (48-bit) codes, and /l/ answered 247 guesses/s from one client."""
+    codes = {new_code() for _ in range(2000)}
+    assert len(codes) == 2000
+    assert all(len(c) == 16 and set(c) <= URL_SAFE for c in codes)  # 16 x 6 = 96 random bits
+    assert len(set("".join(codes))) == 64  # every symbol in use
+
+    creds = await gateway.account()
+    async with http.post(
+        f"{gateway.base_url}/sms/messages/",
+        data={"message": "See https://example.com/x", "recipient": JP, "sender": "DEMO", "track_link": "1"},
+        headers=gateway.auth(creds),
+    ) as r:
+        assert r.status == 201
+    [(code,)] = await gateway.sql("SELECT code FROM tracked_links")
+    assert len(code) == 16
+    link, unknown = f"{gateway.base_url}/l/{code}", f"{gateway.base_url}/l/"
+
+    def client(address: str) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
+
+    async with client("127.0.0.1") as guesser, client("127.0.0.2") as other, client("127.0.0.3") as reader:
+        for _ in range(30):  # following real links never counts
+            async with reader.get(link, allow_redirects=False) as r:
+                assert r.status == 302
+        for i in range(20):  # links.miss_burst
+            async with guesser.get(unknown + new_code(), allow_redirects=False) as r:
+                assert r.status == 404, i
+        for url in (unknown + new_code(), link):  # refused before the lookup, right or wrong
+            async with guesser.get(url, allow_redirects=False) as r:
+                assert r.status == 429
+                assert int(r.headers["Retry-After"]) >= 1 and "retry after" in (await r.json())["detail"]
+        async with other.get(unknown + new_code(), allow_redirects=False) as r:
+            assert r.status == 404
+        async with other.get(link, allow_redirects=False) as r:
+            assert r.status == 302
+
+
+def test_miss_limiter_refills_gives_back_and_stays_bounded() -> None:
+    now = [0.0]
+    limiter = MissLimiter(MissLimitSettings(per_minute=60, burst=2, max_clients=3), clock=lambda: now[0])
+    assert [limiter.take("a"), limiter.take("a")] == [0.0, 0.0]
+    assert limiter.take("a") == 1.0  # one token a second
+    limiter.give_back("a")  # that lookup found its link
+    assert limiter.take("a") == 0.0
+    now[0] = 1.0
+    assert limiter.take("a") == 0.0 and limiter.take("a") > 0
+    for client in ("b", "c", "d", "e"):
+        limiter.take(client)
+    assert limiter.tracked == 3  # the least recently seen ("a", then "b") were dropped
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7" and client_key(None) == ""
+    assert MissLimiter(MissLimitSettings(per_minute=0)).take("x") == 0.0

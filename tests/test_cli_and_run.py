@@ -6,13 +6,19 @@ import asyncio
 import json
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from tests.conftest import ROOT, basic, free_port, wait_for
+from gateway.services.accounts import AccountService
+from tests.conftest import ROOT, Gateway, basic, free_port, wait_for
+from tests.procs import subscribe_sin
+
+SIN = "+81312345678"
+CUSTOMER = "+819011112222"
 
 
 async def run_cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> tuple[int, str, str]:
@@ -33,10 +39,11 @@ async def run_cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> t
 
 async def test_account_and_template_commands(clean_db: str) -> None:
     env = {"GATEWAY_DATABASE_URL": clean_db}
-    code, out, err = await run_cli(env, "accounts", "create", "--name", "acme", "--webhook-secret", "s3cret")
+    secret = "s3cret-shared-with-the-receiver"
+    code, out, err = await run_cli(env, "accounts", "create", "--name", "acme", "--webhook-secret", secret)
     assert code == 0, err
     acct = json.loads(out)
-    assert acct["freeform"] is False and acct["webhook_secret"] == "s3cret" and len(acct["auth_token"]) > 30
+    assert acct["freeform"] is False and acct["webhook_secret"] == secret and len(acct["auth_token"]) > 30
     stored = await _sql(clean_db, "SELECT token_hash FROM accounts")
     assert acct["auth_token"] not in str(stored)  # only the hash is stored
 
@@ -45,7 +52,7 @@ async def test_account_and_template_commands(clean_db: str) -> None:
     code, out, _ = await run_cli(env, "accounts", "rotate-token", acct["sid"])
     assert code == 0 and json.loads(out)["auth_token"] != acct["auth_token"]
     code, out, _ = await run_cli(env, "accounts", "list")
-    assert [a["sid"] for a in json.loads(out)] == [acct["sid"]]
+    assert [(a["sid"], a["disabled"]) for a in json.loads(out)] == [(acct["sid"], False)]
     code, _, err = await run_cli(env, "accounts", "rotate-token", "nope")
     assert code == 1 and "no account" in err
     code, _, err = await run_cli(env, "templates", "approve", "nope")
@@ -127,6 +134,98 @@ async def test_run_refuses_ami_without_a_price_table(tmp_path: Path) -> None:
     assert not (tmp_path / "gw.sqlite3").exists()  # refused before touching anything
 
 
+async def test_a_webhook_secret_must_be_a_usable_hmac_key(clean_db: str) -> None:
+    """An empty secret was stored as is: every receiver then accepted anyone's signature."""
+    env = {"GATEWAY_DATABASE_URL": clean_db}
+    for bad, reason in (
+        ("", "at least 16 non-blank characters"),
+        (" " * 20, "at least 16 non-blank characters"),
+        ("short-secret", "at least 16 non-blank characters"),
+        ("x" * 129, "at most 128 characters"),
+        ("sixteen-chars-ok\x1b[2J", "control characters"),
+    ):
+        code, out, err = await run_cli(env, "accounts", "create", "--name", "n", "--webhook-secret", bad)
+        assert (code, out) == (2, "") and reason in err and "nothing created" in err, (bad, err)
+    assert await _sql(clean_db, "SELECT id FROM accounts") == []
+
+    code, out, _ = await run_cli(env, "accounts", "create", "--name", "n")
+    acct = json.loads(out)
+    for bad in ("", "   \t  ", "fifteen-chars!!"):
+        code, out, err = await run_cli(
+            env, "accounts", "set", acct["sid"], "--webhook-secret", bad, "--freeform"
+        )
+        assert (code, out) == (2, "") and "nothing changed" in err, (bad, err)
+    assert await _sql(clean_db, "SELECT webhook_secret, freeform FROM accounts") == [
+        (acct["webhook_secret"], False)
+    ]
+    code, out, _ = await run_cli(env, "accounts", "set", acct["sid"], "--webhook-secret", "x" * 16)
+    assert code == 0 and json.loads(out)["webhook_secret"] == "x" * 16
+
+
+async def test_disable_and_enable_an_account(
+    gateway: Gateway, clean_db: str, sim_smsc: Any, http: aiohttp.ClientSession
+) -> None:
+    env = {"GATEWAY_DATABASE_URL": clean_db}
+    code, out, _ = await run_cli(env, "accounts", "create", "--name", "acme", "--freeform")
+    acct = json.loads(out)
+    [(account_id,)] = await gateway.sql("SELECT id FROM accounts WHERE sid = :sid", sid=acct["sid"])
+    await subscribe_sin(clean_db, account_id, SIN, "")
+    basic_auth = basic(acct["sid"], acct["auth_token"])
+    bearer = {"Authorization": f"Bearer {acct['auth_token']}"}
+    routes = [
+        ("GET", "/sms/messages/", basic_auth),
+        ("POST", "/sms/messages/", basic_auth),
+        ("GET", "/sms/sins/subscriptions/", basic_auth),
+        ("GET", "/voice/calls/", basic_auth),
+        ("GET", f"/xms/v1/{acct['sid']}/inbounds", bearer),
+    ]
+
+    async def statuses() -> list[int]:
+        out = []
+        for method, path, headers in routes:
+            async with http.request(method, gateway.base_url + path, headers=headers) as r:
+                out.append(r.status)
+        return out
+
+    assert 401 not in await statuses()  # in the auth cache now
+
+    code, out, _ = await run_cli(env, "accounts", "disable", acct["sid"])
+    assert code == 0 and json.loads(out) == {"sid": acct["sid"], "disabled": True}
+
+    async def refused() -> bool:
+        return await statuses() == [401] * len(routes)
+
+    # The node caches a good login for CACHE_TTL: refused on every route once that runs out.
+    await wait_for(refused, timeout=AccountService.CACHE_TTL + 3)
+    code, out, _ = await run_cli(env, "accounts", "list")
+    assert json.loads(out)[0]["disabled"] is True
+
+    # Its numbers still take MO (stored); the HELP reply it queues waits, unsent.
+    await sim_smsc.inject_mo(CUSTOMER.lstrip("+"), SIN.lstrip("+"), b"HELP")
+
+    async def reply_queued() -> list[Any]:
+        return await gateway.sql(
+            "SELECT status FROM messages WHERE account_id = :a AND recipient = :r", a=account_id, r=CUSTOMER
+        )
+
+    assert await wait_for(reply_queued) == [("QUEUED",)]
+    await asyncio.sleep(1)  # ten dispatcher polls
+    assert await reply_queued() == [("QUEUED",)]
+    assert [s for s in await sim_smsc.submits() if s.destination_addr == CUSTOMER[1:]] == []
+
+    code, out, _ = await run_cli(env, "accounts", "enable", acct["sid"])
+    assert code == 0 and json.loads(out) == {"sid": acct["sid"], "disabled": False}
+
+    async def sent() -> bool:
+        return any(s.destination_addr == CUSTOMER[1:] for s in await sim_smsc.submits())
+
+    await wait_for(sent)
+    assert 401 not in await statuses()
+    for action in ("disable", "enable"):
+        code, _, err = await run_cli(env, "accounts", action, "nope")
+        assert code == 1 and "no account" in err
+
+
 async def _sql(url: str, query: str) -> list[Any]:
     from sqlalchemy import text
 
@@ -137,6 +236,16 @@ async def _sql(url: str, query: str) -> list[Any]:
         rows = list((await conn.execute(text(query))).all())
     await engine.dispose()
     return rows
+
+
+def _private_state(var: Path, pid: int) -> tuple[dict[str, int], dict[str, str], str]:
+    """Modes of what `gateway run` made in var/, the demo file's content, the process's umask."""
+    names = ("voice", "gateway.sqlite3", "gateway.sqlite3-wal", "gateway.sqlite3-shm", "demo-account.json")
+    modes = {"var": stat.S_IMODE(var.stat().st_mode)}
+    modes.update((name, stat.S_IMODE((var / name).stat().st_mode)) for name in names)
+    status = Path(f"/proc/{pid}/status").read_text()
+    umask = next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:"))
+    return modes, json.loads((var / "demo-account.json").read_text()), umask
 
 
 async def test_run_on_embedded_defaults(tmp_path: Path) -> None:
@@ -198,6 +307,19 @@ async def test_run_on_embedded_defaults(tmp_path: Path) -> None:
                     return bool((await r.json())["status"] == "DELIVERED")
 
             await wait_for(delivered, timeout=20)
+        # Webhook secrets and the demo token live in var/: nobody but the gateway's user reads them.
+        modes, demo, umask = _private_state(tmp_path / "var", proc.pid)
+        assert modes == {
+            "var": 0o700,
+            "voice": 0o700,  # Asterisk shares the gateway's uid (docker-compose)
+            "gateway.sqlite3": 0o600,
+            "gateway.sqlite3-wal": 0o600,
+            "gateway.sqlite3-shm": 0o600,
+            "demo-account.json": 0o600,
+        }
+        assert demo["sid"] == lines["sid"]
+        # Whatever the process creates next is private from its first byte, not chmod'ed after.
+        assert umask == "0077"
     finally:
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 30)

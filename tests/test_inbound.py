@@ -10,6 +10,7 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -20,7 +21,8 @@ from gateway.db.models import AutoReplyRule, Number, NumberSubscription
 from gateway.keys import CONFIG, INBOUND, SESSIONS
 from gateway.services.accounts import NewCredentials
 from smpp.encoding import build_udh, decode_short_message, encode_gsm7
-from tests.conftest import Gateway, gateway_config, start_gateway, wait_for
+from tests.conftest import Gateway, basic, gateway_config, start_gateway, wait_for
+from tests.procs import create_account, gateway_processes, sql, subscribe_sin
 from tests.webhook_receiver import Receiver
 
 SIN = "+81312345678"
@@ -223,6 +225,16 @@ async def test_webhook_text_reply_and_auto_reply_rules(
                 reply="See example.com/prices",
             )
         )
+        # Stored before rules ran on RE2, which has no backreferences: skipped, not a poison MO.
+        s.add(
+            AutoReplyRule(
+                uid="r0",
+                subscription_id=sin.subscription_id,
+                match="regex",
+                pattern=r"(\w)\1",
+                reply="legacy",
+            )
+        )
     await mo(sim_smsc, "HOURS please")
     await mo(sim_smsc, "what is the PRICE?")
     texts = await submits_to(sim_smsc, CUSTOMER, 2)
@@ -309,6 +321,36 @@ async def test_sinch_filters_and_pagination(
     ):
         code, body = await get(query)
         assert code == 400 and field in body, query
+
+
+async def test_hostile_auto_reply_patterns_cannot_stall_the_gateway(
+    clean_db: str, sim_smsc: Any, tmp_path: Path
+) -> None:
+    """`(a|a)*b` on 36 a's took `re` minutes (exponential backtracking) with the process frozen.
+    A gateway process, so a frozen one cannot freeze the test's own loop too."""
+    creds = await create_account(clean_db, "tenant")
+    await subscribe_sin(clean_db, creds.account.id, SIN, "")
+    [(number_uid,)] = await sql(clean_db, "SELECT uid FROM numbers WHERE number = :n", n=SIN)
+    async with gateway_processes(tmp_path) as procs:
+        gw = procs.spawn("gw", clean_db, sim_smsc.port)
+        await gw.start()
+        auth = basic(creds.account.sid, creds.auth_token)
+        rules = f"{gw.base_url}/sms/sins/subscriptions/{number_uid}/autoreplies/"
+        async with aiohttp.ClientSession(headers=auth, timeout=aiohttp.ClientTimeout(total=5)) as http:
+            for pattern in ("(a|a)*b", ".*.*.*.*.*.*x"):
+                async with http.post(rules, data={"match": "regex", "pattern": pattern, "reply": "hi"}) as r:
+                    assert r.status == 201, await r.text()
+            await mo(sim_smsc, "a" * 36)
+            await mo(sim_smsc, "a" * 1000 + "b")
+
+            async def healthy_and_processed() -> bool:
+                async with http.get(f"{gw.base_url}/healthz", timeout=aiohttp.ClientTimeout(total=1)) as r:
+                    assert r.status == 200
+                async with http.get(f"{gw.base_url}/sms/inbounds/") as r:
+                    return len(await r.json()) == 2
+
+            await wait_for(healthy_and_processed, timeout=20)
+            assert await submits_to(sim_smsc, CUSTOMER, 1) == ["hi"]  # the "...ab" one matched
 
 
 async def test_webhook_survives_gateway_restart(clean_db: str, sim_smsc: Any, receiver: Receiver) -> None:

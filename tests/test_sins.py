@@ -290,18 +290,32 @@ async def test_auto_reply_rules(gateway: Gateway, http: aiohttp.ClientSession) -
         ({"match": "keyword", "pattern": "x", "reply": "bell\x07"}, {"reply"}),
         ({"match": "regex", "pattern": "(unclosed", "reply": "y"}, {"pattern"}),
         ({"match": "regex", "pattern": "a" * 201, "reply": "y"}, {"pattern"}),
-        ({"match": "regex", "pattern": "(a+)+$", "reply": "y"}, {"pattern"}),
-        ({"match": "regex", "pattern": r"^(\w+\s?)*$", "reply": "y"}, {"pattern"}),
-        ({"match": "regex", "pattern": "(x|(.*))*z", "reply": ""}, {"pattern", "reply"}),
+        # RE2 (linear time) has no backreferences or lookaround, and caps the program size.
+        ({"match": "regex", "pattern": r"(a)\1", "reply": "y"}, {"pattern"}),
+        ({"match": "regex", "pattern": r"(?=a)b", "reply": "y"}, {"pattern"}),
+        ({"match": "regex", "pattern": r"(?<!a)b", "reply": "y"}, {"pattern"}),
+        ({"match": "regex", "pattern": r"\pL{10}", "reply": "y"}, {"pattern"}),
+        ({"match": "regex", "pattern": r"\pL{1000}", "reply": "y"}, {"pattern"}),
+        ({"match": "regex", "pattern": r"(\w)\1", "reply": ""}, {"pattern", "reply"}),
     ):
         code, out = await api.add_rule(uid, **body)
         assert (code, set(out)) == (400, errors), (body, out)
     code, out = await api.add_rule(uid, match="regex", pattern="(unclosed", reply="y")
     assert out["pattern"][0].startswith("Invalid regular expression: missing )")
+    code, out = await api.add_rule(uid, match="regex", pattern=r"(a)\1", reply="y")
+    assert out == {
+        "pattern": [
+            "Invalid regular expression: invalid escape sequence: \\1. "
+            "RE2 syntax: backreferences and lookaround are not supported."
+        ]
+    }
+    code, out = await api.add_rule(uid, match="regex", pattern=r"\pL{1000}", reply="y")
+    assert out == {"pattern": ["Too complex: at most 2000 RE2 instructions once compiled."]}
     assert len((await api.rules(uid))[1]) == 2  # nothing stored by the refusals
 
-    # Bounded repeats, and a single unbounded one, are fine.
+    # Repeats, nested ones too: RE2 matches them in linear time.
     assert (await api.add_rule(uid, match="regex", pattern=r"^(\d{1,3}\.){3}\d+$", reply="ip"))[0] == 201
+    assert (await api.add_rule(uid, match="regex", pattern="(a|a)*b", reply="ab"))[0] == 201
     assert (await api.add_rule(uid, match="keyword", pattern="予約", reply="ok"))[0] == 201
 
     # What the inbound pipeline gets.
@@ -322,6 +336,9 @@ async def test_auto_reply_rules(gateway: Gateway, http: aiohttp.ClientSession) -
     assert reply_to("Hourself") is None
     assert reply_to("about my ORDER #123") == "We are on it."
     assert reply_to("10.0.0.1") == "ip"
+    assert reply_to("a" * 5000) is None  # `re` backtracked for hours here
+    assert reply_to("a" * 1000 + "b") == "ab"
+    assert reply_to("a" * 1600 + "b") is None  # only the first MAX_MATCH_INPUT characters count
     assert reply_to("予約 したい") == "ok"
     assert reply_to("") is None
 
@@ -329,7 +346,7 @@ async def test_auto_reply_rules(gateway: Gateway, http: aiohttp.ClientSession) -
     assert await api.delete_rule(uid, kw["rule_id"]) == (200, {})
     assert await api.delete_rule(uid, kw["rule_id"]) == (404, {"detail": "No such auto-reply rule."})
     ids = [r["rule_id"] for r in (await api.rules(uid))[1]]
-    assert len(ids) == 3 and ids[0] == rx["rule_id"] and kw["rule_id"] not in ids
+    assert len(ids) == 4 and ids[0] == rx["rule_id"] and kw["rule_id"] not in ids
 
     # Unsubscribing removes the remaining rules with the subscription.
     assert await api.unsubscribe(uid) == (200, {})

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from yarl import URL
 
 from gateway.logs import JsonFormatter, log_context, make_handler
 from smpp.simulator import SimulatorConfig, SmscSimulator
@@ -86,6 +87,39 @@ def test_text_lines_cannot_be_split_or_forged(
     assert line.endswith(' sender="x\\nFAKE ERROR gateway: injected status=ok \\"q\\"" parts=2')
     (obj,) = json_lines(js)
     assert obj["sender"] == hostile and obj["parts"] == 2 and obj["level"] == "WARNING"
+
+
+# Every character str.splitlines() ends a line on, and other controls a viewer could act on.
+SEPARATORS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+CONTROLS = SEPARATORS + "\x00\x1b\x7f\x9b\u202e"
+
+
+def test_no_separator_or_control_starts_a_line_in_either_format(
+    captured: tuple[logging.Logger, io.StringIO, io.StringIO],
+) -> None:
+    logger, text, js = captured
+    for c in CONTROLS:
+        hostile = f"a{c}FAKE"
+        logger.warning("MO from %s", hostile, extra={"sender": hostile})
+        try:
+            raise ValueError(hostile)
+        except ValueError:
+            logger.exception("failed on %s", hostile)
+    for out in (text.getvalue(), js.getvalue()):
+        assert out.splitlines() == out.split("\n")[:-1]
+        assert not any(c in out for c in CONTROLS.replace("\n", ""))
+    records = json_lines(js)
+    assert len(records) == 2 * len(CONTROLS)
+    for c, mo, exc in zip(CONTROLS, records[::2], records[1::2], strict=True):
+        assert mo["message"] == f"MO from a{c}FAKE" and mo["sender"] == f"a{c}FAKE"
+        assert exc["exception"].endswith(f"ValueError: a{c}FAKE")
+    lines = text.getvalue().splitlines()
+    mo_lines = [line for line in lines if " WARNING " in line]
+    assert len(mo_lines) == len(CONTROLS)
+    assert all(" sender=\"a\\" in line for line in mo_lines), mo_lines  # escaped, quoted
+    # A traceback keeps its lines, indented, so not even a newline in one starts a line.
+    assert [line for line in lines if line.startswith("FAKE")] == []
+    assert all(line.startswith(("20", "  ")) for line in lines)
 
 
 def test_json_lines_carry_exceptions_and_odd_values(
@@ -212,3 +246,43 @@ async def test_a_gateway_process_logs_json_lines_with_message_and_call_ids(
         said = [r["message"] for r in about_call]
         assert said[0] == "call answered" and said[-1].startswith("call ended"), said
         assert all(r["din"] == DIN and r["asterisk_uniqueid"] == transcript.uniqueid for r in about_call)
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+async def test_caller_text_cannot_split_a_gateway_process_log_line(
+    fmt: str, tmp_path: Path, sim: SmscSimulator
+) -> None:
+    """A request path and an MO sender (what SMPP's latin-1 address can carry) with separators."""
+    path = "/x" + "".join(f"%{b:02X}" for b in SEPARATORS.encode()) + "y"
+    sender = "S\x85\x1c\x1d\x1e\x0b\x0cT"  # an alphanumeric source_addr, 21 octets at most
+    async with fresh_database(ENGINES[0], tmp_path) as db, gateway_processes(tmp_path) as procs:
+        gw = procs.spawn("gw", db, sim.port, GATEWAY_LOG_FORMAT=fmt, GATEWAY_LOG_ACCESS="true")
+        gw.env["GATEWAY_LOG_LEVEL"] = "INFO"
+        await gw.start()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(URL(gw.base_url + path, encoded=True)) as r:
+                assert r.status == 401  # every unknown path asks for credentials first
+        await sim.inject_mo(sender, "81399999999", b"hello")  # nobody holds it: logged, unrouted
+
+        def logged() -> str:
+            return gw.log_path.read_text(encoding="utf-8")
+
+        async def both_logged() -> bool:
+            out = logged()
+            return "/x" in out and "no SIN subscription" in out
+
+        await wait_for(both_logged)
+        assert await gw.stop() == 0
+    out = logged()
+    assert out.splitlines() == out.split("\n")[:-1]  # no separator but the records' own newlines
+    lines = [line for line in out.splitlines() if not line.startswith("--- start")]
+    if fmt == "json":
+        records = [json.loads(line) for line in lines]  # one object per physical line
+        messages = [r["message"] for r in records]
+        assert f"GET /x{SEPARATORS}y 401" in messages
+        assert any(m.startswith(f"MO {sender} -> +81399999999") for m in messages), messages
+    else:
+        assert all(line.startswith(("20", "  ")) for line in lines), lines
+        escaped = "\\n\\r\\u000b\\f\\u001c\\u001d\\u001e\\u0085\\u2028\\u2029"
+        assert any(f"GET /x{escaped}y 401" in x for x in lines)
+        assert any("MO S\\u0085\\u001c\\u001d\\u001e\\u000b\\fT -> +81399999999" in x for x in lines)

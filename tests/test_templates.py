@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import aiohttp
@@ -143,3 +144,22 @@ async def test_form_encoded_template_send(gateway: Gateway, http: aiohttp.Client
         headers=gateway.auth(creds),
     ) as r:
         assert r.status == 400 and "variables" in await r.json()
+
+
+async def test_a_repeated_long_variable_is_refused_before_it_is_built(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    """600 copies of a 60 KB variable made a 36 MB text that took seconds to split into parts."""
+    creds = await gateway.account(freeform=False)
+    _, tpl = await create(http, gateway, creds, name="t", content="{x}" * 600)
+    await gateway.app[TEMPLATES].set_status(tpl["template_id"], "APPROVED")
+    url = f"{gateway.base_url}/sms/templates/{tpl['template_id']}/messages/"
+    for value, shown in (("a" * 60_000, "36000000 characters"), ("a" * 100, "over 1600 characters")):
+        started = time.monotonic()
+        async with http.post(
+            url, json={"sender": "A", "recipient": JP, "variables": {"x": value}}, headers=gateway.auth(creds)
+        ) as r:
+            assert r.status == 400
+            (reason,) = (await r.json())["variables"]
+        assert shown in reason and time.monotonic() - started < 1
+    assert await gateway.sql("SELECT id FROM messages") == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(parsed.database))
         # SQLite has one writer at a time; several connections fight for the lock through its
         # busy handler, which sleeps (p99 latency in seconds under load). One connection turns
         # that into a fair asyncio queue, and WAL commits without fsync are cheap enough for it.
@@ -36,6 +37,17 @@ def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
         pool_pre_ping=True,
         connect_args={"timeout": CONNECT_TIMEOUT},
     )
+
+
+def _create_private(path: Path) -> None:
+    """The database holds webhook secrets in clear: a new one is created 0600 (in a new 0700
+    directory) before SQLite opens it, whatever the umask, and SQLite gives its -wal and -shm files
+    the database file's mode. An existing file keeps the mode it has."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -244,7 +244,7 @@ ERROR_DESCRIPTIONS: dict[int, tuple[str, str]] = {
     413: ("Detail", "Request body over the configured `http.max_body_bytes`."),
     415: ("Detail", "Unsupported Content-Type: send form-encoded or JSON."),
     422: ("VariableErrors", "Template variables missing or not in the template."),
-    429: ("Detail", "Rate limit exceeded for this account; see the Retry-After header."),
+    429: ("Detail", "Rate limit exceeded (per account; per address on /l/); see the Retry-After header."),
     503: ("Detail", "The feature is not available on this gateway right now."),
 }
 
@@ -653,12 +653,14 @@ def _table() -> None:
             pub,
             "followLink",
             "Tracked link redirect",
-            "Records the first access and calls `lt_callbackurl`.",
+            "Records the first access and calls `lt_callbackurl`. Unknown codes are limited per "
+            "client address (`links.miss_burst`, `links.miss_per_minute`); past the limit every "
+            "code answers 429 until Retry-After.",
             ok_status=302,
             ok_content={},
             ok_description="Redirect to the original URL.",
             ok_headers={"Location": {"schema": _str(format="uri")}},
-            errors=(404,),
+            errors=(404, 429),
             security="public",
         ),
     )

@@ -10,6 +10,8 @@ from sqlalchemy import text
 
 from gateway.db.availability import is_outage
 from gateway.http.errors import DB_OUTAGE, json_response, not_found
+from gateway.http.link_misses import LINK_MISSES, client_key
+from gateway.http.ratelimit import retry_after_seconds
 from gateway.keys import LINKS, SESSIONS
 
 log = logging.getLogger(__name__)
@@ -21,9 +23,19 @@ routes = web.RouteTableDef()
 
 @routes.get("/l/{code}")
 async def follow_link(request: web.Request) -> web.StreamResponse:
+    misses, client = request.app[LINK_MISSES], client_key(request.remote)
+    wait = misses.take(client)
+    if wait > 0:
+        seconds = retry_after_seconds(wait)
+        response = json_response(
+            {"detail": f"Too many unknown links from your address; retry after {seconds} s."}, status=429
+        )
+        response.headers["Retry-After"] = str(seconds)
+        return response
     target = await request.app[LINKS].open(request.match_info["code"])
     if target is None:
         raise not_found("No such link.")
+    misses.give_back(client)
     raise web.HTTPFound(target)
 
 

@@ -14,6 +14,24 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import Account
 
+# The webhook secret is the HMAC-SHA256 key receivers verify signatures with. An empty or short
+# one lets anyone forge webhooks; 16 characters is the least that keeps a random secret out of
+# reach (~96 bits as base64) while accepting secrets receivers already share. The generated
+# ones are 43. At most the column's width.
+MIN_WEBHOOK_SECRET = 16
+MAX_WEBHOOK_SECRET = 128
+
+
+def check_webhook_secret(secret: str) -> str:
+    """The secret as given, or ValueError saying why it cannot be an HMAC key."""
+    if len(secret.strip()) < MIN_WEBHOOK_SECRET:
+        raise ValueError(f"webhook secret must have at least {MIN_WEBHOOK_SECRET} non-blank characters")
+    if len(secret) > MAX_WEBHOOK_SECRET:
+        raise ValueError(f"webhook secret must have at most {MAX_WEBHOOK_SECRET} characters")
+    if not secret.isprintable():
+        raise ValueError("webhook secret must not contain control characters")
+    return secret
+
 
 @dataclass(frozen=True)
 class AccountInfo:
@@ -22,6 +40,7 @@ class AccountInfo:
     name: str
     freeform: bool
     webhook_secret: str
+    disabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -35,7 +54,7 @@ def hash_token(token: str) -> str:
 
 
 def _info(row: Account) -> AccountInfo:
-    return AccountInfo(row.id, row.sid, row.name, row.freeform, row.webhook_secret)
+    return AccountInfo(row.id, row.sid, row.name, row.freeform, row.webhook_secret, bool(row.disabled))
 
 
 class AccountService:
@@ -56,7 +75,10 @@ class AccountService:
             token_hash=hash_token(token),
             name=name,
             freeform=freeform,
-            webhook_secret=webhook_secret or secrets.token_urlsafe(32),
+            webhook_secret=secrets.token_urlsafe(32)
+            if webhook_secret is None
+            else check_webhook_secret(webhook_secret),
+            disabled=False,
         )
         async with self._sessions.begin() as s:
             s.add(row)
@@ -74,6 +96,9 @@ class AccountService:
     async def update_flags(
         self, sid: str, *, freeform: bool | None = None, webhook_secret: str | None = None
     ) -> AccountInfo | None:
+        """ValueError (and nothing changed) for a webhook secret that cannot be an HMAC key."""
+        if webhook_secret is not None:
+            check_webhook_secret(webhook_secret)
         async with self._sessions.begin() as s:
             row = (await s.execute(select(Account).where(Account.sid == sid))).scalar_one_or_none()
             if row is None:
@@ -82,6 +107,17 @@ class AccountService:
                 row.freeform = freeform
             if webhook_secret is not None:
                 row.webhook_secret = webhook_secret
+        self._cache.clear()
+        return _info(row)
+
+    async def set_disabled(self, sid: str, disabled: bool) -> AccountInfo | None:
+        """A disabled account's credentials stop working (within CACHE_TTL on running nodes) and
+        its queued messages wait unsent; enabling it again resumes both."""
+        async with self._sessions.begin() as s:
+            row = (await s.execute(select(Account).where(Account.sid == sid))).scalar_one_or_none()
+            if row is None:
+                return None
+            row.disabled = disabled
         self._cache.clear()
         return _info(row)
 

@@ -7,6 +7,7 @@ written in the same transaction, so a crash cannot separate them from the messag
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -306,7 +307,12 @@ class InboundService:
         if rules is None:
             rules = await self._numbers.rules_for_subscription(owner.subscription_id, session=s)
             cache.rules[owner.subscription_id] = rules
-        rule = first_auto_reply(rules, text)
+        if any(r.regex is not None for r in rules):
+            # RE2 is linear but up to 50 rules of up to MAX_PROGRAM instructions over a long MO
+            # still add up; it releases the GIL, so a worker thread keeps the loop answering.
+            rule = await asyncio.to_thread(first_auto_reply, rules, text)
+        else:
+            rule = first_auto_reply(rules, text)
         return None if rule is None else rule.reply
 
     async def _send_reply(

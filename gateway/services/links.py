@@ -18,7 +18,9 @@ class RewrittenLink:
 
 
 def new_code() -> str:
-    return secrets.token_urlsafe(6)  # 8 URL-safe chars, 48 bits: unguessable enough for a redirect
+    # 16 URL-safe characters, 96 random bits (the column's width): unguessable even at the /l/
+    # miss limit summed over many addresses. Older 8-character codes keep working.
+    return secrets.token_urlsafe(12)
 
 
 def rewrite(body: str, base_url: str) -> tuple[str, list[RewrittenLink]]:

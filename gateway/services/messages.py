@@ -20,7 +20,7 @@ from gateway.http.errors import FieldErrors, not_found
 from gateway.services import links as linksvc
 from gateway.services.pricing import PriceList
 from gateway.services.views import message_json
-from smpp.encoding import plan
+from smpp.encoding import GSM_SINGLE_MAX, plan
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,14 @@ class MessageService:
         return rejected
 
     def check_length(self, field: str, text: str) -> int:
+        # No part carries more than GSM_SINGLE_MAX characters: a longer text is refused before
+        # plan() walks it, so a 64 KiB body costs no more than a short one.
+        if len(text) > self._max_parts * GSM_SINGLE_MAX:
+            raise FieldErrors.one(
+                field,
+                f"Message too long: over {self._max_parts * GSM_SINGLE_MAX} characters, "
+                f"at most {self._max_parts} parts.",
+            )
         parts = plan(text).parts
         if parts > self._max_parts:
             raise FieldErrors.one(field, f"Message too long: {parts} parts, at most {self._max_parts}.")

@@ -19,13 +19,16 @@ STATUSES = ("PENDING", "APPROVED", "REJECTED")
 DELETED = "DELETED"  # kept for the messages that reference it, invisible to the API
 _IDENT = set(string.ascii_letters + string.digits + "_")
 MAX_CONTENT = 2000
+# A template may repeat a placeholder hundreds of times: the text is sized before it is built, so a
+# long variable cannot make a message of tens of megabytes (memory, then seconds of part planning).
+MAX_RENDERED = 64 * 1024
 
 
 def placeholders(content: str) -> list[str]:
     """Names in `{name}` placeholders; `{{`/`}}` are literal braces. Raises FieldErrors on bad syntax."""
     names: list[str] = []
     try:
-        parsed = list(string.Formatter().parse(content))
+        parsed = _parse(content)
     except ValueError as exc:
         raise FieldErrors.one("content", f"Invalid placeholder syntax: {exc}.") from None
     for _literal, name, spec, conversion in parsed:
@@ -55,7 +58,15 @@ def render(content: str, variables: Mapping[str, Any]) -> str:
             errors[name] = ["Expected a string."]
     if errors:
         raise ApiError(422, {"variables": errors})
-    return content.format_map({k: str(v) for k, v in variables.items()})
+    values = {k: str(v) for k, v in variables.items()}
+    size = sum(len(literal) + len(values[name] if name else "") for literal, name, _, _ in _parse(content))
+    if size > MAX_RENDERED:
+        raise FieldErrors.one("variables", f"The message would be {size} characters, at most {MAX_RENDERED}.")
+    return content.format_map(values)
+
+
+def _parse(content: str) -> list[tuple[str, str | None, str | None, str | None]]:
+    return list(string.Formatter().parse(content))
 
 
 class TemplateService:

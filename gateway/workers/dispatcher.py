@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import leases
 from gateway.db.availability import DbOutage
-from gateway.db.models import Message, MessagePart
+from gateway.db.models import Account, Message, MessagePart
 from gateway.logs import log_context
 from gateway.services import outbox
 from gateway.workers.lifecycle import Lifecycle
@@ -192,6 +192,8 @@ class Dispatcher:
                 token=token,
                 limit=self._batch,
                 order_by=(Message.id,),
+                # A disabled account's queued messages wait, unsent, until it is enabled again.
+                extra=(Message.account_id.not_in(select(Account.id).where(Account.disabled.is_(True))),),
                 values={"attempts": Message.attempts + 1},
             )
             if not claimed:
