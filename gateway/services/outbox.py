@@ -101,6 +101,19 @@ def enqueue_form(
     return row
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """X-Gateway-Signature: hex HMAC-SHA256 over the timestamp header value followed by the raw body."""
+def sign(secret: str, timestamp: str, delivery_id: str, body: bytes) -> str:
+    """X-Gateway-Signature-256: `v1=` and the hex HMAC-SHA256 of `{timestamp}.{delivery_id}.{body}`
+    (the X-Gateway-Timestamp and X-Gateway-Delivery-Id header values, then the raw body).
+
+    The dots make the split unambiguous (the timestamp is digits, the id hex), and the id is
+    signed so that a receiver deduplicating by it also rejects a replay under a fresh id."""
+    signed = b".".join((timestamp.encode(), delivery_id.encode(), body))
+    return "v1=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def sign_legacy(secret: str, timestamp: str, body: bytes) -> str:
+    """X-Gateway-Signature, deprecated: remove in the release after the one adding
+    X-Gateway-Signature-256. Hex HMAC-SHA256 over the timestamp immediately followed by the
+    body: without a separator, timestamp "1700000000" + body "1..." and "17000000001" + "..."
+    sign the same bytes."""
     return hmac.new(secret.encode(), timestamp.encode() + body, hashlib.sha256).hexdigest()

@@ -7,6 +7,10 @@ A 429 or 503 with a Retry-After header (seconds or an HTTP date) is not retried 
 that time: the delay is the larger of the backoff and Retry-After, which counts up to
 an hour (a larger value would only expire the delivery; a retry that comes early just
 gets another 429).
+
+Every POST carries X-Gateway-Timestamp, X-Gateway-Delivery-Id (the same on every retry) and
+X-Gateway-Signature-256 (outbox.sign); X-Gateway-Signature (outbox.sign_legacy) is deprecated.
+POST slots are shared fairly between receiver hosts and accounts (fair_share.FairShare).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from sqlalchemy.orm import aliased
 
 from gateway.db import leases
 from gateway.db.models import Account, WebhookDelivery
-from gateway.services.outbox import sign
+from gateway.services.outbox import sign, sign_legacy
 from gateway.workers.fair_share import FairShare
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.observer import NullObserver, Observer
@@ -365,7 +369,10 @@ class WebhookSender:
         headers = {
             "Content-Type": job.content_type,
             "X-Gateway-Timestamp": ts,
-            "X-Gateway-Signature": sign(job.secret, ts, body),
+            "X-Gateway-Delivery-Id": job.uid,
+            "X-Gateway-Signature-256": sign(job.secret, ts, job.uid, body),
+            # Deprecated (no separator between timestamp and body): dropped next release.
+            "X-Gateway-Signature": sign_legacy(job.secret, ts, body),
             "User-Agent": "sms-voice-gateway/1",
         }
         try:
