@@ -51,8 +51,8 @@ _RETRY_AFTER_STATUSES = frozenset({429, 503})
 # A claim whose oldest due rows are all for capped hosts or accounts looks again past them,
 # this many times at most (each pass caps at least one more host or account).
 _CLAIM_PASSES = 3
-# Fast-path jobs over their cap handed back to the table per round, at most.
-_MAX_SPILL = 500
+# Fast-path jobs looked at per round, at most, to find ones whose host and account have a slot.
+_MAX_SCAN = 500
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
@@ -203,7 +203,7 @@ class WebhookSender:
         self._poll = poll_interval
         self._lease = timedelta(seconds=max(lease_seconds, timeout * 3))
         self._fast_token = f"fast:{uuid.uuid4().hex}"
-        self._ready: collections.deque[Job] = collections.deque()
+        self._ready: collections.deque[tuple[float, Job]] = collections.deque()  # (offered at, job)
         self.lifecycle = Lifecycle()
 
     def wake(self) -> None:
@@ -216,18 +216,30 @@ class WebhookSender:
 
     def offer(self, rows: list[tuple[WebhookDelivery, str]]) -> None:
         for d, secret in rows:
-            self._ready.append(_job(d, secret))
+            self._ready.append((time.monotonic(), _job(d, secret)))
         self.lifecycle.wake()
 
     def _take_ready(self, limit: int) -> tuple[list[Job], list[Job]]:
-        """Up to `limit` offered jobs whose host and account have a free slot, and the jobs
-        passed over because theirs are at the cap: those go back to the table (_unlease),
-        where claims take them in turn, rather than waiting here in front of the others."""
+        """Up to `limit` offered jobs whose host and account have a free slot, in order, and the
+        jobs passed over for `STRAGGLER_WAIT` because theirs are at the cap: those go back to the
+        table (_unlease), where claims take them in turn, rather than waiting here while the
+        slots are held by a slow receiver. Younger ones keep their place: a fast receiver at
+        its cap frees a slot within milliseconds."""
         jobs: list[Job] = []
         spilled: list[Job] = []
-        while self._ready and len(jobs) < limit and len(spilled) < _MAX_SPILL:
-            job = self._ready.popleft()
-            (jobs if self._share.take(job.host, job.account_id) else spilled).append(job)
+        kept: list[tuple[float, Job]] = []
+        too_old = time.monotonic() - STRAGGLER_WAIT
+        for _ in range(min(len(self._ready), _MAX_SCAN)):
+            if len(jobs) >= limit:
+                break
+            offered, job = self._ready.popleft()
+            if self._share.take(job.host, job.account_id):
+                jobs.append(job)
+            elif offered < too_old:
+                spilled.append(job)
+            else:
+                kept.append((offered, job))
+        self._ready.extendleft(reversed(kept))
         return jobs, spilled
 
     async def _unlease(self, jobs: list[Job]) -> None:
