@@ -274,6 +274,8 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         give_up_after=cfg.webhooks.give_up_after_seconds,
         batch_size=cfg.webhooks.batch_size,
         loops=cfg.webhooks.loops,
+        max_in_flight_per_host=cfg.webhooks.max_in_flight_per_host,
+        max_in_flight_per_account=cfg.webhooks.max_in_flight_per_account,
         poll_interval=cfg.webhooks.poll_interval,
         lease_seconds=cfg.webhooks.lease_seconds,
         reply_hook=lambda uid, text: inbound.reply_from_webhook(uid, text),

@@ -87,6 +87,12 @@ class WebhookConfig:
     # hangs until `timeout` does not hold up the deliveries claimed with it.
     batch_size: int = 10
     loops: int = 4
+    # Fair sharing of those loops x batch_size slots: POSTs one node has in flight to one
+    # receiver (host:port) and for one account. A receiver hanging until `timeout` then holds
+    # at most these many, and the other slots keep serving everyone else. The account cap is
+    # twice the host cap so that an account's own dead receiver leaves its others some slots.
+    max_in_flight_per_host: int = 10
+    max_in_flight_per_account: int = 20
     poll_interval: float = 1.0
     # A delivery claimed by a node that died is retried by any node after this long (at least
     # three times the timeout, so a slow receiver is not sent the same POST twice).

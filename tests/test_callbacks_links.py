@@ -6,21 +6,25 @@ import hashlib
 import hmac
 import json
 import string
+import time
 from typing import Any
 
 import aiohttp
 
 from gateway.http.link_misses import MissLimiter, MissLimitSettings, client_key
 from gateway.services.links import new_code
+from gateway.services.outbox import sign, sign_legacy
 from smpp.encoding import decode_short_message
 from tests.conftest import Gateway, wait_for
-from tests.webhook_receiver import Receiver
+from tests.webhook_receiver import REPLAY_WINDOW, Receiver, genuine
 
 JP = "+818012345678"
 URL_SAFE = set(string.ascii_letters + string.digits + "-_")
 
 
 def verify(secret: str, hit: Any) -> None:
+    assert genuine(secret, hit.headers, hit.body, {})
+    # The deprecated header, kept for one release: timestamp immediately followed by the body.
     ts = hit.headers["X-Gateway-Timestamp"]
     expected = hmac.new(secret.encode(), ts.encode() + hit.body, hashlib.sha256).hexdigest()
     assert hit.headers["X-Gateway-Signature"] == expected
@@ -43,6 +47,46 @@ async def test_status_callbacks_are_signed_and_ordered(
     for h in hits:
         verify(creds.account.webhook_secret, h)
         assert h.headers["Content-Type"].startswith("application/json")
+
+
+async def test_callback_signature_recipe_and_delivery_id_stable_across_retries(
+    gateway: Gateway, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    creds = await gateway.account()
+    secret = creds.account.webhook_secret
+    receiver.script["/retried"] = [500]  # the DELIVERING callback's first POST fails
+    async with http.post(
+        f"{gateway.base_url}/sms/messages/",
+        data={"message": "x", "recipient": JP, "sender": "DEMO", "callbackurl": receiver.url("/retried")},
+        headers=gateway.auth(creds),
+    ) as r:
+        assert r.status == 201
+    hits = await wait_for(lambda: _ready(receiver, "/retried", 3))
+    statuses = [json.loads(h.body)["status"] for h in hits]
+    assert statuses == ["DELIVERING", "DELIVERING", "DELIVERED"]
+    ids = [h.headers["X-Gateway-Delivery-Id"] for h in hits]
+    # A retry carries the same id (the receiver can deduplicate); another delivery its own.
+    assert ids[0] == ids[1] != ids[2] and all(len(i) == 32 for i in ids)
+    seen: dict[str, float] = {}
+    assert [genuine(secret, h.headers, h.body, seen) for h in hits] == [True, False, True]
+    # The id is signed: replaying a POST under a fresh id does not get past deduplication.
+    first = hits[0]
+    assert not genuine(secret, {**first.headers, "X-Gateway-Delivery-Id": "0" * 32}, first.body, {})
+    assert not genuine("another secret", first.headers, first.body, {})
+    assert not genuine(secret, first.headers, first.body + b" ", {})
+    stale = {**first.headers, "X-Gateway-Timestamp": str(int(time.time()) - REPLAY_WINDOW - 60)}
+    stale["X-Gateway-Signature-256"] = sign(secret, stale["X-Gateway-Timestamp"], ids[0], first.body)
+    assert not genuine(secret, stale, first.body, {})
+
+
+def test_signature_separates_timestamp_from_body() -> None:
+    """The deprecated signature covers timestamp + body run together, so "1700000000" with a body
+    starting "1" signs the same bytes as "17000000001" with the rest; the new one does not."""
+    delivery = "a" * 32
+    assert sign_legacy("s", "1700000000", b"1{}") == sign_legacy("s", "17000000001", b"{}")
+    assert sign("s", "1700000000", delivery, b"1{}") != sign("s", "17000000001", delivery, b"{}")
+    # Nor can the id and the body trade bytes.
+    assert sign("s", "1700000000", delivery, b"b{}") != sign("s", "1700000000", delivery + "b", b"{}")
 
 
 async def _ready(receiver: Receiver, path: str, n: int) -> list[Any] | None:

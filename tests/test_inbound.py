@@ -23,7 +23,7 @@ from gateway.services.accounts import NewCredentials
 from smpp.encoding import build_udh, decode_short_message, encode_gsm7
 from tests.conftest import Gateway, basic, gateway_config, start_gateway, wait_for
 from tests.procs import create_account, gateway_processes, sql, subscribe_sin
-from tests.webhook_receiver import Receiver
+from tests.webhook_receiver import Receiver, genuine
 
 SIN = "+81312345678"
 CUSTOMER = "+819011112222"
@@ -87,6 +87,7 @@ def verify(secret: str, hit: Any) -> None:
         hit.headers["X-Gateway-Signature"]
         == hmac.new(secret.encode(), ts.encode() + hit.body, hashlib.sha256).hexdigest()
     )
+    assert genuine(secret, hit.headers, hit.body, {})  # X-Gateway-Signature-256 (fast path too)
 
 
 async def submits_to(peer: Any, number: str, n: int) -> list[str]:

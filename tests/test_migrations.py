@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 
 from gateway.db import migrate
 from gateway.db.engine import create_engine
@@ -40,6 +42,58 @@ def test_down_and_up_again(engine: str, tmp_path: Path) -> None:
         command.downgrade(cfg, "base")
         command.upgrade(cfg, "head")
         assert asyncio.run(_diff(url)) == []
+    finally:
+        if engine != "sqlite":
+            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _sql(url: str, *statements: str) -> list[Any]:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            rows: list[Any] = []
+            for stmt in statements:
+                result = await conn.execute(text(stmt))
+                rows = list(result.all()) if result.returns_rows else []
+            return rows
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_webhook_receiver_host_and_uid_backfilled(engine: str, tmp_path: Path) -> None:
+    """Deliveries written before 0005 are claimed by receiver host like new ones, and each gets
+    its own delivery id."""
+    name = f"gw_mig_{uuid.uuid4().hex[:10]}"
+    if engine == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/m.sqlite3"
+    else:
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+        url = _pg_url(name)
+    try:
+        cfg = migrate.alembic_config(url)
+        command.upgrade(cfg, "0003")
+        urls = ["https://Hooks.Example.com/a?x=1", "http://10.0.0.5:8080/b", "http://[::1]/c"]
+        rows = ", ".join(
+            f"(1, 'sms.status', 'm{i}', '{u}', '{{}}', 'application/json', 'PENDING', 0,"
+            " '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+            for i, u in enumerate(urls)
+        )
+        asyncio.run(
+            _sql(
+                url,
+                "INSERT INTO accounts"
+                " (id, sid, token_hash, name, freeform, webhook_secret, disabled, created_at) VALUES"
+                " (1, 'sid', 'hash', 'old', false, 'secret', false, '2026-01-01 00:00:00')",
+                "INSERT INTO webhook_deliveries (account_id, kind, ref, url, body, content_type, status,"
+                f" attempts, next_attempt_at, created_at) VALUES {rows}",
+            )
+        )
+        command.upgrade(cfg, "head")
+        got = asyncio.run(_sql(url, "SELECT receiver_host, uid FROM webhook_deliveries ORDER BY id"))
+        assert [r[0] for r in got] == ["hooks.example.com:443", "10.0.0.5:8080", "[::1]:80"]
+        uids = [r[1] for r in got]
+        assert len(set(uids)) == 3 and all(len(u) == 32 and int(u, 16) >= 0 for u in uids)
     finally:
         if engine != "sqlite":
             asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

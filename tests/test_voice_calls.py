@@ -28,7 +28,7 @@ from gateway.services.dialing import update_rights
 from gateway.services.number_import import parse_numbers_csv
 from tests.conftest import Gateway, serve_app, wait_for
 from tests.peers.asterisk_agi import CallScenario, fastagi_call
-from tests.webhook_receiver import Receiver
+from tests.webhook_receiver import Receiver, genuine
 
 DIN = "+81312345678"
 CALLER = "+819012345678"
@@ -224,6 +224,7 @@ async def test_voicemail_is_recorded_listed_and_downloadable(
             din.creds.account.webhook_secret.encode(), ts.encode() + hit.body, hashlib.sha256
         ).hexdigest()
     )
+    assert genuine(din.creds.account.webhook_secret, hit.headers, hit.body, {})
     other = await gateway.account(name="other")
     for path in (
         f"/voice/voicemails/{vm['voicemail_id']}/",

@@ -3,13 +3,38 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import hashlib
+import hmac
+import time
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import pytest_asyncio
 from aiohttp import web
 
 from tests.conftest import serve_app
+
+REPLAY_WINDOW = 300  # seconds: what receivers are told to accept (docs/security.md)
+
+
+def genuine(secret: str, headers: Mapping[str, str], body: bytes, seen: dict[str, float]) -> bool:
+    """The receiver recipe, as documented: signature over `timestamp.delivery_id.body`, a fresh
+    timestamp, and each delivery id acted on once within the window (`seen`: id -> when)."""
+    ts = headers.get("X-Gateway-Timestamp", "")
+    delivery_id = headers.get("X-Gateway-Delivery-Id", "")
+    signed = ts.encode() + b"." + delivery_id.encode() + b"." + body
+    expected = "v1=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(headers.get("X-Gateway-Signature-256", ""), expected):
+        return False
+    now = time.time()
+    if not ts.isdigit() or abs(now - int(ts)) > REPLAY_WINDOW:
+        return False
+    for old in [d for d, t in seen.items() if now - t > REPLAY_WINDOW]:
+        del seen[old]
+    if delivery_id in seen:
+        return False  # a retry of one already handled (or a replay): answer 2xx, do nothing
+    seen[delivery_id] = now
+    return True
 
 
 @dataclass

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, Row, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 
@@ -39,23 +39,65 @@ async def claim(
 ) -> int:
     """Stamp up to `limit` due rows of `model` with `token`; returns how many. Select them by
     `claimed_by == token` in the same transaction."""
-    unleased = or_(model.claimed_until.is_(None), model.claimed_until < now)
-    ids = list(
-        (
-            await s.execute(
-                select(model.id)
-                .where(model.status == ready_status, model.next_attempt_at <= now, unleased, *extra)
-                .order_by(*order_by)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        ).scalars()
+    rows = await due(
+        s, model, ready_status=ready_status, now=now, limit=limit, order_by=order_by, extra=extra
     )
+    return await stamp(
+        s,
+        model,
+        [r[0] for r in rows],
+        ready_status=ready_status,
+        now=now,
+        lease_until=lease_until,
+        token=token,
+        values=values,
+    )
+
+
+def _unleased(model: type[Any], now: datetime) -> ColumnElement[bool]:
+    return or_(model.claimed_until.is_(None), model.claimed_until < now)
+
+
+async def due(
+    s: AsyncSession,
+    model: type[Any],
+    *,
+    ready_status: str,
+    now: datetime,
+    limit: int,
+    order_by: tuple[Any, ...],
+    extra: tuple[ColumnElement[bool], ...] = (),
+    columns: tuple[Any, ...] = (),
+) -> list[Row[Any]]:
+    """Statement 1 of a claim: up to `limit` due rows, (id, *columns), locked FOR UPDATE SKIP
+    LOCKED; a caller choosing among them itself then stamps the ids it keeps."""
+    result = await s.execute(
+        select(model.id, *columns)
+        .where(model.status == ready_status, model.next_attempt_at <= now, _unleased(model, now), *extra)
+        .order_by(*order_by)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(result.all())
+
+
+async def stamp(
+    s: AsyncSession,
+    model: type[Any],
+    ids: list[int],
+    *,
+    ready_status: str,
+    now: datetime,
+    lease_until: datetime,
+    token: str,
+    values: Mapping[str, Any] | None = None,
+) -> int:
+    """Statement 2 of a claim: lease those of `ids` still due to `token`; returns how many."""
     if not ids:
         return 0
     res = await s.execute(
         update(model)
-        .where(model.id.in_(ids), model.status == ready_status, unleased)
+        .where(model.id.in_(ids), model.status == ready_status, _unleased(model, now))
         .values(claimed_until=lease_until, claimed_by=token, **(values or {}))
         .execution_options(synchronize_session=False)
     )

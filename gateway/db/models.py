@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -152,10 +153,16 @@ class WebhookDelivery(Base):
 
     __tablename__ = "webhook_deliveries"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # X-Gateway-Delivery-Id, the same on every retry so receivers can deduplicate. Random, not
+    # the row id, which would tell every tenant how many webhooks the gateway sends. Never
+    # looked up, so not indexed.
+    uid: Mapped[str] = mapped_column(String(32), default=lambda: uuid.uuid4().hex)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     kind: Mapped[str] = mapped_column(String(32))
     ref: Mapped[str] = mapped_column(String(64))  # msgid or other id the payload is about
     url: Mapped[str] = mapped_column(Text)
+    # host:port of `url` (outbox.receiver_host): the sender caps POSTs in flight per receiver.
+    receiver_host: Mapped[str] = mapped_column(String(255))
     body: Mapped[str] = mapped_column(Text)
     content_type: Mapped[str] = mapped_column(String(64), default="application/json")
     status: Mapped[str] = mapped_column(String(16), default="PENDING")
@@ -171,6 +178,8 @@ class WebhookDelivery(Base):
     __table_args__ = (
         Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
         Index("ix_webhook_deliveries_ref", "ref"),  # per-subject ordering in the sender's claim
+        # One receiver's backlog (what is pending for a dead host, and clearing it).
+        Index("ix_webhook_deliveries_host_status", "receiver_host", "status"),
     )
 
 

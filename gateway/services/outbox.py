@@ -8,7 +8,7 @@ import hmac
 import json
 from datetime import datetime
 from typing import Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,6 +19,24 @@ def written(session: AsyncSession) -> int:
     """How many deliveries this session's transaction wrote: wake the sender only if any."""
     count: int = session.info.get("outbox_rows", 0)
     return count
+
+
+# webhook_deliveries.receiver_host is a String(255).
+MAX_HOST_KEY = 255
+
+
+def receiver_host(url: str) -> str:
+    """`host:port` a delivery is POSTed to (lower-case host, the scheme's default port filled
+    in): the key the sender shares its POST slots by, so one receiver cannot take them all."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}"[:MAX_HOST_KEY]
 
 
 def _count(session: AsyncSession) -> None:
@@ -35,6 +53,7 @@ def enqueue(
             kind=kind,
             ref=ref,
             url=url,
+            receiver_host=receiver_host(url),
             body=json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
         )
     )
@@ -70,6 +89,7 @@ def enqueue_form(
         kind=kind,
         ref=ref,
         url=url,
+        receiver_host=receiver_host(url),
         body=urlencode(fields),
         content_type="application/x-www-form-urlencoded",
         claimed_until=lease[0] if lease else None,
@@ -81,6 +101,19 @@ def enqueue_form(
     return row
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """X-Gateway-Signature: hex HMAC-SHA256 over the timestamp header value followed by the raw body."""
+def sign(secret: str, timestamp: str, delivery_id: str, body: bytes) -> str:
+    """X-Gateway-Signature-256: `v1=` and the hex HMAC-SHA256 of `{timestamp}.{delivery_id}.{body}`
+    (the X-Gateway-Timestamp and X-Gateway-Delivery-Id header values, then the raw body).
+
+    The dots make the split unambiguous (the timestamp is digits, the id hex), and the id is
+    signed so that a receiver deduplicating by it also rejects a replay under a fresh id."""
+    signed = b".".join((timestamp.encode(), delivery_id.encode(), body))
+    return "v1=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def sign_legacy(secret: str, timestamp: str, body: bytes) -> str:
+    """X-Gateway-Signature, deprecated: remove in the release after the one adding
+    X-Gateway-Signature-256. Hex HMAC-SHA256 over the timestamp immediately followed by the
+    body: without a separator, timestamp "1700000000" + body "1..." and "17000000001" + "..."
+    sign the same bytes."""
     return hmac.new(secret.encode(), timestamp.encode() + body, hashlib.sha256).hexdigest()

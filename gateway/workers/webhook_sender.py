@@ -9,6 +9,10 @@ A 429 or 503 with a Retry-After header (seconds or an HTTP date) is not retried 
 that time: the delay is the larger of the backoff and Retry-After, which counts up to
 an hour (a larger value would only expire the delivery; a retry that comes early just
 gets another 429).
+
+Every POST carries X-Gateway-Timestamp, X-Gateway-Delivery-Id (the same on every retry) and
+X-Gateway-Signature-256 (outbox.sign); X-Gateway-Signature (outbox.sign_legacy) is deprecated.
+POST slots are shared fairly between receiver hosts and accounts (fair_share.FairShare).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import aiohttp
-from sqlalchemy import exists, select, update
+from sqlalchemy import ColumnElement, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
@@ -34,7 +38,8 @@ from gateway.db.availability import DbOutage
 from gateway.db.models import Account, WebhookDelivery
 from gateway.egress.client import session_policy
 from gateway.egress.policy import AddressRefused
-from gateway.services.outbox import sign
+from gateway.services.outbox import sign, sign_legacy
+from gateway.workers.fair_share import FairShare
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.observer import NullObserver, Observer
 
@@ -50,6 +55,11 @@ STRAGGLER_WAIT = 1.0  # seconds of a receiver's Retry-After that are honoured
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 # last_error of a delivery the policy refused: the tenant may read it, the reason is logged.
 REFUSED_ERROR = "receiver address not allowed"
+# A claim whose oldest due rows are all for capped hosts or accounts looks again past them,
+# this many times at most (each pass caps at least one more host or account).
+_CLAIM_PASSES = 3
+# Fast-path jobs looked at per round, at most, to find ones whose host and account have a slot.
+_MAX_SCAN = 500
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
@@ -72,6 +82,9 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
 @dataclass(frozen=True)
 class Job:
     id: int
+    uid: str  # X-Gateway-Delivery-Id
+    account_id: int
+    host: str  # receiver_host
     kind: str
     ref: str
     url: str
@@ -135,6 +148,41 @@ def _log_result(r: Result, outcome: str, attempts: int) -> None:
         log.warning("webhook %s: %s", outcome.lower(), why, extra=fields)
 
 
+def _job(d: WebhookDelivery, secret: str) -> Job:
+    return Job(
+        d.id,
+        d.uid,
+        d.account_id,
+        d.receiver_host,
+        d.kind,
+        d.ref,
+        d.url,
+        d.body,
+        d.content_type,
+        secret,
+        d.attempts or 0,
+        d.created_at,
+    )
+
+
+def _not_among(ids: list[int]) -> list[ColumnElement[bool]]:
+    return [WebhookDelivery.id.not_in(ids)] if ids else []
+
+
+def _in_order() -> tuple[ColumnElement[bool]]:
+    """In order per subject and receiver: a DELIVERED callback never overtakes the
+    DELIVERING one still pending (or retrying) for the same message."""
+    earlier = aliased(WebhookDelivery)
+    return (
+        ~exists().where(
+            earlier.ref == WebhookDelivery.ref,
+            earlier.url == WebhookDelivery.url,
+            earlier.status == "PENDING",
+            earlier.id < WebhookDelivery.id,
+        ),
+    )
+
+
 class WebhookSender:
     def __init__(
         self,
@@ -150,8 +198,11 @@ class WebhookSender:
         reply_hook: ReplyHook | None = None,
         loops: int = 4,
         observer: Observer | None = None,
+        max_in_flight_per_host: int = 10,
+        max_in_flight_per_account: int = 20,
         db: DbOutage | None = None,
     ) -> None:
+        self._share = FairShare(max(1, max_in_flight_per_host), max(1, max_in_flight_per_account))
         self._db = db or DbOutage()
         self._observer = observer or NullObserver()
         self._loops = loops
@@ -166,7 +217,7 @@ class WebhookSender:
         self._poll = poll_interval
         self._lease = timedelta(seconds=max(lease_seconds, timeout * 3))
         self._fast_token = f"fast:{uuid.uuid4().hex}"
-        self._ready: collections.deque[Job] = collections.deque()
+        self._ready: collections.deque[tuple[float, Job]] = collections.deque()  # (offered at, job)
         self.lifecycle = Lifecycle()
 
     def wake(self) -> None:
@@ -179,16 +230,51 @@ class WebhookSender:
 
     def offer(self, rows: list[tuple[WebhookDelivery, str]]) -> None:
         for d, secret in rows:
-            self._ready.append(
-                Job(d.id, d.kind, d.ref, d.url, d.body, d.content_type, secret, d.attempts or 0, d.created_at)
-            )
+            self._ready.append((time.monotonic(), _job(d, secret)))
         self.lifecycle.wake()
 
-    def _take_ready(self, limit: int) -> list[Job]:
+    def _take_ready(self, limit: int) -> tuple[list[Job], list[Job]]:
+        """Up to `limit` offered jobs whose host and account have a free slot, in order, and the
+        jobs passed over for `STRAGGLER_WAIT` because theirs are at the cap: those go back to the
+        table (_unlease), where claims take them in turn, rather than waiting here while the
+        slots are held by a slow receiver. Younger ones keep their place: a fast receiver at
+        its cap frees a slot within milliseconds."""
         jobs: list[Job] = []
-        while self._ready and len(jobs) < limit:
-            jobs.append(self._ready.popleft())
-        return jobs
+        spilled: list[Job] = []
+        kept: list[tuple[float, Job]] = []
+        too_old = time.monotonic() - STRAGGLER_WAIT
+        for _ in range(min(len(self._ready), _MAX_SCAN)):
+            if len(jobs) >= limit:
+                break
+            offered, job = self._ready.popleft()
+            if self._share.take(job.host, job.account_id):
+                jobs.append(job)
+            elif offered < too_old:
+                spilled.append(job)
+            else:
+                kept.append((offered, job))
+        self._ready.extendleft(reversed(kept))
+        return jobs, spilled
+
+    async def _unlease(self, jobs: list[Job]) -> None:
+        try:
+            async with self._sessions.begin() as s:
+                await s.execute(
+                    update(WebhookDelivery)
+                    .where(
+                        WebhookDelivery.id.in_([j.id for j in jobs]),
+                        WebhookDelivery.claimed_by == self._fast_token,
+                    )
+                    .values(claimed_until=None, claimed_by=None)
+                )
+        except Exception as exc:  # their lease runs out instead
+            self._db.failed(exc, f"handing {len(jobs)} webhooks back to the table", log)
+
+    async def _send(self, job: Job) -> Result:
+        try:
+            return await self._post(job)
+        finally:
+            self._share.give_back(job.host, job.account_id)
 
     async def run(self) -> None:
         await asyncio.gather(*(self._loop() for _ in range(self._loops)))
@@ -203,13 +289,15 @@ class WebhookSender:
             new: set[asyncio.Task[Result]] = set()
             free = self._batch - len(in_flight)
             if free > 0 and not self.lifecycle.stopping:
+                jobs, spilled = self._take_ready(free)
                 try:
-                    jobs = self._take_ready(free) or await self._claim(free)
+                    jobs = jobs or await self._claim(free)
                 except Exception as exc:
                     await self.lifecycle.idle(self._db.failed(exc, "claiming webhooks", log))
-                    jobs = []
-                new = {asyncio.create_task(self._post(j)) for j in jobs}
+                new = {asyncio.create_task(self._send(j)) for j in jobs}
                 in_flight |= new
+                if spilled:
+                    await self._unlease(spilled)
             if not in_flight:
                 await self.lifecycle.idle(self._poll)
                 continue
@@ -239,41 +327,72 @@ class WebhookSender:
             await self._replies(results)
 
     async def _claim(self, limit: int) -> list[Job]:
+        """Up to `limit` due deliveries, oldest first, skipping those whose receiver host or
+        account has all its slots in flight (FairShare): one tenant's backlog to a dead
+        receiver does not stand in front of the others'."""
         now = datetime.now(UTC)
         token = uuid.uuid4().hex
-        earlier = aliased(WebhookDelivery)
-        async with self._sessions.begin() as s:
-            claimed = await leases.claim(
-                s,
-                WebhookDelivery,
-                ready_status="PENDING",
-                now=now,
-                lease_until=now + self._lease,
-                token=token,
-                limit=limit,
-                order_by=(WebhookDelivery.next_attempt_at, WebhookDelivery.id),
-                # In order per subject and receiver: a DELIVERED callback never overtakes the
-                # DELIVERING one still pending (or retrying) for the same message.
-                extra=(
-                    ~exists().where(
-                        earlier.ref == WebhookDelivery.ref,
-                        earlier.url == WebhookDelivery.url,
-                        earlier.status == "PENDING",
-                        earlier.id < WebhookDelivery.id,
-                    ),
-                ),
-            )
-            if not claimed:
-                return []
-            rows = await s.execute(
-                select(WebhookDelivery, Account.webhook_secret)
-                .join(Account, Account.id == WebhookDelivery.account_id)
-                .where(WebhookDelivery.claimed_by == token, WebhookDelivery.status == "PENDING")
-            )
-            return [
-                Job(d.id, d.kind, d.ref, d.url, d.body, d.content_type, secret, d.attempts, d.created_at)
-                for d, secret in rows
-            ]
+        taken: list[tuple[str, int]] = []  # slots reserved before the rows are stamped
+        jobs: list[Job] = []
+        try:
+            async with self._sessions.begin() as s:
+                ids: list[int] = []
+                for _ in range(_CLAIM_PASSES):
+                    rows = await leases.due(
+                        s,
+                        WebhookDelivery,
+                        ready_status="PENDING",
+                        now=now,
+                        limit=limit - len(ids),
+                        order_by=(WebhookDelivery.next_attempt_at, WebhookDelivery.id),
+                        extra=(*_in_order(), *self._not_full(), *_not_among(ids)),
+                        columns=(WebhookDelivery.receiver_host, WebhookDelivery.account_id),
+                    )
+                    passed_over = False
+                    for row in rows:
+                        host, account_id = row.receiver_host, row.account_id
+                        if self._share.take(host, account_id):
+                            ids.append(row.id)
+                            taken.append((host, account_id))
+                        else:
+                            passed_over = True
+                    if not passed_over or len(ids) >= limit:
+                        break
+                claimed = await leases.stamp(
+                    s,
+                    WebhookDelivery,
+                    ids,
+                    ready_status="PENDING",
+                    now=now,
+                    lease_until=now + self._lease,
+                    token=token,
+                )
+                if claimed:
+                    leased = await s.execute(
+                        select(WebhookDelivery, Account.webhook_secret)
+                        .join(Account, Account.id == WebhookDelivery.account_id)
+                        .where(WebhookDelivery.claimed_by == token, WebhookDelivery.status == "PENDING")
+                    )
+                    jobs = [_job(d, secret) for d, secret in leased]
+        except BaseException:
+            for host, account_id in taken:
+                self._share.give_back(host, account_id)
+            raise
+        # Rows another worker stamped first (SQLite has no SKIP LOCKED) give their slot back.
+        unclaimed = collections.Counter(taken)
+        unclaimed.subtract((j.host, j.account_id) for j in jobs)
+        for (host, account_id), n in unclaimed.items():
+            for _ in range(n):
+                self._share.give_back(host, account_id)
+        return jobs
+
+    def _not_full(self) -> list[ColumnElement[bool]]:
+        out: list[ColumnElement[bool]] = []
+        if hosts := self._share.full_hosts():
+            out.append(WebhookDelivery.receiver_host.not_in(hosts))
+        if accounts := self._share.full_accounts():
+            out.append(WebhookDelivery.account_id.not_in(accounts))
+        return out
 
     async def _post(self, job: Job) -> Result:
         body = job.body.encode()
@@ -281,7 +400,10 @@ class WebhookSender:
         headers = {
             "Content-Type": job.content_type,
             "X-Gateway-Timestamp": ts,
-            "X-Gateway-Signature": sign(job.secret, ts, body),
+            "X-Gateway-Delivery-Id": job.uid,
+            "X-Gateway-Signature-256": sign(job.secret, ts, job.uid, body),
+            # Deprecated (no separator between timestamp and body): dropped next release.
+            "X-Gateway-Signature": sign_legacy(job.secret, ts, body),
             "User-Agent": "sms-voice-gateway/1",
         }
         try:
