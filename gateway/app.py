@@ -32,10 +32,10 @@ from gateway.http import (
 )
 from gateway.http.auth import auth_middleware
 from gateway.http.errors import DB_OUTAGE, error_middleware
-from gateway.http.link_misses import LINK_MISSES, MissLimiter, MissLimitSettings
 from gateway.http.metrics import METRICS, Metrics, MetricsSettings, metrics_middleware
 from gateway.http.ratelimit import (
     AUTH_FAILURES,
+    LINK_MISSES,
     MAX_TRACKED_ADDRESSES,
     RATE_LIMITER,
     RateLimiter,
@@ -124,8 +124,9 @@ def create_app(config: Config) -> web.Application:
     _check_dialing(config)
     links = config.links
     try:
-        app[LINK_MISSES] = MissLimiter(
-            MissLimitSettings(links.miss_per_minute, links.miss_burst, links.max_clients)
+        app[LINK_MISSES] = RateLimiter(
+            RateLimitSettings(rate=links.miss_per_minute / 60, burst=links.miss_burst),
+            max_keys=links.max_clients,
         )
     except ValueError as exc:
         raise ConfigError(f"links: {exc}") from None

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.http.link_misses import MissLimiter, MissLimitSettings, client_key
+from gateway.http.ratelimit import RateLimiter, RateLimitSettings, client_key
 from gateway.services.links import new_code
 from gateway.services.outbox import sign, sign_legacy
 from smpp.encoding import decode_short_message
@@ -236,7 +236,7 @@ async def test_link_codes_are_long_and_guessing_them_is_throttled_per_address(
 
 def test_miss_limiter_refills_gives_back_and_stays_bounded() -> None:
     now = [0.0]
-    limiter = MissLimiter(MissLimitSettings(per_minute=60, burst=2, max_clients=3), clock=lambda: now[0])
+    limiter = RateLimiter(RateLimitSettings(rate=1.0, burst=2), clock=lambda: now[0], max_keys=3)
     assert [limiter.take("a"), limiter.take("a")] == [0.0, 0.0]
     assert limiter.take("a") == 1.0  # one token a second
     limiter.give_back("a")  # that lookup found its link
@@ -248,4 +248,4 @@ def test_miss_limiter_refills_gives_back_and_stays_bounded() -> None:
     assert limiter.tracked == 3  # the least recently seen ("a", then "b") were dropped
     assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert client_key("::ffff:192.0.2.7") == "192.0.2.7" and client_key(None) == ""
-    assert MissLimiter(MissLimitSettings(per_minute=0)).take("x") == 0.0
+    assert RateLimiter(RateLimitSettings(rate=0.0)).take("x") == 0.0

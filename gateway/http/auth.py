@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 
 from aiohttp import web
 
 from gateway.http.errors import ApiError, Handler
-from gateway.http.ratelimit import AUTH_FAILURES, too_many_requests
+from gateway.http.ratelimit import AUTH_FAILURES, client_key, too_many_requests
 from gateway.keys import ACCOUNT, ACCOUNTS
 from gateway.logs import log_context
 from gateway.services.accounts import AccountInfo
@@ -38,21 +37,6 @@ def _challenge(detail: str) -> ApiError:
     return ApiError(401, {"detail": detail})
 
 
-def client_address(request: web.Request) -> str:
-    """The peer address failures are counted against; an IPv6 client by its /64, since one
-    host commonly holds a whole /64."""
-    remote = request.remote or ""
-    try:
-        ip = ipaddress.ip_address(remote)
-    except ValueError:
-        return remote
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
-
-
 class _Throttled(Exception):
     def __init__(self, wait: float) -> None:
         self.wait = wait
@@ -63,7 +47,7 @@ async def _authenticate(request: web.Request, sid: str, token: str) -> AccountIn
     failures = request.app.get(AUTH_FAILURES)
     if failures is None:
         return await accounts.authenticate(sid, token)
-    address = client_address(request)
+    address = client_key(request.remote)
     wait = failures.wait(address)
     if wait > 0:
         account = accounts.cached(sid, token)

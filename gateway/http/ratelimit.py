@@ -15,13 +15,16 @@ metrics) and failed authentication (401) are never counted or limited.
 The buckets live in this process: with N gateway nodes behind a load balancer an account can
 reach up to N x the configured rate. Buckets are not persisted; a restart starts them full.
 
-The same buckets, keyed by client address, throttle failed authentication (AUTH_FAILURES, used
-by gateway/http/auth.py): each refused credential takes a token, and an address whose bucket is
-empty gets the same 429 before its credentials are looked up.
+The same buckets, keyed by client address (`client_key`), throttle failed authentication
+(AUTH_FAILURES, used by gateway/http/auth.py: each refused credential takes a token, and an
+address whose bucket is empty gets the same 429 before its credentials are looked up) and
+unknown tracked-link codes (LINK_MISSES, gateway/http/routes_public.py: a lookup takes a token
+first, so concurrent guesses cannot overdraw it, and a code that exists gives it back).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections.abc import Callable, Hashable
@@ -63,7 +66,9 @@ class RateLimiter:
         max_keys: int | None = None,
     ) -> None:
         if settings.rate > 0 and settings.burst < 1:
-            raise ValueError("ratelimit burst must be at least 1")
+            raise ValueError("burst must be at least 1")
+        if max_keys is not None and max_keys < 1:
+            raise ValueError("the number of tracked keys must be at least 1")
         self.settings = settings
         self._clock = clock
         self._max_keys = max_keys
@@ -96,6 +101,12 @@ class RateLimiter:
             return 0.0
         return (1.0 - bucket.tokens) / rate
 
+    def give_back(self, key: Hashable) -> None:
+        """Return a token taken for something that turned out not to count (a link that exists)."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.tokens = min(float(self.settings.burst), bucket.tokens + 1.0)
+
     def wait(self, key: Hashable) -> float:
         """Seconds until this key could take a token (0.0: it can now); takes nothing."""
         bucket = self._buckets.get(key)
@@ -125,6 +136,22 @@ RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 # Failed authentication per client address (gateway/http/auth.py).
 AUTH_FAILURES = web.AppKey("auth_failures", RateLimiter)
 MAX_TRACKED_ADDRESSES = 10_000
+# Unknown tracked-link codes per client address (gateway/http/routes_public.py).
+LINK_MISSES = web.AppKey("link_misses", RateLimiter)
+
+
+def client_key(remote: str | None) -> str:
+    """The address a per-client limit applies to: IPv4 as is, IPv6 by its /64 (the block one
+    subscriber usually holds), IPv4-mapped IPv6 as the IPv4 address."""
+    try:
+        ip = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return remote or ""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def retry_after_seconds(wait: float) -> int:

@@ -10,8 +10,7 @@ from sqlalchemy import text
 
 from gateway.db.availability import is_outage
 from gateway.http.errors import DB_OUTAGE, json_response, not_found
-from gateway.http.link_misses import LINK_MISSES, client_key
-from gateway.http.ratelimit import retry_after_seconds
+from gateway.http.ratelimit import LINK_MISSES, client_key, too_many_requests
 from gateway.keys import LINKS, SESSIONS
 
 log = logging.getLogger(__name__)
@@ -26,12 +25,7 @@ async def follow_link(request: web.Request) -> web.StreamResponse:
     misses, client = request.app[LINK_MISSES], client_key(request.remote)
     wait = misses.take(client)
     if wait > 0:
-        seconds = retry_after_seconds(wait)
-        response = json_response(
-            {"detail": f"Too many unknown links from your address; retry after {seconds} s."}, status=429
-        )
-        response.headers["Retry-After"] = str(seconds)
-        return response
+        return too_many_requests(wait, "Too many unknown links from your address")
     target = await request.app[LINKS].open(request.match_info["code"])
     if target is None:
         raise not_found("No such link.")
