@@ -167,6 +167,18 @@ def gateway_config(db_url: str, smsc_host: str, smsc_port: int, **overrides: Any
     return cfg
 
 
+def ami_gateway_config(db_url: str, smsc: Any, ami: Any, **overrides: Any) -> Config:
+    """`gateway_config` with outbound calls on through the AMI peer `ami` (a
+    tests.peers.ami_server.AmiServer) and a price table, as the gateway requires."""
+    settings: dict[str, Any] = {
+        "voice__ami_enabled": True,
+        "voice__ami_port": ami.port,
+        "voice__ami_secret": ami.secret,
+        "voice__outbound_prices": {"": 12.0},
+    }
+    return gateway_config(db_url, smsc.host, smsc.port, **(settings | overrides))
+
+
 async def start_gateway(cfg: Config) -> Gateway:
     """The app behind the same guarded listener as `gateway run` (gateway/http/listener.py)."""
     app = create_app(cfg)

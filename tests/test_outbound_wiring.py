@@ -18,7 +18,7 @@ from gateway.config import Config, ConfigError
 from gateway.http.routes_outbound import OUTBOUND
 from gateway.keys import SESSIONS
 from gateway.services.dialing import update_rights
-from tests.conftest import gateway_config, start_gateway, wait_for
+from tests.conftest import ami_gateway_config, start_gateway, wait_for
 from tests.peers.ami_server import AmiServer, Plan
 from tests.test_outbound_calls import hold_din
 
@@ -26,15 +26,7 @@ from tests.test_outbound_calls import hold_din
 async def test_tts_call_through_the_configured_ami(clean_db: str, sim_smsc: Any) -> None:
     ami = AmiServer(secret="s3cret")
     await ami.start()
-    cfg = gateway_config(
-        clean_db,
-        sim_smsc.host,
-        sim_smsc.port,
-        voice__ami_enabled=True,
-        voice__ami_port=ami.port,
-        voice__ami_secret="s3cret",
-        voice__outbound_prices={"": 12.0},
-    )
+    cfg = ami_gateway_config(clean_db, sim_smsc, ami)
     gw = await start_gateway(cfg)
     try:
         ami.agi_port = gw.app[FASTAGI].port
@@ -116,16 +108,7 @@ async def test_call_limits_hold_across_two_nodes(clean_db: str, sim_smsc: Any) -
     nodes = []
     try:
         for _ in range(2):
-            cfg = gateway_config(
-                clean_db,
-                sim_smsc.host,
-                sim_smsc.port,
-                voice__ami_enabled=True,
-                voice__ami_port=ami.port,
-                voice__ami_secret="s3cret",
-                voice__outbound_prices={"": 12.0},
-                voice__outbound_max_concurrent=1,
-            )
+            cfg = ami_gateway_config(clean_db, sim_smsc, ami, voice__outbound_max_concurrent=1)
             nodes.append(await start_gateway(cfg))
         ami.plan(*(Plan(outcome="silent") for _ in range(8)))  # every call stays open
         creds = await nodes[0].account()
@@ -167,15 +150,7 @@ async def test_a_destination_without_a_price_is_refused(clean_db: str, sim_smsc:
     0, so it is refused like any other destination the account may not call."""
     ami = AmiServer(secret="s3cret")
     await ami.start()
-    cfg = gateway_config(
-        clean_db,
-        sim_smsc.host,
-        sim_smsc.port,
-        voice__ami_enabled=True,
-        voice__ami_port=ami.port,
-        voice__ami_secret="s3cret",
-        voice__outbound_prices={"81": 3.0},
-    )
+    cfg = ami_gateway_config(clean_db, sim_smsc, ami, voice__outbound_prices={"81": 3.0})
     gw = await start_gateway(cfg)
     try:
         creds = await gw.account()

@@ -35,7 +35,7 @@ from gateway.keys import NUMBERS
 from gateway.services.accounts import NewCredentials
 from gateway.services.number_import import COLUMNS, parse_numbers_csv
 from smpp.encoding import encode_gsm7
-from tests.conftest import Gateway, basic, gateway_config, start_gateway, wait_for
+from tests.conftest import Gateway, ami_gateway_config, basic, gateway_config, start_gateway, wait_for
 from tests.peers.ami_server import AmiServer, Plan
 from tests.peers.asterisk_agi import CallScenario, fastagi_call
 from tests.test_openapi_metrics_ratelimit import SMS_AND_TEMPLATE_PATHS
@@ -510,15 +510,7 @@ def run_schemathesis(
 async def fuzz_gateway(
     clean_db: str, sim_smsc: Any, ami: AmiServer, receiver: Receiver, http: aiohttp.ClientSession
 ) -> AsyncIterator[tuple[Gateway, State]]:
-    cfg = gateway_config(
-        clean_db,
-        sim_smsc.host,
-        sim_smsc.port,
-        voice__ami_enabled=True,
-        voice__ami_port=ami.port,
-        voice__ami_secret=AMI_SECRET,
-        voice__outbound_prices={"": 12.0},
-    )
+    cfg = ami_gateway_config(clean_db, sim_smsc, ami)
     gw = await start_gateway(cfg)
     try:
         st = await seed(gw, http, sim_smsc, receiver, ami)

@@ -46,7 +46,15 @@ from gateway.keys import NUMBERS, TEMPLATES
 from gateway.services.accounts import NewCredentials
 from gateway.services.number_import import parse_numbers_csv
 from smpp.encoding import decode_short_message, encode_gsm7
-from tests.conftest import Gateway, basic, gateway_config, serve_app, start_gateway, wait_for
+from tests.conftest import (
+    Gateway,
+    ami_gateway_config,
+    basic,
+    gateway_config,
+    serve_app,
+    start_gateway,
+    wait_for,
+)
 from tests.peers.ami_server import AmiServer
 from tests.peers.asterisk_agi import CallScenario, fastagi_call
 from tests.webhook_receiver import Hit, Receiver
@@ -302,15 +310,7 @@ async def actions() -> AsyncIterator[str]:
 async def rig(clean_db: str, sim_smsc: Any) -> AsyncIterator[tuple[Gateway, AmiServer]]:
     ami = AmiServer(secret=AMI_SECRET)
     await ami.start()
-    cfg = gateway_config(
-        clean_db,
-        sim_smsc.host,
-        sim_smsc.port,
-        voice__ami_enabled=True,
-        voice__ami_port=ami.port,
-        voice__ami_secret=AMI_SECRET,
-        voice__outbound_prices={"": 12.0},
-    )
+    cfg = ami_gateway_config(clean_db, sim_smsc, ami)
     gw = await start_gateway(cfg)
     ami.agi_port = gw.app[FASTAGI].port
     try:
