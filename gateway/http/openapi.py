@@ -244,12 +244,21 @@ ERROR_DESCRIPTIONS: dict[int, tuple[str, str]] = {
     413: ("Detail", "Request body over the configured `http.max_body_bytes`."),
     415: ("Detail", "Unsupported Content-Type: send form-encoded or JSON."),
     422: ("VariableErrors", "Template variables missing or not in the template."),
-    429: ("Detail", "Rate limit exceeded (per account; per address on /l/); see the Retry-After header."),
-    503: ("Detail", "The feature is not available on this gateway right now."),
+    429: (
+        "Detail",
+        "Too many requests: the account's rate limit, too many failed logins from this address, or "
+        "(on /l/) too many unknown codes from this address; see the Retry-After header.",
+    ),
+    503: (
+        "Detail",
+        "Temporarily unavailable: the database does not answer, or the feature (outbound calls) "
+        "is not available on this gateway right now; see the Retry-After header when present.",
+    ),
 }
 
 BODY_ERRORS = (400, 413, 415)
-AUTH_ERRORS = (401, 429)
+# Every authenticated route looks the credentials up in the database: 503 while it is away.
+AUTH_ERRORS = (401, 429, 503)
 
 # --- the table --------------------------------------------------------------------------------
 
@@ -853,10 +862,10 @@ def _operation(method: str, path: str, op: Op) -> JSON:
     for code in sorted(codes):
         schema_name, description = ERROR_DESCRIPTIONS[code]
         responses[str(code)] = _response(schema_name, description)
-        if code == 429:
-            responses["429"]["headers"] = {
+        if code in (429, 503):
+            responses[str(code)]["headers"] = {
                 "Retry-After": {
-                    "description": "Whole seconds until the next request will be accepted.",
+                    "description": "Whole seconds until a new request is worth trying.",
                     "schema": {"type": "integer", "minimum": 1},
                 }
             }
