@@ -59,6 +59,7 @@ from bench.common import (
 from gateway.db import migrate
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.models import Call, Number
+from gateway.egress.policy import SsrfPolicy
 from gateway.services.accounts import AccountService
 from gateway.services.number_import import parse_numbers_csv
 from gateway.services.numbers import NumberService
@@ -304,7 +305,11 @@ async def main() -> None:
         async with sessions() as s:
             din_uid = (await s.execute(select(Number.uid).where(Number.number == DIN))).scalar_one()
         await numbers.subscribe(creds.account.id, "din", din_uid)
-        await numbers.set_action_url(creds.account.id, "din", din_uid, f"{base}/actions")
+        # The action_url server is on loopback, which the outbound URL policy refuses by default.
+        loopback_ok = SsrfPolicy(allow_private=False, allow_loopback=True)
+        await numbers.set_action_url(
+            creds.account.id, "din", din_uid, f"{base}/actions", url_policy=loopback_ok
+        )
 
         http_port, agi_port = free_port(), free_port()
         env = {
@@ -315,6 +320,7 @@ async def main() -> None:
             "GATEWAY_LOG_LEVEL": "WARNING",
             "GATEWAY_VOICE_FASTAGI_PORT": str(agi_port),
             "GATEWAY_VOICE_DATA_DIR": str(voice_dir),
+            "GATEWAY_OUTBOUND_HTTP_ALLOW_LOOPBACK": "true",
         }
         gw = await start_process("-m", "gateway", "run", env=env, cwd=work)
         drain = asyncio.get_running_loop().create_task(drain_output(gw))
@@ -344,6 +350,7 @@ async def main() -> None:
                 "PYTHONPATH": str(ROOT),
                 "GATEWAY_DATABASE_URL": db_url,
                 "GATEWAY_VOICE_DATA_DIR": str(voice_dir),
+                "GATEWAY_OUTBOUND_HTTP_ALLOW_LOOPBACK": "true",
             }
             script_env.pop("DIN_AGI_HOOK", None)
 

@@ -110,6 +110,7 @@ async def main() -> None:
         "GATEWAY_SIMULATOR_ENABLED": "false",
         "GATEWAY_LOG_LEVEL": "WARNING",
         "GATEWAY_WEBHOOKS_POLL_INTERVAL": "0.5",
+        "GATEWAY_OUTBOUND_HTTP_ALLOW_LOOPBACK": "true",  # the webhook receiver is on loopback
     }
     gw = await start_process("-m", "gateway", "run", env=env, cwd=work)
     drain = asyncio.get_running_loop().create_task(drain_output(gw))
