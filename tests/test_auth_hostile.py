@@ -92,8 +92,9 @@ async def strict_gateway(clean_db: str, sim_smsc: Any) -> AsyncIterator[Gateway]
 
 
 class AccountQueries:
-    """Counts statements that read the accounts table (what authentication costs), from the
-    engine's own event: the background loops' polling does not touch that table."""
+    """Counts the statements that look an account up by SID (what authentication costs), from
+    the engine's own event. Background loops read the accounts table too (the dispatcher skips
+    disabled accounts' messages), so only lookups by `accounts.sid` count."""
 
     def __init__(self, gw: Gateway) -> None:
         self.count = 0
@@ -101,7 +102,7 @@ class AccountQueries:
         event.listen(self._engine, "before_cursor_execute", self._seen)
 
     def _seen(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if "FROM accounts" in statement:
+        if "FROM accounts" in statement and "accounts.sid =" in statement:
             self.count += 1
 
     def close(self) -> None:
