@@ -27,7 +27,7 @@ TIMEOUT = 5.0  # webhooks.timeout: how long each hanging POST holds its slot
 # 1 s on the POSTs it just started), doubled for a busy 2-core box. Before fair sharing it was
 # tens of seconds (the backlog ahead of it, 40 POSTs per TIMEOUT).
 BOUND = 2.0
-HOST_CAP, ACCOUNT_CAP = 10, 20  # the defaults
+HOST_CAP, ACCOUNT_CAP = 20, 30  # the defaults
 
 
 @dataclass

@@ -198,8 +198,8 @@ class WebhookSender:
         reply_hook: ReplyHook | None = None,
         loops: int = 4,
         observer: Observer | None = None,
-        max_in_flight_per_host: int = 10,
-        max_in_flight_per_account: int = 20,
+        max_in_flight_per_host: int = 20,
+        max_in_flight_per_account: int = 30,
         db: DbOutage | None = None,
     ) -> None:
         self._share = FairShare(max(1, max_in_flight_per_host), max(1, max_in_flight_per_account))
