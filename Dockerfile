@@ -1,7 +1,7 @@
 # Gateway image: the same package the README installs, run with `gateway run` (which migrates
 # the database first). uid/gid 10001 is fixed so that Asterisk's container can run as the same
 # user on the shared voice volume (docker-compose.yml).
-FROM python:3.11-slim
+FROM python:3.11.15-slim-bookworm
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY gateway ./gateway
