@@ -9,7 +9,10 @@ COPY smpp ./smpp
 COPY actions_dsl ./actions_dsl
 COPY migrations ./migrations
 COPY config ./config
-RUN pip install --no-cache-dir . \
+COPY requirements.lock ./
+RUN pip install --no-cache-dir -r requirements.lock \
+ && pip install --no-cache-dir --no-deps . \
+ && pip check \
  && groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid 10001 --home /app gateway \
  && mkdir -p /app/var /var/lib/gateway-voice \
