@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,14 @@ def test_gateway_version_prints_the_pyproject_version(tmp_path: Path) -> None:
     if script.exists():
         done = run(str(script), "--version", cwd=tmp_path)
         assert (done.returncode, done.stdout) == (0, expected), done.stderr
+
+
+def test_changelog_has_the_version_and_the_license_is_there() -> None:
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert "\n## [Unreleased]\n" in changelog
+    entry = rf"^## \[{re.escape(PROJECT['version'])}\] - \d{{4}}-\d{{2}}-\d{{2}}$"  # Keep a Changelog
+    assert re.search(entry, changelog, re.MULTILINE)
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License\n")
 
 
 def test_version_of_an_uninstalled_checkout(tmp_path: Path) -> None:
