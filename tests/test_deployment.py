@@ -294,6 +294,7 @@ def test_secrets_come_from_the_env_file(compose: dict[str, Any]) -> None:
     for name in ("gateway", "asterisk"):
         assert compose["services"][name]["env_file"] == ENV_FILE
     assert f"/{ENV_FILE}" in (ROOT / ".gitignore").read_text().splitlines()
+    assert ENV_FILE in (ROOT / ".dockerignore").read_text().splitlines()  # not sent to the engine either
     # Nor written into the Asterisk side: no secret= or ?key= with a value in the site configs.
     for conf in (ROOT / "docker" / "asterisk").glob("*.conf"):
         for _, key, value in conf_values(conf.read_text()):
