@@ -1,7 +1,7 @@
 # Gateway image: the same package the README installs, run with `gateway run` (which migrates
 # the database first). uid/gid 10001 is fixed so that Asterisk's container can run as the same
 # user on the shared voice volume (docker-compose.yml).
-FROM python:3.11-slim
+FROM python:3.11.15-slim-bookworm
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY gateway ./gateway
@@ -9,7 +9,10 @@ COPY smpp ./smpp
 COPY actions_dsl ./actions_dsl
 COPY migrations ./migrations
 COPY config ./config
-RUN pip install --no-cache-dir . \
+COPY requirements.lock ./
+RUN pip install --no-cache-dir -r requirements.lock \
+ && pip install --no-cache-dir --no-deps . \
+ && pip check \
  && groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid 10001 --home /app gateway \
  && mkdir -p /app/var /var/lib/gateway-voice \

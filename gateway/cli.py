@@ -21,6 +21,7 @@ from gateway.http.errors import ApiError
 from gateway.services.accounts import AccountService
 from gateway.services.dialing import RIGHTS_COLUMNS, is_phone_number, parse_prefixes, update_rights
 from gateway.services.templates import TemplateService
+from gateway.version import version
 
 T = TypeVar("T")
 log = logging.getLogger("gateway")
@@ -350,6 +351,7 @@ def cmd_inbound(config: Config, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument("--config", help="TOML config file (default: $GATEWAY_CONFIG, else embedded defaults)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: log.level, INFO)")
     p.add_argument("--log-format", choices=logs.FORMATS, help="text or json (default: log.format, text)")
