@@ -3,11 +3,10 @@
 # user on the shared voice volume (docker-compose.yml).
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY smpp ./smpp
 COPY actions_dsl ./actions_dsl
-COPY migrations ./migrations
 COPY config ./config
 RUN pip install --no-cache-dir . \
  && groupadd --system --gid 10001 gateway \
