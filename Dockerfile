@@ -13,6 +13,7 @@ RUN pip install --no-cache-dir . \
  && useradd --system --uid 10001 --gid 10001 --home /app gateway \
  && mkdir -p /app/var /var/lib/gateway-voice \
  && chown gateway:gateway /app/var /var/lib/gateway-voice
+ENV GATEWAY_DATA_DIR=/app/var
 USER gateway
 EXPOSE 8080 4573
 CMD ["gateway", "run"]

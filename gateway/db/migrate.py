@@ -12,14 +12,15 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from gateway.db.engine import create_engine
 
 SCRIPTS = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = "alembic_version"
 
 
 def alembic_config(url: str) -> AlembicConfig:
@@ -60,9 +61,12 @@ def schema_problem(url: str) -> str | None:
 
 
 async def _current_heads(url: str) -> set[str]:
+    # Read alembic_version directly: alembic's MigrationContext logs at INFO on every use.
     engine = create_engine(url, pool_size=1)
     try:
         async with engine.connect() as conn:
-            return set(await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_heads()))
+            if not await conn.run_sync(lambda c: inspect(c).has_table(VERSION_TABLE)):
+                return set()
+            return set((await conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))).scalars())
     finally:
         await engine.dispose()
