@@ -133,4 +133,3 @@ async def test_nodes_starting_at_once_migrate_one_after_another(tmp_path: Path) 
         assert await asyncio.to_thread(migrate.schema_problem, url) is None
     finally:
         await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
