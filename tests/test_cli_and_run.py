@@ -127,7 +127,7 @@ async def test_the_data_directory_does_not_depend_on_the_working_directory(tmp_p
     dirs = [tmp_path / name for name in ("a", "b", "c")]
     for d in dirs:
         d.mkdir()
-    env = {"GATEWAY_DATA_DIR": str(data), "GATEWAY_DATABASE_URL": "", "GATEWAY_CONFIG": ""}
+    env = {"GATEWAY_DATA_DIR": str(data)}
     code, out, err = await run_cli(env, "templates", "approve", "nope", cwd=dirs[0])
     assert code == 1 and out == ""
     db = data / "gateway.sqlite3"
