@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -20,20 +21,15 @@ from tests.conftest import ROOT, basic, free_port, wait_for
 SOURCES = ("pyproject.toml", "README.md", "gateway", "smpp", "actions_dsl")
 
 
-async def _run(*cmd: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *map(str, cmd),
-        cwd=str(cwd),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+def _run(*cmd: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=180
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 180)
-    assert proc.returncode == 0, out.decode()
-    return out.decode()
+    assert done.returncode == 0, done.stdout.decode()
+    return done.stdout.decode()
 
 
-async def _install(tmp: Path) -> Path:
+def _install(tmp: Path) -> Path:
     """The wheel in a new venv; its dependencies come from this interpreter's site-packages (a
     plain path line, so this checkout's editable install is not seen), which keeps it offline
     and quick. Returns the venv's bin directory."""
@@ -42,19 +38,19 @@ async def _install(tmp: Path) -> Path:
     for name in SOURCES:  # a copy: building writes build/ and *.egg-info next to the sources
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
         copy(ROOT / name, src / name)
-    await _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp / "dist", src, cwd=tmp)
+    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp / "dist", src, cwd=tmp)
     venv = tmp / "venv"
-    await _run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp)
+    _run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp)
     python = venv / "bin" / "python"
-    site = await _run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=tmp)
+    site = _run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=tmp)
     Path(site.strip(), "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     wheel = next((tmp / "dist").glob("*.whl"))
-    await _run(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", wheel, cwd=tmp)
+    _run(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", wheel, cwd=tmp)
     return venv / "bin"
 
 
 async def test_installed_wheel_migrates_and_runs_from_any_directory(tmp_path: Path) -> None:
-    bin_dir = await _install(tmp_path)
+    bin_dir = await asyncio.to_thread(_install, tmp_path)
     work = tmp_path / "elsewhere"
     work.mkdir()
     port = free_port()
@@ -65,10 +61,12 @@ async def test_installed_wheel_migrates_and_runs_from_any_directory(tmp_path: Pa
         GATEWAY_SMPP_PORT=str(free_port()),
         GATEWAY_VOICE_FASTAGI_PORT=str(free_port()),
     )
-    where = await _run(bin_dir / "python", "-c", "import gateway; print(gateway.__file__)", cwd=work, env=env)
+    where = await asyncio.to_thread(
+        _run, bin_dir / "python", "-c", "import gateway; print(gateway.__file__)", cwd=work, env=env
+    )
     assert where.startswith(str(tmp_path / "venv")), where  # the installed copy, not this checkout
 
-    out = await _run(bin_dir / "gateway", "migrate", cwd=work, env=env)
+    out = await asyncio.to_thread(_run, bin_dir / "gateway", "migrate", cwd=work, env=env)
     assert "latest schema" in out
     proc = await asyncio.create_subprocess_exec(
         str(bin_dir / "gateway"),
@@ -86,7 +84,7 @@ async def test_installed_wheel_migrates_and_runs_from_any_directory(tmp_path: Pa
             assert line, "gateway run exited early"
             printed += line
         assert f"Data directory:     {work / 'var'}\n" in printed
-        demo = json.loads((work / "var" / "demo-account.json").read_text())
+        demo = json.loads(await asyncio.to_thread((work / "var" / "demo-account.json").read_text))
         auth = basic(demo["sid"], demo["auth_token"])
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as http:

@@ -33,7 +33,7 @@ def alembic_config(url: str) -> AlembicConfig:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Synchronous: runs its own event loop, so call it before the app loop or in a thread.
-    On PostgreSQL it holds an advisory lock (migrations/env.py), so nodes upgrade one at a time."""
+    On PostgreSQL it holds an advisory lock (gateway/db/migrations/env.py), so nodes upgrade one at a time."""
     command.upgrade(alembic_config(url), revision)
 
 
