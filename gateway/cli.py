@@ -216,7 +216,7 @@ def cmd_numbers(config: Config, args: argparse.Namespace) -> int:
 
 def _demo_credentials(config: Config) -> None:
     """On embedded defaults, make sure there is a demo account and tell the user how to call the API."""
-    creds_file = Path(os.environ.get("GATEWAY_DEMO_CREDENTIALS", "var/demo-account.json"))
+    creds_file = Path(config.data.dir, "demo-account.json")
     known = json.loads(creds_file.read_text()) if creds_file.exists() else None
 
     async def go(accounts: AccountService, _t: TemplateService) -> dict[str, str] | None:
@@ -266,6 +266,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from gateway.net import fds
 
     app = create_app(config)  # first: a configuration it refuses touches nothing
+    print(f"Data directory:     {config.data.dir}")
     if config.database.migrate_on_start:
         migrate.upgrade(config.database.url)
     if config.simulator.enabled and is_sqlite(config.database.url):
@@ -447,6 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     # Asterisk reads and writes the voice data dir as the same user (docker-compose runs both
     # as uid 10001).
     os.umask(0o077)
+    if args.fn not in (cmd_migrate, cmd_run):  # those two bring the schema to head themselves
+        problem = migrate.schema_problem(config.database.url)
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return 1
     try:
         result: int = args.fn(config, args)
     except ConfigError as exc:  # e.g. `run` with settings the app refuses (create_app)

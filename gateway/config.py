@@ -37,8 +37,16 @@ class HttpConfig:
 
 
 @dataclass
+class DataConfig:
+    # Where the gateway keeps its files: the default SQLite database, the demo account and the
+    # default voice data. A relative path is resolved once at start, against the directory the
+    # command runs in, and `gateway run` prints the result.
+    dir: str = "var"
+
+
+@dataclass
 class DatabaseConfig:
-    url: str = "sqlite+aiosqlite:///var/gateway.sqlite3"
+    url: str = ""  # "" = SQLite file gateway.sqlite3 in data.dir
     pool_size: int = 10
     migrate_on_start: bool = True
 
@@ -137,7 +145,8 @@ class VoiceConfig:
     # Set: every AGI URL must carry it, agi://host:4573/din?key=<secret> (see extensions.conf).
     fastagi_secret: str = ""
     fastagi_max_connections: int = 1000  # one per call in progress
-    data_dir: str = "var/voice"  # media cache, TTS cache, voicemail store (Asterisk must read it)
+    # Media cache, TTS cache, voicemail store (Asterisk must read it); "" = <data.dir>/voice.
+    data_dir: str = ""
     # Asterisk sees data_dir under this path (when it runs elsewhere and mounts it); "" = same path.
     asterisk_data_dir: str = ""
     action_url_timeout: float = 5.0
@@ -215,6 +224,7 @@ class LogConfig:
 @dataclass
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     smpp: SmppConfig = field(default_factory=SmppConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
@@ -298,7 +308,18 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
             env_key = f"GATEWAY_{name}_{key}".upper()
             if env_key in env:
                 setattr(section, key, _coerce(env[env_key], typ, env_key))
+    _resolve_paths(config)
     return config
+
+
+def _resolve_paths(config: Config) -> None:
+    """Fix the data directory once, so that no path depends on where a later command runs."""
+    data = Path(os.path.abspath(os.path.expanduser(config.data.dir)))
+    config.data.dir = str(data)
+    if not config.database.url:
+        config.database.url = f"sqlite+aiosqlite:///{data / 'gateway.sqlite3'}"
+    if not config.voice.data_dir:
+        config.voice.data_dir = str(data / "voice")
 
 
 def config_keys() -> list[tuple[str, str, Any]]:

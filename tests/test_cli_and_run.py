@@ -120,6 +120,35 @@ async def test_accounts_set_manages_the_toll_fraud_overrides(clean_db: str) -> N
     assert code == 1 and "no account" in err
 
 
+async def test_the_data_directory_does_not_depend_on_the_working_directory(tmp_path: Path) -> None:
+    """`templates approve` from another directory made an empty var/gateway.sqlite3 there and
+    died with a `no such table` traceback; each directory got its own database."""
+    data = tmp_path / "data"
+    dirs = [tmp_path / name for name in ("a", "b", "c")]
+    for d in dirs:
+        d.mkdir()
+    env = {"GATEWAY_DATA_DIR": str(data)}
+    code, out, err = await run_cli(env, "templates", "approve", "nope", cwd=dirs[0])
+    assert code == 1 and out == ""
+    db = data / "gateway.sqlite3"
+    assert err == f"database at sqlite+aiosqlite:///{db} is not migrated: run `gateway migrate`\n"
+    assert not db.exists() and not (dirs[0] / "var").exists()  # nothing created
+
+    code, _, err = await run_cli(env, "migrate", cwd=dirs[1])
+    assert code == 0, err
+    code, out, err = await run_cli(env, "accounts", "create", "--name", "acme", cwd=dirs[2])
+    assert code == 0, err
+    code, out, err = await run_cli(env, "accounts", "list", cwd=dirs[0])
+    assert code == 0 and [a["name"] for a in json.loads(out)] == ["acme"], err
+    assert [p.name for d in dirs for p in d.iterdir()] == []
+    assert db.exists()
+
+    # The default is ./var where the command starts, made absolute.
+    del env["GATEWAY_DATA_DIR"]
+    code, _, err = await run_cli(env, "accounts", "list", cwd=dirs[0])
+    assert code == 1 and err.startswith(f"database at sqlite+aiosqlite:///{dirs[0]}/var/gateway.sqlite3 ")
+
+
 async def test_run_refuses_ami_without_a_price_table(tmp_path: Path) -> None:
     env = {
         "GATEWAY_VOICE_AMI_ENABLED": "true",
@@ -277,11 +306,14 @@ async def test_run_on_embedded_defaults(tmp_path: Path) -> None:
         while "token" not in lines:
             line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
             assert line, "gateway run exited early"
+            if line.startswith("Data directory:"):
+                lines["data"] = line.split(":", 1)[1].strip()
             if line.startswith("Demo account SID:"):
                 lines["sid"] = line.split(":", 1)[1].strip()
             if line.startswith("Demo account token:"):
                 lines["token"] = line.split(":", 1)[1].strip()
         assert (tmp_path / "var" / "gateway.sqlite3").exists()
+        assert lines["data"] == str(tmp_path / "var")
         base = f"http://127.0.0.1:{port}"
         auth = basic(lines["sid"], lines["token"])
         async with aiohttp.ClientSession() as http:

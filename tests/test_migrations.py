@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,11 +14,12 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from gateway.db import migrate
 from gateway.db.engine import create_engine
 from gateway.db.models import Base
-from tests.conftest import ENGINES, _pg_admin, _pg_url
+from tests.conftest import ENGINES, ROOT, _pg_admin, _pg_url
 
 
 async def _diff(url: str) -> list[object]:
@@ -97,3 +100,36 @@ def test_webhook_receiver_host_and_uid_backfilled(engine: str, tmp_path: Path) -
     finally:
         if engine != "sqlite":
             asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.mark.skipif("postgresql" not in ENGINES, reason="PostgreSQL not in GATEWAY_TEST_ENGINES")
+async def test_nodes_starting_at_once_migrate_one_after_another(tmp_path: Path) -> None:
+    """Several `gateway migrate` (or `run`) processes on one fresh PostgreSQL database ran the
+    same DDL at once, and all but one died on duplicate tables."""
+    name = f"gw_mig_{uuid.uuid4().hex[:10]}"
+    await _pg_admin(f'CREATE DATABASE "{name}"')
+    url = _pg_url(name)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_DATABASE_URL": url, "GATEWAY_CONFIG": ""}
+
+    async def cli(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", *args, env=env, cwd=str(tmp_path), stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode is not None
+        return proc.returncode, err.decode()
+
+    try:
+        # Before: other commands say so in one line (the password is not shown).
+        code, err = await cli("accounts", "list")
+        assert code == 1 and err.splitlines() == [
+            f"database at {make_url(url).render_as_string(hide_password=True)} is not migrated: "
+            "run `gateway migrate`"
+        ]
+        results = await asyncio.gather(*(cli("migrate") for _ in range(4)))
+        assert [code for code, _ in results] == [0] * 4, [err for _, err in results]
+        assert await _diff(url) == []
+        assert await _sql(url, "SELECT count(*) FROM alembic_version") == [(1,)]
+        assert await asyncio.to_thread(migrate.schema_problem, url) is None
+    finally:
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,4 +1,4 @@
-"""SQLAlchemy models. Every change here needs an alembic migration in migrations/versions."""
+"""SQLAlchemy models. Every change here needs an alembic migration in gateway/db/migrations/versions."""
 
 from __future__ import annotations
 
