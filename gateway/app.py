@@ -57,6 +57,7 @@ from gateway.keys import (
     URL_POLICY,
 )
 from gateway.net.guard import IPNetwork, parse_networks
+from gateway.net.listening import listening
 from gateway.services.accounts import AccountService
 from gateway.services.dialing import DialPolicy
 from gateway.services.inbound import InboundService, KeywordReplies
@@ -235,7 +236,8 @@ async def _simulator(app: web.Application) -> AsyncIterator[None]:
             dlr_delay=cfg.simulator.dlr_delay,
         )
     )
-    await sim.start()
+    with listening("built-in SMSC simulator", cfg.smpp.host, cfg.smpp.port, "smpp.host", "smpp.port"):
+        await sim.start()
     app[SMSC_PORT] = sim.port
     log.info("built-in SMSC simulator listening on %s:%d", cfg.smpp.host, sim.port)
     yield
@@ -386,7 +388,10 @@ async def _voice(fastagi_peers: tuple[IPNetwork, ...], app: web.Application) -> 
                 allowed_peers=fastagi_peers,
                 secret=cfg.fastagi_secret,
             )
-            await server.start()
+            with listening(
+                "FastAGI", cfg.fastagi_host, cfg.fastagi_port, "voice.fastagi_host", "voice.fastagi_port"
+            ):
+                await server.start()
             app[FASTAGI] = server  # the server logs where it listens
         sweeps = Lifecycle()
         sweeper = asyncio.create_task(

@@ -10,6 +10,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -214,8 +215,8 @@ def cmd_numbers(config: Config, args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
-def _demo_credentials(config: Config) -> None:
-    """On embedded defaults, make sure there is a demo account and tell the user how to call the API."""
+def _demo_credentials(config: Config) -> dict[str, str]:
+    """On embedded defaults, make sure there is a demo account; its SID and token."""
     creds_file = Path(config.data.dir, "demo-account.json")
     known = json.loads(creds_file.read_text()) if creds_file.exists() else None
 
@@ -244,17 +245,20 @@ def _demo_credentials(config: Config) -> None:
             raise
     data = created or known
     assert data is not None
-    _announce(config, data)
+    return data
 
 
-def _announce(config: Config, data: dict[str, str]) -> None:
+def _announce(config: Config, data: dict[str, str] | None) -> None:
+    if data is None:
+        return
     base = config.public_base_url
     print(f"Demo account SID:   {data['sid']}")
     print(f"Demo account token: {data['auth_token']}")
-    print(f"API:                {base}/  (HTTP Basic SID:token)")
+    print(f"API:                {base}/  (HTTP Basic SID:token; docs at {base}/docs)")
+    # --data-urlencode: with -d, the + of the number arrives as a space and the send is refused.
     print(
-        f"Try: curl -u {data['sid']}:{data['auth_token']} -d message=Hello -d recipient=+818012345678 "
-        f"-d sender=DEMO {base}/sms/messages/"
+        f"Try: curl -u {data['sid']}:{data['auth_token']} -d message=Hello "
+        f"--data-urlencode recipient=+818012345678 -d sender=DEMO {base}/sms/messages/"
     )
     sys.stdout.flush()
 
@@ -264,13 +268,13 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from gateway.http.listener import serve
     from gateway.http.request_log import AccessLogger, access_logger
     from gateway.net import fds
+    from gateway.net.listening import ListenError
 
     app = create_app(config)  # first: a configuration it refuses touches nothing
     print(f"Data directory:     {config.data.dir}")
     if config.database.migrate_on_start:
         migrate.upgrade(config.database.url)
-    if config.simulator.enabled and is_sqlite(config.database.url):
-        _demo_credentials(config)
+    demo = _demo_credentials(config) if config.simulator.enabled and is_sqlite(config.database.url) else None
     _fit_connection_caps(config, fds.raise_nofile_limit())
     # SQLite work runs on aiosqlite's thread; with the default 5 ms GIL switch interval every
     # statement can wait that long behind a busy event loop (seen as p99 API latency x3).
@@ -281,11 +285,20 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         await serve(
             app,
             config.http,
+            # Credentials and "Try:" only once every listener is up: after a failed start they
+            # would be the last thing on the screen, above nothing that works.
+            on_listening=partial(_announce, config, demo),
             access_log=access_logger() if config.log.access else None,
             access_log_class=AccessLogger,
         )
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ListenError as exc:
+        # Exit 2 like any other setting the gateway cannot run with: restarting unchanged
+        # does not help (unless the other program goes away).
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
+import shutil
 import signal
+import socket
 import stat
 import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
+from aiohttp import web
 
 from gateway.services.accounts import AccountService
-from tests.conftest import ROOT, Gateway, basic, free_port, wait_for
+from tests.conftest import ROOT, Gateway, basic, free_port, serve_app, wait_for
 from tests.procs import subscribe_sin
 
 SIN = "+81312345678"
@@ -303,7 +308,7 @@ async def test_run_on_embedded_defaults(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         lines: dict[str, str] = {}
-        while "token" not in lines:
+        while "try" not in lines:
             line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
             assert line, "gateway run exited early"
             if line.startswith("Data directory:"):
@@ -312,27 +317,29 @@ async def test_run_on_embedded_defaults(tmp_path: Path) -> None:
                 lines["sid"] = line.split(":", 1)[1].strip()
             if line.startswith("Demo account token:"):
                 lines["token"] = line.split(":", 1)[1].strip()
+            if line.startswith("Try: "):
+                lines["try"] = line.removeprefix("Try: ").strip()
         assert (tmp_path / "var" / "gateway.sqlite3").exists()
         assert lines["data"] == str(tmp_path / "var")
         base = f"http://127.0.0.1:{port}"
         auth = basic(lines["sid"], lines["token"])
         async with aiohttp.ClientSession() as http:
-
-            async def up() -> bool:
-                try:
-                    async with http.get(f"{base}/healthz") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_for(up, timeout=20)
-            async with http.post(
-                f"{base}/sms/messages/",
-                data={"message": "demo", "recipient": "+818012345678", "sender": "DEMO"},
-                headers=auth,
-            ) as r:
-                assert r.status == 201
-                msgid = (await r.json())[0]["msgid"]
+            # The credentials are printed once the gateway listens: usable the moment they show.
+            async with http.get(f"{base}/healthz") as r:
+                assert r.status == 200
+            # The printed example, run as printed, sends the fields it shows, the + of the number
+            # included (unencoded, a form body turns it into a space)...
+            assert await _form_sent_by(lines["try"], base) == {
+                "message": "Hello",
+                "recipient": "+818012345678",
+                "sender": "DEMO",
+            }
+            # ... and sends an SMS to that number.
+            code, sent = await _curl(lines["try"])
+            assert code == 201, sent
+            msgid = json.loads(sent)[0]["msgid"]
+            async with http.get(f"{base}/sms/messages/{msgid}/", headers=auth) as r:
+                assert (await r.json())["recipient"] == "+818012345678"
 
             async def delivered() -> bool:
                 async with http.get(f"{base}/sms/messages/{msgid}/", headers=auth) as r:
@@ -356,3 +363,84 @@ async def test_run_on_embedded_defaults(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 30)
     assert code == 0
+
+
+async def _curl(command: str) -> tuple[int, str]:
+    """Run a printed curl command line as a shell would split it; (HTTP status, body)."""
+    argv = shlex.split(command)
+    assert argv[0] == "curl", command
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    proc = await asyncio.create_subprocess_exec(
+        curl, "-sS", "-w", "\n%{http_code}", *argv[1:], stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    body, _, status = out.decode().rpartition("\n")
+    return int(status), body
+
+
+async def _form_sent_by(command: str, base: str) -> dict[str, str]:
+    """The form fields a printed curl command sends to `base`, as a server decodes them (the
+    command is pointed at a receiver of our own instead)."""
+    received: dict[str, str] = {}
+
+    async def record(request: web.Request) -> web.Response:
+        received.update((k, str(v)) for k, v in (await request.post()).items())
+        return web.json_response([{"msgid": "x"}], status=201)
+
+    receiver = web.Application()
+    receiver.router.add_post("/sms/messages/", record)
+    async with serve_app(receiver) as receiver_url:
+        code, _ = await _curl(command.replace(base, receiver_url))
+    assert code == 201
+    return received
+
+
+def _embedded_env(**ports: int) -> dict[str, str]:
+    """`gateway run` on embedded defaults (SQLite in ./var, the simulator, FastAGI), on free ports
+    unless given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["PYTHONPATH"] = str(ROOT)
+    for name in ("GATEWAY_HTTP_PORT", "GATEWAY_SMPP_PORT", "GATEWAY_VOICE_FASTAGI_PORT"):
+        env[name] = str(ports.get(name, free_port()))
+    return env
+
+
+@pytest.mark.parametrize(
+    ("env_var", "setting", "listener"),
+    [
+        ("GATEWAY_HTTP_PORT", "http.port", "HTTP API"),
+        ("GATEWAY_SMPP_PORT", "smpp.port", "SMSC simulator"),
+        ("GATEWAY_VOICE_FASTAGI_PORT", "voice.fastagi_port", "FastAGI"),
+    ],
+)
+async def test_run_with_a_port_taken_says_which_in_one_line(
+    tmp_path: Path, env_var: str, setting: str, listener: str
+) -> None:
+    """A taken port gave a 48-line traceback, printed after the demo token as if all was well."""
+    with socket.socket() as held:  # another program listening on the port
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "run",
+            env=_embedded_env(**{env_var: port}),
+            cwd=str(tmp_path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out_b, err_b = await asyncio.wait_for(proc.communicate(), 60)
+    out, err = out_b.decode(), err_b.decode()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err and "Traceback" not in out
+    demo = json.loads((tmp_path / "var" / "demo-account.json").read_text())  # made, but not shown
+    assert demo["auth_token"] not in out + err and "Demo account" not in out and "Try:" not in out
+    said = [line for line in err.splitlines() if str(port) in line]
+    assert len(said) == 1, err
+    assert said == [err.splitlines()[-1]]  # the last word, not buried in the log
+    assert f"127.0.0.1:{port}" in said[0] and listener in said[0], said
+    assert f"{setting} ({env_var})" in said[0] and "already in use" in said[0], said

@@ -1,4 +1,4 @@
-"""/healthz (liveness) and /readyz (readiness: the database answers)."""
+"""/ (the way to the docs), /healthz (liveness) and /readyz (readiness: the database answers)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,23 @@ async def test_ready_and_live_on_a_running_gateway(gateway: Gateway, http: aioht
         assert (r.status, await r.json()) == (200, {"status": "ready", "database": "up"})
     async with http.get(f"{gateway.base_url}/healthz") as r:
         assert (r.status, await r.json()) == (200, {"status": "ok"})
+
+
+async def test_the_base_url_points_to_the_docs_without_credentials(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    """`gateway run` prints the base URL; opening it answered 401 and said nothing about /docs."""
+    async with http.get(f"{gateway.base_url}/") as r:
+        assert (r.status, r.content_type) == (200, "application/json")
+        index = await r.json()
+    assert (index["docs"], index["openapi"], index["health"]) == ("/docs", "/openapi.json", "/healthz")
+    for path, content_type in ((index["docs"], "text/html"), (index["openapi"], "application/json")):
+        async with http.get(gateway.base_url + path) as r:
+            assert (r.status, r.content_type) == (200, content_type), path
+    # Only "/" itself is public: every other path still wants credentials.
+    for path in ("/sms/messages/", "//sms/messages/", "/nowhere"):
+        async with http.get(gateway.base_url + path) as r:
+            assert r.status == 401, path
 
 
 async def test_not_ready_while_the_database_does_not_answer(http: aiohttp.ClientSession) -> None:

@@ -87,6 +87,7 @@ KEY_OPERATIONS = {
     "GET /voice/voicemails/{vid}/audio",
     "POST /voice/simple/playbacks/",
     "GET /l/{code}",
+    "GET /",
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",

@@ -151,7 +151,7 @@ CREATES = {
     "/voice/dins/subscriptions/": "B subscribes its DIN; A's DIN is refused",
     "/voice/simple/playbacks/": "A places the outbound call; its callid is tried on /voice/calls/",
 }
-NOT_TENANT = {"/openapi.json", "/docs", "/metrics", "/healthz", "/readyz"}  # still scanned for A's ids
+NOT_TENANT = {"/", "/openapi.json", "/docs", "/metrics", "/healthz", "/readyz"}  # still scanned for A's ids
 
 
 def route_table(app: web.Application) -> dict[str, set[str]]:

@@ -1,4 +1,4 @@
-"""HTTP Basic `SID:AUTH_TOKEN` on every API route; the link redirect and health check are public.
+"""HTTP Basic `SID:AUTH_TOKEN` on every API route; the index, link redirect and health check are public.
 
 Failed authentication is throttled per client address (the socket's peer; X-Forwarded-For is
 not trusted): every refused credential takes a token from the address's bucket
@@ -25,6 +25,7 @@ from gateway.services.accounts import AccountInfo
 
 # /metrics has its own optional bearer token (metrics.token).
 PUBLIC_PREFIXES = ("/l/", "/healthz", "/readyz", "/openapi.json", "/docs", "/metrics")
+PUBLIC_PATHS = frozenset({"/"})  # exact: every path starts with "/"
 
 
 def _service_plan(path: str) -> str | None:
@@ -62,7 +63,7 @@ async def _authenticate(request: web.Request, sid: str, token: str) -> AccountIn
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith(PUBLIC_PREFIXES):
+    if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
     try:
         return await _check(request, handler)

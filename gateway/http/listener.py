@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from gateway.config import HttpConfig
 from gateway.net.guard import ListenerGuard
+from gateway.net.listening import listening
 
 
 class GuardedSite(web.TCPSite):
@@ -36,30 +38,36 @@ class GuardedSite(web.TCPSite):
 
 async def start_api(app: web.Application, cfg: HttpConfig, **runner_args: Any) -> web.AppRunner:
     """Start `app` (its cleanup contexts included) behind the guard on cfg.host:cfg.port; the
-    caller ends it with `runner.cleanup()`."""
+    caller ends it with `runner.cleanup()`. A listener that cannot bind raises ListenError, with
+    whatever had started stopped again."""
     runner = web.AppRunner(app, keepalive_timeout=cfg.header_timeout, **runner_args)
-    await runner.setup()
     guard = ListenerGuard(
         "HTTP API (http.max_connections, http.header_timeout)",
         max_connections=cfg.max_connections,
         head_timeout=cfg.header_timeout,
     )
     try:
-        await GuardedSite(runner, cfg.host, cfg.port, guard).start()
+        await runner.setup()
+        with listening("HTTP API", cfg.host, cfg.port, "http.host", "http.port"):
+            await GuardedSite(runner, cfg.host, cfg.port, guard).start()
     except BaseException:
         await runner.cleanup()
         raise
     return runner
 
 
-async def serve(app: web.Application, cfg: HttpConfig, **runner_args: Any) -> None:
-    """`gateway run`: serve until SIGINT or SIGTERM, then shut down gracefully."""
+async def serve(
+    app: web.Application, cfg: HttpConfig, on_listening: Callable[[], None] = lambda: None, **runner_args: Any
+) -> None:
+    """`gateway run`: serve until SIGINT or SIGTERM, then shut down gracefully. `on_listening`
+    runs once every listener is bound."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     runner = await start_api(app, cfg, **runner_args)
     try:
+        on_listening()
         await stop.wait()
     finally:
         await runner.cleanup()

@@ -205,6 +205,16 @@ SCHEMAS: dict[str, JSON] = {
         },
         ["voicemail_id", "callid", "caller", "recipient", "duration", "size", "created_at", "audio_url"],
     ),
+    "Index": _obj(
+        {
+            "name": _str(),
+            "docs": _str("Path of the human-readable API documentation.", enum=["/docs"]),
+            "openapi": _str("Path of this OpenAPI document.", enum=["/openapi.json"]),
+            "health": _str("Path of the liveness check.", enum=["/healthz"]),
+            "authentication": _str(),
+        },
+        ["name", "docs", "openapi", "health", "authentication"],
+    ),
     "Health": _obj({"status": _str(enum=["ok"])}, ["status"]),
     "Ready": _obj({"status": _str(enum=["ready"]), "database": _str(enum=["up"])}, ["status", "database"]),
 }
@@ -655,6 +665,17 @@ def _table() -> None:
         ),
     )
     pub = "Public"
+    _add(
+        "GET",
+        "/",
+        Op(
+            pub,
+            "index",
+            "Where to start: the paths of the documentation and this document",
+            ok_schema=_ref("Index"),
+            security="public",
+        ),
+    )
     _add(
         "GET",
         "/l/{code}",

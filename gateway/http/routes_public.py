@@ -1,4 +1,4 @@
-"""Unauthenticated routes: tracked-link redirects, liveness and readiness."""
+"""Unauthenticated routes: the index, tracked-link redirects, liveness and readiness."""
 
 from __future__ import annotations
 
@@ -18,6 +18,21 @@ log = logging.getLogger(__name__)
 READY_DB_TIMEOUT = 2.0
 
 routes = web.RouteTableDef()
+
+# `GET /` for whoever opens the base URL printed by `gateway run`, in a browser or with curl:
+# JSON like every other answer (a redirect would hand curl an HTML page), pointing the way.
+INDEX = {
+    "name": "Voice/SMS gateway API",
+    "docs": "/docs",
+    "openapi": "/openapi.json",
+    "health": "/healthz",
+    "authentication": "HTTP Basic, your account SID and auth token",
+}
+
+
+@routes.get("/")
+async def index(request: web.Request) -> web.Response:
+    return json_response(INDEX)
 
 
 @routes.get("/l/{code}")
