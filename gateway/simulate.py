@@ -3,7 +3,8 @@ for developing webhooks and action_url scripts without an SMSC or an Asterisk.
 
 `simulate mo` asks the built-in SMSC simulator (through its loopback control port,
 smpp/simulator_control.py) to deliver a mobile-originated SMS to the gateway bound to it, and
-prints the replies the gateway sends back to that handset.
+prints the replies the gateway sends back to that handset. `simulate call` plays Asterisk's
+side of one call over FastAGI (gateway/simulate_call.py).
 """
 
 from __future__ import annotations
@@ -84,14 +85,18 @@ async def _mo(port: int, args: argparse.Namespace) -> None:
 
 
 def cmd_simulate(config: Config, args: argparse.Namespace) -> int:
+    from gateway.simulate_call import CallError, simulate_call
+
     try:
         if args.action == "mo":
             port = args.control_port if args.control_port is not None else config.simulator.control_port
             if not port:
                 raise SimulateError("simulator.control_port is 0: the control port is off")
             asyncio.run(_mo(port, args))
+        else:
+            print("\n".join(asyncio.run(simulate_call(config, args))))
         return 0
-    except SimulateError as exc:
+    except (SimulateError, CallError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -117,3 +122,12 @@ def add_parser(sub: Any) -> None:
         "--control-port", type=int, default=None, help="default: simulator.control_port from the config"
     )
     mo.set_defaults(fn=cmd_simulate)
+    call = actions.add_parser(
+        "call",
+        help="call a DIN over FastAGI as Asterisk would, and print what the caller hears",
+    )
+    call.add_argument("--din", required=True, help="the number called, e.g. +81312345678")
+    call.add_argument("--caller", required=True, help="the calling number, e.g. +819011112222")
+    call.add_argument("--voicemail-wav", help="a WAV file: what the caller says if voicemail records")
+    call.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each command")
+    call.set_defaults(fn=cmd_simulate)

@@ -4,7 +4,10 @@ SMSC simulator, its loopback control port): what a newcomer does in the first ho
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
+import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from tests.procs import (
     fresh_database,
     gateway_processes,
     sql,
+    subscribe_number,
     subscribe_sin,
 )
 from tests.test_cli_and_run import run_cli
@@ -184,3 +188,103 @@ async def test_a_valid_number_under_the_fail_prefix_ends_in_fail_with_its_callba
         return None
 
     assert (await wait_for(final_callback, timeout=20))["msgid"] == msgid
+
+
+DIN = "+81312340001"
+TRANSFER_TO = "+819012345678"
+
+
+@pytest_asyncio.fixture
+async def voice_demo(engine: str, tmp_path: Path) -> AsyncIterator[Demo]:
+    """A gateway taking calls on FastAGI (loopback peers only, its default)."""
+    async with fresh_database(engine, tmp_path) as db_url, gateway_processes(tmp_path) as procs:
+        extra = {
+            "GATEWAY_VOICE_FASTAGI_ENABLED": "true",
+            "GATEWAY_VOICE_FASTAGI_PORT": str(free_port()),
+            "GATEWAY_VOICE_DATA_DIR": str(tmp_path / "voice"),
+            "GATEWAY_OUTBOUND_HTTP_ALLOW_LOOPBACK": "true",  # the action_url server is on loopback
+        }
+        gw = procs.spawn("voice", db_url, free_port(), **extra)
+        await gw.start()
+        yield Demo(gw, db_url, 0, {"GATEWAY_DATABASE_URL": db_url, **extra})
+
+
+@contextlib.asynccontextmanager
+async def _script_server(script: str) -> AsyncIterator[str]:
+    """An action_url answering `script` ({base} replaced by its own URL), and a WAV under /hold.wav."""
+    from aiohttp import web
+
+    from tests.conftest import serve_app
+
+    wav = io.BytesIO()
+    with wave.open(wav, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(b"\x00\x10" * 12000)  # 1.5 s
+    where: list[str] = []
+
+    async def action(request: web.Request) -> web.Response:
+        assert request.query["recipient"] == DIN
+        return web.Response(text=script.format(base=where[0]), content_type="text/plain")
+
+    async def hold(_: web.Request) -> web.Response:
+        return web.Response(body=wav.getvalue(), content_type="audio/wav")
+
+    app = web.Application()
+    app.router.add_get("/action", action)
+    app.router.add_get("/hold.wav", hold)
+    async with serve_app(app) as base:
+        where.append(base)
+        yield base
+
+
+async def test_simulate_call_prints_what_the_caller_hears(voice_demo: Demo) -> None:
+    script = 'say en "Welcome to the demo line"\nplayback {base}/hold.wav\ntransfer ' + TRANSFER_TO + "\n"
+    async with _script_server(script) as base:
+        creds = await create_account(voice_demo.db_url, "voice")
+        await subscribe_number(voice_demo.db_url, creds.account.id, DIN, "din", f"{base}/action")
+        code, out, err = await run_cli(voice_demo.env, "simulate", "call", "--din", DIN, "--caller", HANDSET)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"call from {HANDSET} to {DIN} over FastAGI 127.0.0.1:")
+    assert "> ANSWER" in lines and "< 200 result=0" in lines
+    said = [
+        line for line in lines if line.startswith('  caller hears say (en): "Welcome to the demo line" [')
+    ]
+    assert len(said) == 1 and said[0].endswith(" s]")
+    assert f"  caller hears playback {base}/hold.wav [1.50 s]" in lines
+    assert f"  caller is transferred to {TRANSFER_TO}" in lines
+    assert any(line.startswith("> EXEC Dial PJSIP/" + TRANSFER_TO + "@") for line in lines)
+    assert lines[-1].startswith("call ended: ")
+
+
+async def test_simulate_call_records_voicemail_from_the_given_wav(voice_demo: Demo, tmp_path: Path) -> None:
+    message = tmp_path / "message.wav"
+    with wave.open(str(message), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(b"\x01\x00" * 20000)  # 2.5 s
+    async with _script_server('voicemail say en "Leave a message"\n') as base:
+        creds = await create_account(voice_demo.db_url, "voice")
+        await subscribe_number(voice_demo.db_url, creds.account.id, DIN, "din", f"{base}/action")
+        code, out, err = await run_cli(
+            voice_demo.env,
+            "simulate",
+            "call",
+            "--din",
+            DIN,
+            "--caller",
+            HANDSET,
+            "--voicemail-wav",
+            str(message),
+        )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(line.startswith('  caller hears say (en): "Leave a message" [') for line in lines)
+    [recorded] = [line for line in lines if line.startswith("  voicemail recorded: 2.50 s into ")]
+    stored = Path(recorded.rsplit(" into ", 1)[1])
+    assert await asyncio.to_thread(stored.read_bytes) == await asyncio.to_thread(message.read_bytes)
+    rows = await sql(voice_demo.db_url, "SELECT duration FROM voicemails")
+    assert len(rows) == 1
