@@ -107,6 +107,8 @@ async def simulate_call(config: Config, args: argparse.Namespace) -> list[str]:
     v = config.voice
     if not v.fastagi_enabled:
         raise CallError("voice.fastagi_enabled is false: the gateway takes no calls")
+    if args.digits.strip("0123456789*#"):
+        raise CallError(f"--digits {args.digits!r}: only 0-9, * and # are DTMF keys")
     if args.voicemail_wav is not None:
         try:
             with wave.open(args.voicemail_wav, "rb"):
@@ -122,6 +124,9 @@ async def simulate_call(config: Config, args: argparse.Namespace) -> list[str]:
         callerid=args.caller,
         dnid=args.din,
         record_from=args.voicemail_wav,
+        # The action language asks for no digits; the one key anything listens for is the `#`
+        # that ends a voicemail recording (RECORD FILE's escape digit).
+        record_end="dtmf" if "#" in args.digits else "timeout",
         uniqueid=f"simulate.{secrets.token_hex(6)}",
         # Files the gateway wrote are checked when this host sees them where Asterisk would.
         require_files=not v.asterisk_data_dir,
@@ -134,6 +139,8 @@ async def simulate_call(config: Config, args: argparse.Namespace) -> list[str]:
         ) from None
     files = await _script_files(config, action_url, args.caller, args.din) if action_url else {}
     head = f"call from {args.caller} to {args.din} over FastAGI {v.fastagi_host}:{v.fastagi_port}"
+    if args.digits:
+        head += f"; caller presses {args.digits} (only # has an effect: it ends a voicemail recording)"
     if action_url is None:
         head += " (no DIN subscription with an action_url: the gateway plays its fallback)"
     return [head, *_describe(config, transcript, files)]

@@ -280,6 +280,10 @@ async def test_simulate_call_records_voicemail_from_the_given_wav(voice_demo: De
             "--voicemail-wav",
             str(message),
         )
+        # `#` ends the recording as a caller's key press does.
+        pressed = await run_cli(
+            voice_demo.env, "simulate", "call", "--din", DIN, "--caller", HANDSET, "--digits", "#"
+        )
     assert code == 0, err
     lines = out.splitlines()
     assert any(line.startswith('  caller hears say (en): "Leave a message" [') for line in lines)
@@ -287,4 +291,13 @@ async def test_simulate_call_records_voicemail_from_the_given_wav(voice_demo: De
     stored = Path(recorded.rsplit(" into ", 1)[1])
     assert await asyncio.to_thread(stored.read_bytes) == await asyncio.to_thread(message.read_bytes)
     rows = await sql(voice_demo.db_url, "SELECT duration FROM voicemails")
-    assert len(rows) == 1
+    assert sorted(float(d) for (d,) in rows) == [1.5, 2.5]  # the second: a tone, no --voicemail-wav
+
+    assert pressed[0] == 0 and any(
+        line.startswith("< 200 result=35 (dtmf) endpos=") for line in pressed[1].splitlines()
+    )
+    assert "caller presses # (only # has an effect" in pressed[1].splitlines()[0]
+    code, out, err = await run_cli(
+        voice_demo.env, "simulate", "call", "--din", DIN, "--caller", HANDSET, "--digits", "1x"
+    )
+    assert (code, out) == (1, "") and "only 0-9, * and # are DTMF keys" in err
