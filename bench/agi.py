@@ -2,7 +2,7 @@
 the gateway's FastAGI server (the gateway in its own process, as deployed) and through the
 per-call pyst2 AGI script (asterisk/agi/din_agi.py, one process per call, as AGI() starts it).
 
-The Asterisk side is the stand-in of tests/peers/asterisk_agi.py. Each call: the AGI header,
+The Asterisk side is the stand-in of gateway/voice/asterisk_side.py. Each call: the AGI header,
 then the bridge looks the DIN up, records the call, GETs the action_url from a local aiohttp
 server and runs the script: ANSWER, STREAM FILE (the say is synthesised once during warm-up and
 cached; --script playback fetches a small WAV once and caches it), HANGUP.
@@ -63,7 +63,7 @@ from gateway.egress.policy import SsrfPolicy
 from gateway.services.accounts import AccountService
 from gateway.services.number_import import parse_numbers_csv
 from gateway.services.numbers import NumberService
-from tests.peers import asterisk_agi
+from gateway.voice import asterisk_side as asterisk_agi  # patched below: fastagi_call looks it up there
 from tests.peers.asterisk_agi import (
     CallScenario,
     CallTranscript,

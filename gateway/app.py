@@ -225,6 +225,7 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
 async def _simulator(app: web.Application) -> AsyncIterator[None]:
     from smpp.simulator import SimulatorConfig as SimCfg
     from smpp.simulator import SmscSimulator
+    from smpp.simulator_control import ControlServer
 
     cfg = app[CONFIG]
     sim = SmscSimulator(
@@ -234,13 +235,22 @@ async def _simulator(app: web.Application) -> AsyncIterator[None]:
             system_id=cfg.smpp.system_id,
             password=cfg.smpp.password,
             dlr_delay=cfg.simulator.dlr_delay,
+            fail_prefix=cfg.simulator.fail_prefix or None,
         )
     )
     with listening("built-in SMSC simulator", cfg.smpp.host, cfg.smpp.port, "smpp.host", "smpp.port"):
         await sim.start()
     app[SMSC_PORT] = sim.port
     log.info("built-in SMSC simulator listening on %s:%d", cfg.smpp.host, sim.port)
+    control = ControlServer(sim, cfg.simulator.control_port)
+    if cfg.simulator.control_port:
+        try:
+            await control.start()
+        except OSError as exc:
+            # A convenience for demos, not worth refusing to start over (e.g. a second gateway).
+            log.warning("simulator control port not started (`gateway simulate` cannot reach it): %s", exc)
     yield
+    await control.stop()
     await sim.stop()
 
 

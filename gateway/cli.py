@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway import logs
+from gateway import logs, simulate
 from gateway.config import Config, ConfigError, load_config
 from gateway.db import migrate
 from gateway.db.engine import create_engine, is_sqlite, session_factory
@@ -445,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     nls.add_argument("--country", help="2-letter country code, e.g. JP")
     nls.add_argument("--prefix", help="leading digits of the number, e.g. 813")
     nls.set_defaults(fn=cmd_numbers)
+
+    simulate.add_parser(sub)
     return p
 
 

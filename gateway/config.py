@@ -71,6 +71,11 @@ class SimulatorConfig:
     # Start the built-in SMSC simulator in-process (embedded default); off in production.
     enabled: bool = True
     dlr_delay: float = 0.05
+    # Destinations starting with these digits get UNDELIV receipts (FAIL), so a demo can show
+    # one: +81 90 9999 xxxx is a valid Japanese mobile range the API accepts. "" = none fail.
+    fail_prefix: str = "81909999"
+    # `gateway simulate mo` injects MO through this port, always on 127.0.0.1; 0 = no control port.
+    control_port: int = 2776
 
 
 @dataclass

@@ -13,6 +13,7 @@ import signal
 from collections.abc import Sequence
 
 from smpp.simulator import SimulatorConfig, SmscSimulator
+from smpp.simulator_control import ControlServer
 from smpp.simulator_model import DLR_MODES, ID_FORMATS
 
 
@@ -33,6 +34,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "--fail-prefix",
         default=defaults.fail_prefix,
         help="destinations starting with it get UNDELIV ('' = off)",
+    )
+    parser.add_argument(
+        "--control-port",
+        type=int,
+        default=0,
+        help="loopback control port for `gateway simulate mo --control-port N` (0 = off)",
     )
     parser.add_argument("--summary-interval", type=float, default=defaults.summary_interval)
     parser.add_argument("--log-level", default="INFO")
@@ -55,9 +62,12 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     )
 
 
-async def serve_until_signalled(config: SimulatorConfig) -> None:
+async def serve_until_signalled(config: SimulatorConfig, control_port: int = 0) -> None:
     simulator = SmscSimulator(config)
     await simulator.start()
+    control = ControlServer(simulator, control_port)
+    if control_port:
+        await control.start()
     print(
         f"SMSC simulator listening on {config.host}:{simulator.port} (system_id={config.system_id})",
         flush=True,
@@ -69,6 +79,7 @@ async def serve_until_signalled(config: SimulatorConfig) -> None:
     try:
         await stop.wait()
     finally:
+        await control.stop()
         await simulator.stop()
 
 
@@ -77,5 +88,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(serve_until_signalled(config_from_args(args)))
+    asyncio.run(serve_until_signalled(config_from_args(args), args.control_port))
     return 0

@@ -44,8 +44,9 @@ class SimulatorConfig:
     dlr_mode: str = "both"
     id_format: str = "hex"
     dlr_id_format: str | None = None  # None = same as id_format
-    # Destinations whose digits start with this get UNDELIV receipts, so a demo can show FAIL.
-    fail_prefix: str | None = "999"
+    # Destinations whose digits start with this get UNDELIV receipts, so a demo can show FAIL:
+    # +81 90 9999 xxxx is a valid mobile range, so the gateway's API accepts it.
+    fail_prefix: str | None = "81909999"
     max_stored_submits: int = 100_000
     max_pending_deliveries: int = 100_000  # receipts/MO held while no receiver is bound
     redeliver_delay: float = 0.2  # after a deliver_sm_resp with an error status

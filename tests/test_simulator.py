@@ -213,7 +213,7 @@ async def test_fail_prefix_destination_and_configured_stat(start_simulator, esme
     simulator = await start_simulator()
     esme = await bound(esmes, simulator)
 
-    await asyncio.to_thread(esme.submit, destination="9991234567")
+    await asyncio.to_thread(esme.submit, destination="819099991234")
     dlr = await asyncio.to_thread(esme.next_deliver)
     assert dlr.message_state == 5  # UNDELIVERABLE
     text = RECEIPT_TEXT.match(dlr.short_message)
