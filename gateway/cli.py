@@ -252,6 +252,7 @@ def _announce(config: Config, data: dict[str, str] | None) -> None:
     if data is None:
         return
     base = config.public_base_url
+    print(f"Data directory:     {config.data.dir}")
     print(f"Demo account SID:   {data['sid']}")
     print(f"Demo account token: {data['auth_token']}")
     print(f"API:                {base}/  (HTTP Basic SID:token; docs at {base}/docs)")
@@ -271,7 +272,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from gateway.net.listening import ListenError
 
     app = create_app(config)  # first: a configuration it refuses touches nothing
-    print(f"Data directory:     {config.data.dir}")
+    log.info("data directory %s", config.data.dir)
     if config.database.migrate_on_start:
         migrate.upgrade(config.database.url)
     demo = _demo_credentials(config) if config.simulator.enabled and is_sqlite(config.database.url) else None
