@@ -127,6 +127,10 @@ class Dispatcher:
         self._poll = poll_interval
         self._lease = timedelta(seconds=lease_seconds)
         self._workers = workers
+        # Rows this node's workers have on the wire or are recording: never claimed again here,
+        # however late a renewal comes (a busy event loop or a database queue can make it later
+        # than the lease). Only another node relies on the lease alone.
+        self._in_flight: set[int] = set()
         self.lifecycle = Lifecycle()
 
     def wake(self) -> None:
@@ -149,20 +153,24 @@ class Dispatcher:
             if not claimed:
                 await self.lifecycle.idle(self._poll)
                 continue
+            ids = {c.id for c in claimed}
+            self._in_flight |= ids
             # Another worker may find more while this batch is on the wire.
             self.lifecycle.wake()
             sent = asyncio.Event()
             renewal = asyncio.create_task(self._renew(claimed[0].token, sent))
             try:
                 outcomes = await asyncio.gather(*(self._submit(c) for c in claimed))
+                await self._record(outcomes)
             finally:
                 # Stopped, not cancelled: a renewal is never cut off mid-transaction.
                 sent.set()
                 await renewal
-            await self._record(outcomes)
+                self._in_flight -= ids
 
     async def _renew(self, token: str, sent: asyncio.Event) -> None:
-        """Extend the lease of a batch's rows every third of the lease until it is sent."""
+        """Extend the lease of a batch's rows every third of the lease until its outcomes are
+        recorded."""
         interval = self._lease.total_seconds() / 3
         while not sent.is_set():
             with contextlib.suppress(TimeoutError):
@@ -193,7 +201,10 @@ class Dispatcher:
                 limit=self._batch,
                 order_by=(Message.id,),
                 # A disabled account's queued messages wait, unsent, until it is enabled again.
-                extra=(Message.account_id.not_in(select(Account.id).where(Account.disabled.is_(True))),),
+                extra=(
+                    Message.account_id.not_in(select(Account.id).where(Account.disabled.is_(True))),
+                    Message.id.not_in(self._in_flight),
+                ),
                 values={"attempts": Message.attempts + 1},
             )
             if not claimed:
