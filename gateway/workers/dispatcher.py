@@ -129,8 +129,10 @@ class Dispatcher:
         self._workers = workers
         # Rows this node's workers have on the wire or are recording: never claimed again here,
         # however late a renewal comes (a busy event loop or a database queue can make it later
-        # than the lease). Only another node relies on the lease alone.
+        # than the lease). Only another node relies on the lease alone. Claims take turns, so
+        # none is built before the previous one's rows are in the set.
         self._in_flight: set[int] = set()
+        self._claiming = asyncio.Lock()
         self.lifecycle = Lifecycle()
 
     def wake(self) -> None:
@@ -153,8 +155,6 @@ class Dispatcher:
             if not claimed:
                 await self.lifecycle.idle(self._poll)
                 continue
-            ids = {c.id for c in claimed}
-            self._in_flight |= ids
             # Another worker may find more while this batch is on the wire.
             self.lifecycle.wake()
             sent = asyncio.Event()
@@ -166,7 +166,7 @@ class Dispatcher:
                 # Stopped, not cancelled: a renewal is never cut off mid-transaction.
                 sent.set()
                 await renewal
-                self._in_flight -= ids
+                self._in_flight.difference_update(c.id for c in claimed)
 
     async def _renew(self, token: str, sent: asyncio.Event) -> None:
         """Extend the lease of a batch's rows every third of the lease until its outcomes are
@@ -188,6 +188,13 @@ class Dispatcher:
                 self._db.failed(exc, "renewing the lease of a batch in flight", log)
 
     async def claim(self) -> list[Claimed]:
+        """Lease a batch of due rows; they count as in flight until the worker releases them."""
+        async with self._claiming:
+            batch = await self._take()
+            self._in_flight.update(c.id for c in batch)
+            return batch
+
+    async def _take(self) -> list[Claimed]:
         now = datetime.now(UTC)
         token = f"{self._node}:{uuid.uuid4().hex[:12]}"
         async with self._sessions.begin() as s:
@@ -203,7 +210,7 @@ class Dispatcher:
                 # A disabled account's queued messages wait, unsent, until it is enabled again.
                 extra=(
                     Message.account_id.not_in(select(Account.id).where(Account.disabled.is_(True))),
-                    Message.id.not_in(self._in_flight),
+                    Message.id.not_in(list(self._in_flight)),
                 ),
                 values={"attempts": Message.attempts + 1},
             )
