@@ -1,10 +1,14 @@
-"""The SMSC simulator's own throughput: pipelined submit_sm on one connection, receipts
-requested and acknowledged, the client in the simulator's event loop (so the figure is a
-lower bound for one core doing both sides).
+"""SMPP throughput on one connection, both sides in one event loop (so each figure is a lower
+bound for one core doing both sides):
 
-Prints submit_sm/s from the first submit to the last receipt acknowledged. On an idle core it
-sustains about 3,000/s; a loaded machine gives less, which is why this is a bench and not a
-test (tests/test_simulator.py checks the same exchange for correctness only).
+- the simulator: pipelined raw submit_sm, receipts requested and acknowledged, from the first
+  submit to the last receipt acknowledged (about 3,000/s on an idle core);
+- the gateway's SmppClient: that many concurrent submit() calls through its window to the
+  simulator, from the first call to the last answer (above 1,000/s on an idle core).
+
+A loaded machine gives less, which is why these are a bench and not tests
+(tests/test_simulator.py and tests/test_smpp_client.py check the same exchanges for
+correctness only).
 
     .venv/bin/python -m bench.smsc_simulator [--submits 6000] [--window 100]
 """
@@ -16,7 +20,9 @@ import asyncio
 import struct
 import time
 
+from smpp.client import SmppClient, SmppClientConfig
 from smpp.simulator import SimulatorConfig, SmscSimulator
+from smpp.types import DeliveryReceipt, MoPart, SubmitRequest
 
 BIND = b"gateway\x00secret\x00\x00\x34\x00\x00\x00"
 # source TON 5 "Demo", destination 818012345678, registered_delivery 1, "hello".
@@ -67,6 +73,39 @@ async def pipelined(port: int, total: int, window: int) -> float:
     return elapsed
 
 
+class _Ignore:
+    """SmppEvents that drop what they are told: the bench counts answers only."""
+
+    async def on_receipt(self, receipt: DeliveryReceipt) -> None:
+        pass
+
+    async def on_mo(self, part: MoPart) -> None:
+        pass
+
+    def on_bind_state(self, bound: bool) -> None:
+        pass
+
+
+async def through_client(port: int, total: int, window: int) -> float:
+    """`total` concurrent SmppClient.submit() calls over one bind; seconds taken."""
+    client = SmppClient(SmppClientConfig("127.0.0.1", port, "gateway", "secret", window=window), _Ignore())
+    run = asyncio.create_task(client.run())
+    try:
+        if not await client.wait_bound(10):
+            raise RuntimeError("the client did not bind")
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(
+                client.submit(SubmitRequest(f"m{i}", "Demo", "+818012345678", f"load {i}"))
+                for i in range(total)
+            )
+        )
+        return time.perf_counter() - started
+    finally:
+        await client.stop()
+        await run
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--submits", type=int, default=6000)
@@ -75,11 +114,15 @@ async def main() -> None:
     simulator = SmscSimulator(SimulatorConfig(port=0, dlr_delay=0, summary_interval=0))
     await simulator.start()
     try:
-        elapsed = await pipelined(simulator.port, args.submits, args.window)
+        for name, run in (("simulator, raw pipelined", pipelined), ("SmppClient.submit", through_client)):
+            elapsed = await run(simulator.port, args.submits, args.window)
+            rate = args.submits / elapsed
+            print(
+                f"{name}: {args.submits} submits, window {args.window}:"
+                f" {elapsed:.2f} s, {rate:.0f} submit_sm/s"
+            )
     finally:
         await simulator.stop()
-    rate = args.submits / elapsed
-    print(f"{args.submits} submits, window {args.window}: {elapsed:.2f} s, {rate:.0f} submit_sm/s")
 
 
 if __name__ == "__main__":
