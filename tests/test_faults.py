@@ -384,6 +384,24 @@ async def test_smsc_answering_slowly_within_the_response_timeout(
     assert await peer.bind_count() == 1
 
 
+async def test_a_lease_lapsing_on_a_busy_node_does_not_resend_its_batch(
+    sim_smsc: SmscPeer, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    # The test above on a loaded machine: a renewal (or the write of the outcomes) queued
+    # behind other database work came after the lease ran out, another worker of the same node
+    # claimed the rows still on the wire and sent them again (5 duplicates in one run). A lease
+    # far shorter than a database round trip makes that lateness certain; the node still knows
+    # which rows it has in flight and never claims them again.
+    peer = sim_smsc
+    await peer.configure(respond_delay_ms=200)
+    gw = await make_gateway(peer, smpp__window=2, smpp__response_timeout=3.0, dispatcher__lease_seconds=0.02)
+    api = await api_for(gw, http)
+    await backlog(api, 15, "lapsed")
+    await api.all_delivered(timeout=60)
+    got = await exactly_as_accepted(api, peer)
+    assert duplicates(api, got) == 0 and got.resent_parts == 0 and not got.fragments
+
+
 async def test_smsc_answering_slower_than_the_response_timeout(
     node_smsc: SmscPeer,
     make_gateway: GatewayFactory,

@@ -634,14 +634,15 @@ async def test_response_timeout_mid_long_message_resends_only_the_unanswered_par
     assert udhs == [build_udh(ref, 5, n) for n in (1, 2, 3, 3, 4, 5)]
 
 
-async def test_throughput_over_1000_per_second(fake_smsc: FakeSmsc, start_client: ClientFactory) -> None:
+async def test_thousands_of_concurrent_submits_each_get_their_own_answer(
+    fake_smsc: FakeSmsc, start_client: ClientFactory
+) -> None:
+    """Many callers share the window; each gets the SMSC id of its own submit (the rate:
+    bench/smsc_simulator.py)."""
     client, _ = await fake_client(fake_smsc, start_client)
     count = 3000
-    started = time.perf_counter()
     results = await asyncio.gather(*(client.submit(request(f"load {i}")) for i in range(count)))
-    rate = count / (time.perf_counter() - started)
     assert len({r.smsc_ids[0] for r in results}) == count
-    assert rate > 1000, f"{rate:.0f} submit_sm/s"
 
 
 async def test_stop_unbinds_gracefully(fake_smsc: FakeSmsc, start_client: ClientFactory) -> None:

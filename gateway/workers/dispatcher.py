@@ -127,6 +127,12 @@ class Dispatcher:
         self._poll = poll_interval
         self._lease = timedelta(seconds=lease_seconds)
         self._workers = workers
+        # Rows this node's workers have on the wire or are recording: never claimed again here,
+        # however late a renewal comes (a busy event loop or a database queue can make it later
+        # than the lease). Only another node relies on the lease alone. Claims take turns, so
+        # none is built before the previous one's rows are in the set.
+        self._in_flight: set[int] = set()
+        self._claiming = asyncio.Lock()
         self.lifecycle = Lifecycle()
 
     def wake(self) -> None:
@@ -155,14 +161,16 @@ class Dispatcher:
             renewal = asyncio.create_task(self._renew(claimed[0].token, sent))
             try:
                 outcomes = await asyncio.gather(*(self._submit(c) for c in claimed))
+                await self._record(outcomes)
             finally:
                 # Stopped, not cancelled: a renewal is never cut off mid-transaction.
                 sent.set()
                 await renewal
-            await self._record(outcomes)
+                self._in_flight.difference_update(c.id for c in claimed)
 
     async def _renew(self, token: str, sent: asyncio.Event) -> None:
-        """Extend the lease of a batch's rows every third of the lease until it is sent."""
+        """Extend the lease of a batch's rows every third of the lease until its outcomes are
+        recorded."""
         interval = self._lease.total_seconds() / 3
         while not sent.is_set():
             with contextlib.suppress(TimeoutError):
@@ -180,6 +188,13 @@ class Dispatcher:
                 self._db.failed(exc, "renewing the lease of a batch in flight", log)
 
     async def claim(self) -> list[Claimed]:
+        """Lease a batch of due rows; they count as in flight until the worker releases them."""
+        async with self._claiming:
+            batch = await self._take()
+            self._in_flight.update(c.id for c in batch)
+            return batch
+
+    async def _take(self) -> list[Claimed]:
         now = datetime.now(UTC)
         token = f"{self._node}:{uuid.uuid4().hex[:12]}"
         async with self._sessions.begin() as s:
@@ -193,7 +208,10 @@ class Dispatcher:
                 limit=self._batch,
                 order_by=(Message.id,),
                 # A disabled account's queued messages wait, unsent, until it is enabled again.
-                extra=(Message.account_id.not_in(select(Account.id).where(Account.disabled.is_(True))),),
+                extra=(
+                    Message.account_id.not_in(select(Account.id).where(Account.disabled.is_(True))),
+                    Message.id.not_in(list(self._in_flight)),
+                ),
                 values={"attempts": Message.attempts + 1},
             )
             if not claimed:
