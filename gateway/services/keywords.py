@@ -1,4 +1,4 @@
-"""Opt-out keywords (DESIGN.md: SMS in). The gateway handles them itself, so auto-reply rules
+"""Opt-out keywords (docs/api.md, "SMS in"). The gateway handles them itself, so auto-reply rules
 may not claim them."""
 
 from __future__ import annotations
