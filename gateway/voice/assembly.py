@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actions_dsl import Say
 from gateway.config import VoiceConfig
+from gateway.services.dialing import parse_prefixes
 from gateway.services.numbers import NumberService
 from gateway.voice.asterisk_paths import AsteriskView
 from gateway.voice.calls import CallService, ScriptLimits
@@ -49,7 +50,7 @@ async def call_service(
         speech,
         cfg.trunk,
         cfg.dial_timeout,
-        tuple(p.strip() for p in cfg.transfer_allow_prefixes.split(",") if p.strip()),
+        parse_prefixes(cfg.transfer_allow_prefixes, "transfer prefix"),
         os.path.join(asterisk_dir, "voicemail"),
         cfg.voicemail_max_seconds,
         cfg.voicemail_silence_seconds,
