@@ -281,6 +281,11 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {typ!r}")
 
 
+def env_name(setting: str) -> str:
+    """The environment variable of a setting: "http.port" -> "GATEWAY_HTTP_PORT"."""
+    return "GATEWAY_" + setting.replace(".", "_").upper()
+
+
 def _section_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -310,7 +315,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     for name in sections:
         section = getattr(config, name)
         for key, typ in _section_types(type(section)).items():
-            env_key = f"GATEWAY_{name}_{key}".upper()
+            env_key = env_name(f"{name}.{key}")
             if env_key in env:
                 setattr(section, key, _coerce(env[env_key], typ, env_key))
     _resolve_paths(config)
@@ -334,5 +339,6 @@ def config_keys() -> list[tuple[str, str, Any]]:
     for name in _section_types(Config):
         section = getattr(defaults, name)
         for f in dataclasses.fields(section):
-            out.append((f"{name}.{f.name}", f"GATEWAY_{name}_{f.name}".upper(), getattr(section, f.name)))
+            key = f"{name}.{f.name}"
+            out.append((key, env_name(key), getattr(section, f.name)))
     return out

@@ -10,22 +10,20 @@ import os
 import socket
 from collections.abc import Iterator
 
-
-def _env(setting: str) -> str:
-    return "GATEWAY_" + setting.replace(".", "_").upper()
+from gateway.config import env_name
 
 
 class ListenError(Exception):
     def __init__(self, what: str, host: str, port: int, host_key: str, port_key: str, exc: OSError) -> None:
         if exc.errno == errno.EADDRINUSE:
             reason = "the port is already in use"
-            fix = f"set {port_key} ({_env(port_key)}) to a free port, or stop the program using it"
+            fix = f"set {port_key} ({env_name(port_key)}) to a free port, or stop the program using it"
         else:
             if isinstance(exc, socket.gaierror):  # the host does not resolve
                 reason = str(exc.strerror)
             else:  # asyncio's strerror repeats the address; the bare reason reads better after it
                 reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            fix = f"check {host_key} ({_env(host_key)}) and {port_key} ({_env(port_key)})"
+            fix = f"check {host_key} ({env_name(host_key)}) and {port_key} ({env_name(port_key)})"
         super().__init__(f"cannot listen on {host}:{port} ({what}): {reason.lower()}; {fix}")
 
 
