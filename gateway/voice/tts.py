@@ -8,7 +8,7 @@ not thread-safe: every call into it runs in a worker thread under one process-wi
 
 Layout: `<data_dir>/tts/<sha256(lang + NUL + text)>.wav`; `say_file` returns the absolute
 path without `.wav`. Languages are eSpeak voice names (`en`, `en-us`, `ja`, `fr`, ...); the
-Japanese voice reads kana, kanji are spelt out as "Chinese letter".
+Japanese voice reads only kana, so Japanese text is turned into kana first (`japanese.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import miniaudio
 
+from gateway.voice import japanese
 from gateway.voice.interfaces import MediaError
 from gateway.voice.media import SAMPLE_RATE, write_wav_atomic
 
@@ -116,6 +117,7 @@ class _Espeak:
 
 def _synthesize(lang: str, text: str) -> bytes:
     """8 kHz mono 16-bit PCM for `text`. Blocking; serialised across the process."""
+    text = japanese.speakable(text) if lang == "ja" else text
     with _Espeak.lock:
         engine = _Espeak.get()
         pcm = engine.synthesize(lang, text)
