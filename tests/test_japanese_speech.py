@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import hashlib
 import re
 import threading
 import wave
@@ -151,3 +152,15 @@ async def test_say_converts_off_the_event_loop(tmp_path: Path, monkeypatch: pyte
     loop_thread = threading.current_thread()
     await asyncio.wait_for(EspeakSpeech(tmp_path).say_file("ja", "少々お待ちください。"), 30)
     assert threads and loop_thread not in threads
+
+
+async def test_speech_cached_before_kanji_were_read_is_not_reused(tmp_path: Path) -> None:
+    # A file left by an older gateway under the key it used then: sha256("ja" NUL text).
+    old = tmp_path / "tts" / (hashlib.sha256(f"ja\0{GREETING}".encode()).hexdigest() + ".wav")
+    old.parent.mkdir()
+    old.write_bytes(b"stale speech that spells out every kanji")
+    base = await EspeakSpeech(tmp_path).say_file("ja", GREETING)
+    assert base + ".wav" != str(old)
+    with wave.open(base + ".wav") as wav:
+        assert wav.getnframes() > 0
+    assert old.read_bytes() == b"stale speech that spells out every kanji"  # left alone, never played
