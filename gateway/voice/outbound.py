@@ -42,6 +42,7 @@ the call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -66,6 +67,7 @@ from gateway.services import outbox
 from gateway.services.dialing import DEFAULT_DENY_NUMBER_TYPES, DialPolicy, DialRights, load_rights
 from gateway.services.pricing import PriceList
 from gateway.voice.ami import AmiClient, AmiConnectionLost, AmiMessage, AmiNotConnected
+from gateway.voice.dial_outcome import UNTOLD_REASONS, NewsBoard, unanswered_outcome
 from gateway.voice.interfaces import AgiChannel, AgiError, CallOutcome, Hangup
 
 log = logging.getLogger(__name__)
@@ -76,19 +78,8 @@ CALLID = re.compile(r"[0-9a-f]{32}")
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 _TRUNK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
-# OriginateResponse `Reason` is the last control frame seen on the dialled channel
-# (AST_CONTROL_*, see main/pbx.c pbx_dial_reason): 4 answered, 3 still ringing when the
-# timeout struck, 5 busy, 8 congestion (also: rejected, out of order), 1 hung up, 0 failed.
-REASON_STATUS: Mapping[str, str] = {"1": "NO_ANSWER", "3": "NO_ANSWER", "5": "BUSY"}
-REASON_TEXT: Mapping[str, str] = {
-    "0": "the call could not be placed",
-    "1": "the callee hung up before answering",
-    "3": "no answer",
-    "5": "busy",
-    "8": "congestion or rejected by the network",
-}
-# Hangup `Cause` (Q.931) of a call that was never answered, when no OriginateResponse said more.
-CAUSE_STATUS: Mapping[str, str] = {"17": "BUSY", "18": "NO_ANSWER", "19": "NO_ANSWER"}
+_CAUSE = re.compile(r"[0-9]{1,3}")
+_DIAL_STATUS = re.compile(r"[A-Z]{1,16}")
 
 AgiHandler = Callable[[AgiChannel], Awaitable[None]]
 
@@ -239,6 +230,7 @@ class OutboundCalls:
         self._max_per_minute = max_per_minute
         self._playing: set[str] = set()  # callids whose play() runs in this process
         self._uniqueids: dict[str, str] = {}  # Asterisk channel uniqueid -> callid
+        self._news = NewsBoard()  # what each dialled channel's events said, by callid
         self._tasks: set[asyncio.Task[None]] = set()
         self._remove_listener = ami.add_listener(self._on_event)
 
@@ -458,7 +450,25 @@ class OutboundCalls:
         elif event == "hangup":
             callid = self._uniqueids.pop(msg.get("Uniqueid") or "", "") or _chanvar_callid(msg)
             if callid:
+                self._heard_cause(callid, msg)
+                self._news.of(callid).hung_up.set()
                 self._spawn(self._hangup(callid, msg))
+        elif event == "hanguprequest":
+            callid = _chanvar_callid(msg)
+            if callid:
+                self._heard_cause(callid, msg)
+        elif event == "dialend":
+            callid = _chanvar_callid(msg, "DestChanVariable")
+            status = (msg.get("DialStatus") or "").strip()
+            if callid and _DIAL_STATUS.fullmatch(status):
+                self._news.of(callid).dial_status = status
+
+    def _heard_cause(self, callid: str, msg: AmiMessage) -> None:
+        cause = (msg.get("Cause") or "").strip()
+        if _CAUSE.fullmatch(cause):
+            news = self._news.of(callid)
+            news.cause = cause
+            news.cause_text = sanitised_text(msg.get("Cause-txt") or "", 80).strip() or news.cause_text
 
     async def _originate_response(self, callid: str, msg: AmiMessage) -> None:
         if msg.success:
@@ -482,15 +492,16 @@ class OutboundCalls:
                     )
                 )
             return
-        reason = (msg.get("Reason") or "").strip()
-        status = REASON_STATUS.get(reason, "FAILED")
-        text = REASON_TEXT.get(reason, "the call failed")
+        reason = sanitised_text((msg.get("Reason") or "").strip(), 8)
+        news = self._news.of(callid)
+        if reason in UNTOLD_REASONS and not news.cause:
+            # Reason 0 is also what a busy or refusing callee gives (dial_outcome.py); its
+            # channel's Hangup, just behind this response, tells which.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(news.hung_up.wait(), self._hangup_grace)
+        outcome = unanswered_outcome(news, reason)
         await self._end(
-            callid,
-            status,
-            error=f"{text} (originate reason {reason or '?'})",
-            result=status.lower(),
-            unanswered_only=True,
+            callid, outcome.status, error=outcome.error, result=outcome.status.lower(), unanswered_only=True
         )
 
     async def _hangup(self, callid: str, msg: AmiMessage) -> None:
@@ -499,7 +510,6 @@ class OutboundCalls:
         if callid in self._playing:
             return
         cause = (msg.get("Cause") or "").strip()
-        cause_text = sanitised_text(msg.get("Cause-txt") or "")
         async with self._sessions() as s:
             row = await s.scalar(select(Call).where(Call.uid == callid, Call.direction == "outbound"))
         if row is None or row.ended_at is not None:
@@ -511,9 +521,19 @@ class OutboundCalls:
             await self._end_orphan(callid, hung_up_at, cause)
             return
         if row.answered_at is None:
-            status = CAUSE_STATUS.get(cause, "FAILED")
-            error = f"the call ended before it was answered (cause {cause or '?'} {cause_text})".strip()
-            await self._end(callid, status, error=error, result=status.lower(), unanswered_only=True)
+            # No OriginateResponse settled it (missed during an AMI reconnect): the channel's
+            # own events do, matched by ChanVariable GATEWAY_CALLID.
+            news = self._news.get(callid) or self._news.of(callid)
+            if not news.cause:  # the bounded board dropped it meanwhile
+                self._heard_cause(callid, msg)
+            outcome = unanswered_outcome(news, None)
+            await self._end(
+                callid,
+                outcome.status,
+                error=outcome.error,
+                result=outcome.status.lower(),
+                unanswered_only=True,
+            )
         else:
             await self._end(
                 callid,
@@ -686,6 +706,7 @@ class OutboundCalls:
         self._uniqueids[uniqueid] = callid
 
     def _forget(self, callid: str) -> None:
+        self._news.forget(callid)
         for uniqueid in [u for u, c in self._uniqueids.items() if c == callid]:
             del self._uniqueids[uniqueid]
 
@@ -720,9 +741,10 @@ def sanitised_text(value: str, limit: int = 200) -> str:
     return "".join(ch if ch.isprintable() else " " for ch in value)[:limit]
 
 
-def _chanvar_callid(msg: AmiMessage) -> str:
-    """GATEWAY_CALLID from `ChanVariable: GATEWAY_CALLID=<callid>` (manager.conf channelvars)."""
-    for value in msg.get_all("ChanVariable"):
+def _chanvar_callid(msg: AmiMessage, header: str = "ChanVariable") -> str:
+    """GATEWAY_CALLID from `ChanVariable: GATEWAY_CALLID=<callid>` (manager.conf channelvars;
+    `DestChanVariable` on the Dial events)."""
+    for value in msg.get_all(header):
         name, _, callid = value.partition("=")
         if name.strip() == "GATEWAY_CALLID" and CALLID.fullmatch(callid.strip()):
             return callid.strip()
