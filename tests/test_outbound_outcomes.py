@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.voice.ami import AmiClient
+from gateway.voice.dial_outcome import NewsBoard
 from tests.conftest import wait_for
 from tests.peers.ami_server import AmiServer, Plan
 from tests.test_deployment import conf_values
@@ -128,6 +129,31 @@ async def test_without_channelvars_a_busy_callee_can_only_be_failed(
     callid = await _place(rig, receiver)
     st = await rig.final_status(callid)
     assert (st["status"], st["error"]) == ("FAILED", "the call could not be placed (originate reason 0)")
+
+
+async def test_answered_call_whose_originate_response_was_missed_is_not_called_unanswered(
+    rig: Rig,  # noqa: F811
+    receiver: Receiver,
+) -> None:
+    """DialEnd ANSWER was heard, the OriginateResponse and the FastAGI call were not: the
+    Hangup (cause 16) ends it FAILED as answered, not as a call nobody picked up."""
+    rig.ami.plan(Plan(outcome="answer_no_agi", hold_seconds=0.2, originate_response=False))
+    callid = await _place(rig, receiver)
+    st = await rig.final_status(callid)
+    assert (st["status"], st["error"]) == (
+        "FAILED",
+        "the call was answered but the playback never ran (hangup cause 16)",
+    )
+
+
+def test_news_of_calls_is_bounded() -> None:
+    """Every node hears every call's events; what it keeps is capped, the oldest dropped."""
+    board = NewsBoard(limit=3)
+    for n in range(5):
+        board.of(f"call{n}").cause = str(n)
+    assert len(board) == 3
+    assert board.get("call0") is None and board.get("call1") is None
+    assert board.get("call4") is not None and board.get("call4").cause == "4"  # type: ignore[union-attr]
 
 
 def _recorded_events() -> list[list[tuple[str, str]]]:

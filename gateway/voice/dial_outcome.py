@@ -39,7 +39,7 @@ UNTOLD_REASONS = frozenset({"0", ""})
 CAUSES: Mapping[str, tuple[str, str]] = {
     "1": ("FAILED", "the number does not exist"),  # SIP 404, 485, 604
     "3": ("FAILED", "no route to the number"),  # SIP 420
-    "16": ("NO_ANSWER", "the call ended before it was answered"),
+    "16": ("FAILED", "the call ended before it was answered"),
     "17": ("BUSY", "busy"),  # SIP 486, 600
     "18": ("NO_ANSWER", "no answer"),  # SIP 408
     "19": ("NO_ANSWER", "no answer"),  # SIP 480, 483; the ring timeout
@@ -53,11 +53,12 @@ CAUSES: Mapping[str, tuple[str, str]] = {
     "41": ("FAILED", "temporary failure in the network"),
     "58": ("FAILED", "no common codec with the callee"),  # SIP 488, 606
 }
-# DialEnd `DialStatus` (main/dial.c; CANCEL: the dial was stopped before an answer).
+# DialEnd `DialStatus` (main/dial.c). An Originate has no caller who could hang up, so CANCEL
+# means Asterisk itself stopped the dial (shutting down, say): not the callee's doing.
 DIAL_STATUSES: Mapping[str, tuple[str, str]] = {
     "BUSY": ("BUSY", "busy"),
     "NOANSWER": ("NO_ANSWER", "no answer"),
-    "CANCEL": ("NO_ANSWER", "dialling was stopped before an answer"),
+    "CANCEL": ("FAILED", "Asterisk stopped dialling before an answer"),
     "CONGESTION": ("FAILED", "the network is congested"),
     "CHANUNAVAIL": ("FAILED", "the callee's line is unavailable"),
 }

@@ -510,6 +510,7 @@ class OutboundCalls:
         if callid in self._playing:
             return
         cause = (msg.get("Cause") or "").strip()
+        cause = cause if _CAUSE.fullmatch(cause) else ""
         async with self._sessions() as s:
             row = await s.scalar(select(Call).where(Call.uid == callid, Call.direction == "outbound"))
         if row is None or row.ended_at is not None:
@@ -520,12 +521,12 @@ class OutboundCalls:
             # moments of the hangup, unless its node died.
             await self._end_orphan(callid, hung_up_at, cause)
             return
-        if row.answered_at is None:
+        news = self._news.of(callid)
+        if not news.cause:  # the bounded board dropped it meanwhile
+            self._heard_cause(callid, msg)
+        if row.answered_at is None and news.dial_status != "ANSWER":
             # No OriginateResponse settled it (missed during an AMI reconnect): the channel's
             # own events do, matched by ChanVariable GATEWAY_CALLID.
-            news = self._news.get(callid) or self._news.of(callid)
-            if not news.cause:  # the bounded board dropped it meanwhile
-                self._heard_cause(callid, msg)
             outcome = unanswered_outcome(news, None)
             await self._end(
                 callid,
