@@ -20,14 +20,22 @@ The life of a call, as the `calls` row shows it (direction "outbound"):
    price for the recipient's prefix), COMPLETED (FAILED when the media could not be played).
    The dialplan and the OriginateResponse race; either order gives the same record.
 3. OriginateResponse `Success` marks the call IN_PROGRESS if `play` did not get there first;
-   `Failure` ends it with the status its Reason maps to (ringing -> NO_ANSWER, busy -> BUSY,
-   anything else -> FAILED).
-4. A Hangup event for a call whose playback never started (answered, but the FastAGI
-   connection never came; `play` marks the start in the row's `actions`) ends it FAILED, after
-   a grace period that lets the OriginateResponse arrive first. A started playback, here or
-   on another node, is left to `play`, which writes the record itself; if the record is still
-   open `orphan_grace` later, the node playing it died: the call is ended FAILED at the time of
-   the Hangup event, by whichever node's event handler gets there first.
+   `Failure` ends it NO_ANSWER, BUSY or FAILED as the dialled channel's own events say
+   (gateway/voice/dial_outcome.py): with chan_pjsip every SIP refusal (486 busy included)
+   comes back as `Reason: 0`, so the Hangup cause (from HangupRequest, or the Hangup that
+   follows the response within moments, waited for up to `hangup_grace`) decides, then
+   DialEnd's DialStatus, and the Reason only when neither was heard. Those events name the
+   call by `ChanVariable: GATEWAY_CALLID=<callid>`, which manager.conf's
+   `channelvars=GATEWAY_CALLID` adds; what each node heard is kept per call, bounded.
+4. A Hangup event (matched by the uniqueid the OriginateResponse or `play` gave, else by its
+   ChanVariable) for a call still open after a grace period: never answered (its
+   OriginateResponse was missed, e.g. during an AMI reconnect) -> settled from the channel's
+   events as in 3; answered (OriginateResponse, `play` or DialEnd ANSWER said so) but its
+   playback never started (the FastAGI connection never came; `play` marks the start in the
+   row's `actions`) -> FAILED. A started playback, here or on another node, is left to `play`,
+   which writes the record itself; if the record is still open `orphan_grace` later, the node
+   playing it died: the call is ended FAILED at the time of the Hangup event, by whichever
+   node's event handler gets there first.
 5. `sweep` fails QUEUED calls nobody reported on (events lost while AMI was down), and
    IN_PROGRESS calls answered longer ago than any playback can last (`max_call_seconds`: the
    node playing it died and the Hangup event was lost too, e.g. a single node that crashed),
