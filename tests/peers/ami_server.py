@@ -31,9 +31,9 @@ client, so the client is tested against the protocol:
     NOANSWER for everything else, a 404 included); the dial's own cause stays unset, so
     pbx_dial_reason gives `OriginateResponse Response: Failure, Reason: 0, Uniqueid: <unknown>`
     (no channel is handed back), and last, through stasis, `Hangup` with the cause;
-  - ring timeout: dial.c hangs the channel up itself with cause 19: no `HangupRequest`, no
-    `DialEnd`, `OriginateResponse Failure` with `Reason: 3` (it was ringing), then `Hangup`
-    Cause 19;
+  - ring timeout: `DialState DialStatus: RINGING` (the 180), then dial.c hangs the channel up
+    itself with cause 19 (handle_timeout_trip): no `HangupRequest`, no `DialEnd`,
+    `OriginateResponse Failure` with `Reason: 3` (it was ringing), then `Hangup` Cause 19;
   - the channel cannot be created at all (`chanunavail`: no route, unregistered endpoint):
     only `OriginateResponse Failure, Reason: 0`.
   Channel events carry `ChanVariable: GATEWAY_CALLID=<id>` (`DestChanVariable:` on the Dial
@@ -380,10 +380,11 @@ class AmiServer:
             await self._hangup(call, rejection.cause, rejection.cause_txt, tech_cause=rejection.sip)
             return
         if plan.outcome == "noanswer":
+            await self._event("DialState", *self._state(call, prefix="Dest"), ("DialStatus", "RINGING"))
             await self._originate_response(call, "Failure", 3)
             await self._hangup(call, 19, "User alerting, no answer")
             return
-        await self._event("DialEnd", *self._state(call, prefix="Dest"), ("DialStatus", "ANSWER"))
+        await self._event("DialEnd", *self._state(call, prefix="Dest", up=True), ("DialStatus", "ANSWER"))
         if plan.outcome == "answer_no_agi":
             await self._originate_response(call, "Success", 4)
             await asyncio.sleep(plan.hold_seconds)
@@ -406,15 +407,21 @@ class AmiServer:
         await self._hangup(call, 16, "Normal Clearing")
 
     def _state(
-        self, call: PlacedCall, *, prefix: str = "", caller: str | None = None, variables: bool = True
+        self,
+        call: PlacedCall,
+        *,
+        prefix: str = "",
+        caller: str | None = None,
+        variables: bool = True,
+        up: bool = False,
     ) -> list[tuple[str, Any]]:
         """ast_manager_build_channel_state_string_prefix for the dialled channel."""
         number = _callerid_number(call.action.get("CallerID") or "") if caller is None else caller
         number = number or "<unknown>"
         headers: list[tuple[str, Any]] = [
             ("Channel", call.channel),
-            ("ChannelState", 0),
-            ("ChannelStateDesc", "Down"),
+            ("ChannelState", 6 if up else 0),
+            ("ChannelStateDesc", "Up" if up else "Down"),
             ("CallerIDNum", number),
             ("CallerIDName", "<unknown>"),
             ("ConnectedLineNum", number),
@@ -454,14 +461,9 @@ class AmiServer:
         )
 
     async def _hangup(self, call: PlacedCall, cause: int, cause_txt: str, tech_cause: int = 0) -> None:
-        state = self._state(call)
-        if cause == 16:
-            state = [
-                (k, 6 if k == "ChannelState" else "Up" if k == "ChannelStateDesc" else v) for k, v in state
-            ]
         await self._event(
             "Hangup",
-            *state,
+            *self._state(call, up=cause == 16),
             ("Cause", cause),
             ("Cause-txt", cause_txt),
             *([("TechCause", tech_cause)] if tech_cause else []),
