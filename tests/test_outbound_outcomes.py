@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -67,22 +66,13 @@ async def _one_callback(receiver: Receiver) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("outcome", "status", "error"),
     [
-        ("busy", "BUSY", "busy (hangup cause 17 User busy)"),
-        ("unavailable", "NO_ANSWER", "no answer (hangup cause 19 User alerting, no answer)"),
-        ("rejected", "FAILED", "the call was rejected (hangup cause 21 Call Rejected)"),
-        (
-            "unallocated",
-            "FAILED",
-            "the number does not exist (hangup cause 1 Unallocated (unassigned) number)",
-        ),
-        ("congestion", "FAILED", "the network is congested (hangup cause 34 Circuit/channel congestion)"),
-        # The ring timeout: Reason 3 says it too (calls_summary.txt: "no answer (originate reason
-        # 3)"), and whichever of it and the Hangup is read first words the error.
-        (
-            "noanswer",
-            "NO_ANSWER",
-            r"no answer \((originate reason 3|hangup cause 19 User alerting, no answer)\)",
-        ),
+        ("busy", "BUSY", "busy (hangup cause 17)"),
+        ("unavailable", "NO_ANSWER", "no answer (hangup cause 19)"),
+        ("rejected", "FAILED", "the call was rejected (hangup cause 21)"),
+        ("unallocated", "FAILED", "the number does not exist (hangup cause 1)"),
+        ("congestion", "FAILED", "the network is congested (hangup cause 34)"),
+        # The ring timeout: Reason 3 says it (calls_summary.txt: "no answer (originate reason 3)").
+        ("noanswer", "NO_ANSWER", "no answer (originate reason 3)"),
         # No channel was ever made: nothing but Reason 0 to go by.
         ("chanunavail", "FAILED", "the call could not be placed (originate reason 0)"),
     ],
@@ -100,7 +90,7 @@ async def test_unanswered_call_is_settled_from_its_channel(
     assert placed.transcript is None  # never answered: no AGI
     st = await rig.final_status(callid)
     assert (st["status"], st["result"]) == (status, status.lower())
-    assert st["error"] == error or (outcome == "noanswer" and re.fullmatch(error, st["error"])), st["error"]
+    assert st["error"] == error
     assert st["duration"] == 0 and st["cost"] == 0 and st["answer_time"] is None and st["end_time"]
     hit = await _one_callback(receiver)
     assert (hit["status"], hit["error"]) == (status, st["error"])
@@ -116,7 +106,7 @@ async def test_busy_whose_originate_response_was_missed_is_settled_by_its_hangup
     rig.ami.plan(Plan(outcome="busy", originate_response=False))
     callid = await _place(rig, receiver)
     st = await rig.final_status(callid)
-    assert (st["status"], st["error"]) == ("BUSY", "busy (hangup cause 17 User busy)")
+    assert (st["status"], st["error"]) == ("BUSY", "busy (hangup cause 17)")
     assert (await _one_callback(receiver))["status"] == "BUSY"
 
 

@@ -12,7 +12,8 @@ be placed". The dialled channel's own events say what happened, and they name th
   cause (ast_hangup_cause_to_dial_status), which is coarser: every cause it does not know,
   a 404 included, becomes NOANSWER.
 
-So the cause decides, then the dial status, and the Reason only when neither was heard.
+So unless the Reason itself says what happened (3: the ring timeout, which has no DialEnd),
+the cause decides, then the dial status, and Reason 0 only when neither was heard.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ REASONS: Mapping[str, tuple[str, str]] = {
     "8": ("FAILED", "congestion or rejected by the network"),
     "0": ("FAILED", "the call could not be placed"),
 }
-# Reasons that say nothing about the callee: the channel's own events are awaited.
-UNTOLD_REASONS = frozenset({"0", ""})
+# Reasons that say what the callee did; with any other the channel's own events decide.
+TOLD_REASONS = frozenset({"1", "3", "5", "8"})
 
 # Hangup `Cause` (Q.931, include/asterisk/causes.h) of a call that was never answered.
 CAUSES: Mapping[str, tuple[str, str]] = {
@@ -81,12 +82,19 @@ class Outcome:
 
 
 def unanswered_outcome(news: ChannelNews | None, reason: str | None) -> Outcome:
-    """The status and error text of a call never answered: from the Hangup cause, else the
-    DialEnd status, else the OriginateResponse Reason (None: no OriginateResponse seen)."""
+    """The status and error text of a call never answered: from a Reason that tells, else the
+    Hangup cause, else the DialEnd status, else the Reason (None: no OriginateResponse seen)."""
+    if reason in TOLD_REASONS:
+        status, text = REASONS[reason]
+        return Outcome(status, f"{text} (originate reason {reason})")
     if news is not None and news.cause:
-        status, text = CAUSES.get(news.cause, ("FAILED", "the call failed"))
+        if news.cause in CAUSES:
+            # Asterisk's own wording is left out: HangupRequest, which often comes first, has
+            # none, and the record must not depend on which event was read first.
+            status, text = CAUSES[news.cause]
+            return Outcome(status, f"{text} (hangup cause {news.cause})")
         detail = f"{news.cause} {news.cause_text}".strip()
-        return Outcome(status, f"{text} (hangup cause {detail})")
+        return Outcome("FAILED", f"the call failed (hangup cause {detail})")
     if news is not None and news.dial_status:
         status, text = DIAL_STATUSES.get(news.dial_status, ("FAILED", "the call failed"))
         return Outcome(status, f"{text} (dial status {news.dial_status})")

@@ -22,9 +22,10 @@ The life of a call, as the `calls` row shows it (direction "outbound"):
 3. OriginateResponse `Success` marks the call IN_PROGRESS if `play` did not get there first;
    `Failure` ends it NO_ANSWER, BUSY or FAILED as the dialled channel's own events say
    (gateway/voice/dial_outcome.py): with chan_pjsip every SIP refusal (486 busy included)
-   comes back as `Reason: 0`, so the Hangup cause (from HangupRequest, or the Hangup that
-   follows the response within moments, waited for up to `hangup_grace`) decides, then
-   DialEnd's DialStatus, and the Reason only when neither was heard. Those events name the
+   comes back as `Reason: 0`, so unless the Reason says more (3: the ring timeout), the Hangup
+   cause (from HangupRequest, or the Hangup that follows the response within moments, waited
+   for up to `hangup_grace`) decides, then DialEnd's DialStatus, and Reason 0 only when
+   neither was heard. Those events name the
    call by `ChanVariable: GATEWAY_CALLID=<callid>`, which manager.conf's
    `channelvars=GATEWAY_CALLID` adds; what each node heard is kept per call, bounded.
 4. A Hangup event (matched by the uniqueid the OriginateResponse or `play` gave, else by its
@@ -75,7 +76,7 @@ from gateway.services import outbox
 from gateway.services.dialing import DEFAULT_DENY_NUMBER_TYPES, DialPolicy, DialRights, load_rights
 from gateway.services.pricing import PriceList
 from gateway.voice.ami import AmiClient, AmiConnectionLost, AmiMessage, AmiNotConnected
-from gateway.voice.dial_outcome import UNTOLD_REASONS, NewsBoard, unanswered_outcome
+from gateway.voice.dial_outcome import TOLD_REASONS, NewsBoard, unanswered_outcome
 from gateway.voice.interfaces import AgiChannel, AgiError, CallOutcome, Hangup
 
 log = logging.getLogger(__name__)
@@ -502,7 +503,7 @@ class OutboundCalls:
             return
         reason = sanitised_text((msg.get("Reason") or "").strip(), 8)
         news = self._news.of(callid)
-        if reason in UNTOLD_REASONS and not news.cause:
+        if reason not in TOLD_REASONS and not news.cause:
             # Reason 0 is also what a busy or refusing callee gives (dial_outcome.py); its
             # channel's Hangup, just behind this response, tells which.
             with contextlib.suppress(TimeoutError):
