@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gateway.voice.ami import AmiClient
-from gateway.voice.dial_outcome import NewsBoard
+from gateway.voice.dial_outcome import ChannelNews, NewsBoard, Outcome, unanswered_outcome
 from tests.conftest import wait_for
 from tests.peers.ami_server import AmiServer, Plan
 from tests.test_deployment import conf_values
@@ -145,7 +145,25 @@ def test_news_of_calls_is_bounded() -> None:
         board.of(f"call{n}").cause = str(n)
     assert len(board) == 3
     assert board.get("call0") is None and board.get("call1") is None
-    assert board.get("call4") is not None and board.get("call4").cause == "4"  # type: ignore[union-attr]
+    news = board.get("call4")
+    assert news is not None and news.cause == "4"
+
+
+def test_outcome_falls_back_from_cause_to_dial_status_to_reason() -> None:
+    assert unanswered_outcome(ChannelNews(cause="17", dial_status="NOANSWER"), "0") == Outcome(
+        "BUSY", "busy (hangup cause 17)"
+    )
+    # A cause Asterisk knows and this table does not: Asterisk's wording is kept.
+    assert unanswered_outcome(
+        ChannelNews(cause="42", cause_text="Switching equipment congestion"), "0"
+    ) == Outcome("FAILED", "the call failed (hangup cause 42 Switching equipment congestion)")
+    assert unanswered_outcome(ChannelNews(dial_status="CHANUNAVAIL"), "0") == Outcome(
+        "FAILED", "the callee's line is unavailable (dial status CHANUNAVAIL)"
+    )
+    assert unanswered_outcome(ChannelNews(), "0").status == "FAILED"
+    assert unanswered_outcome(ChannelNews(cause="17"), "3") == Outcome(
+        "NO_ANSWER", "no answer (originate reason 3)"
+    )
 
 
 def _recorded_events() -> list[list[tuple[str, str]]]:
