@@ -73,7 +73,9 @@ class Ports:
 
 
 class Asterisk:
-    def __init__(self, binary: str, modules_dir: str, root: Path, ports: Ports, ami_secret: str, fastagi_key: str):
+    def __init__(
+        self, binary: str, modules_dir: str, root: Path, ports: Ports, ami_secret: str, fastagi_key: str
+    ):
         self.binary = binary
         self.modules_dir = modules_dir
         self.root = root

@@ -51,7 +51,9 @@ def missing() -> str | None:
     """Why the live suite cannot run here, or None."""
     binary = os.environ.get("GATEWAY_LIVE_ASTERISK")
     if not binary:
-        return "live suite: set GATEWAY_LIVE_ASTERISK to an Asterisk 22 binary (see docs/live-tests.md)"
+        return (
+            "live suite: set GATEWAY_LIVE_ASTERISK to an Asterisk 22 binary (docs/operations.md, Live checks)"
+        )
     if not os.access(binary, os.X_OK):
         return f"live suite: GATEWAY_LIVE_ASTERISK={binary} is not an executable"
     if not shutil.which("sipp"):
@@ -252,9 +254,7 @@ class Live:
         return self.wait_call(lambda c: c["direction"] == "inbound" and c["recipient"] == din, timeout)
 
     def logs(self) -> str:
-        return (
-            f"--- asterisk ---\n{self.asterisk.tail()}\n--- gateway ---\n{self.gateway.tail()}"
-        )
+        return f"--- asterisk ---\n{self.asterisk.tail()}\n--- gateway ---\n{self.gateway.tail()}"
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,7 @@ def _ulaw(sample: int) -> int:
     return ~(sign | (exponent << 4) | mantissa) & 0xFF
 
 
+_LOOPBACK = bytes([127, 0, 0, 1])
 _DTMF_EVENTS = {**{str(d): d for d in range(10)}, "*": 10, "#": 11}
 
 
@@ -71,7 +72,17 @@ def write_rtp_pcap(path: Path, silence: float, seconds: float, digit: str, dst_p
         for when, rtp in packets:
             udp = struct.pack("!HHHH", 5000, dst_port, 8 + len(rtp), 0) + rtp
             ip = struct.pack(
-                "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1])
+                "!BBHHHBBH4s4s",
+                0x45,
+                0,
+                20 + len(udp),
+                0,
+                0,
+                64,
+                17,
+                0,
+                bytes([127, 0, 0, 1]),
+                bytes([127, 0, 0, 1]),
             )
             frame = b"\x00" * 12 + b"\x08\x00" + ip + udp
             sec = int(when)

@@ -142,7 +142,11 @@ class Sipp:
         args, run = self._args(name, f"uas_{behaviour}.xml", hold)
         args += ["-p", str(self.carrier_port)]
         proc = subprocess.Popen(
-            args, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            args,
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             deadline = time.monotonic() + 10

@@ -99,7 +99,11 @@ def test_voicemail(live: Live) -> None:
     run = live.sipp.call("voicemail", din)
     assert run.ok, run.report()
     call = live.inbound_call(din)
-    assert (call["status"], call["result"], call["actions"]) == ("COMPLETED", "voicemail", ["voicemail say en"])
+    assert (call["status"], call["result"], call["actions"]) == (
+        "COMPLETED",
+        "voicemail",
+        ["voicemail say en"],
+    )
     [vm] = [v for v in live.api.voicemails() if v["callid"] == call["callid"]]
     assert vm["recipient"] == din and vm["caller"] == CALLER
     assert vm["duration"] > 0 and vm["size"] > 44
