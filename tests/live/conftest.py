@@ -288,6 +288,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         "PYTHONPATH": str(ROOT),
         "PYTHONUNBUFFERED": "1",
         "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'gateway.sqlite3'}",
+        "GATEWAY_DATA_DIR": str(root / "gateway-data"),
         "GATEWAY_HTTP_HOST": "127.0.0.1",
         "GATEWAY_HTTP_PORT": str(http_port),
         # The built-in SMSC simulator on free ports: this suite is about voice.

@@ -159,3 +159,19 @@ def test_caller_hangs_up_while_the_transfer_target_rings(live: Live) -> None:
         [f"transfer {TRANSFER_TO}"],
     )
     assert call.get("transfer_status") == "CANCEL", call
+
+
+def test_gateway_down_the_caller_hears_the_no_service_message(live: Live) -> None:
+    """The dialplan's own fallback: FastAGI unreachable -> Answer, Playback(ss-noservice)."""
+    din = live.din(f"playback {live.customer.media_url('tone.wav')}")
+    live.gateway.stop()
+    try:
+        mark = live.asterisk.log_size()
+        run = live.sipp.call("gateway_down", din)
+        log = live.asterisk.log_since(mark)
+    finally:
+        live.gateway.start()
+    assert run.ok, run.report()  # answered, then Asterisk hung up
+    assert "SIP/2.0 200 OK" in run.received, run.received
+    assert "Playing 'ss-noservice" in log and "does not exist" not in log, log
+    assert [c for c in live.api.calls() if c["recipient"] == din] == []
