@@ -64,6 +64,11 @@ MODULES = [
 ]
 
 
+# Children die with the test run even when it is killed (as tests/procs.py does for gateways).
+_SETPRIV = shutil.which("setpriv")
+DIE_WITH_PARENT = [_SETPRIV, "--pdeathsig", "KILL"] if _SETPRIV else []
+
+
 @dataclass
 class Ports:
     sip: int  # Asterisk's UDP/TCP transport
@@ -156,7 +161,7 @@ class Asterisk:
         out = (self.log_dir / "console.log").open("ab")
         # -f: foreground, no console (stdin is not a terminal); output to the log file.
         self.proc = subprocess.Popen(
-            [self.binary, "-f", "-C", str(self.conf)],
+            [*DIE_WITH_PARENT, self.binary, "-f", "-C", str(self.conf)],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -38,7 +38,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import ROOT, free_port
-from tests.live.asterisk import Asterisk, Ports
+from tests.live.asterisk import DIE_WITH_PARENT, Asterisk, Ports
 from tests.live.media import tone, write_rtp_pcap, write_wav
 from tests.live.sipp import Sipp
 
@@ -180,7 +180,7 @@ class Gateway:
     def start(self, timeout: float = 90) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "run"],
+                [*DIE_WITH_PARENT, sys.executable, "-m", "gateway", "run"],
                 env=self.env,
                 cwd=self.workdir,
                 stdin=subprocess.DEVNULL,

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.live.asterisk import DIE_WITH_PARENT
+
 SCENARIOS = Path(__file__).resolve().parent / "sipp"
 WAIT_FOREVER_MS = 120_000
 
@@ -90,6 +92,7 @@ class Sipp:
         for path in (run.trace, run.errors, run.screen):
             path.unlink(missing_ok=True)
         args = [
+            *DIE_WITH_PARENT,
             "sipp",
             "-sf",
             str(SCENARIOS / scenario),
@@ -125,7 +128,7 @@ class Sipp:
         """Call `din` through Asterisk's trunk; the caller hangs up after `hold` seconds of
         answered call, or (None) waits for Asterisk to hang up. Blocks until SIPp exits."""
         args, run = self._args(name, "uac.xml", hold)
-        args[1:1] = [f"127.0.0.1:{self.asterisk_port}"]
+        args.insert(args.index("-sf"), f"127.0.0.1:{self.asterisk_port}")
         args += ["-s", din, "-p", str(_udp_port())]
         done = subprocess.run(
             args, cwd=self.workdir, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
