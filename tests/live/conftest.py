@@ -266,8 +266,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     modules = os.environ.get("GATEWAY_LIVE_ASTERISK_MODULES") or str(
         Path(binary).resolve().parents[1] / "lib" / "asterisk" / "modules"
     )
-    # Asterisk's control socket path must stay short (sun_path is 108 bytes).
     root = Path(tmp_path_factory.mktemp("live"))
+    # `asterisk -rx` (how the suite waits for and stops Asterisk) reaches it over a Unix socket
+    # under root, and such a path has at most 107 bytes.
+    if len(str(root / "asterisk" / "run" / "asterisk.ctl")) > 107:
+        raise RuntimeError(f"{root}: too long for Asterisk's control socket path, use a shorter --basetemp")
     ports = Ports(sip=free_port(), ami=free_port(), fastagi=free_port(), carrier=free_port())
     ami_secret, fastagi_key = secrets.token_hex(16), secrets.token_hex(16)
 
