@@ -163,6 +163,17 @@ def test_asterisk_gets_every_config_from_the_repo(compose: dict[str, Any]) -> No
         assert f"/etc/asterisk/{site}" in m
 
 
+def test_pjsip_conf_takes_site_settings_last() -> None:
+    """Operators (and tests/live/) append to the trunk from pjsip-site.conf; its values only win
+    when it is included after every section of pjsip.conf."""
+    lines = [
+        line.strip()
+        for line in (ROOT / "asterisk" / "pjsip.conf").read_text().splitlines()
+        if line.strip() and not line.strip().startswith(";")
+    ]
+    assert lines[-1] == "#tryinclude pjsip-site.conf"
+
+
 def test_dialplan_reaches_the_gateway_fastagi_server(
     compose: dict[str, Any], env_file: dict[str, str], tmp_path: Path
 ) -> None:
