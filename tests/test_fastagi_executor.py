@@ -29,6 +29,7 @@ from gateway.voice.executor import Executor
 from gateway.voice.fastagi import FastAgiServer
 from gateway.voice.interfaces import AgiChannel, AgiError, CallOutcome, Hangup, MediaError
 from tests.peers.asterisk_agi import (
+    ANSWER_DELAY,
     DEAD,
     INVALID,
     USAGE_BEGIN,
@@ -241,6 +242,16 @@ async def test_playback_and_say(rig: Rig) -> None:
     assert outcome == CallOutcome(
         actions_run=["playback https://media.example/hold.mp3", "say ja"], result="completed"
     )
+
+
+async def test_answer_takes_as_long_as_on_asterisk(rig: Rig) -> None:
+    """Asterisk 22 answers ANSWER after about 500 ms; the bridge waits for it before playing."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    t, outcome = await rig.call('say en "Hello"', answer_delay=ANSWER_DELAY)
+    assert ANSWER_DELAY == 0.5 and loop.time() - started >= ANSWER_DELAY
+    assert [e.reply for e in t.exchanges] == ["200 result=0\n", "200 result=0 endpos=1600\n"]
+    assert outcome.result == "completed"
 
 
 async def test_answer_comes_first_even_for_an_empty_script(rig: Rig) -> None:
@@ -827,6 +838,31 @@ async def test_command_timeout_breaks_the_channel(tmp_path: Path) -> None:
     [outcome] = box
     assert outcome.result == "hangup"
     assert outcome.error is not None and "AGI stream broken" in outcome.error and "0.3 s" in outcome.error
+
+
+async def test_after_a_hangup_line_the_answer_is_awaited_only_briefly(tmp_path: Path) -> None:
+    """HANGUP in front of a long command's answer, then silence: the command gives up after the
+    short timeout (0.2 s here), not the long one meant for a whole conversation (60 s)."""
+    box: list[object] = []
+
+    async def handler(channel: AgiChannel) -> None:
+        started = asyncio.get_running_loop().time()
+        try:
+            await channel.command('STREAM FILE /tmp/x ""')
+        except Hangup as exc:
+            box.append(str(exc))
+        box.append(asyncio.get_running_loop().time() - started)
+
+    async with FastAgiServer(handler, "127.0.0.1", 0, command_timeout=0.2, long_command_timeout=60) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"agi_network: yes\nagi_uniqueid: 1.1\n\n")
+        assert (await reader.readline()).startswith(b"STREAM FILE ")
+        writer.write(b"HANGUP\n")
+        assert await reader.read() == b""
+        writer.close()
+    reason, elapsed = box
+    assert reason == "Asterisk sent HANGUP"
+    assert isinstance(elapsed, float) and 0.15 < elapsed < 5
 
 
 # --- the server ------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 ASTERISK_VERSION = "20.5.2"
+ANSWER_DELAY = 0.5  # seconds ANSWER took on Asterisk 22 (ast_answer waits for media)
 AGI_BUF_LEN = 2048  # res_agi.c: one command line is read into this buffer (LF and NUL included)
 
 INVALID = "510 Invalid or unknown command"
@@ -191,8 +192,8 @@ class CallScenario:
     # then answers `200 result=-1 endpos=<where it stopped>`, RECORD FILE `-1 (hangup)`, Dial -1.
     hangup_during: bool = False
     require_files: bool = True  # STREAM FILE fails (-1) unless <path>.wav is a playable WAV
-    # How long ANSWER takes to answer: Asterisk 22 waits for media once the line is up (500 ms).
-    answer_delay: float = 0.5
+    # How long ANSWER takes to answer: Asterisk 22 waits for media once the line is up.
+    answer_delay: float = ANSWER_DELAY
     # DIALSTATUS after Dial. ANSWER: a bridged call that ended, so the caller is gone (Dial -1,
     # then the HANGUP line); CANCEL: the caller hung up while the callee rang (the same); any
     # other: nobody answered, the caller is still there (Dial 0).
