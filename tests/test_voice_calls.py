@@ -158,7 +158,7 @@ async def test_transfer_respects_the_allow_list(
     din = await subscribe(gateway, http, f"{action_server.base_url}/actions")
     action_server.script = "transfer +14155550123\ntransfer +81311112222 --caller=+81312345678\n"
     t = await call(gateway)
-    assert t.dialed == ["PJSIP/+81311112222@trunk,30"]  # +1 is not on the default allow-list
+    assert t.dialed == ["PJSIP/+81311112222@trunk,30,U(gateway-transfer)"]  # +1 is not on the default allow-list
     assert t.callerids == ["+81312345678"]
     [rec] = await records(gateway, http, din.creds)
     assert rec["result"] == "transferred" and "+14155550123" in rec["error"]
@@ -175,7 +175,7 @@ async def test_transfer_toll_fraud_guards_on_a_live_call(
         "transfer +81990123456\ntransfer +81570123456\ntransfer +81311112222 --caller=+81120444444\n"
     )
     t = await call(gateway)
-    assert t.dialed == ["PJSIP/+81311112222@trunk,30"] and t.callerids == []
+    assert t.dialed == ["PJSIP/+81311112222@trunk,30,U(gateway-transfer)"] and t.callerids == []
     assert "+81120444444" not in t.received.decode()
     [rec] = await records(gateway, http, din.creds)
     assert rec["result"] == "transferred"
@@ -184,7 +184,7 @@ async def test_transfer_toll_fraud_guards_on_a_live_call(
     assert "caller id not set" in rec["error"]
     await update_rights(gateway.app[SESSIONS], din.creds.account.sid, {}, add_callers=["+81120444444"])
     t = await call(gateway)
-    assert t.callerids == ["+81120444444"] and t.dialed == ["PJSIP/+81311112222@trunk,30"]
+    assert t.callerids == ["+81120444444"] and t.dialed == ["PJSIP/+81311112222@trunk,30,U(gateway-transfer)"]
 
 
 async def test_voicemail_is_recorded_listed_and_downloadable(
@@ -307,7 +307,7 @@ async def test_transfer_outcomes_are_recorded(
     }
     for status in expected:
         t = await call(gateway, dial_status=status, dial_seconds=0.2)
-        assert t.dialed == ["PJSIP/+81311112222@trunk,30"]
+        assert t.dialed == ["PJSIP/+81311112222@trunk,30,U(gateway-transfer)"]
     rows = await records(gateway, http, din.creds)
     got = {r["transfer_status"]: (r["result"], r["actions"]) for r in rows}
     assert got == expected
