@@ -27,8 +27,9 @@ bridge is tested against the protocol rather than against itself:
   siblings, which then answer `200 result=1 ()`; an answered Dial with `U(<context>)` runs that
   context's Set() steps, by default the shipped dialplan's
   `MASTER_CHANNEL(GATEWAY_BRIDGED_AT)=${EPOCH}` at the callee's answer), `200 result=1 (<text>)`
-  (GET FULL VARIABLE: `${NAME}` substituted, `${EPOCH}` the clock's whole seconds), RECORD FILE writes a WAV at <path>.wav and
-  answers `200 result=<ms of the maximum left> (timeout) endpos=<samples>` when silence ends it
+  (GET FULL VARIABLE: `${NAME}` substituted, `${EPOCH}` the clock's whole seconds), RECORD FILE
+  writes a WAV at <path>.wav and answers `200 result=<ms of the maximum left> (timeout)
+  endpos=<samples>` when silence ends it
   (`result=0` when it runs to the maximum), `510 Invalid or unknown command`, the 520 usage block
   for a known command with bad arguments (the usage is the command's documentation as Asterisk's
   xmldoc renders it: one line per paragraph, with the markup tags left in),
