@@ -470,11 +470,15 @@ async def test_caller_hanging_up_while_the_transfer_rings(rig: Rig) -> None:
 
 async def test_caller_hanging_up_during_the_bridged_call_still_counts_as_transferred(rig: Rig) -> None:
     # Dial returns -1 when the caller hangs up; the HANGUP line follows the answer.
-    t, outcome = await rig.call("transfer +81312345678", hangup_after=2, hangup_during=True)
-    assert t.verbs[:2] == ["ANSWER", "EXEC"]
+    t, outcome = await rig.call(
+        "transfer +81312345678", hangup_after=2, hangup_during=True, dial_seconds=1.2, dial_ring_seconds=0.2
+    )
+    assert t.verbs == ["ANSWER", "EXEC", "GET VARIABLE", "GET VARIABLE", "GET FULL VARIABLE"]
     assert t.exchanges[1].reply == "200 result=-1\n"
     assert t.hangup_sent
     assert outcome.result == "transferred"
+    # The talk time is still read: both GETs run on a dead channel (res_agi's dead flag).
+    assert outcome.transfer_seconds in (1, 2)
 
 
 # --- voicemail -------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ NOW_EXPRESSION = "${EPOCH}"
 
 # A Unix time in seconds as Asterisk writes it: digits, no sign, before the year 5138.
 _MAX_EPOCH_DIGITS = 11
+# Whole-second stamps and the reads after the Dial: how far past the Dial's own duration a
+# believable answer may go (it is then cut to that duration).
+_SLACK_SECONDS = 2
 
 
 def dial_option() -> str:
@@ -36,14 +39,14 @@ def bridged_seconds(bridged_at: str | None, now: str | None, dial_seconds: float
 
     `bridged_at` and `now` are what Asterisk answered for GATEWAY_BRIDGED_AT and `${EPOCH}`
     (None when unset or unreadable); `dial_seconds` the Dial's duration measured here, an upper
-    bound a true answer cannot pass by more than the one-second resolution. Anything else (not a
-    plain number, an answer after the end, longer than the Dial) is a peer not to be
-    believed: None."""
+    bound a true answer passes only by the one-second resolution and the time the reads after
+    the Dial took. Anything else (not a plain number, an answer after the end, longer than the
+    Dial) is a peer not to be believed: None."""
     at, end = _epoch(bridged_at), _epoch(now)
     if at is None or end is None or end < at:
         return None
     seconds = float(end - at)
-    if seconds > dial_seconds + 1:
+    if seconds > dial_seconds + _SLACK_SECONDS:
         return None
     return min(seconds, round(dial_seconds, 3))
 
