@@ -153,17 +153,18 @@ async def test_executor_through_pyst2(tmp_path: Path) -> None:
         "SET CALLERID",
         "EXEC",
         "GET VARIABLE",
-        "GET VARIABLE",  # ANSWEREDTIME_MS: the transfer was answered
+        "GET VARIABLE",  # GATEWAY_BRIDGED_AT: the transfer was answered
+        "GET FULL VARIABLE",  # ${EPOCH}: Asterisk's clock at the end
     ]
     # pyst2 quotes every argument; Asterisk reads the same arguments as from the FastAGI bridge.
     assert t.commands[0] == "ANSWER"
     assert t.commands[1] == f'STREAM FILE "{t.streamed[0]}" ""'
     assert same_for_asterisk(t.commands[1], f'STREAM FILE {t.streamed[0]} ""')
     assert t.commands[3] == 'SET CALLERID "+81501234567"'
-    assert t.commands[4] == 'EXEC "Dial" "PJSIP/+81312345678@trunk,30"'
-    assert same_for_asterisk(t.commands[4], "EXEC Dial PJSIP/+81312345678@trunk,30")
+    assert t.commands[4] == 'EXEC "Dial" "PJSIP/+81312345678@trunk,30,U(gateway-transfer)"'
+    assert same_for_asterisk(t.commands[4], "EXEC Dial PJSIP/+81312345678@trunk,30,U(gateway-transfer)")
     assert t.commands[5] == 'GET VARIABLE "DIALSTATUS"'
-    assert t.dialed == ["PJSIP/+81312345678@trunk,30"] and t.callerids == ["+81501234567"]
+    assert t.dialed == ["PJSIP/+81312345678@trunk,30,U(gateway-transfer)"] and t.callerids == ["+81501234567"]
     assert len(t.streamed) == 2
     outcome = report["outcome"]
     assert isinstance(outcome, dict)

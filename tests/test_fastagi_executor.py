@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -270,12 +271,13 @@ async def test_transfer_with_caller_id_ends_the_script(rig: Rig) -> None:
     assert t.commands == [
         "ANSWER",
         'SET CALLERID "+81501234567"',
-        "EXEC Dial PJSIP/+81312345678@trunk,30",
+        "EXEC Dial PJSIP/+81312345678@trunk,30,U(gateway-transfer)",
         "GET VARIABLE DIALSTATUS",
-        "GET VARIABLE ANSWEREDTIME_MS",
+        "GET VARIABLE GATEWAY_BRIDGED_AT",
+        "GET FULL VARIABLE ${EPOCH}",
     ]
     assert t.callerids == ["+81501234567"]
-    assert t.dialed == ["PJSIP/+81312345678@trunk,30"]
+    assert t.dialed == ["PJSIP/+81312345678@trunk,30,U(gateway-transfer)"]
     # As on Asterisk 22: a bridged call that ended hangs the caller up (-1, then HANGUP).
     assert t.exchanges[2].reply == "200 result=-1\n"
     assert t.exchanges[3].reply == "200 result=1 (ANSWER)\n"
@@ -289,9 +291,10 @@ async def test_transfer_without_caller_sets_no_caller_id(rig: Rig) -> None:
     t, outcome = await rig.call("transfer +81312345678")
     assert t.commands == [
         "ANSWER",
-        "EXEC Dial PJSIP/+81312345678@trunk,30",
+        "EXEC Dial PJSIP/+81312345678@trunk,30,U(gateway-transfer)",
         "GET VARIABLE DIALSTATUS",
-        "GET VARIABLE ANSWEREDTIME_MS",
+        "GET VARIABLE GATEWAY_BRIDGED_AT",
+        "GET FULL VARIABLE ${EPOCH}",
     ]
     assert t.callerids == []
     assert outcome.result == "transferred"
@@ -303,9 +306,9 @@ async def test_transfer_with_a_caller_the_account_does_not_hold_sets_no_caller_i
 ) -> None:
     """A toll-free number the tenant does not hold: not shown; the transfer itself goes on."""
     t, outcome = await rig.call("transfer +81312345678 --caller=+81120444444", rights)
-    assert t.verbs == ["ANSWER", "EXEC", "GET VARIABLE", "GET VARIABLE"]
+    assert t.verbs == ["ANSWER", "EXEC", "GET VARIABLE", "GET VARIABLE", "GET FULL VARIABLE"]
     assert t.callerids == [] and "+81120444444" not in t.received.decode()
-    assert t.dialed == ["PJSIP/+81312345678@trunk,30"] and outcome.result == "transferred"
+    assert t.dialed == ["PJSIP/+81312345678@trunk,30,U(gateway-transfer)"] and outcome.result == "transferred"
     assert outcome.error == "transfer: caller id not set: not a number of this account"
 
 
@@ -333,7 +336,7 @@ async def test_the_accounts_own_prefixes_replace_the_global_list(rig: Rig) -> No
     t, outcome = await rig.call("transfer +81312345678", us_only)
     assert t.dialed == [] and "not under an allowed prefix" in (outcome.error or "")
     t, outcome = await rig.call("transfer +14155550100", us_only)
-    assert t.dialed == ["PJSIP/+14155550100@trunk,30"]
+    assert t.dialed == ["PJSIP/+14155550100@trunk,30,U(gateway-transfer)"]
     t, outcome = await rig.call("transfer +19002345678", us_only)  # US premium rate (900)
     assert t.dialed == [] and "premium-rate" in (outcome.error or "")
 
@@ -370,19 +373,61 @@ async def test_transfer_to_a_number_that_is_not_e164_is_refused(rig: Rig, number
 
 async def test_transfer_with_an_invalid_caller_dials_without_caller_id(rig: Rig) -> None:
     t, outcome = await rig.call([Transfer("+81312345678", caller="+81 50", line=1)])
-    assert t.verbs == ["ANSWER", "EXEC", "GET VARIABLE", "GET VARIABLE"]
+    assert t.verbs == ["ANSWER", "EXEC", "GET VARIABLE", "GET VARIABLE", "GET FULL VARIABLE"]
     assert t.callerids == []
     assert outcome.result == "transferred"
     assert outcome.error is not None and "caller id" in outcome.error
 
 
-async def test_answered_transfer_records_its_status_and_seconds(rig: Rig) -> None:
-    t, outcome = await rig.call('transfer +81312345678\nsay en "never"', dial_seconds=0.3)
+async def test_answered_transfer_records_the_talk_time_not_the_ringing(rig: Rig) -> None:
+    """The callee rings 2 s and talks 1 s: the record keeps the conversation, measured between
+    the dialplan's answer stamp and Asterisk's clock after the Dial (whole seconds)."""
+    t, outcome = await rig.call(
+        'transfer +81312345678\nsay en "never"', dial_seconds=3.0, dial_ring_seconds=2.0
+    )
     assert outcome.result == "transferred" and outcome.transfer_status == "ANSWER"
-    answered_ms = int(t.exchanges[-1].reply.split("(")[1].rstrip(")\n"))
-    assert answered_ms >= 300  # the caller's up time: the Dial and what came before it
-    assert outcome.transfer_seconds is not None and 0.3 <= outcome.transfer_seconds <= answered_ms / 1000
+    assert outcome.transfer_seconds in (1, 2)  # 1 s of talk in whole seconds; not 3 (ring + talk)
+    bridged_at = int(t.exchanges[3].reply.split("(")[1].rstrip(")\n"))
+    now = int(t.exchanges[4].reply.split("(")[1].rstrip(")\n"))
+    assert now - bridged_at in (1, 2)  # the stamps are Asterisk's, read back by the bridge
+    assert outcome.transfer_seconds == now - bridged_at
     assert outcome.actions_run == ["transfer +81312345678"] and rig.speech.said == []
+
+
+async def test_answered_transfer_on_an_old_dialplan_has_no_seconds(rig: Rig) -> None:
+    """No [gateway-transfer] context: Asterisk bridges all the same, nothing stamps the answer."""
+    t, outcome = await rig.call("transfer +81312345678", dial_seconds=0.2, subroutines={})
+    assert t.exchanges[3].reply == "200 result=0\n"  # GATEWAY_BRIDGED_AT unset
+    assert t.verbs == ["ANSWER", "EXEC", "GET VARIABLE", "GET VARIABLE"]
+    assert outcome.result == "transferred" and outcome.transfer_status == "ANSWER"
+    assert outcome.transfer_seconds is None and outcome.error is None
+
+
+@pytest.mark.parametrize(
+    ("bridged_at", "epoch"),
+    [
+        ("soon", None),  # not a number
+        ("-5", None),
+        ("NOW+60", None),  # answered after the end
+        ("1", None),  # longer than the Dial lasted
+        ("NOW", "12O"),  # Asterisk's clock is not a number
+        ("99999999999999", "99999999999999"),  # no Unix time
+    ],
+)
+async def test_answer_stamps_that_make_no_sense_give_no_seconds(
+    rig: Rig, bridged_at: str, epoch: str | None
+) -> None:
+    """Every value read is a hostile peer's until checked: none of these is believed."""
+    now = int(time.time())
+    stamp = bridged_at.replace("NOW+60", str(now + 60)).replace("NOW", str(now))
+    _, outcome = await rig.call(
+        "transfer +81312345678",
+        dial_seconds=0.2,
+        subroutines={"gateway-transfer": [("MASTER_CHANNEL(GATEWAY_BRIDGED_AT)", stamp)]},
+        variables={} if epoch is None else {"EPOCH": epoch},
+    )
+    assert outcome.result == "transferred" and outcome.transfer_status == "ANSWER"
+    assert outcome.transfer_seconds is None
 
 
 @pytest.mark.parametrize(
@@ -425,11 +470,15 @@ async def test_caller_hanging_up_while_the_transfer_rings(rig: Rig) -> None:
 
 async def test_caller_hanging_up_during_the_bridged_call_still_counts_as_transferred(rig: Rig) -> None:
     # Dial returns -1 when the caller hangs up; the HANGUP line follows the answer.
-    t, outcome = await rig.call("transfer +81312345678", hangup_after=2, hangup_during=True)
-    assert t.verbs[:2] == ["ANSWER", "EXEC"]
+    t, outcome = await rig.call(
+        "transfer +81312345678", hangup_after=2, hangup_during=True, dial_seconds=1.2, dial_ring_seconds=0.2
+    )
+    assert t.verbs == ["ANSWER", "EXEC", "GET VARIABLE", "GET VARIABLE", "GET FULL VARIABLE"]
     assert t.exchanges[1].reply == "200 result=-1\n"
     assert t.hangup_sent
     assert outcome.result == "transferred"
+    # The talk time is still read: both GETs run on a dead channel (res_agi's dead flag).
+    assert outcome.transfer_seconds in (1, 2)
 
 
 # --- voicemail -------------------------------------------------------------------------------
@@ -558,6 +607,7 @@ async def test_agi_error_answer_is_recorded_and_the_script_goes_on(rig: Rig) -> 
         "EXEC",
         "GET VARIABLE",
         "GET VARIABLE",
+        "GET FULL VARIABLE",
     ]  # dialled all the same
     assert outcome.result == "transferred"
     assert outcome.error == "transfer: caller id not set: 510 Invalid or unknown command"
@@ -774,7 +824,7 @@ async def test_injection_attempts_never_reach_the_wire(tmp_path: Path) -> None:
     # The caller id with a line break: ignored, the transfer itself is fine.
     executor = make_executor(HostileMedia("/tmp/x"), EchoSpeech(tmp_path), tmp_path)
     t, o = await _run_once(executor, [transfers[2]])
-    assert t.commands[:2] == ["ANSWER", "EXEC Dial PJSIP/+81312345678@trunk,30"]
+    assert t.commands[:2] == ["ANSWER", "EXEC Dial PJSIP/+81312345678@trunk,30,U(gateway-transfer)"]
     assert o.result == "transferred" and "caller id" in (o.error or "")
 
 

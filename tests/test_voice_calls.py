@@ -158,7 +158,9 @@ async def test_transfer_respects_the_allow_list(
     din = await subscribe(gateway, http, f"{action_server.base_url}/actions")
     action_server.script = "transfer +14155550123\ntransfer +81311112222 --caller=+81312345678\n"
     t = await call(gateway)
-    assert t.dialed == ["PJSIP/+81311112222@trunk,30"]  # +1 is not on the default allow-list
+    assert t.dialed == [
+        "PJSIP/+81311112222@trunk,30,U(gateway-transfer)"
+    ]  # +1 is not on the default allow-list
     assert t.callerids == ["+81312345678"]
     [rec] = await records(gateway, http, din.creds)
     assert rec["result"] == "transferred" and "+14155550123" in rec["error"]
@@ -175,7 +177,7 @@ async def test_transfer_toll_fraud_guards_on_a_live_call(
         "transfer +81990123456\ntransfer +81570123456\ntransfer +81311112222 --caller=+81120444444\n"
     )
     t = await call(gateway)
-    assert t.dialed == ["PJSIP/+81311112222@trunk,30"] and t.callerids == []
+    assert t.dialed == ["PJSIP/+81311112222@trunk,30,U(gateway-transfer)"] and t.callerids == []
     assert "+81120444444" not in t.received.decode()
     [rec] = await records(gateway, http, din.creds)
     assert rec["result"] == "transferred"
@@ -184,7 +186,7 @@ async def test_transfer_toll_fraud_guards_on_a_live_call(
     assert "caller id not set" in rec["error"]
     await update_rights(gateway.app[SESSIONS], din.creds.account.sid, {}, add_callers=["+81120444444"])
     t = await call(gateway)
-    assert t.callerids == ["+81120444444"] and t.dialed == ["PJSIP/+81311112222@trunk,30"]
+    assert t.callerids == ["+81120444444"] and t.dialed == ["PJSIP/+81311112222@trunk,30,U(gateway-transfer)"]
 
 
 async def test_voicemail_is_recorded_listed_and_downloadable(
@@ -294,7 +296,7 @@ async def test_hangup_during_the_last_say_and_mid_script(
 async def test_transfer_outcomes_are_recorded(
     gateway: Gateway, http: aiohttp.ClientSession, action_server: ActionServer
 ) -> None:
-    """transferred only when answered, with its seconds; a caller who hangs up while it rings
+    """transferred only when answered, with its talk seconds; a caller who hangs up while it rings
     is a hangup (CANCEL); busy, no answer or failure let the fallback say run."""
     din = await subscribe(gateway, http, f"{action_server.base_url}/actions")
     action_server.script = 'transfer +81311112222\nsay en "Nobody is free, sorry."'
@@ -306,13 +308,18 @@ async def test_transfer_outcomes_are_recorded(
         "CHANUNAVAIL": ("completed", ["transfer +81311112222", "say en"]),
     }
     for status in expected:
-        t = await call(gateway, dial_status=status, dial_seconds=0.2)
-        assert t.dialed == ["PJSIP/+81311112222@trunk,30"]
+        # The answered callee rings 2 s, then talks 1 s.
+        timing = (
+            {"dial_seconds": 3.0, "dial_ring_seconds": 2.0} if status == "ANSWER" else {"dial_seconds": 0.2}
+        )
+        t = await call(gateway, dial_status=status, **timing)
+        assert t.dialed == ["PJSIP/+81311112222@trunk,30,U(gateway-transfer)"]
     rows = await records(gateway, http, din.creds)
     got = {r["transfer_status"]: (r["result"], r["actions"]) for r in rows}
     assert got == expected
     seconds = {r["transfer_status"]: r["transfer_seconds"] for r in rows}
-    assert seconds.pop("ANSWER") >= 0.2 and set(seconds.values()) == {None}
+    # The talk time in Asterisk's whole seconds, not the 3 s of ringing and talk.
+    assert seconds.pop("ANSWER") in (1, 2) and set(seconds.values()) == {None}
     answered = next(r for r in rows if r["transfer_status"] == "ANSWER")
     async with http.get(
         f"{gateway.base_url}/voice/calls/{answered['callid']}", headers=gateway.auth(din.creds)
@@ -324,6 +331,11 @@ async def test_transfer_outcomes_are_recorded(
     await call(gateway, dial_status="BUSY")
     rows = await records(gateway, http, din.creds)
     assert len(rows) == 6 and rows[0]["result"] == "transfer_busy" and rows[0]["transfer_status"] == "BUSY"
+    # An Asterisk still on a dialplan without [gateway-transfer]: connected, talk time unknown.
+    await call(gateway, dial_status="ANSWER", dial_seconds=0.2, subroutines={})
+    rows = await records(gateway, http, din.creds)
+    assert len(rows) == 7 and rows[0]["result"] == "transferred" and rows[0]["transfer_status"] == "ANSWER"
+    assert rows[0]["transfer_seconds"] is None and rows[0]["error"] is None
 
 
 async def test_many_concurrent_calls(

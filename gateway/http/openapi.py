@@ -202,8 +202,9 @@ SCHEMAS: dict[str, JSON] = {
             "transfer_seconds": _nullable(
                 {
                     "type": "number",
-                    "description": "Inbound, an answered transfer: seconds from the dial to the end "
-                    "of the transferred call, ringing included; null otherwise.",
+                    "description": "Inbound, an answered transfer: seconds of conversation, from the "
+                    "callee's answer to the end (no ringing), whole seconds of Asterisk's clock; null "
+                    "when not answered or when Asterisk's dialplan lacks [gateway-transfer].",
                 }
             ),
             "error": _nullable(_str("Why the fallback ran, if it did.")),

@@ -24,8 +24,12 @@ bridge is tested against the protocol rather than against itself:
   hangs the caller up then, 0 for BUSY, NOANSWER and the other unanswered statuses, -1 followed
   by the `HANGUP` line when the caller hangs up while it rings, DIALSTATUS CANCEL),
   `200 result=1 (<value>)` / `200 result=0` (GET VARIABLE; Dial empties ANSWEREDTIME_MS and its
-  siblings, which then answer `200 result=1 ()`), RECORD FILE writes a WAV at <path>.wav and
-  answers `200 result=<ms of the maximum left> (timeout) endpos=<samples>` when silence ends it
+  siblings, which then answer `200 result=1 ()`; an answered Dial with `U(<context>)` runs that
+  context's Set() steps, by default the shipped dialplan's
+  `MASTER_CHANNEL(GATEWAY_BRIDGED_AT)=${EPOCH}` at the callee's answer), `200 result=1 (<text>)`
+  (GET FULL VARIABLE: `${NAME}` substituted, `${EPOCH}` the clock's whole seconds), RECORD FILE
+  writes a WAV at <path>.wav and answers `200 result=<ms of the maximum left> (timeout)
+  endpos=<samples>` when silence ends it
   (`result=0` when it runs to the maximum), `510 Invalid or unknown command`, the 520 usage block
   for a known command with bad arguments (the usage is the command's documentation as Asterisk's
   xmldoc renders it: one line per paragraph, with the markup tags left in),
@@ -67,6 +71,12 @@ USAGE_BEGIN = "520-Invalid command syntax.  Proper usage follows:"
 USAGE_END = "520 End of proper usage."
 
 HangupMode = Literal["line", "511", "eof", "sighup"]
+
+# asterisk/extensions.conf's [gateway-transfer]: what it Set()s before Return()
+# (tests/test_asterisk_dialplan.py checks the two agree).
+SHIPPED_SUBROUTINES: dict[str, tuple[tuple[str, str], ...]] = {
+    "gateway-transfer": (("MASTER_CHANNEL(GATEWAY_BRIDGED_AT)", "${EPOCH}"),),
+}
 
 # (words, allowed on a dead channel), in res_agi.c's table order.
 _COMMANDS: tuple[tuple[tuple[str, ...], bool], ...] = (
@@ -200,6 +210,13 @@ class CallScenario:
     dial_status: str = "ANSWER"
     dial_result: int | None = None  # what EXEC Dial returns instead of what dial_status implies
     dial_seconds: float = 0.0  # how long Dial lasts (ringing and, when answered, the conversation)
+    dial_ring_seconds: float = 0.0  # of dial_seconds, the ringing before the callee answered
+    # The dialplan's subroutine contexts, for Dial's U(<context>) option: each context's `s`
+    # extension as (variable, value) Set() steps, run on the callee's channel when it answers.
+    # The default is the shipped asterisk/extensions.conf; {} plays an older dialplan.
+    subroutines: dict[str, list[tuple[str, str]]] = field(
+        default_factory=lambda: {k: list(v) for k, v in SHIPPED_SUBROUTINES.items()}
+    )
     record_seconds: float = 1.5  # length of what RECORD FILE records
     # "silence": ended by the s= silence (the maximum when no s= is given), "timeout": ran to the
     # maximum (no RTP from the caller at all), "dtmf": ended with #, "hangup": the caller hung up.
@@ -305,6 +322,34 @@ def _find_command(argv: Sequence[str]) -> tuple[tuple[str, ...], bool] | None:
         if all(a.lower() == w for a, w in zip(argv, words, strict=False)):
             return words, dead_ok
     return None
+
+
+def _dial_options(data: str) -> dict[str, str]:
+    """Dial's third argument as app_dial parses it (AST_STANDARD_APP_ARGS, then
+    ast_app_parse_options64): option letter -> its argument in parentheses ("" without one)."""
+    fields: list[str] = []
+    depth, start = 0, 0
+    for i, ch in enumerate(data):
+        if ch == "(":
+            depth += 1
+        elif ch == ")" and depth:
+            depth -= 1
+        elif ch == "," and not depth:
+            fields.append(data[start:i])
+            start = i + 1
+    fields.append(data[start:])
+    options: dict[str, str] = {}
+    text = fields[2] if len(fields) > 2 else ""
+    i = 0
+    while i < len(text):
+        letter, i = text[i], i + 1
+        arg = ""
+        if i < len(text) and text[i] == "(":
+            end = text.find(")", i)
+            end = len(text) if end < 0 else end
+            arg, i = text[i + 1 : end], end + 1
+        options[letter] = arg
+    return options
 
 
 def _sscanf_int(text: str) -> int | None:
@@ -488,6 +533,25 @@ class AsteriskAgi:
         value = self.variables.get(argv[2])
         return "200 result=0\n" if value is None else f"200 result=1 ({value})\n"
 
+    def _get_full_variable(self, argv: list[str]) -> str | None:
+        if len(argv) not in (4, 5):
+            return None
+        if len(argv) == 5 and argv[4] not in (self.channel, self.uniqueid):
+            return "200 result=0\n"  # no such channel
+        return f"200 result=1 ({self._substitute(argv[3])})\n"
+
+    def _substitute(self, text: str) -> str:
+        """pbx_variables.c: `${NAME}` -> the variable, EPOCH is the clock's whole seconds,
+        unset names are empty (no functions or expressions here)."""
+
+        def value(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name == "EPOCH" and name not in self.variables:
+                return str(int(time.time()))
+            return self.variables.get(name, "")
+
+        return re.sub(r"\$\{([A-Za-z0-9_]+)\}", value, text)
+
     def _hangup(self, argv: list[str]) -> str | None:
         if len(argv) == 1 or (len(argv) == 2 and argv[1] == self.channel):
             self.hangup_pending = True
@@ -523,10 +587,29 @@ class AsteriskAgi:
             up_ms = int((time.monotonic() + s.dial_seconds - self.answered_at) * 1000)
             self.variables["ANSWEREDTIME_MS"] = str(up_ms)
             self.variables["ANSWEREDTIME"] = str(up_ms // 1000)
+        if s.dial_status == "ANSWER":
+            self._callee_gosub(
+                _dial_options(data).get("U"), time.time() + min(s.dial_ring_seconds, s.dial_seconds)
+            )
         if gone:
             self.hangup_pending = True
         result = s.dial_result if s.dial_result is not None else (-1 if gone else 0)
         return f"200 result={result}\n"
+
+    def _callee_gosub(self, option: str | None, answered_at: float) -> None:
+        """app_dial.c with U(<context>^<args>): the subroutine runs at `s` of that context on the
+        callee's channel once it answers; a missing context only logs an error and the call is
+        bridged all the same. MASTER_CHANNEL() there reaches the caller (the callee's linkedid)."""
+        if not option:
+            return
+        steps = self.scenario.subroutines.get(option.split("^")[0])
+        if steps is None:
+            return
+        for target, value in steps:
+            text = re.sub(r"\$\{EPOCH\}", str(int(answered_at)), value)
+            m = re.fullmatch(r"MASTER_CHANNEL\(([A-Za-z0-9_]+)\)", target)
+            if m:  # a plain variable would land on the callee's channel, out of the AGI's sight
+                self.variables[m.group(1)] = self._substitute(text)
 
     def _stream_file(self, argv: list[str]) -> str | None:
         if len(argv) < 4 or len(argv) > 5:

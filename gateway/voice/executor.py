@@ -11,12 +11,14 @@ The commands sent, per action (every argument goes through agi_protocol's checks
   `SET CALLERID "<caller>"` when the caller is a DIN the call's account holds or a caller id the
   operator verified for it (any other caller: not set, error recorded, the transfer goes on
   showing the original caller, as any call forwarding does), `EXEC Dial
-  PJSIP/<number>@<trunk>,<dial timeout>`, `GET VARIABLE DIALSTATUS` (and `GET VARIABLE
-  ANSWEREDTIME_MS` when answered). ANSWER: the script ends (result `transferred`); CANCEL, or
+  PJSIP/<number>@<trunk>,<dial timeout>,U(gateway-transfer)` (the callee's answer time:
+  transfer_timing.py), `GET VARIABLE DIALSTATUS` (and when answered `GET VARIABLE
+  GATEWAY_BRIDGED_AT`, then `GET FULL VARIABLE ${EPOCH}` if it was set). ANSWER: the script
+  ends (result `transferred`); CANCEL, or
   Dial answering -1 without ANSWER: the caller is gone (result `hangup`); BUSY, NOANSWER or any
   other status with the caller still on the line: the script goes on with the next action
   (result `transfer_busy`, `transfer_no_answer` or `transfer_failed` when it was the last one).
-  The status and the answered transfer's seconds go into the outcome either way
+  The status and the answered transfer's conversation seconds go into the outcome either way
 * voicemail playback|say: the greeting as above, then
   `RECORD FILE <voicemail_dir>/<32 hex> wav "#" <max ms> beep s=<silence s>` (Asterisk adds
   `.wav`); the script ends there (result `voicemail`)
@@ -70,6 +72,7 @@ from .interfaces import (
     MediaSource,
     Speech,
 )
+from .transfer_timing import BRIDGED_AT_VARIABLE, NOW_EXPRESSION, bridged_seconds, dial_option
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +250,7 @@ class Executor:
                     raise
                 except AgiError as exc:  # the transfer matters more than the number shown
                     _add_error(outcome, f"transfer: caller id not set: {exc}")
-        dial = f"PJSIP/{safe_number(number)}@{self._trunk},{safe_int(self._dial_timeout)}"
+        dial = f"PJSIP/{safe_number(number)}@{self._trunk},{safe_int(self._dial_timeout)},{dial_option()}"
         started = time.monotonic()
         dialled = await channel.command(format_command("EXEC", "Dial", dial))
         dial_seconds = time.monotonic() - started
@@ -256,8 +259,7 @@ class Executor:
         outcome.transfer_status = status[:16] if status else None
         if status == "ANSWER":
             outcome.result = "transferred"
-            answered_ms = await _variable(channel, "ANSWEREDTIME_MS")
-            outcome.transfer_seconds = _bridged_seconds(answered_ms, dial_seconds)
+            outcome.transfer_seconds = await _conversation_seconds(channel, dial_seconds)
             raise _EndOfScript
         if status == "CANCEL" or dialled.result < 0:
             # Dial gives -1 only when the caller's channel hung up (no `g` option).
@@ -318,18 +320,19 @@ async def _variable(channel: AgiChannel, name: str) -> str | None:
     return value
 
 
-def _bridged_seconds(answered_ms: str | None, dial_seconds: float) -> float | None:
-    """How long an answered transfer lasted, or None when Asterisk did not say it was bridged.
-
-    Asterisk 22's app_dial.c sets ANSWEREDTIME_MS at the end of the bridge to the caller
-    channel's up time (ast_channel_get_up_time_ms: since that channel was answered), and the
-    gateway answers the caller before any action: for a transfer it also counts the playbacks
-    before the Dial and the ringing, and no Dial variable tells when the callee answered. So the
-    figure kept is the Dial's own duration as measured here (ringing included, nothing before
-    the Dial), capped by ANSWEREDTIME_MS, whose presence proves the bridge."""
-    if answered_ms is None or not answered_ms.isdigit():
+async def _conversation_seconds(channel: AgiChannel, dial_seconds: float) -> float | None:
+    """The answered transfer's talk time, both ends on Asterisk's clock; None when the dialplan
+    did not record the answer (an old extensions.conf) or Asterisk's answers make no sense."""
+    bridged_at = await _variable(channel, BRIDGED_AT_VARIABLE)
+    if bridged_at is None:
         return None
-    return round(min(dial_seconds, int(answered_ms) / 1000), 3)
+    try:
+        now = result_paren(await channel.command(format_command("GET FULL VARIABLE", NOW_EXPRESSION)))
+    except AgiError as exc:
+        if isinstance(exc, AgiStreamError):
+            raise
+        return None
+    return bridged_seconds(bridged_at, now, dial_seconds)
 
 
 def _voicemail_done(outcome: CallOutcome, local_path: str, seconds: float) -> None:

@@ -95,7 +95,7 @@ class CallOutcome:
     # transfer_failed
     result: str = "completed"
     transfer_status: str | None = None  # DIALSTATUS of the last transfer dialled
-    transfer_seconds: float | None = None  # an answered transfer: from the dial to its end
+    transfer_seconds: float | None = None  # an answered transfer: from the callee's answer to the end
     voicemail_path: str | None = None  # recorded file without extension, when voicemail ran
     voicemail_seconds: float = 0.0
     error: str | None = None

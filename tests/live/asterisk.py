@@ -49,6 +49,7 @@ MODULES = [
     "chan_pjsip.so",
     "res_agi.so",
     "app_dial.so",
+    "app_stack.so",  # Dial U(): the transfer subroutine that stamps the callee's answer
     "app_playback.so",
     "pbx_config.so",
     "func_channel.so",

@@ -10,6 +10,7 @@ import wave
 from tests.live.conftest import CALLER, Live
 
 TRANSFER_TO = "+819011112222"  # a mobile number under the default +81 allow-list
+TALK_SECONDS = 3  # the answering callee hangs up after this long (its ringing is 2 s)
 
 
 def test_playback(live: Live) -> None:
@@ -116,8 +117,11 @@ def test_voicemail(live: Live) -> None:
 
 
 def test_transfer_answered(live: Live) -> None:
+    """The callee rings 2 s (uas_answer.xml), then talks 3 s and hangs up: the record keeps
+    the talk time, stamped by the dialplan's [gateway-transfer] when the callee answered."""
     din = live.din(f"transfer {TRANSFER_TO}")
-    with live.sipp.carrier("transfer_answered_callee", "answer", hold=3) as callee:
+    mark = live.asterisk.log_size()
+    with live.sipp.carrier("transfer_answered_callee", "answer", hold=TALK_SECONDS) as callee:
         run = live.sipp.call("transfer_answered", din)
     assert run.ok, run.report()
     assert callee.ok, callee.report()
@@ -128,7 +132,14 @@ def test_transfer_answered(live: Live) -> None:
         [f"transfer {TRANSFER_TO}"],
     )
     assert call.get("transfer_status") == "ANSWER", call
-    assert call.get("transfer_seconds") is not None and call["transfer_seconds"] >= 1, call
+    # Whole seconds of Asterisk's clock: the talk within a second, not ring + talk (5 s).
+    seconds = call.get("transfer_seconds")
+    assert seconds is not None and abs(seconds - TALK_SECONDS) <= 1, call
+    log = live.asterisk.log_since(mark)
+    assert (
+        "Executing [s@gateway-transfer:1] Set(" in log and "Executing [s@gateway-transfer:2] Return(" in log
+    ), log
+    assert "non-existent" not in log and "app_stack module is not available" not in log, log
 
 
 def test_transfer_busy(live: Live) -> None:
