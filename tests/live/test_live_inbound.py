@@ -140,6 +140,8 @@ def test_transfer_answered(live: Live) -> None:
         "Executing [s@gateway-transfer:1] Set(" in log and "Executing [s@gateway-transfer:2] Return(" in log
     ), log
     assert "non-existent" not in log and "app_stack module is not available" not in log, log
+    # pjsip.conf's send_connected_line=no: no re-INVITE reaches the caller's carrier leg.
+    assert not any(line.startswith("INVITE ") for line in run.received), run.received
 
 
 def test_transfer_busy(live: Live) -> None:
