@@ -366,6 +366,9 @@ async def main() -> None:
         action="store_true",
         help="a different say text on every burst call: one speech synthesis per call",
     )
+    ap.add_argument(
+        "--profile", metavar="FILE", help="run the gateway under cProfile, its stats written to FILE"
+    )
     args = ap.parse_args()
     _clock_first_commands()
 
@@ -425,7 +428,8 @@ async def main() -> None:
             "GATEWAY_VOICE_DATA_DIR": str(voice_dir),
             "GATEWAY_OUTBOUND_HTTP_ALLOW_LOOPBACK": "true",
         }
-        gw = await start_process("-m", "gateway", "run", env=env, cwd=work)
+        profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+        gw = await start_process(*profile, "-m", "gateway", "run", env=env, cwd=work)
         drain = asyncio.get_running_loop().create_task(drain_output(gw))
         await _wait_up(f"http://127.0.0.1:{http_port}/healthz")
 

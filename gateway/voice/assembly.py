@@ -22,6 +22,7 @@ from gateway.voice.executor import Executor
 from gateway.voice.fetcher import PolicyFetcher
 from gateway.voice.interfaces import MediaSource, Speech
 from gateway.voice.media import MediaCache
+from gateway.voice.prepare import AudioPrep
 from gateway.voice.tts import EspeakSpeech
 from gateway.workers.observer import Observer
 
@@ -67,4 +68,5 @@ async def call_service(
         base_url=base_url,
         wake_webhooks=wake_webhooks,
         observer=observer,
+        prepare=AudioPrep(media, speech).start,
     )
