@@ -175,6 +175,7 @@ class Burst:
     ended: list[float] = field(default_factory=list)
     failures: int = 0
     first_error: str = ""
+    gateway_cpu: float = 0.0  # seconds of CPU the gateway used during the burst
 
 
 async def burst_call(host: str, port: int, burst: Burst, answer_delay: float, hold: float) -> None:
@@ -233,10 +234,21 @@ async def burst_call(host: str, port: int, burst: Burst, answer_delay: float, ho
     burst.ended.append(time.perf_counter())
 
 
-async def run_burst(burst: Burst, answer_delay: float, hold: float, port: int) -> None:
-    await asyncio.gather(
-        *(burst_call("127.0.0.1", port, burst, answer_delay, hold) for _ in range(burst.calls))
-    )
+async def run_burst(burst: Burst, answer_delay: float, hold: float, port: int, spread: float = 0.0) -> None:
+    """All the calls at once, or the i-th `spread * i / calls` seconds after the first."""
+
+    async def call(i: int) -> None:
+        if spread:
+            await asyncio.sleep(spread * i / burst.calls)
+        await burst_call("127.0.0.1", port, burst, answer_delay, hold)
+
+    await asyncio.gather(*(call(i) for i in range(burst.calls)))
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run_calls(
@@ -362,6 +374,12 @@ async def main() -> None:
         "--burst-hold", type=float, default=1.0, help="seconds each burst STREAM FILE takes (default 1)"
     )
     ap.add_argument(
+        "--burst-spread",
+        type=float,
+        default=0.0,
+        help="seconds over which the burst's calls start, evenly; 0: all at once (default 0)",
+    )
+    ap.add_argument(
         "--unique-say",
         action="store_true",
         help="a different say text on every burst call: one speech synthesis per call",
@@ -446,8 +464,10 @@ async def main() -> None:
         if args.burst > 0:
             # Warm-up: the playback WAV (and, unless --unique-say, the speech) into the caches.
             await run_burst(Burst(1), 0, 0, agi_port)
+            cpu = _cpu_seconds(gw.pid)
             begin = time.perf_counter()
-            await run_burst(burst, args.answer_delay, args.burst_hold, agi_port)
+            await run_burst(burst, args.answer_delay, args.burst_hold, agi_port, args.burst_spread)
+            burst.gateway_cpu = _cpu_seconds(gw.pid) - cpu
             burst_rss = peak_rss_mib(gw.pid)
             _print_burst(burst, begin, burst_rss, args)
 
@@ -556,8 +576,9 @@ def _print_burst(burst: Burst, begin: float, rss: float, args: argparse.Namespac
     spread = (max(burst.header_sent) - min(burst.header_sent)) * 1000 if done else float("nan")
     span = (max(burst.ended) - begin) if done else float("nan")
     say = "a different text each call" if args.unique_say else "the same text (cached)"
+    how = f"over {args.burst_spread:g} s" if args.burst_spread else "at once"
     print(
-        f"burst: {burst.calls} calls opened at once (headers written within {spread:.0f} ms), "
+        f"burst: {burst.calls} calls opened {how} (headers written within {spread:.0f} ms), "
         f"engine {args.db}, {os.cpu_count()} cores"
     )
     print(
@@ -571,6 +592,10 @@ def _print_burst(burst: Burst, begin: float, rss: float, args: argparse.Namespac
     print(
         f"  {done} calls done in {span:.2f} s ({done / span:.1f} calls/s), {burst.failures} failed; "
         f"gateway peak RSS {rss:.0f} MiB"
+    )
+    print(
+        f"  gateway CPU during the burst: {burst.gateway_cpu:.2f} s "
+        f"({burst.gateway_cpu / max(done, 1) * 1000:.2f} ms per call, whole calls)"
     )
     if burst.first_error:
         print(f"  first failure: {burst.first_error}")
