@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -294,24 +294,13 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         )
 
     try:
-        _run_loop(main())
+        asyncio.run(main())
     except ListenError as exc:
         # Exit 2 like any other setting the gateway cannot run with: restarting unchanged
         # does not help (unless the other program goes away).
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def _run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """uvloop when installed (an optional speed-up: less CPU per connection and per callback
-    on a burst of call starts, see README), else asyncio's own loop."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
 
 
 def _fit_connection_caps(config: Config, open_files: int) -> None:
