@@ -15,29 +15,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import insert
+from sqlalchemy import insert, inspect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import Call
 from gateway.services.numbers import NumberService, SubscriptionTarget
 
 MAX_BATCH = 100  # items per query: bounds one transaction's length and its bind parameters
-
-# What CallService.handle sets on a new inbound call; the rest take their column defaults.
-_COLUMNS = (
-    "uid",
-    "account_id",
-    "number_id",
-    "direction",
-    "caller",
-    "recipient",
-    "status",
-    "channel",
-    "asterisk_uniqueid",
-    "started_at",
-)
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -112,7 +98,13 @@ class CallStarts:
         async with self._sessions.begin() as session:
             # One multi-row INSERT: the ORM's unit of work costs several times more CPU per row,
             # and asking RETURNING for row order makes SQLite insert one row at a time.
-            rows = [{c: getattr(call, c) for c in _COLUMNS} for call in calls]
+            rows = [_columns_set(call) for call in calls]
             result = await session.execute(insert(Call).returning(Call.uid, Call.id), rows)
             ids = {uid: call_id for uid, call_id in result.all()}
         return [ids[call.uid] for call in calls]
+
+
+def _columns_set(call: Call) -> dict[str, Any]:
+    """The columns given a value on `call` (by its constructor); the others take their defaults."""
+    state = inspect(call)
+    return {attr.key: getattr(call, attr.key) for attr in state.mapper.column_attrs if attr.key in state.dict}
