@@ -126,7 +126,8 @@ async def simulate_call(config: Config, args: argparse.Namespace) -> list[str]:
         record_from=args.voicemail_wav,
         # The action language asks for no digits; the one key anything listens for is the `#`
         # that ends a voicemail recording (RECORD FILE's escape digit).
-        record_end="dtmf" if "#" in args.digits else "timeout",
+        # Without it the caller falls silent, which ends the recording after the s= seconds.
+        record_end="dtmf" if "#" in args.digits else "silence",
         uniqueid=f"simulate.{secrets.token_hex(6)}",
         # Files the gateway wrote are checked when this host sees them where Asterisk would.
         require_files=not v.asterisk_data_dir,

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.voice.agi_protocol import (
     DEAD_CHANNEL,
+    DEAD_CHANNEL_COMMANDS,
     HANGUP_LINE,
     INVALID_COMMAND,
     MAX_COMMAND_BYTES,
@@ -350,3 +351,14 @@ def test_format_answers_round_trip() -> None:
     assert block == f"{USAGE_BEGIN}\nline one\nline two\n{USAGE_END}\n"
     with pytest.raises(AgiError):
         parse_reply(block.splitlines(keepends=True))
+
+
+def test_dead_channel_commands_are_those_the_stand_in_runs_on_a_dead_channel() -> None:
+    """The channels send these after a hangup; the stand-in answers every other one with 511,
+    as res_agi's command table says (each side read from it separately)."""
+    from gateway.voice import asterisk_side
+
+    runs_dead = {" ".join(words).upper() for words, dead_ok in asterisk_side._COMMANDS if dead_ok}
+    assert runs_dead == DEAD_CHANNEL_COMMANDS
+    assert {"GET VARIABLE", "EXEC", "NOOP"} <= DEAD_CHANNEL_COMMANDS
+    assert not {"STREAM FILE", "RECORD FILE", "ANSWER", "HANGUP", "SET CALLERID"} & DEAD_CHANNEL_COMMANDS

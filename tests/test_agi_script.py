@@ -146,7 +146,15 @@ async def test_executor_through_pyst2(tmp_path: Path) -> None:
         tmp_path, CallScenario(callerid="+819011112222", dnid="+81355550000"), DIN_AGI_TEST_SCRIPT=script
     )
     assert t.returncode == 0
-    assert t.verbs == ["ANSWER", "STREAM FILE", "STREAM FILE", "SET CALLERID", "EXEC", "GET VARIABLE"]
+    assert t.verbs == [
+        "ANSWER",
+        "STREAM FILE",
+        "STREAM FILE",
+        "SET CALLERID",
+        "EXEC",
+        "GET VARIABLE",
+        "GET VARIABLE",  # ANSWEREDTIME_MS: the transfer was answered
+    ]
     # pyst2 quotes every argument; Asterisk reads the same arguments as from the FastAGI bridge.
     assert t.commands[0] == "ANSWER"
     assert t.commands[1] == f'STREAM FILE "{t.streamed[0]}" ""'
@@ -159,7 +167,7 @@ async def test_executor_through_pyst2(tmp_path: Path) -> None:
     assert len(t.streamed) == 2
     outcome = report["outcome"]
     assert isinstance(outcome, dict)
-    assert outcome["result"] == "transferred"
+    assert outcome["result"] == "transferred" and outcome["transfer_status"] == "ANSWER"
     assert outcome["error"] is None
     assert outcome["actions_run"] == [
         "say en",

@@ -163,6 +163,32 @@ def test_asterisk_gets_every_config_from_the_repo(compose: dict[str, Any]) -> No
         assert f"/etc/asterisk/{site}" in m
 
 
+def test_pjsip_conf_takes_site_settings_last() -> None:
+    """Operators (and tests/live/) append to the trunk from pjsip-site.conf; its values only win
+    when it is included after every section of pjsip.conf."""
+    lines = [
+        line.strip()
+        for line in (ROOT / "asterisk" / "pjsip.conf").read_text().splitlines()
+        if line.strip() and not line.strip().startswith(";")
+    ]
+    assert lines[-1] == "#tryinclude pjsip-site.conf"
+
+
+def test_trunk_sends_no_connected_line_updates() -> None:
+    """Asterisk re-INVITEs the caller's leg on every transfer to show the new party unless the
+    endpoint says otherwise; strict carriers refuse that re-INVITE."""
+    sections: list[tuple[str, dict[str, str]]] = []
+    for raw in (ROOT / "asterisk" / "pjsip.conf").read_text().splitlines():
+        line = raw.split(";", 1)[0].strip()
+        if line.startswith("["):
+            sections.append((line, {}))
+        elif "=" in line and sections:
+            key, value = line.split("=", 1)
+            sections[-1][1][key.strip()] = value.strip()
+    trunk = next(v for k, v in sections if k == "[trunk]" and v.get("type") == "endpoint")
+    assert trunk.get("send_connected_line") == "no"
+
+
 def test_dialplan_reaches_the_gateway_fastagi_server(
     compose: dict[str, Any], env_file: dict[str, str], tmp_path: Path
 ) -> None:

@@ -29,6 +29,7 @@ from gateway.voice.executor import Executor
 from gateway.voice.fastagi import FastAgiServer
 from gateway.voice.interfaces import AgiChannel, AgiError, CallOutcome, Hangup, MediaError
 from tests.peers.asterisk_agi import (
+    ANSWER_DELAY,
     DEAD,
     INVALID,
     USAGE_BEGIN,
@@ -243,6 +244,16 @@ async def test_playback_and_say(rig: Rig) -> None:
     )
 
 
+async def test_answer_takes_as_long_as_on_asterisk(rig: Rig) -> None:
+    """Asterisk 22 answers ANSWER after about 500 ms; the bridge waits for it before playing."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    t, outcome = await rig.call('say en "Hello"', answer_delay=ANSWER_DELAY)
+    assert ANSWER_DELAY == 0.5 and loop.time() - started >= ANSWER_DELAY
+    assert [e.reply for e in t.exchanges] == ["200 result=0\n", "200 result=0 endpos=1600\n"]
+    assert outcome.result == "completed"
+
+
 async def test_answer_comes_first_even_for_an_empty_script(rig: Rig) -> None:
     t, outcome = await rig.call([])
     assert t.commands == ["ANSWER"]
@@ -261,11 +272,14 @@ async def test_transfer_with_caller_id_ends_the_script(rig: Rig) -> None:
         'SET CALLERID "+81501234567"',
         "EXEC Dial PJSIP/+81312345678@trunk,30",
         "GET VARIABLE DIALSTATUS",
+        "GET VARIABLE ANSWEREDTIME_MS",
     ]
     assert t.callerids == ["+81501234567"]
     assert t.dialed == ["PJSIP/+81312345678@trunk,30"]
-    assert t.exchanges[-1].reply == "200 result=1 (ANSWER)\n"
-    assert outcome.result == "transferred"
+    # As on Asterisk 22: a bridged call that ended hangs the caller up (-1, then HANGUP).
+    assert t.exchanges[2].reply == "200 result=-1\n"
+    assert t.exchanges[3].reply == "200 result=1 (ANSWER)\n"
+    assert outcome.result == "transferred" and outcome.transfer_status == "ANSWER"
     assert outcome.actions_run == ["transfer +81312345678 --caller=+81501234567"]
     assert outcome.error is None
     assert rig.media.urls == []
@@ -273,7 +287,12 @@ async def test_transfer_with_caller_id_ends_the_script(rig: Rig) -> None:
 
 async def test_transfer_without_caller_sets_no_caller_id(rig: Rig) -> None:
     t, outcome = await rig.call("transfer +81312345678")
-    assert t.commands == ["ANSWER", "EXEC Dial PJSIP/+81312345678@trunk,30", "GET VARIABLE DIALSTATUS"]
+    assert t.commands == [
+        "ANSWER",
+        "EXEC Dial PJSIP/+81312345678@trunk,30",
+        "GET VARIABLE DIALSTATUS",
+        "GET VARIABLE ANSWEREDTIME_MS",
+    ]
     assert t.callerids == []
     assert outcome.result == "transferred"
 
@@ -284,7 +303,7 @@ async def test_transfer_with_a_caller_the_account_does_not_hold_sets_no_caller_i
 ) -> None:
     """A toll-free number the tenant does not hold: not shown; the transfer itself goes on."""
     t, outcome = await rig.call("transfer +81312345678 --caller=+81120444444", rights)
-    assert t.verbs == ["ANSWER", "EXEC", "GET VARIABLE"]
+    assert t.verbs == ["ANSWER", "EXEC", "GET VARIABLE", "GET VARIABLE"]
     assert t.callerids == [] and "+81120444444" not in t.received.decode()
     assert t.dialed == ["PJSIP/+81312345678@trunk,30"] and outcome.result == "transferred"
     assert outcome.error == "transfer: caller id not set: not a number of this account"
@@ -351,16 +370,57 @@ async def test_transfer_to_a_number_that_is_not_e164_is_refused(rig: Rig, number
 
 async def test_transfer_with_an_invalid_caller_dials_without_caller_id(rig: Rig) -> None:
     t, outcome = await rig.call([Transfer("+81312345678", caller="+81 50", line=1)])
-    assert t.verbs == ["ANSWER", "EXEC", "GET VARIABLE"]
+    assert t.verbs == ["ANSWER", "EXEC", "GET VARIABLE", "GET VARIABLE"]
     assert t.callerids == []
     assert outcome.result == "transferred"
     assert outcome.error is not None and "caller id" in outcome.error
 
 
-async def test_transfer_dial_status_is_recorded(rig: Rig) -> None:
-    _, outcome = await rig.call("transfer +81312345678", dial_status="BUSY")
-    assert outcome.result == "transferred"
-    assert outcome.error == "transfer to +81312345678: dial status BUSY"
+async def test_answered_transfer_records_its_status_and_seconds(rig: Rig) -> None:
+    t, outcome = await rig.call('transfer +81312345678\nsay en "never"', dial_seconds=0.3)
+    assert outcome.result == "transferred" and outcome.transfer_status == "ANSWER"
+    answered_ms = int(t.exchanges[-1].reply.split("(")[1].rstrip(")\n"))
+    assert answered_ms >= 300  # the caller's up time: the Dial and what came before it
+    assert outcome.transfer_seconds is not None and 0.3 <= outcome.transfer_seconds <= answered_ms / 1000
+    assert outcome.actions_run == ["transfer +81312345678"] and rig.speech.said == []
+
+
+@pytest.mark.parametrize(
+    ("status", "result"),
+    [
+        ("BUSY", "transfer_busy"),
+        ("NOANSWER", "transfer_no_answer"),
+        ("CHANUNAVAIL", "transfer_failed"),
+        ("CONGESTION", "transfer_failed"),
+    ],
+)
+async def test_unanswered_transfer_lets_the_script_go_on(rig: Rig, status: str, result: str) -> None:
+    """Nobody answered and the caller is still there (Dial 0): the next action runs, the
+    record keeps the dial status; as the last action, the transfer's outcome is the result."""
+    t, outcome = await rig.call(
+        'transfer +81312345678\nvoicemail say en "Leave a message"', dial_status=status
+    )
+    assert t.exchanges[1].reply == "200 result=0\n"
+    assert t.verbs == ["ANSWER", "EXEC", "GET VARIABLE", "STREAM FILE", "RECORD FILE"]
+    assert outcome.result == "voicemail" and outcome.transfer_status == status
+    assert outcome.transfer_seconds is None
+    assert outcome.actions_run == ["transfer +81312345678", "voicemail say en"]
+    assert outcome.error == f"transfer to +81312345678: dial status {status}"
+
+    _, last = await rig.call("transfer +81312345678", dial_status=status)
+    assert last.result == result and last.transfer_status == status
+
+
+async def test_caller_hanging_up_while_the_transfer_rings(rig: Rig) -> None:
+    """Asterisk 22 writes the HANGUP line before the answer to GET VARIABLE DIALSTATUS, which
+    still follows: the bridge reads on and learns CANCEL."""
+    t, outcome = await rig.call('transfer +81312345678\nsay en "never"', dial_status="CANCEL")
+    assert [e.reply for e in t.exchanges[1:3]] == ["200 result=-1\n", "200 result=1 (CANCEL)\n"]
+    assert t.received.decode().count("\n") == 3  # ANSWER, Dial, GET VARIABLE: nothing more
+    assert t.hangup_lines == 2
+    assert outcome.result == "hangup" and outcome.transfer_status == "CANCEL"
+    assert outcome.transfer_seconds is None
+    assert outcome.actions_run == ["transfer +81312345678"] and rig.speech.said == []
 
 
 async def test_caller_hanging_up_during_the_bridged_call_still_counts_as_transferred(rig: Rig) -> None:
@@ -396,7 +456,8 @@ async def test_voicemail_playback_records_after_the_greeting(rig: Rig) -> None:
         5,
     )
     assert rec.file == path + ".wav" and _is_file(rec.file)
-    assert t.exchanges[2].reply == "200 result=0 (timeout) endpos=20000\n"
+    # Ended by the 5 s of silence: Asterisk answers the time left of the 120 s maximum.
+    assert t.exchanges[2].reply == "200 result=112500 (timeout) endpos=20000\n"
     assert outcome.result == "voicemail"
     assert outcome.voicemail_path == path
     assert outcome.voicemail_seconds == pytest.approx(2.5)
@@ -491,7 +552,13 @@ async def test_agi_error_answer_is_recorded_and_the_script_goes_on(rig: Rig) -> 
     t, outcome = await rig.call(
         "transfer +81312345678 --caller=+81501234567", HOLDS, replies={"SET CALLERID": [INVALID]}
     )
-    assert t.verbs == ["ANSWER", "SET CALLERID", "EXEC", "GET VARIABLE"]  # dialled all the same
+    assert t.verbs == [
+        "ANSWER",
+        "SET CALLERID",
+        "EXEC",
+        "GET VARIABLE",
+        "GET VARIABLE",
+    ]  # dialled all the same
     assert outcome.result == "transferred"
     assert outcome.error == "transfer: caller id not set: 510 Invalid or unknown command"
 
@@ -509,18 +576,39 @@ async def test_hangup_line_mid_script(rig: Rig) -> None:
     assert t.exchanges[2].reply == DEAD + "\n"
     assert t.ended_by == "bridge"
     assert outcome.result == "hangup"
-    assert outcome.actions_run == ["say en", "say en"]
+    # The second say met the hangup with its first command: it never ran, so it is not listed.
+    assert outcome.actions_run == ["say en"]
     assert len(t.streamed) == 1
 
 
 async def test_hangup_while_a_file_plays(rig: Rig) -> None:
     t, outcome = await rig.call(THREE, hangup_after=2, hangup_during=True)
     assert t.exchanges[1].reply == "200 result=-1 endpos=800\n"
-    assert t.verbs == ["ANSWER", "STREAM FILE", "STREAM FILE"]
-    assert t.exchanges[2].reply == DEAD + "\n"
+    # -1 with an endpos is the hangup itself (the HANGUP line follows): nothing more is sent.
+    assert t.verbs == ["ANSWER", "STREAM FILE"]
     assert outcome.result == "hangup"
     assert outcome.error is None  # an interrupted playback is no error of the script
+    assert outcome.actions_run == ["say en"]  # the first say was cut short; the others never ran
+
+
+async def test_hangup_during_the_last_playback_is_a_hangup(rig: Rig) -> None:
+    """`200 result=-1 endpos=N` then HANGUP on the script's last say: nothing comes after it to
+    meet the hangup, yet the caller did not hear the script to its end."""
+    t, outcome = await rig.call('say en "one"\nsay en "two"', hangup_after=3, hangup_during=True)
+    assert t.exchanges[2].reply == "200 result=-1 endpos=800\n" and t.hangup_sent
+    assert outcome.result == "hangup"
     assert outcome.actions_run == ["say en", "say en"]
+
+
+async def test_hangup_mid_script_lists_only_the_actions_started(rig: Rig) -> None:
+    t, outcome = await rig.call(
+        'say en "one"\nplayback https://media.example/a.mp3\ntransfer +81312345678\nsay en "two"',
+        hangup_after=3,
+        hangup_during=True,
+    )
+    assert t.dialed == [] and t.verbs == ["ANSWER", "STREAM FILE", "STREAM FILE"]
+    assert outcome.result == "hangup"
+    assert outcome.actions_run == ["say en", "playback https://media.example/a.mp3"]
 
 
 async def test_hangup_while_recording(rig: Rig) -> None:
@@ -536,7 +624,7 @@ async def test_511_mid_script(rig: Rig) -> None:
     assert t.exchanges[3].reply == DEAD + "\n"
     assert t.ended_by == "bridge"
     assert outcome.result == "hangup"
-    assert outcome.actions_run == ["say en", "say en", "say en"]
+    assert outcome.actions_run == ["say en", "say en"]  # the third was refused: it never ran
 
 
 async def test_connection_closed_mid_script(rig: Rig) -> None:
@@ -544,7 +632,7 @@ async def test_connection_closed_mid_script(rig: Rig) -> None:
     assert t.ended_by == "peer"
     assert t.verbs == ["ANSWER", "STREAM FILE"]
     assert outcome.result == "hangup"
-    assert outcome.actions_run == ["say en", "say en"]
+    assert outcome.actions_run == ["say en"]
     # The server is fine: the next call runs.
     t2, outcome2 = await rig.call('say en "next"')
     assert outcome2.result == "completed" and t2.verbs == ["ANSWER", "STREAM FILE"]
@@ -752,6 +840,31 @@ async def test_command_timeout_breaks_the_channel(tmp_path: Path) -> None:
     assert outcome.error is not None and "AGI stream broken" in outcome.error and "0.3 s" in outcome.error
 
 
+async def test_after_a_hangup_line_the_answer_is_awaited_only_briefly(tmp_path: Path) -> None:
+    """HANGUP in front of a long command's answer, then silence: the command gives up after the
+    short timeout (0.2 s here), not the long one meant for a whole conversation (60 s)."""
+    box: list[object] = []
+
+    async def handler(channel: AgiChannel) -> None:
+        started = asyncio.get_running_loop().time()
+        try:
+            await channel.command('STREAM FILE /tmp/x ""')
+        except Hangup as exc:
+            box.append(str(exc))
+        box.append(asyncio.get_running_loop().time() - started)
+
+    async with FastAgiServer(handler, "127.0.0.1", 0, command_timeout=0.2, long_command_timeout=60) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"agi_network: yes\nagi_uniqueid: 1.1\n\n")
+        assert (await reader.readline()).startswith(b"STREAM FILE ")
+        writer.write(b"HANGUP\n")
+        assert await reader.read() == b""
+        writer.close()
+    reason, elapsed = box
+    assert reason == "Asterisk sent HANGUP"
+    assert isinstance(elapsed, float) and 0.15 < elapsed < 5
+
+
 # --- the server ------------------------------------------------------------------------------
 
 
@@ -857,21 +970,31 @@ async def test_one_command_at_a_time(rig: Rig) -> None:
     assert [getattr(a, "data", None) for a in answers] == [f"(value {i})" for i in range(10)]
 
 
-async def test_a_dead_channel_sends_nothing_more(rig: Rig) -> None:
+async def test_a_dead_channel_sends_only_what_asterisk_still_runs(rig: Rig) -> None:
+    """After the HANGUP line, NOOP (which res_agi runs on a dead channel) is still sent and
+    answered; STREAM FILE, which Asterisk would refuse with 511, raises Hangup unsent."""
     results: list[str] = []
 
     async def flow(channel: AgiChannel) -> None:
         await channel.command("ANSWER")
-        for _ in range(3):
+        for _ in range(2):
+            results.append(repr(await channel.command("NOOP")))
+        for _ in range(2):
             try:
-                await channel.command("NOOP")
+                await channel.command('STREAM FILE /tmp/x ""')
             except Hangup as exc:
                 results.append(str(exc))
 
     rig.bridge.custom["dead"] = flow
     t = await fastagi_call("127.0.0.1", rig.server.port, CallScenario(script="dead", hangup_after=1))
-    assert t.commands == ["ANSWER", "NOOP"]  # NOOP read the HANGUP line; nothing after that
-    assert len(results) == 3 and results[0] == "Asterisk sent HANGUP"
+    assert t.commands == ["ANSWER", "NOOP", "NOOP"]
+    assert results == [
+        "AgiResponse(code=200, result=0, data='')",
+        "AgiResponse(code=200, result=0, data='')",
+        "Asterisk sent HANGUP",
+        "Asterisk sent HANGUP",
+    ]
+    assert t.hangup_lines == 2  # when the caller went, and when AGI() ended
 
 
 async def test_200_concurrent_calls(rig: Rig) -> None:

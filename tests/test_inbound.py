@@ -393,6 +393,13 @@ async def test_mo_from_an_independent_smsc(clean_db: str, receiver: Receiver, no
         await wait_for(bound)
         [hit] = await hits(receiver, "/node", 1)
         assert form(hit)["message"] == "via node-smpp"
+
+        # The webhook can overtake the deliver_sm_resp on its way to the peer: both follow the
+        # commit of the message.
+        async def answered() -> bool:
+            return bool(await peer.deliver_resp_statuses())
+
+        await wait_for(answered)
         assert await peer.deliver_resp_statuses() == [0]
     finally:
         await gw.runner.cleanup()

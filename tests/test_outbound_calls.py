@@ -317,42 +317,6 @@ async def test_router_without_outbound_calls_hangs_up_and_passes_inbound_on() ->
     assert inbound == ["din"]
 
 
-@pytest.mark.parametrize(
-    ("outcome", "status", "reason"),
-    [
-        ("busy", "BUSY", "5"),
-        ("noanswer", "NO_ANSWER", "3"),
-        ("congestion", "FAILED", "8"),
-        ("unallocated", "FAILED", "0"),
-    ],
-)
-async def test_originate_failure_reason_sets_the_status(
-    rig: Rig, receiver: Receiver, outcome: Any, status: str, reason: str
-) -> None:
-    rig.ami.plan(Plan(outcome=outcome))
-    code, body = await rig.post(
-        {
-            "caller": CALLER,
-            "recipient": RECIPIENT,
-            "tts_message": "Hello",
-            "tts_lang": "en",
-            "callbackurl": receiver.url("/cb"),
-        }
-    )
-    assert code == 201
-    callid = body[0]["callid"]
-    [placed] = await rig.ami.finished_calls(1)
-    assert placed.transcript is None  # never answered: no AGI
-    st = await rig.final_status(callid)
-    assert st["status"] == status
-    assert st["duration"] == 0 and st["cost"] == 0 and st["answer_time"] is None and st["end_time"]
-    assert f"originate reason {reason}" in st["error"]
-    await wait_for(lambda: _async(receiver.on("/cb")))
-    await asyncio.sleep(0.5)  # a second callback (from the Hangup event) would arrive by now
-    [hit] = receiver.on("/cb")
-    assert json.loads(hit.body)["status"] == status
-
-
 async def test_answered_call_whose_playback_never_ran_fails_on_hangup(rig: Rig) -> None:
     rig.ami.plan(Plan(outcome="answer_no_agi", hold_seconds=1.1))
     code, body = await rig.post(

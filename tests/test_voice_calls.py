@@ -271,6 +271,61 @@ async def test_hangups_end_the_script_and_keep_the_record(
     assert len(rows) == 3 and all(r["result"] == "hangup" for r in rows)
 
 
+async def test_hangup_during_the_last_say_and_mid_script(
+    gateway: Gateway, http: aiohttp.ClientSession, action_server: ActionServer
+) -> None:
+    """The caller hangs up while the last say plays (`-1 endpos=N`, then HANGUP): a hangup, not
+    completed. Mid-script, the record lists only the actions started: never the transfer that
+    was not dialled."""
+    din = await subscribe(gateway, http, f"{action_server.base_url}/actions")
+    action_server.script = 'say en "one"\nsay en "two"'
+    await call(gateway, hangup_after=3, hangup_during=True)
+    [last] = await records(gateway, http, din.creds)
+    assert last["result"] == "hangup" and last["actions"] == ["say en", "say en"]
+    action_server.script = 'say en "one"\nsay en "two"\ntransfer +81311112222'
+    t = await call(gateway, hangup_after=2, hangup_during=True)
+    assert t.dialed == []
+    rows = await records(gateway, http, din.creds)
+    mid = next(r for r in rows if r["callid"] != last["callid"])
+    assert mid["result"] == "hangup" and mid["actions"] == ["say en"]
+    assert mid["transfer_status"] is None and mid["transfer_seconds"] is None
+
+
+async def test_transfer_outcomes_are_recorded(
+    gateway: Gateway, http: aiohttp.ClientSession, action_server: ActionServer
+) -> None:
+    """transferred only when answered, with its seconds; a caller who hangs up while it rings
+    is a hangup (CANCEL); busy, no answer or failure let the fallback say run."""
+    din = await subscribe(gateway, http, f"{action_server.base_url}/actions")
+    action_server.script = 'transfer +81311112222\nsay en "Nobody is free, sorry."'
+    expected = {
+        "ANSWER": ("transferred", ["transfer +81311112222"]),
+        "CANCEL": ("hangup", ["transfer +81311112222"]),
+        "BUSY": ("completed", ["transfer +81311112222", "say en"]),
+        "NOANSWER": ("completed", ["transfer +81311112222", "say en"]),
+        "CHANUNAVAIL": ("completed", ["transfer +81311112222", "say en"]),
+    }
+    for status in expected:
+        t = await call(gateway, dial_status=status, dial_seconds=0.2)
+        assert t.dialed == ["PJSIP/+81311112222@trunk,30"]
+    rows = await records(gateway, http, din.creds)
+    got = {r["transfer_status"]: (r["result"], r["actions"]) for r in rows}
+    assert got == expected
+    seconds = {r["transfer_status"]: r["transfer_seconds"] for r in rows}
+    assert seconds.pop("ANSWER") >= 0.2 and set(seconds.values()) == {None}
+    answered = next(r for r in rows if r["transfer_status"] == "ANSWER")
+    async with http.get(
+        f"{gateway.base_url}/voice/calls/{answered['callid']}", headers=gateway.auth(din.creds)
+    ) as r:
+        one = await r.json()
+    assert one["transfer_status"] == "ANSWER" and one["transfer_seconds"] == answered["transfer_seconds"]
+    # The last action's outcome when the transfer is the last one.
+    action_server.script = "transfer +81311112222"
+    await call(gateway, dial_status="BUSY")
+    rows = await records(gateway, http, din.creds)
+    assert len(rows) == 6 and rows[0]["result"] == "transfer_busy" and rows[0]["transfer_status"] == "BUSY"
+
+
 async def test_many_concurrent_calls(
     gateway: Gateway, http: aiohttp.ClientSession, action_server: ActionServer
 ) -> None:

@@ -63,13 +63,18 @@ def _add_repo_to_path() -> None:
 
 
 class PystAgiChannel:
-    """AgiChannel over pyst2's AGI object: one blocking command at a time on stdin/stdout."""
+    """AgiChannel over pyst2's AGI object: one blocking command at a time on stdin/stdout.
+
+    Once the caller is gone (SIGHUP, 511) the commands res_agi still runs on a dead channel
+    (GET VARIABLE DIALSTATUS after a Dial, ...) are still sent, as by the FastAGI channel; the
+    others raise Hangup unsent. Once the pipe is closed nothing is sent."""
 
     def __init__(self, agi: Any) -> None:
         self._agi = agi
         env: Mapping[str, str] = agi.env
         self._env = {(k[4:] if k.startswith("agi_") else k): str(v) for k, v in env.items()}
         self._dead = False
+        self._closed = False
         self._reason = ""
 
     @property
@@ -81,7 +86,13 @@ class PystAgiChannel:
         return self._dead or bool(self._agi._got_sighup)
 
     async def command(self, line: str) -> AgiResponse:
-        from gateway.voice.agi_protocol import KNOWN_COMMANDS, check_arg, check_line, split_command
+        from gateway.voice.agi_protocol import (
+            DEAD_CHANNEL_COMMANDS,
+            KNOWN_COMMANDS,
+            check_arg,
+            check_line,
+            split_command,
+        )
         from gateway.voice.interfaces import AgiError, Hangup
 
         check_line(line)
@@ -90,19 +101,21 @@ class PystAgiChannel:
             raise AgiError(f"not an AGI command: {verb!r}")
         # Checked here again, whoever built the line: pyst2's _quote escapes nothing.
         quoted = [self._agi._quote(check_arg(arg)) for arg in args]
-        if self._agi._got_sighup:
+        if self._agi._got_sighup and not self._dead:
             self._dead, self._reason = True, "SIGHUP"
-        if self._dead:
+        if self._closed or (self._dead and verb not in DEAD_CHANNEL_COMMANDS):
             raise Hangup(self._reason or "hung up")
         try:
             self._agi.send_command(verb, *quoted)
             return self._read_answer()
         except Hangup as exc:
-            self._dead, self._reason = True, str(exc)
+            self._dead = True
+            self._reason = self._reason or str(exc)
             raise
         except (BrokenPipeError, ConnectionError, OSError) as exc:
-            self._dead, self._reason = True, f"pipe closed: {exc}"
-            raise Hangup(self._reason) from None
+            self._dead = self._closed = True
+            self._reason = self._reason or f"pipe closed: {exc}"
+            raise Hangup(f"pipe closed: {exc}") from None
 
     def _read_answer(self) -> AgiResponse:
         from gateway.voice.agi_protocol import AgiStreamError, ReplyParser
@@ -112,6 +125,7 @@ class PystAgiChannel:
         while True:
             raw: str = self._agi.stdin.readline(MAX_ANSWER_LINE)
             if raw == "":
+                self._closed = True
                 raise Hangup("EOF")
             if not raw.endswith("\n") and len(raw) >= MAX_ANSWER_LINE:
                 raise AgiStreamError("answer line too long")

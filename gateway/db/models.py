@@ -308,6 +308,9 @@ class Call(Base):
     cost: Mapped[Decimal] = mapped_column(Numeric(14, 4), default=Decimal(0))
     actions: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of the actions run
     result: Mapped[str | None] = mapped_column(Text)  # how the call ended (hangup, transferred, ...)
+    # Inbound transfers: the last Dial's DIALSTATUS, and how long it lasted when answered.
+    transfer_status: Mapped[str | None] = mapped_column(String(16))
+    transfer_seconds: Mapped[Decimal | None] = mapped_column(Numeric(10, 3))
     error: Mapped[str | None] = mapped_column(Text)  # why the fallback ran, if it did
     # Outbound calls: what to play, and where to report.
     recording_url: Mapped[str | None] = mapped_column(Text)

@@ -187,7 +187,25 @@ SCHEMAS: dict[str, JSON] = {
             "duration": {"type": "integer", "description": "Seconds."},
             "cost": {"type": "number"},
             "actions": {"type": "array", "description": "The actions run, in order."},
-            "result": _nullable(_str("How the call ended (hangup, transferred, ...).")),
+            "result": _nullable(
+                _str(
+                    "How the call ended: completed, hangup, transferred, voicemail, transfer_busy, "
+                    "transfer_no_answer, transfer_failed."
+                )
+            ),
+            "transfer_status": _nullable(
+                _str(
+                    "Inbound: Asterisk's DIALSTATUS of the last transfer dialled (ANSWER, BUSY, "
+                    "NOANSWER, CANCEL, CHANUNAVAIL, CONGESTION, ...); null without a transfer."
+                )
+            ),
+            "transfer_seconds": _nullable(
+                {
+                    "type": "number",
+                    "description": "Inbound, an answered transfer: seconds from the dial to the end "
+                    "of the transferred call, ringing included; null otherwise.",
+                }
+            ),
             "error": _nullable(_str("Why the fallback ran, if it did.")),
         },
         ["callid", "direction", "status", "caller", "recipient", "start_time", "duration", "cost"],

@@ -33,6 +33,8 @@ def call_json(c: Call) -> dict[str, Any]:
         "cost": float(c.cost),
         "actions": json.loads(c.actions or "[]"),
         "result": c.result,
+        "transfer_status": c.transfer_status,
+        "transfer_seconds": None if c.transfer_seconds is None else float(c.transfer_seconds),
         "error": c.error,
     }
 

@@ -24,8 +24,10 @@ Answers (one line each unless noted):
   "channel"): the caller hung up -> `Hangup`;
 * `520 Invalid command syntax.  Proper usage not available.`, or the block
   `520-Invalid command syntax.  Proper usage follows:` / usage lines / `520 End of proper usage.`;
-* the bare line `HANGUP`, which FastAGI sends on its own when the caller hangs up (it may sit in
-  front of the answer to the next command) -> `Hangup`;
+* the bare line `HANGUP`, which FastAGI sends on its own when the caller hangs up, twice (once
+  when Asterisk notices, once when AGI() ends); it may sit in front of the answer to the next
+  command, which still follows (`GET VARIABLE DIALSTATUS` -> `200 result=1 (CANCEL)`). The
+  parser raises `Hangup` for it; the FastAGI channel notes it and reads on;
 * `100 result=0 Trying...`, an interim line some commands send before their real answer.
 """
 
@@ -130,6 +132,26 @@ LONG_COMMANDS = frozenset(
         "STREAM FILE",
         "WAIT FOR DIGIT",
         "GOSUB",
+    }
+)
+
+# Commands res_agi still runs once the caller is gone (its table's `dead` flag); every other
+# command then answers 511.
+DEAD_CHANNEL_COMMANDS = frozenset(
+    {
+        "ASYNCAGI BREAK",
+        "DATABASE DEL",
+        "DATABASE DELTREE",
+        "DATABASE GET",
+        "DATABASE PUT",
+        "EXEC",
+        "GET FULL VARIABLE",
+        "GET VARIABLE",
+        "NOOP",
+        "SET VARIABLE",
+        "SPEECH DESTROY",
+        "SPEECH UNLOAD GRAMMAR",
+        "VERBOSE",
     }
 )
 

@@ -15,17 +15,28 @@ bridge is tested against the protocol rather than against itself:
 * commands are read as lines of at most 2047 bytes (a longer line is cut and the rest read as the
   next command, as fgets into AGI_BUF_LEN does), only the LF is stripped, arguments are split
   with Asterisk's quote/backslash rules and the command is matched case-insensitively;
-* answers: `200 result=0` (ANSWER), `200 result=0 endpos=<samples>` (STREAM FILE; the file must
-  exist as <path>.wav, 8 kHz mono 16-bit, else `200 result=-1 endpos=0`), `200 result=1`
-  (SET CALLERID, SET VARIABLE, VERBOSE, HANGUP), `200 result=<app result>` (EXEC, Dial -> 0,
-  unknown application -> -2), `200 result=1 (<value>)` / `200 result=0` (GET VARIABLE),
-  RECORD FILE writes a WAV at <path>.wav and answers `200 result=0 (timeout) endpos=<samples>`,
-  `510 Invalid or unknown command`, the 520 usage block for a known command with bad arguments,
+* answers, as recorded from a real Asterisk 22 (/work/shared/asterisk-22 in the project's
+  notes; each point below was seen there): `200 result=0` (ANSWER, after about 500 ms: Asterisk
+  waits for media once the line is up), `200 result=0 endpos=<samples>` (STREAM FILE; the file
+  must exist as <path>.wav, 8 kHz mono 16-bit, else `200 result=-1 endpos=0`), `200 result=1`
+  (SET CALLERID, SET VARIABLE, VERBOSE, HANGUP), `200 result=<app result>` (EXEC; unknown
+  application -> -2; Dial -> -1 once a bridged call ends, since without its `g` option Dial
+  hangs the caller up then, 0 for BUSY, NOANSWER and the other unanswered statuses, -1 followed
+  by the `HANGUP` line when the caller hangs up while it rings, DIALSTATUS CANCEL),
+  `200 result=1 (<value>)` / `200 result=0` (GET VARIABLE; Dial empties ANSWEREDTIME_MS and its
+  siblings, which then answer `200 result=1 ()`), RECORD FILE writes a WAV at <path>.wav and
+  answers `200 result=<ms of the maximum left> (timeout) endpos=<samples>` when silence ends it
+  (`result=0` when it runs to the maximum), `510 Invalid or unknown command`, the 520 usage block
+  for a known command with bad arguments (the usage is the command's documentation as Asterisk's
+  xmldoc renders it: one line per paragraph, with the markup tags left in),
   `511 Command Not Permitted on a dead channel or intercept routine` once the caller is gone
   (except for the commands Asterisk allows on a dead channel: EXEC, GET VARIABLE, NOOP,
   SET VARIABLE, VERBOSE, DATABASE ..., ...);
 * a scripted hangup after N answered commands: the bare `HANGUP` line then 511s (FastAGI with
-  AGISIGHUP unset), 511s only (AGISIGHUP=no), the socket closed, or SIGHUP for an AGI script.
+  AGISIGHUP unset), 511s only (AGISIGHUP=no), the socket closed, or SIGHUP for an AGI script. A
+  hangup while a command runs: STREAM FILE answers `200 result=-1 endpos=<where it stopped>`, and
+  the `HANGUP` line follows the answer at once. With AGISIGHUP, FastAGI also writes `HANGUP` once
+  more when AGI() ends (run_agi's last step), so a bridge that hung up sees it twice.
 
 Use `fastagi_call(host, port, scenario)` against a FastAGI server and `run_agi_script(argv,
 scenario)` for a script Asterisk would start with AGI(); both return a CallTranscript.
@@ -40,12 +51,14 @@ import os
 import re
 import signal
 import struct
+import time
 import wave
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 ASTERISK_VERSION = "20.5.2"
+ANSWER_DELAY = 0.5  # seconds ANSWER took on Asterisk 22 (ast_answer waits for media)
 AGI_BUF_LEN = 2048  # res_agi.c: one command line is read into this buffer (LF and NUL included)
 
 INVALID = "510 Invalid or unknown command"
@@ -106,42 +119,52 @@ _COMMANDS: tuple[tuple[tuple[str, ...], bool], ...] = (
     (("gosub",), False),
 )
 
-# Usage texts (the commands' documented descriptions) for the 520 block.
+# Usage texts for the 520 block: the commands' <description> as xmldoc.c renders it for
+# res_agi (xmldoc_get_formatted, not raw): each <para> on one line with its inner tags kept
+# (`<literal>-1</literal>`), a variable list as `<variable>NAME</variable>: ` and its values.
 _USAGE = {
     "stream file": (
-        "Send the given file, allowing playback to be interrupted by the given digits, if any.\n"
-        "Returns 0 if playback completes without a digit being pressed, or the ASCII numerical\n"
-        "value of the digit if one was pressed, or -1 on error or if the channel was\n"
-        "disconnected. If musiconhold is playing before calling stream file it will be\n"
-        "automatically stopped and will not be restarted after completion.\n"
+        "Send the given file, allowing playback to be interrupted by the given digits, if any. "
+        "Returns <literal>0</literal> if playback completes without a digit being pressed, or the "
+        "ASCII numerical value of the digit if one was pressed, or <literal>-1</literal> on error or "
+        "if the channel was disconnected. If musiconhold is playing before calling stream file it "
+        "will be automatically stopped and will not be restarted after completion.\n"
         "It sets the following channel variables upon completion:\n"
-        "PLAYBACKSTATUS - The status of the playback attempt as a text string.\n"
-        "    SUCCESS\n"
-        "    FAILED"
+        "<variable>PLAYBACKSTATUS</variable>: The status of the playback attempt as a text string.\n"
+        "    <value>SUCCESS</value>\n"
+        "    <value>FAILED</value>"
     ),
     "record file": (
-        "Record to a file until a given dtmf digit in the sequence is received. Returns -1 on\n"
-        "hangup or error.  The format will specify what kind of file will be recorded. The\n"
-        "timeout is the maximum record time in milliseconds, or -1 for no timeout. offset\n"
-        "samples is optional, and, if provided, will seek to the offset without exceeding the\n"
-        "end of the file. beep can take any value, and causes Asterisk to play a beep to the\n"
-        "channel that is about to be recorded. silence is the number of seconds of silence\n"
-        "allowed before the function returns despite the lack of dtmf digits or reaching\n"
-        "timeout. silence value must be preceded by s= and is also optional."
+        "Record to a file until a given dtmf digit in the sequence is received. Returns "
+        "<literal>-1</literal> on hangup or error.  The format will specify what kind of file will "
+        "be recorded. The <replaceable>timeout</replaceable> is the maximum record time in "
+        "milliseconds, or <literal>-1</literal> for no <replaceable>timeout</replaceable>. "
+        "<replaceable>offset samples</replaceable> is optional, and, if provided, will seek to the "
+        "offset without exceeding the end of the file. <replaceable>beep</replaceable> can take any "
+        "value, and causes Asterisk to play a beep to the channel that is about to be recorded. "
+        "<replaceable>silence</replaceable> is the number of seconds of silence allowed before the "
+        "function returns despite the lack of dtmf digits or reaching "
+        "<replaceable>timeout</replaceable>. <replaceable>silence</replaceable> value must be "
+        "preceded by <literal>s=</literal> and is also optional."
     ),
     "exec": (
-        "Executes application with given options.\n"
-        "Returns whatever the application returns, or -2 on failure to find application."
+        "Executes <replaceable>application</replaceable> with given <replaceable>options</replaceable>.\n"
+        "Returns whatever the <replaceable>application</replaceable> returns, or <literal>-2</literal> "
+        "on failure to find <replaceable>application</replaceable>.\n"
+        "<note>NOTE:</note> exec does not evaluate dialplan functions and variables unless it is "
+        "explicitly enabled by setting the <variable>AGIEXECFULL</variable> variable to "
+        "<literal>yes</literal>."
     ),
     "get variable": (
-        "Returns 0 if variablename is not set. Returns 1 if variablename is set and returns the\n"
+        "Returns <literal>0</literal> if <replaceable>variablename</replaceable> is not set. Returns "
+        "<literal>1</literal> if <replaceable>variablename</replaceable> is set and returns the "
         "variable in parentheses.\n"
         "Example return code: 200 result=1 (testvariable)"
     ),
     "hangup": ("Hangs up the specified channel. If no channel name is given, hangs up the current channel"),
     "verbose": (
-        "Sends message to the console via verbose message system. level is the verbose level (1-4).\n"
-        "Always returns 1."
+        "Sends <replaceable>message</replaceable> to the console via verbose message system. "
+        "<replaceable>level</replaceable> is the verbose level (1-4). Always returns <literal>1</literal>"
     ),
 }
 
@@ -169,10 +192,18 @@ class CallScenario:
     # then answers `200 result=-1 endpos=<where it stopped>`, RECORD FILE `-1 (hangup)`, Dial -1.
     hangup_during: bool = False
     require_files: bool = True  # STREAM FILE fails (-1) unless <path>.wav is a playable WAV
-    dial_result: int = 0  # what EXEC Dial returns
-    dial_status: str = "ANSWER"  # DIALSTATUS after Dial
+    # How long ANSWER takes to answer: Asterisk 22 waits for media once the line is up.
+    answer_delay: float = ANSWER_DELAY
+    # DIALSTATUS after Dial. ANSWER: a bridged call that ended, so the caller is gone (Dial -1,
+    # then the HANGUP line); CANCEL: the caller hung up while the callee rang (the same); any
+    # other: nobody answered, the caller is still there (Dial 0).
+    dial_status: str = "ANSWER"
+    dial_result: int | None = None  # what EXEC Dial returns instead of what dial_status implies
+    dial_seconds: float = 0.0  # how long Dial lasts (ringing and, when answered, the conversation)
     record_seconds: float = 1.5  # length of what RECORD FILE records
-    record_end: Literal["timeout", "dtmf", "hangup"] = "timeout"
+    # "silence": ended by the s= silence (the maximum when no s= is given), "timeout": ran to the
+    # maximum (no RTP from the caller at all), "dtmf": ended with #, "hangup": the caller hung up.
+    record_end: Literal["silence", "timeout", "dtmf", "hangup"] = "silence"
     record_from: str | None = None  # RECORD FILE writes this WAV's audio (not a tone), if given
     uniqueid: str | None = None  # agi_uniqueid; default: a new one per call in this process
     variables: dict[str, str] = field(default_factory=dict)
@@ -210,6 +241,7 @@ class CallTranscript:
     dialed: list[str] = field(default_factory=list)  # EXEC Dial arguments
     recordings: list[Recording] = field(default_factory=list)
     hangup_sent: bool = False  # the HANGUP line went out (or SIGHUP for a script)
+    hangup_lines: int = 0  # how many bare HANGUP lines were written (FastAGI)
     ended_by: str = ""  # "bridge" (it closed), "reset" (it reset), "peer" (we closed), "timeout"
     returncode: int | None = None  # AGI script exit status
     stderr: bytes = b""
@@ -344,6 +376,8 @@ class AsteriskAgi:
         self.uniqueid = scenario.uniqueid or f"1763897000.{n}"
         self.channel = f"PJSIP/trunk-{n:08x}"
         self.hangup_pending = scenario.hangup_after == 0
+        self.delay = 0.0  # seconds the answer being written waits (the command takes that long)
+        self.answered_at: float | None = None  # when ANSWER put the line up (monotonic)
 
     def header(self, request: str) -> str:
         s = self.scenario
@@ -427,6 +461,9 @@ class AsteriskAgi:
     # --- handlers: None means RESULT_SHOWUSAGE -------------------------------------------
 
     def _answer(self, argv: list[str]) -> str:
+        if self.answered_at is None:
+            self.answered_at = time.monotonic()
+            self.delay = self.scenario.answer_delay
         return "200 result=0\n"
 
     def _noop(self, argv: list[str]) -> str:
@@ -464,14 +501,32 @@ class AsteriskAgi:
             return None
         app, data = argv[1], (argv[2] if len(argv) > 2 else "")
         if app.lower() == "dial":
-            self.transcript.dialed.append(data)
-            if self.dead:
-                return "200 result=-1\n"
-            self.variables["DIALSTATUS"] = self.scenario.dial_status
-            return f"200 result={self.scenario.dial_result}\n"
+            return self._dial(data)
         if app.lower() in ("noop", "wait", "set", "playback", "answer", "ringing", "progress"):
             return "200 result=0\n"
         return "200 result=-2\n"
+
+    def _dial(self, data: str) -> str:
+        s = self.scenario
+        self.transcript.dialed.append(data)
+        if self.dead:
+            return "200 result=-1\n"
+        # app_dial.c empties these at the start of every Dial; only a bridge sets them again.
+        for name in ("ANSWEREDTIME", "DIALEDTIME", "RINGTIME", "PROGRESSTIME"):
+            self.variables[name] = self.variables[name + "_MS"] = ""
+        self.variables["DIALSTATUS"] = s.dial_status
+        self.delay = s.dial_seconds
+        gone = s.dial_status in ("ANSWER", "CANCEL")
+        if s.dial_status == "ANSWER" and self.answered_at is not None:
+            # end_bridge_callback: the caller channel's up time (since its ANSWER), not the
+            # bridged time alone.
+            up_ms = int((time.monotonic() + s.dial_seconds - self.answered_at) * 1000)
+            self.variables["ANSWEREDTIME_MS"] = str(up_ms)
+            self.variables["ANSWEREDTIME"] = str(up_ms // 1000)
+        if gone:
+            self.hangup_pending = True
+        result = s.dial_result if s.dial_result is not None else (-1 if gone else 0)
+        return f"200 result={result}\n"
 
     def _stream_file(self, argv: list[str]) -> str | None:
         if len(argv) < 4 or len(argv) > 5:
@@ -532,6 +587,11 @@ class AsteriskAgi:
         if end == "hangup":
             self.hangup_pending = True
             return f"200 result=-1 (hangup) endpos={samples}\n"
+        if end == "silence" and silence > 0 and timeout_ms > 0:
+            # handle_recordfile: the answer is the time left of the maximum (`ms`), which the
+            # recorded audio and the trailing silence used up.
+            used = int((self.scenario.record_seconds + silence) * 1000)
+            return f"200 result={max(timeout_ms - used, 0)} (timeout) endpos={samples}\n"
         return f"200 result=0 (timeout) endpos={samples}\n"
 
 
@@ -576,7 +636,9 @@ async def _serve(
     transcript: CallTranscript,
     hang_up: HangUp,
     timeout: float,
+    at_end: Callable[[], Awaitable[None]],
 ) -> None:
+    """Answer commands until the bridge closes; `at_end` runs then (run_agi's last step)."""
     commands = _CommandReader(reader)
     if agi.hangup_pending:
         agi.hangup_pending = False
@@ -593,6 +655,7 @@ async def _serve(
             return
         if raw is None:
             transcript.ended_by = transcript.ended_by or "bridge"
+            await at_end()
             return
         transcript.received += raw
         text = raw.decode("utf-8", errors="replace")
@@ -600,12 +663,19 @@ async def _serve(
             text = text[:-1]  # only the LF: a CR stays part of the last argument
         reply = agi.handle(text)
         transcript.exchanges.append(Exchange(text, reply))
+        if agi.delay > 0:
+            await asyncio.sleep(agi.delay)
+        agi.delay = 0.0
         await write(reply.encode())
         agi.after_answer()
         if agi.hangup_pending:
             agi.hangup_pending = False
             if await hang_up():
                 return
+
+
+async def _nothing() -> None:
+    """A script's AGI() has nothing to send at the end: its SIGHUP went with the hangup."""
 
 
 async def fastagi_call(
@@ -644,12 +714,20 @@ async def fastagi_call(
             return True
         if mode in ("line", "sighup"):
             transcript.hangup_sent = True
+            transcript.hangup_lines += 1
             await write(b"HANGUP\n")
         return False
 
+    async def at_end() -> None:
+        # run_agi ends with one more HANGUP when AGISIGHUP is on, whether or not the caller is
+        # gone; the bridge has closed its side by then, so nobody reads it.
+        if scenario.hangup_mode in ("line", "sighup"):
+            transcript.hangup_lines += 1
+            await write(b"HANGUP\n")
+
     try:
         await write(header.encode())
-        await _serve(reader, write, agi, transcript, hang_up, timeout)
+        await _serve(reader, write, agi, transcript, hang_up, timeout, at_end)
     finally:
         if not writer.is_closing():
             writer.close()
@@ -709,7 +787,7 @@ async def run_agi_script(
 
     try:
         await write(header.encode())
-        await _serve(stdout, write, agi, transcript, hang_up, timeout)
+        await _serve(stdout, write, agi, transcript, hang_up, timeout, _nothing)
         if not stdin.is_closing():
             stdin.close()
         try:

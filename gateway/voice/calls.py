@@ -244,6 +244,8 @@ class CallService:
                         cost=(minute_cost or Decimal(0)) * math.ceil(duration / 60),
                         actions=json.dumps(outcome.actions_run, ensure_ascii=False),
                         result=outcome.result,
+                        transfer_status=outcome.transfer_status,
+                        transfer_seconds=_decimal(outcome.transfer_seconds),
                         error=errors,
                     )
                 )
@@ -308,6 +310,10 @@ async def _hang_up(channel: AgiChannel) -> None:
         await channel.command("HANGUP")
     except (Hangup, AgiError):
         pass
+
+
+def _decimal(seconds: float | None) -> Decimal | None:
+    return None if seconds is None else Decimal(str(round(seconds, 3)))
 
 
 def _size(path: str) -> int:

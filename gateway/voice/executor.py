@@ -11,27 +11,31 @@ The commands sent, per action (every argument goes through agi_protocol's checks
   `SET CALLERID "<caller>"` when the caller is a DIN the call's account holds or a caller id the
   operator verified for it (any other caller: not set, error recorded, the transfer goes on
   showing the original caller, as any call forwarding does), `EXEC Dial
-  PJSIP/<number>@<trunk>,<dial timeout>`, `GET VARIABLE DIALSTATUS`; the script ends there
-  (result `transferred`)
+  PJSIP/<number>@<trunk>,<dial timeout>`, `GET VARIABLE DIALSTATUS` (and `GET VARIABLE
+  ANSWEREDTIME_MS` when answered). ANSWER: the script ends (result `transferred`); CANCEL, or
+  Dial answering -1 without ANSWER: the caller is gone (result `hangup`); BUSY, NOANSWER or any
+  other status with the caller still on the line: the script goes on with the next action
+  (result `transfer_busy`, `transfer_no_answer` or `transfer_failed` when it was the last one).
+  The status and the answered transfer's seconds go into the outcome either way
 * voicemail playback|say: the greeting as above, then
   `RECORD FILE <voicemail_dir>/<32 hex> wav "#" <max ms> beep s=<silence s>` (Asterisk adds
   `.wav`); the script ends there (result `voicemail`)
 
 A media, speech or AGI (510/520) failure of one action is recorded in `outcome.error` and the
 script goes on with the next action; for media that is the error's generic `public` text, the
-detail goes to the log. A hangup at any point (HANGUP line, 511, connection closed)
-ends the run with result `hangup` and the actions run so far.
+detail goes to the log. A hangup at any point (HANGUP line, 511, connection closed, a STREAM FILE
+cut short: `-1` with an endpos) ends the run with result `hangup` and the actions started so far:
+an action whose first command met the hangup never ran and is not listed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
 import uuid
 import wave
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from actions_dsl import Action, Playback, Say, Transfer, VoicemailPlayback, VoicemailSay
 from gateway.services.dialing import (
@@ -74,6 +78,34 @@ _WAV_BYTES_PER_SECOND = 8000 * 2  # 8 kHz mono 16-bit, what Asterisk's `wav` for
 
 class _EndOfScript(Exception):
     """Raised inside an action that ends the script (transfer, voicemail)."""
+
+
+# DIALSTATUS -> the result of a transfer nobody answered, the caller still on the line.
+_UNANSWERED = {"BUSY": "transfer_busy", "NOANSWER": "transfer_no_answer"}
+
+
+class _Counted:
+    """The channel, counting the commands Asterisk answered: an action whose first command met
+    the hangup never started."""
+
+    def __init__(self, channel: AgiChannel) -> None:
+        self._channel = channel
+        self.answered = 0
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        return self._channel.env
+
+    async def command(self, line: str) -> AgiResponse:
+        try:
+            response = await self._channel.command(line)
+        except AgiStreamError:
+            raise
+        except AgiError:  # 510/520: answered, the command failed
+            self.answered += 1
+            raise
+        self.answered += 1
+        return response
 
 
 class Executor:
@@ -128,6 +160,7 @@ class Executor:
         """`rights`: the call's account (the DIN's holder), for transfers; without it a
         transfer may reach the global allow-list and sets no caller id."""
         outcome = CallOutcome()
+        channel = _Counted(channel)
         try:
             try:
                 await channel.command("ANSWER")
@@ -137,11 +170,16 @@ class Executor:
                 _add_error(outcome, f"answer: {exc}")
             for action in actions:
                 outcome.actions_run.append(_describe(action))
+                # An unanswered transfer before this action no longer decides the result.
+                outcome.result = "completed"
+                before = channel.answered
                 try:
                     await self._run_action(channel, action, outcome, rights)
                 except _EndOfScript:
                     break
                 except (Hangup, AgiStreamError):
+                    if channel.answered == before:
+                        outcome.actions_run.pop()
                     raise
                 except (MediaError, AgiError, UnsafeArgument) as exc:
                     _add_error(outcome, f"{_kind(action)}: {_public(exc, _kind(action))}")
@@ -176,8 +214,12 @@ class Executor:
         line = format_command("STREAM FILE", safe_path(path), "")
         response = await channel.command(line)
         # -1 with endpos=0: Asterisk could not open the file. -1 after playing part of it: the
-        # caller hung up (or the channel failed) mid-play, which the next command will report.
-        if response.result < 0 and not result_endpos(response):
+        # caller hung up mid-play (the HANGUP line follows), or the channel failed, which ends the
+        # call as surely; waiting for the next command to tell would record the last playback of
+        # a script as completed.
+        if response.result < 0:
+            if result_endpos(response):
+                raise Hangup(f"playback of {path} cut short ({response.data})")
             raise AgiError(f"Asterisk could not play {path} ({response.result} {response.data})".rstrip())
         return response
 
@@ -206,15 +248,22 @@ class Executor:
                 except AgiError as exc:  # the transfer matters more than the number shown
                     _add_error(outcome, f"transfer: caller id not set: {exc}")
         dial = f"PJSIP/{safe_number(number)}@{self._trunk},{safe_int(self._dial_timeout)}"
-        await channel.command(format_command("EXEC", "Dial", dial))
-        outcome.result = "transferred"
-        # The call may well be over by now (Dial returns when the bridged call ends); the status
-        # only refines the record.
-        with contextlib.suppress(Hangup, AgiError):
-            status = result_paren(await channel.command(format_command("GET VARIABLE", "DIALSTATUS")))
-            if status and status != "ANSWER":
-                _add_error(outcome, f"transfer to {number}: dial status {status}")
-        raise _EndOfScript
+        started = time.monotonic()
+        dialled = await channel.command(format_command("EXEC", "Dial", dial))
+        dial_seconds = time.monotonic() - started
+        # GET VARIABLE still runs on a dead channel: the status is known whoever hung up.
+        status = await _variable(channel, "DIALSTATUS")
+        outcome.transfer_status = status[:16] if status else None
+        if status == "ANSWER":
+            outcome.result = "transferred"
+            answered_ms = await _variable(channel, "ANSWEREDTIME_MS")
+            outcome.transfer_seconds = _bridged_seconds(answered_ms, dial_seconds)
+            raise _EndOfScript
+        if status == "CANCEL" or dialled.result < 0:
+            # Dial gives -1 only when the caller's channel hung up (no `g` option).
+            raise Hangup(f"transfer to {number}: the caller hung up (dial status {status})")
+        outcome.result = _UNANSWERED.get(status or "", "transfer_failed")
+        _add_error(outcome, f"transfer to {number}: dial status {status or 'unknown'}")
 
     async def _voicemail(
         self, channel: AgiChannel, action: VoicemailPlayback | VoicemailSay, outcome: CallOutcome
@@ -254,6 +303,33 @@ class Executor:
         seconds = _wav_seconds(local + ".wav")
         _voicemail_done(outcome, local, elapsed if seconds is None else seconds)
         raise _EndOfScript
+
+
+async def _variable(channel: AgiChannel, name: str) -> str | None:
+    """A channel variable's value; None when unset, unreadable, or not a short plain token."""
+    try:
+        value = result_paren(await channel.command(format_command("GET VARIABLE", name)))
+    except AgiError as exc:
+        if isinstance(exc, AgiStreamError):
+            raise
+        return None
+    if not value or len(value) > 64 or not value.isascii() or not value.replace("_", "").isalnum():
+        return None
+    return value
+
+
+def _bridged_seconds(answered_ms: str | None, dial_seconds: float) -> float | None:
+    """How long an answered transfer lasted, or None when Asterisk did not say it was bridged.
+
+    Asterisk 22's app_dial.c sets ANSWEREDTIME_MS at the end of the bridge to the caller
+    channel's up time (ast_channel_get_up_time_ms: since that channel was answered), and the
+    gateway answers the caller before any action: for a transfer it also counts the playbacks
+    before the Dial and the ringing, and no Dial variable tells when the callee answered. So the
+    figure kept is the Dial's own duration as measured here (ringing included, nothing before
+    the Dial), capped by ANSWEREDTIME_MS, whose presence proves the bridge."""
+    if answered_ms is None or not answered_ms.isdigit():
+        return None
+    return round(min(dial_seconds, int(answered_ms) / 1000), 3)
 
 
 def _voicemail_done(outcome: CallOutcome, local_path: str, seconds: float) -> None:

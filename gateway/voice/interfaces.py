@@ -90,8 +90,12 @@ class Fetcher(Protocol):
 class CallOutcome:
     """What the executor did, for the call record."""
 
-    actions_run: list[str] = field(default_factory=list)
-    result: str = "completed"  # completed | hangup | transferred | voicemail
+    actions_run: list[str] = field(default_factory=list)  # the actions started, in order
+    # completed | hangup | transferred | voicemail | transfer_busy | transfer_no_answer |
+    # transfer_failed
+    result: str = "completed"
+    transfer_status: str | None = None  # DIALSTATUS of the last transfer dialled
+    transfer_seconds: float | None = None  # an answered transfer: from the dial to its end
     voicemail_path: str | None = None  # recorded file without extension, when voicemail ran
     voicemail_seconds: float = 0.0
     error: str | None = None

@@ -20,14 +20,23 @@ The life of a call, as the `calls` row shows it (direction "outbound"):
    price for the recipient's prefix), COMPLETED (FAILED when the media could not be played).
    The dialplan and the OriginateResponse race; either order gives the same record.
 3. OriginateResponse `Success` marks the call IN_PROGRESS if `play` did not get there first;
-   `Failure` ends it with the status its Reason maps to (ringing -> NO_ANSWER, busy -> BUSY,
-   anything else -> FAILED).
-4. A Hangup event for a call whose playback never started (answered, but the FastAGI
-   connection never came; `play` marks the start in the row's `actions`) ends it FAILED, after
-   a grace period that lets the OriginateResponse arrive first. A started playback, here or
-   on another node, is left to `play`, which writes the record itself; if the record is still
-   open `orphan_grace` later, the node playing it died: the call is ended FAILED at the time of
-   the Hangup event, by whichever node's event handler gets there first.
+   `Failure` ends it NO_ANSWER, BUSY or FAILED as the dialled channel's own events say
+   (gateway/voice/dial_outcome.py): with chan_pjsip every SIP refusal (486 busy included)
+   comes back as `Reason: 0`, so unless the Reason says more (3: the ring timeout), the Hangup
+   cause (from HangupRequest, or the Hangup that follows the response within moments, waited
+   for up to `hangup_grace`) decides, then DialEnd's DialStatus, and Reason 0 only when
+   neither was heard. Those events name the
+   call by `ChanVariable: GATEWAY_CALLID=<callid>`, which manager.conf's
+   `channelvars=GATEWAY_CALLID` adds; what each node heard is kept per call, bounded.
+4. A Hangup event (matched by the uniqueid the OriginateResponse or `play` gave, else by its
+   ChanVariable) for a call still open after a grace period: never answered (its
+   OriginateResponse was missed, e.g. during an AMI reconnect) -> settled from the channel's
+   events as in 3; answered (OriginateResponse, `play` or DialEnd ANSWER said so) but its
+   playback never started (the FastAGI connection never came; `play` marks the start in the
+   row's `actions`) -> FAILED. A started playback, here or on another node, is left to `play`,
+   which writes the record itself; if the record is still open `orphan_grace` later, the node
+   playing it died: the call is ended FAILED at the time of the Hangup event, by whichever
+   node's event handler gets there first.
 5. `sweep` fails QUEUED calls nobody reported on (events lost while AMI was down), and
    IN_PROGRESS calls answered longer ago than any playback can last (`max_call_seconds`: the
    node playing it died and the Hangup event was lost too, e.g. a single node that crashed),
@@ -42,6 +51,7 @@ the call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -66,6 +76,7 @@ from gateway.services import outbox
 from gateway.services.dialing import DEFAULT_DENY_NUMBER_TYPES, DialPolicy, DialRights, load_rights
 from gateway.services.pricing import PriceList
 from gateway.voice.ami import AmiClient, AmiConnectionLost, AmiMessage, AmiNotConnected
+from gateway.voice.dial_outcome import TOLD_REASONS, NewsBoard, unanswered_outcome
 from gateway.voice.interfaces import AgiChannel, AgiError, CallOutcome, Hangup
 
 log = logging.getLogger(__name__)
@@ -76,19 +87,8 @@ CALLID = re.compile(r"[0-9a-f]{32}")
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 _TRUNK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
-# OriginateResponse `Reason` is the last control frame seen on the dialled channel
-# (AST_CONTROL_*, see main/pbx.c pbx_dial_reason): 4 answered, 3 still ringing when the
-# timeout struck, 5 busy, 8 congestion (also: rejected, out of order), 1 hung up, 0 failed.
-REASON_STATUS: Mapping[str, str] = {"1": "NO_ANSWER", "3": "NO_ANSWER", "5": "BUSY"}
-REASON_TEXT: Mapping[str, str] = {
-    "0": "the call could not be placed",
-    "1": "the callee hung up before answering",
-    "3": "no answer",
-    "5": "busy",
-    "8": "congestion or rejected by the network",
-}
-# Hangup `Cause` (Q.931) of a call that was never answered, when no OriginateResponse said more.
-CAUSE_STATUS: Mapping[str, str] = {"17": "BUSY", "18": "NO_ANSWER", "19": "NO_ANSWER"}
+_CAUSE = re.compile(r"[0-9]{1,3}")
+_DIAL_STATUS = re.compile(r"[A-Z]{1,16}")
 
 AgiHandler = Callable[[AgiChannel], Awaitable[None]]
 
@@ -239,6 +239,7 @@ class OutboundCalls:
         self._max_per_minute = max_per_minute
         self._playing: set[str] = set()  # callids whose play() runs in this process
         self._uniqueids: dict[str, str] = {}  # Asterisk channel uniqueid -> callid
+        self._news = NewsBoard()  # what each dialled channel's events said, by callid
         self._tasks: set[asyncio.Task[None]] = set()
         self._remove_listener = ami.add_listener(self._on_event)
 
@@ -458,7 +459,25 @@ class OutboundCalls:
         elif event == "hangup":
             callid = self._uniqueids.pop(msg.get("Uniqueid") or "", "") or _chanvar_callid(msg)
             if callid:
+                self._heard_cause(callid, msg)
+                self._news.of(callid).hung_up.set()
                 self._spawn(self._hangup(callid, msg))
+        elif event == "hanguprequest":
+            callid = _chanvar_callid(msg)
+            if callid:
+                self._heard_cause(callid, msg)
+        elif event == "dialend":
+            callid = _chanvar_callid(msg, "DestChanVariable")
+            status = (msg.get("DialStatus") or "").strip()
+            if callid and _DIAL_STATUS.fullmatch(status):
+                self._news.of(callid).dial_status = status
+
+    def _heard_cause(self, callid: str, msg: AmiMessage) -> None:
+        cause = (msg.get("Cause") or "").strip()
+        if _CAUSE.fullmatch(cause):
+            news = self._news.of(callid)
+            news.cause = cause
+            news.cause_text = sanitised_text(msg.get("Cause-txt") or "", 80).strip() or news.cause_text
 
     async def _originate_response(self, callid: str, msg: AmiMessage) -> None:
         if msg.success:
@@ -482,15 +501,16 @@ class OutboundCalls:
                     )
                 )
             return
-        reason = (msg.get("Reason") or "").strip()
-        status = REASON_STATUS.get(reason, "FAILED")
-        text = REASON_TEXT.get(reason, "the call failed")
+        reason = sanitised_text((msg.get("Reason") or "").strip(), 8)
+        news = self._news.of(callid)
+        if reason not in TOLD_REASONS and not news.cause:
+            # Reason 0 is also what a busy or refusing callee gives (dial_outcome.py); its
+            # channel's Hangup, just behind this response, tells which.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(news.hung_up.wait(), self._hangup_grace)
+        outcome = unanswered_outcome(news, reason)
         await self._end(
-            callid,
-            status,
-            error=f"{text} (originate reason {reason or '?'})",
-            result=status.lower(),
-            unanswered_only=True,
+            callid, outcome.status, error=outcome.error, result=outcome.status.lower(), unanswered_only=True
         )
 
     async def _hangup(self, callid: str, msg: AmiMessage) -> None:
@@ -499,7 +519,7 @@ class OutboundCalls:
         if callid in self._playing:
             return
         cause = (msg.get("Cause") or "").strip()
-        cause_text = sanitised_text(msg.get("Cause-txt") or "")
+        cause = cause if _CAUSE.fullmatch(cause) else ""
         async with self._sessions() as s:
             row = await s.scalar(select(Call).where(Call.uid == callid, Call.direction == "outbound"))
         if row is None or row.ended_at is not None:
@@ -510,10 +530,20 @@ class OutboundCalls:
             # moments of the hangup, unless its node died.
             await self._end_orphan(callid, hung_up_at, cause)
             return
-        if row.answered_at is None:
-            status = CAUSE_STATUS.get(cause, "FAILED")
-            error = f"the call ended before it was answered (cause {cause or '?'} {cause_text})".strip()
-            await self._end(callid, status, error=error, result=status.lower(), unanswered_only=True)
+        news = self._news.of(callid)
+        if not news.cause:  # the bounded board dropped it meanwhile
+            self._heard_cause(callid, msg)
+        if row.answered_at is None and news.dial_status != "ANSWER":
+            # No OriginateResponse settled it (missed during an AMI reconnect): the channel's
+            # own events do, matched by ChanVariable GATEWAY_CALLID.
+            outcome = unanswered_outcome(news, None)
+            await self._end(
+                callid,
+                outcome.status,
+                error=outcome.error,
+                result=outcome.status.lower(),
+                unanswered_only=True,
+            )
         else:
             await self._end(
                 callid,
@@ -686,6 +716,7 @@ class OutboundCalls:
         self._uniqueids[uniqueid] = callid
 
     def _forget(self, callid: str) -> None:
+        self._news.forget(callid)
         for uniqueid in [u for u, c in self._uniqueids.items() if c == callid]:
             del self._uniqueids[uniqueid]
 
@@ -720,9 +751,10 @@ def sanitised_text(value: str, limit: int = 200) -> str:
     return "".join(ch if ch.isprintable() else " " for ch in value)[:limit]
 
 
-def _chanvar_callid(msg: AmiMessage) -> str:
-    """GATEWAY_CALLID from `ChanVariable: GATEWAY_CALLID=<callid>` (manager.conf channelvars)."""
-    for value in msg.get_all("ChanVariable"):
+def _chanvar_callid(msg: AmiMessage, header: str = "ChanVariable") -> str:
+    """GATEWAY_CALLID from `ChanVariable: GATEWAY_CALLID=<callid>` (manager.conf channelvars;
+    `DestChanVariable` on the Dial events)."""
+    for value in msg.get_all(header):
         name, _, callid = value.partition("=")
         if name.strip() == "GATEWAY_CALLID" and CALLID.fullmatch(callid.strip()):
             return callid.strip()

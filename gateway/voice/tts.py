@@ -6,9 +6,10 @@ eSpeak NG comes from the `espeakng-loader` wheel, which ships `libespeak-ng.so` 
 22050 Hz samples, then miniaudio resamples to 8 kHz. The library keeps global state and is
 not thread-safe: every call into it runs in a worker thread under one process-wide lock.
 
-Layout: `<data_dir>/tts/<sha256(lang + NUL + text)>.wav`; `say_file` returns the absolute
-path without `.wav`. Languages are eSpeak voice names (`en`, `en-us`, `ja`, `fr`, ...); the
-Japanese voice reads kana, kanji are spelt out as "Chinese letter".
+Layout: `<data_dir>/tts/<sha256(lang + NUL + text)>.wav`, with lang `ja+kana` for `ja`;
+`say_file` returns the absolute path without `.wav`. Languages are eSpeak voice names (`en`,
+`en-us`, `ja`, `fr`, ...); the Japanese voice reads only kana, so Japanese text is turned into
+kana first (`japanese.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import miniaudio
 
+from gateway.voice import japanese
 from gateway.voice.interfaces import MediaError
 from gateway.voice.media import SAMPLE_RATE, write_wav_atomic
 
@@ -117,6 +119,7 @@ class _Espeak:
 
 def _synthesize(lang: str, text: str) -> bytes:
     """8 kHz mono 16-bit PCM for `text`. Blocking; serialised across the process."""
+    text = japanese.speakable(text) if lang == "ja" else text
     with _Espeak.lock:
         engine = _Espeak.get()
         pcm = engine.synthesize(lang, text)
@@ -141,8 +144,10 @@ class EspeakSpeech:
 
     @staticmethod
     def key(lang: str, text: str) -> str:
-        # The NUL keeps ("en", "-gb hello") and ("en-gb", " hello") apart.
-        return hashlib.sha256(f"{lang}\0{text}".encode()).hexdigest()
+        # The NUL keeps ("en", "-gb hello") and ("en-gb", " hello") apart. Japanese has keys of
+        # its own so that speech cached before kanji were read ("Chinese letter") is not reused.
+        voice = "ja+kana" if lang == "ja" else lang
+        return hashlib.sha256(f"{voice}\0{text}".encode()).hexdigest()
 
     async def say_file(self, lang: str, text: str) -> str:
         lang = lang.strip().lower()

@@ -15,16 +15,32 @@ client, so the client is tested against the protocol:
   Invalid/unknown command`;
 * `Originate` checks its arguments as manager.c does (`Channel not specified`, `Invalid
   channel`, `Invalid timeout`, `Invalid priority`), answers `Response: Success` / `Message:
-  Originate successfully queued`, and then, as the dial thread would:
-  - answered: `Event: OriginateResponse` with `Response: Success`, `Reason: 4`, the channel's
-    name and Uniqueid; the dialplan of the originate's Context runs, which in gateway-outbound
-    is `AGI(agi://<gateway>/outbound,${GATEWAY_CALLID})`: so the stand-in places that FastAGI
-    call to the gateway (tests.peers.asterisk_agi plays the channel) and, when it ends,
-    `Event: Hangup` (Cause 16, Normal Clearing);
-  - not answered: `Event: Hangup` of the dialled channel (Cause 17 busy, 19 no answer, 34
-    congestion, 21 rejected, 1 unallocated) then `Event: OriginateResponse` with `Response:
-    Failure`, the Reason pbx_dial_reason gives (5, 3, 8, 8, 0) and `Uniqueid: <null>`.
-  Events go to every logged-in session whose mask is not `off`, like manager_event.
+  Originate successfully queued`, and then emits what Asterisk 22 with chan_pjsip does
+  (main/pbx.c pbx_outgoing_attempt, main/dial.c, main/manager.c fast_originate; the busy case
+  is recorded in ../shared/asterisk-22/ami_busy_originate.txt):
+  - answered: `Newchannel`, `DialBegin`, `DialEnd DialStatus: ANSWER`, `OriginateResponse`
+    `Response: Success`, `Reason: 4` with the channel's name and Uniqueid; the dialplan of the
+    originate's Context runs, which in gateway-outbound is
+    `AGI(agi://<gateway>/outbound,${GATEWAY_CALLID})`: so the stand-in places that FastAGI call
+    to the gateway (tests.peers.asterisk_agi plays the channel) and, when it ends, `Hangup`
+    (Cause 16, Normal Clearing);
+  - the callee answers the INVITE with a failure (486 busy, 480, 603, 404, 503): chan_pjsip
+    queues a hangup with the cause ast_sip_hangup_sip2cause gives (`HangupRequest` with Cause
+    and TechCause), dial.c reads it as a hangup and reports `DialEnd` with the DialStatus
+    ast_hangup_cause_to_dial_status makes of the cause (BUSY for 17, CONGESTION for 34,
+    NOANSWER for everything else, a 404 included); the dial's own cause stays unset, so
+    pbx_dial_reason gives `OriginateResponse Response: Failure, Reason: 0, Uniqueid: <unknown>`
+    (no channel is handed back), and last, through stasis, `Hangup` with the cause;
+  - ring timeout: `DialState DialStatus: RINGING` (the 180), then dial.c hangs the channel up
+    itself with cause 19 (handle_timeout_trip): no `HangupRequest`, no `DialEnd`,
+    `OriginateResponse Failure` with `Reason: 3` (it was ringing), then `Hangup` Cause 19;
+  - the channel cannot be created at all (`chanunavail`: no route, unregistered endpoint):
+    only `OriginateResponse Failure, Reason: 0`.
+  Channel events carry `ChanVariable: GATEWAY_CALLID=<id>` (`DestChanVariable:` on the Dial
+  events, main/manager_channels.c) only when the stand-in is given `channelvars`, as
+  manager.conf's `channelvars=` does; the Newchannel snapshot is taken before Originate's
+  variables are set, so its value is empty there. Events go to every logged-in session whose
+  mask is not `off`, like manager_event.
 
 What the test wants to happen is queued with `plan(...)`; every action received is recorded
 (`actions`), and so is every byte (`received`).
@@ -36,6 +52,7 @@ import asyncio
 import contextlib
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -46,23 +63,35 @@ GREETING = "Asterisk Call Manager/9.0.0"
 Outcome = Literal[
     "answer",  # answered; the dialplan's FastAGI call runs; Hangup when it ends
     "answer_no_agi",  # answered, but the FastAGI call never happens (gateway unreachable)
-    "busy",
-    "noanswer",
-    "congestion",
-    "rejected",
-    "unallocated",
+    "busy",  # 486
+    "unavailable",  # 480 Temporarily Unavailable
+    "rejected",  # 603 Decline
+    "unallocated",  # 404
+    "congestion",  # 503
+    "noanswer",  # rang until the Originate's Timeout
+    "chanunavail",  # no channel could be created
     "silent",  # queued, then nothing at all (events lost)
     "refuse",  # Response: Error to the Originate
     "drop",  # the connection closes before the Originate is answered
 ]
 
-# outcome -> (Hangup Cause, Cause-txt, OriginateResponse Reason)
-_FAILURES: dict[str, tuple[int, str, int]] = {
-    "busy": (17, "User busy", 5),
-    "noanswer": (19, "User alerting, no answer", 3),
-    "congestion": (34, "Circuit/channel congestion", 8),
-    "rejected": (21, "Call Rejected", 8),
-    "unallocated": (1, "Unallocated (unassigned) number", 0),
+
+@dataclass(frozen=True)
+class Rejection:
+    """A final SIP response to the INVITE, as chan_pjsip and main/dial.c report it."""
+
+    sip: int  # TechCause
+    cause: int  # ast_sip_hangup_sip2cause
+    cause_txt: str  # ast_cause2str
+    dial_status: str  # ast_hangup_cause_to_dial_status
+
+
+REJECTIONS: dict[str, Rejection] = {
+    "busy": Rejection(486, 17, "User busy", "BUSY"),
+    "unavailable": Rejection(480, 19, "User alerting, no answer", "NOANSWER"),
+    "rejected": Rejection(603, 21, "Call Rejected", "NOANSWER"),
+    "unallocated": Rejection(404, 1, "Unallocated (unassigned) number", "NOANSWER"),
+    "congestion": Rejection(503, 34, "Circuit/channel congestion", "CONGESTION"),
 }
 
 
@@ -91,6 +120,8 @@ class Plan:
     ring_seconds: float = 0.0  # before the outcome
     agi_first: bool = False  # the dialplan reaches the gateway before the OriginateResponse
     hold_seconds: float = 0.0  # answer_no_agi: how long the answered call stays up
+    # False: the OriginateResponse never reaches the gateway (it was reconnecting to AMI).
+    originate_response: bool = True
     scenario: dict[str, Any] = field(default_factory=dict)  # CallScenario overrides
 
 
@@ -131,6 +162,7 @@ class AmiServer:
         secret: str = "s3cret",
         agi_host: str = "127.0.0.1",
         agi_port: int = 0,
+        channelvars: Sequence[str] = ("GATEWAY_CALLID",),  # manager.conf channelvars=
     ) -> None:
         self.host = host
         self.port = port
@@ -138,6 +170,7 @@ class AmiServer:
         self.secret = secret
         self.agi_host = agi_host
         self.agi_port = agi_port
+        self.channelvars = tuple(channelvars)
         self.actions: list[ReceivedAction] = []
         self.received = bytearray()
         self.logins = 0
@@ -321,23 +354,37 @@ class AmiServer:
     async def _dial_inner(self, call: PlacedCall) -> None:
         action, plan = call.action, call.plan
         caller = _callerid_number(action.get("CallerID") or "")
-        await self._event(
-            "Newchannel",
-            ("Channel", call.channel),
-            ("ChannelState", 0),
-            ("ChannelStateDesc", "Down"),
-            ("CallerIDNum", caller or "<unknown>"),
-            ("Uniqueid", call.uniqueid),
-        )
+        if plan.outcome == "chanunavail":
+            await asyncio.sleep(plan.ring_seconds)
+            await self._originate_response(call, "Failure", 0)
+            return
+        # The snapshot behind Newchannel predates the Originate's variables and caller id.
+        await self._event("Newchannel", *self._state(call, caller="", variables=False))
+        await self._event("DialBegin", *self._state(call, prefix="Dest"), ("DialString", _dialstring(action)))
         if plan.ring_seconds:
             await asyncio.sleep(plan.ring_seconds)
         if plan.outcome == "silent":
             return
-        if plan.outcome in _FAILURES:
-            cause, cause_txt, reason = _FAILURES[plan.outcome]
-            await self._hangup(call, cause, cause_txt)
-            await self._originate_response(call, "Failure", reason, channel=action.get("Channel") or "")
+        if plan.outcome in REJECTIONS:
+            rejection = REJECTIONS[plan.outcome]
+            await self._event(
+                "HangupRequest",
+                *self._state(call),
+                ("Cause", rejection.cause),
+                ("TechCause", rejection.sip),
+            )
+            await self._event(
+                "DialEnd", *self._state(call, prefix="Dest"), ("DialStatus", rejection.dial_status)
+            )
+            await self._originate_response(call, "Failure", 0)
+            await self._hangup(call, rejection.cause, rejection.cause_txt, tech_cause=rejection.sip)
             return
+        if plan.outcome == "noanswer":
+            await self._event("DialState", *self._state(call, prefix="Dest"), ("DialStatus", "RINGING"))
+            await self._originate_response(call, "Failure", 3)
+            await self._hangup(call, 19, "User alerting, no answer")
+            return
+        await self._event("DialEnd", *self._state(call, prefix="Dest", up=True), ("DialStatus", "ANSWER"))
         if plan.outcome == "answer_no_agi":
             await self._originate_response(call, "Success", 4)
             await asyncio.sleep(plan.hold_seconds)
@@ -359,43 +406,75 @@ class AmiServer:
         call.transcript = await agi
         await self._hangup(call, 16, "Normal Clearing")
 
-    async def _originate_response(
-        self, call: PlacedCall, response: str, reason: int, channel: str | None = None
-    ) -> None:
+    def _state(
+        self,
+        call: PlacedCall,
+        *,
+        prefix: str = "",
+        caller: str | None = None,
+        variables: bool = True,
+        up: bool = False,
+    ) -> list[tuple[str, Any]]:
+        """ast_manager_build_channel_state_string_prefix for the dialled channel."""
+        number = _callerid_number(call.action.get("CallerID") or "") if caller is None else caller
+        number = number or "<unknown>"
+        headers: list[tuple[str, Any]] = [
+            ("Channel", call.channel),
+            ("ChannelState", 6 if up else 0),
+            ("ChannelStateDesc", "Up" if up else "Down"),
+            ("CallerIDNum", number),
+            ("CallerIDName", "<unknown>"),
+            ("ConnectedLineNum", number),
+            ("ConnectedLineName", "<unknown>"),
+            ("Language", "en"),
+            ("AccountCode", ""),
+            ("Context", "din-inbound"),  # the trunk endpoint's context, until the dialplan runs
+            ("Exten", "s"),
+            ("Priority", 1),
+            ("Uniqueid", call.uniqueid),
+            ("Linkedid", call.uniqueid),
+        ]
+        values = _variables(call.action)
+        for name in self.channelvars:
+            headers.append(("ChanVariable", f"{name}={values.get(name, '') if variables else ''}"))
+        return [(prefix + key, value) for key, value in headers]
+
+    async def _originate_response(self, call: PlacedCall, response: str, reason: int) -> None:
+        """manager.c fast_originate: on failure no channel is handed back, so Channel is the
+        requested one and Uniqueid `<unknown>` (no ChannelId was given)."""
+        if not call.plan.originate_response:
+            return
         action = call.action
         caller = _callerid_number(action.get("CallerID") or "")
+        ok = response == "Success"
         await self._event(
             "OriginateResponse",
-            ("Privilege", "call,all"),
             *([("ActionID", action.get("ActionID"))] if action.get("ActionID") is not None else []),
             ("Response", response),
-            ("Channel", channel if channel is not None else call.channel),
+            ("Channel", call.channel if ok else action.get("Channel") or ""),
             ("Context", action.get("Context") or ""),
             ("Exten", action.get("Exten") or ""),
-            ("Application", ""),
-            ("Data", ""),
             ("Reason", reason),
-            ("Uniqueid", call.uniqueid if response == "Success" else "<null>"),
+            ("Uniqueid", call.uniqueid if ok else "<unknown>"),
             ("CallerIDNum", caller or "<unknown>"),
             ("CallerIDName", "<unknown>"),
         )
 
-    async def _hangup(self, call: PlacedCall, cause: int, cause_txt: str) -> None:
+    async def _hangup(self, call: PlacedCall, cause: int, cause_txt: str, tech_cause: int = 0) -> None:
         await self._event(
             "Hangup",
-            ("Privilege", "call,all"),
-            ("Channel", call.channel),
-            ("ChannelState", 6 if cause == 16 else 0),
-            ("Uniqueid", call.uniqueid),
-            ("Linkedid", call.uniqueid),
+            *self._state(call, up=cause == 16),
             ("Cause", cause),
             ("Cause-txt", cause_txt),
+            *([("TechCause", tech_cause)] if tech_cause else []),
         )
 
     async def _event(self, name: str, *headers: tuple[str, Any]) -> None:
+        """manager_event: Privilege, and Timestamp as manager.conf's timestampevents=yes adds."""
+        head = [("Event", name), ("Privilege", "call,all"), ("Timestamp", f"{time.time():.6f}")]
         for session in list(self._sessions):
             if session.authenticated and session.events:
-                await session.send([("Event", name), *headers])
+                await session.send([*head, *headers])
 
 
 def _variables(action: ReceivedAction) -> dict[str, str]:
@@ -408,6 +487,11 @@ def _variables(action: ReceivedAction) -> dict[str, str]:
             if sep:
                 out[name.strip()] = value
     return out
+
+
+def _dialstring(action: ReceivedAction) -> str:
+    """What follows the technology in Originate's Channel: `PJSIP/<number>@trunk`."""
+    return (action.get("Channel") or "").partition("/")[2]
 
 
 def _callerid_number(value: str) -> str:
