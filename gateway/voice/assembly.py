@@ -46,6 +46,8 @@ async def call_service(
     speech: Speech = EspeakSpeech(data_dir)
     if asterisk_dir != data_dir:
         media = speech = AsteriskView(media, speech, data_dir, asterisk_dir)
+    prep = AudioPrep(media, speech)  # the executor's sources: it takes what was prepared
+    media = speech = prep
     executor = Executor(
         media,
         speech,
@@ -68,5 +70,5 @@ async def call_service(
         base_url=base_url,
         wake_webhooks=wake_webhooks,
         observer=observer,
-        prepare=AudioPrep(media, speech).start,
+        prepare=prep.start,
     )
