@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 from sqlalchemy import func, select
 
 from bench.common import (
@@ -70,14 +69,16 @@ from tests.peers.asterisk_agi import (
     Exchange,
     fastagi_call,
     run_agi_script,
-    write_wav,
 )
 
 DIN = "+81312345678"
+BURST_DIN = "+81312345679"  # its action_url answers after --action-delay: say + playback
 INVENTORY = f"""number,country_code,prefix,sms,voice,monthly_cost,minute_cost
 {DIN},JP,813,false,true,1000,3.5
+{BURST_DIN},JP,813,false,true,1000,3.5
 """
 EXPECTED_VERBS = ["ANSWER", "STREAM FILE", "HANGUP"]
+BURST_VERBS = ["ANSWER", "STREAM FILE", "STREAM FILE", "HANGUP"]
 DIN_AGI = str(ROOT / "asterisk" / "agi" / "din_agi.py")
 CALL_TIMEOUT = 60.0  # seconds one call may take before it counts as failed
 
@@ -110,11 +111,13 @@ class Phase:
     seconds: float = 0.0
     rss: float = float("nan")  # MiB: the gateway's VmHWM after the phase, or the largest script
 
+    expected: list[str] = field(default_factory=lambda: EXPECTED_VERBS)
+
     def record(self, started: float, t: CallTranscript | None, error: str = "") -> None:
         done = time.perf_counter()
         first = _first_command_at.pop(t.uniqueid, None) if t is not None else None
         if t is not None and not error:
-            if t.verbs != EXPECTED_VERBS or t.missing or t.ended_by != "bridge":
+            if t.verbs != self.expected or t.missing or t.ended_by != "bridge":
                 error = f"verbs {t.verbs}, missing {t.missing}, ended by {t.ended_by!r}"
             elif t.returncode not in (None, 0):
                 error = f"exit status {t.returncode}: {t.stderr.decode(errors='replace')[-500:]}"
@@ -158,6 +161,94 @@ async def held_call(host: str, port: int, hold: float) -> CallTranscript:
         writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await writer.wait_closed()
+
+
+@dataclass
+class Burst:
+    """N calls whose connections are all opened at once (one asyncio task each, created in one
+    go): header -> first command is measured from the header written to the first command line
+    read, on this process's clock."""
+
+    calls: int
+    header_sent: list[float] = field(default_factory=list)
+    first: list[float] = field(default_factory=list)
+    ended: list[float] = field(default_factory=list)
+    failures: int = 0
+    first_error: str = ""
+    gateway_cpu: float = 0.0  # seconds of CPU the gateway used during the burst
+
+
+async def burst_call(host: str, port: int, burst: Burst, answer_delay: float, hold: float) -> None:
+    """One call of a burst: ANSWER takes `answer_delay` (a real Asterisk: ~0.5 s), each STREAM
+    FILE `hold` seconds; the rest is answered at once."""
+    scenario = CallScenario(dnid=BURST_DIN)
+    transcript = CallTranscript()
+    agi = asterisk_agi.AsteriskAgi(scenario, transcript, fast=True)
+    first: float | None = None
+    sent = 0.0
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+    except OSError as exc:
+        burst.failures += 1
+        burst.first_error = burst.first_error or f"connect: {exc}"
+        return
+    try:
+        writer.write(agi.header(f"agi://{host}:{port}/{scenario.script}").encode())
+        sent = time.perf_counter()
+        while True:
+            raw = await asyncio.wait_for(reader.readline(), CALL_TIMEOUT)
+            if first is None:
+                first = time.perf_counter()
+            if not raw:
+                transcript.ended_by = transcript.ended_by or "bridge"
+                break
+            line = raw.decode().removesuffix("\n")
+            reply = agi.handle(line)
+            transcript.exchanges.append(Exchange(line, reply))
+            verb = transcript.verbs[-1]
+            if verb == "ANSWER" and answer_delay:
+                await asyncio.sleep(answer_delay)
+            elif verb == "STREAM FILE" and hold and not agi.dead:
+                await asyncio.sleep(hold)
+            writer.write(reply.encode())
+            await writer.drain()
+            agi.after_answer()
+            if agi.hangup_pending:
+                agi.hangup_pending, agi.dead, transcript.hangup_sent = False, True, True
+                writer.write(b"HANGUP\n")
+    except Exception as exc:
+        burst.failures += 1
+        burst.first_error = burst.first_error or f"{type(exc).__name__}: {exc}"
+        return
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await writer.wait_closed()
+    _first_command_at.pop(agi.uniqueid, None)
+    if transcript.verbs != BURST_VERBS or first is None:
+        burst.failures += 1
+        burst.first_error = burst.first_error or f"verbs {transcript.verbs}"
+        return
+    burst.header_sent.append(sent)
+    burst.first.append(first - sent)
+    burst.ended.append(time.perf_counter())
+
+
+async def run_burst(burst: Burst, answer_delay: float, hold: float, port: int, spread: float = 0.0) -> None:
+    """All the calls at once, or the i-th `spread * i / calls` seconds after the first."""
+
+    async def call(i: int) -> None:
+        if spread:
+            await asyncio.sleep(spread * i / burst.calls)
+        await burst_call("127.0.0.1", port, burst, answer_delay, hold)
+
+    await asyncio.gather(*(call(i) for i in range(burst.calls)))
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run_calls(
@@ -264,6 +355,38 @@ async def main() -> None:
     )
     ap.add_argument("--warmup", type=int, default=50, help="FastAGI warm-up calls, not measured (default 50)")
     ap.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    ap.add_argument(
+        "--burst", type=int, default=200, help="calls started at once, 0 skips the burst (default 200)"
+    )
+    ap.add_argument(
+        "--action-delay",
+        type=float,
+        default=0.02,
+        help="seconds the burst DIN's action_url takes to answer (default 0.02)",
+    )
+    ap.add_argument(
+        "--answer-delay",
+        type=float,
+        default=0.5,
+        help="seconds the stand-in takes to answer ANSWER in the burst, as Asterisk does (default 0.5)",
+    )
+    ap.add_argument(
+        "--burst-hold", type=float, default=1.0, help="seconds each burst STREAM FILE takes (default 1)"
+    )
+    ap.add_argument(
+        "--burst-spread",
+        type=float,
+        default=0.0,
+        help="seconds over which the burst's calls start, evenly; 0: all at once (default 0)",
+    )
+    ap.add_argument(
+        "--unique-say",
+        action="store_true",
+        help="a different say text on every burst call: one speech synthesis per call",
+    )
+    ap.add_argument(
+        "--profile", metavar="FILE", help="run the gateway under cProfile, its stats written to FILE"
+    )
     args = ap.parse_args()
     _clock_first_commands()
 
@@ -271,28 +394,23 @@ async def main() -> None:
     voice_dir = work / "voice"
     db_url, drop_database = await create_database(args.db, work)
 
-    # The DIN's action_url (and the WAV a playback script plays).
-    write_wav(str(work / "greeting.wav"), 0.5)
-    wav = (work / "greeting.wav").read_bytes()
-    hits = {"actions": 0, "media": 0}
+    # The DINs' action_url server, in its own process (see bench/action_server.py).
     app_port = free_port()
     base = f"http://127.0.0.1:{app_port}"
-    script = 'say en "Hello"\n' if args.script == "say" else f"playback {base}/greeting.wav\n"
-
-    async def actions(request: web.Request) -> web.Response:
-        hits["actions"] += 1
-        return web.Response(text=script, content_type="text/plain")
-
-    async def media(request: web.Request) -> web.Response:
-        hits["media"] += 1
-        return web.Response(body=wav, content_type="audio/wav")
-
-    action_app = web.Application()
-    action_app.router.add_get("/actions", actions)
-    action_app.router.add_get("/greeting.wav", media)
-    action_runner = web.AppRunner(action_app, access_log=None)
-    await action_runner.setup()
-    await web.TCPSite(action_runner, "127.0.0.1", app_port).start()
+    script = 'say en "Hello"\n' if args.script == "say" else "playback {base}/greeting.wav\n"
+    action_server = await start_process(
+        "-m",
+        "bench.action_server",
+        "--port",
+        str(app_port),
+        "--script",
+        script,
+        "--burst-delay",
+        str(args.action_delay),
+        *(["--unique-say"] if args.unique_say else []),
+        ready="listening",
+    )
+    script = script.replace("{base}", base)
 
     gw: asyncio.subprocess.Process | None = None
     try:
@@ -310,6 +428,12 @@ async def main() -> None:
         await numbers.set_action_url(
             creds.account.id, "din", din_uid, f"{base}/actions", url_policy=loopback_ok
         )
+        async with sessions() as s:
+            burst_uid = (await s.execute(select(Number.uid).where(Number.number == BURST_DIN))).scalar_one()
+        await numbers.subscribe(creds.account.id, "din", burst_uid)
+        await numbers.set_action_url(
+            creds.account.id, "din", burst_uid, f"{base}/burst", url_policy=loopback_ok
+        )
 
         http_port, agi_port = free_port(), free_port()
         env = {
@@ -322,7 +446,8 @@ async def main() -> None:
             "GATEWAY_VOICE_DATA_DIR": str(voice_dir),
             "GATEWAY_OUTBOUND_HTTP_ALLOW_LOOPBACK": "true",
         }
-        gw = await start_process("-m", "gateway", "run", env=env, cwd=work)
+        profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+        gw = await start_process(*profile, "-m", "gateway", "run", env=env, cwd=work)
         drain = asyncio.get_running_loop().create_task(drain_output(gw))
         await _wait_up(f"http://127.0.0.1:{http_port}/healthz")
 
@@ -333,6 +458,18 @@ async def main() -> None:
         await run_calls(warm, lambda: fastagi_call("127.0.0.1", agi_port, CallScenario()))
         if warm.failures:
             print(f"warm-up: {warm.failures} of {warm.calls} calls failed: {warm.first_error}")
+
+        burst = Burst(args.burst)
+        burst_rss = float("nan")
+        if args.burst > 0:
+            # Warm-up: the playback WAV (and, unless --unique-say, the speech) into the caches.
+            await run_burst(Burst(1), 0, 0, agi_port)
+            cpu = _cpu_seconds(gw.pid)
+            begin = time.perf_counter()
+            await run_burst(burst, args.answer_delay, args.burst_hold, agi_port, args.burst_spread)
+            burst.gateway_cpu = _cpu_seconds(gw.pid) - cpu
+            burst_rss = peak_rss_mib(gw.pid)
+            _print_burst(burst, begin, burst_rss, args)
 
         fast = Phase("FastAGI back-to-back", args.calls, args.concurrency)
         await run_calls(fast, lambda: fastagi_call("127.0.0.1", agi_port, CallScenario(), timeout=30))
@@ -381,50 +518,92 @@ async def main() -> None:
         print(f"engine {args.db}; action_url script {script.strip()!r} on loopback; {os.cpu_count()} cores")
         print(f"each call: header, {', '.join(EXPECTED_VERBS)} (expected commands from the bridge)")
         print()
-        _table(
-            measured,
-            [
-                ("calls (concurrency)", lambda p: f"{p.calls} ({p.concurrency})"),
-                ("failures", lambda p: f"{p.failures}"),
-                ("calls/s", lambda p: f"{len(p.whole) / p.seconds:,.1f}" if p.seconds else "-"),
-                ("first command p50", lambda p: _ms(p.first, 50)),
-                ("first command p99", lambda p: _ms(p.first, 99)),
-                ("first command max", lambda p: _ms(p.first, 100)),
-                ("call duration p50", lambda p: _ms(p.whole, 50)),
-                ("call duration p99", lambda p: _ms(p.whole, 99)),
-                (
-                    "peak RSS",
-                    lambda p: (
-                        f"{p.rss:.0f} MiB"
-                        if p is not proc
-                        else f"{p.rss:.0f} MiB max, {percentile(list(memory.hwm_mib.values()), 50):.0f} p50"
+        if measured:
+            _table(
+                measured,
+                [
+                    ("calls (concurrency)", lambda p: f"{p.calls} ({p.concurrency})"),
+                    ("failures", lambda p: f"{p.failures}"),
+                    ("calls/s", lambda p: f"{len(p.whole) / p.seconds:,.1f}" if p.seconds else "-"),
+                    ("first command p50", lambda p: _ms(p.first, 50)),
+                    ("first command p99", lambda p: _ms(p.first, 99)),
+                    ("first command max", lambda p: _ms(p.first, 100)),
+                    ("call duration p50", lambda p: _ms(p.whole, 50)),
+                    ("call duration p99", lambda p: _ms(p.whole, 99)),
+                    (
+                        "peak RSS",
+                        lambda p: (
+                            f"{p.rss:.0f} MiB"
+                            if p is not proc
+                            else f"{p.rss:.0f} MiB max, {_median_hwm(memory):.0f} p50"
+                        ),
                     ),
-                ),
-                (
-                    "peak memory, all calls",
-                    lambda p: (
-                        f"{p.rss:.0f} MiB" if p is not proc else f"{memory.pss_peak_mib:.0f} MiB (sum PSS)"
+                    (
+                        "peak memory, all calls",
+                        lambda p: (
+                            f"{p.rss:.0f} MiB"
+                            if p is not proc
+                            else f"{memory.pss_peak_mib:.0f} MiB (sum PSS)"
+                        ),
                     ),
-                ),
-            ],
-        )
-        print()
-        print("first command: from connect (FastAGI) or process start (script) to ANSWER received")
-        print("call duration: to the bridge closing the call, after HANGUP and the call record")
-        print("peak RSS: the gateway's VmHWM after the phase (one process for all calls); for the")
-        print("  script, the VmHWM of each script process (max and median over processes) and the")
-        print("  largest sum of the live script processes' PSS (both sampled from /proc every 50 ms)")
+                ],
+            )
+            print()
+            print("first command: from connect (FastAGI) or process start (script) to ANSWER received")
+            print("call duration: to the bridge closing the call, after HANGUP and the call record")
+            print("peak RSS: the gateway's VmHWM after the phase (one process for all calls); for the")
+            print("  script, the VmHWM of each script process (max and median over processes) and the")
+            print("  largest sum of the live script processes' PSS (both sampled from /proc every 50 ms)")
         for p in measured:
             if p.first_error:
                 print(f"{p.label}: first failure: {p.first_error}")
-        print(f"action_url fetches  {hits['actions']}, media fetches {hits['media']}")
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/hits") as r:
+            hits = await r.json()
+        print(
+            f"action_url fetches  {hits['actions']} + {hits['burst']} (burst), media fetches {hits['media']}"
+        )
         print(f"call records        {recorded} ({completed} COMPLETED), warm-ups included")
     finally:
         if gw is not None:
             await stop_process(gw)
-        await action_runner.cleanup()
+        await stop_process(action_server)
         await drop_database()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _print_burst(burst: Burst, begin: float, rss: float, args: argparse.Namespace) -> None:
+    done = len(burst.first)
+    spread = (max(burst.header_sent) - min(burst.header_sent)) * 1000 if done else float("nan")
+    span = (max(burst.ended) - begin) if done else float("nan")
+    say = "a different text each call" if args.unique_say else "the same text (cached)"
+    how = f"over {args.burst_spread:g} s" if args.burst_spread else "at once"
+    print(
+        f"burst: {burst.calls} calls opened {how} (headers written within {spread:.0f} ms), "
+        f"engine {args.db}, {os.cpu_count()} cores"
+    )
+    print(
+        f"  action_url answers after {args.action_delay * 1000:g} ms: say ({say}) + playback; "
+        f"ANSWER takes {args.answer_delay * 1000:g} ms, each STREAM FILE {args.burst_hold:g} s"
+    )
+    print(
+        f"  header -> first command: p50 {_ms(burst.first, 50)}  p90 {_ms(burst.first, 90)}  "
+        f"p99 {_ms(burst.first, 99)}  max {_ms(burst.first, 100)}"
+    )
+    print(
+        f"  {done} calls done in {span:.2f} s ({done / span:.1f} calls/s), {burst.failures} failed; "
+        f"gateway peak RSS {rss:.0f} MiB"
+    )
+    print(
+        f"  gateway CPU during the burst: {burst.gateway_cpu:.2f} s "
+        f"({burst.gateway_cpu / max(done, 1) * 1000:.2f} ms per call, whole calls)"
+    )
+    if burst.first_error:
+        print(f"  first failure: {burst.first_error}")
+    print()
+
+
+def _median_hwm(memory: ChildMemory) -> float:
+    return percentile(list(memory.hwm_mib.values()), 50)
 
 
 def _ms(values: list[float], p: float) -> str:

@@ -214,8 +214,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _http_client(app: web.Application) -> AsyncIterator[None]:
-    """The one session for every customer URL (webhooks, action_url, media): each connection
-    checked against the outbound URL policy, no cookie jar shared between tenants."""
+    """The session for webhooks: each connection checked against the outbound URL policy, no
+    cookie jar shared between tenants. (The voice bridge has its own, with the same policy.)"""
     session = policy_session(app[URL_POLICY], limit=100, limit_per_host=20)
     app[HTTP_CLIENT] = session
     yield
@@ -376,15 +376,23 @@ async def _voice(fastagi_peers: tuple[IPNetwork, ...], app: web.Application) -> 
     """The AGI bridge: the call flow behind a FastAGI server."""
     cfg = app[CONFIG].voice
     webhooks = app[WEBHOOKS]
-    async with call_service(
-        cfg,
-        app[SESSIONS],
-        app[NUMBERS],
-        app[HTTP_CLIENT],
-        base_url=app[CONFIG].public_base_url,
-        wake_webhooks=webhooks.wake,
-        observer=app[METRICS],
-    ) as calls:
+    # The bridge's own session for action_url and media: every fetch is for a live call (the
+    # FastAGI connection limit bounds them), and a caller hears ringback until its action_url
+    # answers, so call starts must neither wait behind webhook deliveries nor queue 20 at a
+    # time per host (200 simultaneous callers of one customer: 10 rounds of its answer time).
+    http = policy_session(app[URL_POLICY], limit=cfg.fastagi_max_connections, limit_per_host=0)
+    async with (
+        http,
+        call_service(
+            cfg,
+            app[SESSIONS],
+            app[NUMBERS],
+            http,
+            base_url=app[CONFIG].public_base_url,
+            wake_webhooks=webhooks.wake,
+            observer=app[METRICS],
+        ) as calls,
+    ):
         app[CALLS] = calls
         server: FastAgiServer | None = None
         if cfg.fastagi_enabled:

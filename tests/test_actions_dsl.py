@@ -373,6 +373,15 @@ def test_is_safe_agi_text(text: str, safe: bool) -> None:
     assert is_safe_agi_text(text) is safe
 
 
+def test_is_safe_agi_text_agrees_with_the_character_predicate_on_every_code_point() -> None:
+    from actions_dsl.chars import is_forbidden_char
+
+    disagree = [
+        f"U+{c:04X}" for c in range(0x110000) if is_safe_agi_text(chr(c)) == is_forbidden_char(chr(c))
+    ]
+    assert disagree == []
+
+
 def test_package_is_pure() -> None:
     """Only the standard library: the parser must be usable without the gateway's dependencies."""
     package = Path(__file__).resolve().parent.parent / "actions_dsl"

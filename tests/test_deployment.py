@@ -381,3 +381,43 @@ def test_asterisk_refuses_an_unusable_secret(
     assert done.stderr.count("\n") == 1 and name in done.stderr
     assert not value or value not in done.stderr  # the log does not repeat the secret
     assert list(tmp_path.iterdir()) == []  # nothing written, Asterisk not started
+
+
+def dialplan(text: str, context: str) -> list[tuple[str, str, str]]:
+    """(extension, label, application with its arguments) of each priority in `context`, in
+    file order (`exten =>` and `same =>` lines; `n(label)` priorities carry their label)."""
+    out: list[tuple[str, str, str]] = []
+    exten = ""
+    for section, key, value in conf_values(text):
+        if section != context or key not in ("exten", "same"):
+            continue
+        value = value.removeprefix(">").strip()  # `=>` split at its `=`
+        if key == "exten":
+            exten, value = value.split(",", 1)
+        priority, app = value.split(",", 1)
+        label = m.group(1) if (m := re.fullmatch(r"\w+\((\w+)\)", priority.strip())) else ""
+        out.append((exten.strip(), label, app.strip()))
+    return out
+
+
+def test_din_inbound_rings_the_caller_before_the_bridge_runs() -> None:
+    """The bridge fetches the action_url before it answers (100 ms to seconds): without Ringing()
+    first the caller hears silence meanwhile, the INVITE stuck at 100 Trying."""
+    steps = dialplan((ROOT / "asterisk" / "extensions.conf").read_text(), "din-inbound")
+    apps = [app.split("(", 1)[0] for _, _, app in steps]
+    ringing, first_agi = apps.index("Ringing"), apps.index("AGI")
+    # Before the branch to the script bridge too: both bridges get a ringing caller.
+    branch = next(i for i, (_, _, app) in enumerate(steps) if app.startswith("GotoIf") and "?script" in app)
+    assert ringing < branch < first_agi
+    # Nothing answers before the bridge: it answers once it has the script.
+    assert "Answer" not in apps[:first_agi]
+    # Ringing leaves the channel in state Ring, so "never reached" is still "not Up".
+    unreachable = next(app for _, _, app in steps if "?unreachable" in app)
+    assert '"${CHANNEL(state)}" != "Up"' in unreachable
+
+
+def test_din_inbound_has_only_extensions_chan_pjsip_can_deliver() -> None:
+    """chan_pjsip answers 404 to an INVITE whose user part is not a number before any dialplan
+    runs (recorded on Asterisk 22): an `i` or letters extension there would never be reached."""
+    steps = dialplan((ROOT / "asterisk" / "extensions.conf").read_text(), "din-inbound")
+    assert {exten for exten, _, _ in steps} == {"_[+0-9]."}

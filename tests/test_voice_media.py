@@ -10,6 +10,8 @@ import itertools
 import math
 import random
 import sys
+import threading
+import time
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,11 +22,12 @@ import pytest_asyncio
 
 from gateway.egress.client import policy_session
 from gateway.egress.policy import SsrfPolicy
-from gateway.voice import tts
+from gateway.voice import media, tts
 from gateway.voice.fetcher import PolicyFetcher
 from gateway.voice.interfaces import FetchRefused, MediaError
 from gateway.voice.media import MediaCache, sniff_audio
 from gateway.voice.tts import EspeakSpeech
+from tests.conftest import wait_for
 from tests.test_ssrf import MiniServer
 
 TONE_HZ = 440.0
@@ -169,6 +172,34 @@ async def test_concurrent_calls_share_one_download(server: MiniServer, cache: Me
     assert server.count("/tone.wav") == 1
 
 
+async def test_queued_decodes_leave_the_loops_shared_executor_free(
+    server: MiniServer, cache: MediaCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many callers' new media being decoded at once must not hold up what else waits on the
+    loop's default executor (DNS lookups of action_urls)."""
+    release = threading.Event()
+
+    def stuck(data: bytes, max_seconds: float) -> bytes:
+        release.wait(5)  # a long file
+        return b"\0\0" * 800
+
+    monkeypatch.setattr(media, "decode_to_pcm", stuck)
+    url = server.url("/tone.wav")
+    plays = [asyncio.ensure_future(cache.playback_file(f"{url}?n={n}")) for n in range(40)]
+    try:
+
+        async def all_fetched() -> bool:
+            return server.count("/tone.wav") == 40
+
+        await wait_for(all_fetched)
+        await asyncio.sleep(0.05)  # every decode submitted
+        # What an action_url's DNS lookup does, while every decode is still running or queued.
+        await asyncio.wait_for(asyncio.to_thread(lambda: None), 2)
+    finally:
+        release.set()
+    assert len(set(await asyncio.gather(*plays))) == 40
+
+
 async def test_one_waiter_cancelled_does_not_cancel_the_download(
     server: MiniServer, cache: MediaCache
 ) -> None:
@@ -299,6 +330,28 @@ async def test_concurrent_say_synthesizes_once(tmp_path: Path, monkeypatch: pyte
         params, samples = read_wav(base)
         assert_8k_mono_16(params)
         assert rms(samples) > 300
+
+
+async def test_queued_syntheses_leave_the_loops_shared_executor_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Callers' texts queue for the one engine; meanwhile the loop's default executor (DNS
+    lookups of action_urls, media decoding) must not be stuck behind them."""
+    done: list[str] = []
+
+    def slow(lang: str, text: str) -> bytes:
+        time.sleep(0.05)
+        done.append(text)
+        return b"\0\0" * 800
+
+    monkeypatch.setattr(tts, "_synthesize", slow)
+    speech = EspeakSpeech(tmp_path)
+    says = [asyncio.ensure_future(speech.say_file("en", f"Caller {n}")) for n in range(40)]
+    await asyncio.sleep(0.01)  # every synthesis submitted
+    await asyncio.to_thread(lambda: None)  # what an action_url's DNS lookup does
+    assert len(done) <= 3
+    await asyncio.gather(*says)
+    assert len(done) == 40
 
 
 @pytest.mark.parametrize("lang", ["xx", "zz-qq", "en+f3", "../en", "", "english"])

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any, Literal, NamedTuple, Protocol
 
 import re2
-from sqlalchemy import ColumnElement, delete, select
+from sqlalchemy import ColumnElement, Select, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
@@ -483,22 +483,27 @@ class NumberService:
         kind = _check_kind(kind)
         if number.isdigit():
             number = "+" + number
-        q = (
-            select(
-                NumberSubscription.id,
-                NumberSubscription.account_id,
-                NumberSubscription.action_url,
-                Number.id,
-            )
-            .join(Number, Number.id == NumberSubscription.number_id)
-            .where(Number.number == number, NumberSubscription.kind == kind)
-        )
+        q = _targets_query(kind).where(Number.number == number)
         if session is not None:
             row = (await session.execute(q)).one_or_none()
         else:
             async with self._sessions() as s:
                 row = (await s.execute(q)).one_or_none()
         return None if row is None else SubscriptionTarget(row[0], row[1], row[2], row[3])
+
+    async def subscriptions_for_numbers(
+        self, numbers: Iterable[str], kind: Kind, session: AsyncSession
+    ) -> dict[str, SubscriptionTarget]:
+        """`subscription_for_number` for many E.164 numbers (with +) in one query per _CHUNK,
+        inside the caller's transaction: {number: target} for those held as `kind`."""
+        kind = _check_kind(kind)
+        wanted = sorted(set(numbers))
+        found: dict[str, SubscriptionTarget] = {}
+        for i in range(0, len(wanted), _CHUNK):
+            q = _targets_query(kind, Number.number).where(Number.number.in_(wanted[i : i + _CHUNK]))
+            for row in await session.execute(q):
+                found[row[4]] = SubscriptionTarget(row[0], row[1], row[2], row[3])
+        return found
 
     # -- SIN auto-reply rules ----------------------------------------------------------------
 
@@ -564,3 +569,19 @@ async def _rules(s: AsyncSession, subscription_id: int) -> list[AutoReplyRule]:
         .order_by(AutoReplyRule.created_at, AutoReplyRule.id)
     )
     return list((await s.execute(q)).scalars())
+
+
+def _targets_query(kind: Kind, *extra: Any) -> Select[Any]:
+    """Subscription id, account id, action_url and number id of `kind` subscriptions (then the
+    `extra` columns); the caller adds which numbers."""
+    return (
+        select(
+            NumberSubscription.id,
+            NumberSubscription.account_id,
+            NumberSubscription.action_url,
+            Number.id,
+            *extra,
+        )
+        .join(Number, Number.id == NumberSubscription.number_id)
+        .where(NumberSubscription.kind == kind)
+    )

@@ -22,6 +22,7 @@ from gateway.voice.executor import Executor
 from gateway.voice.fetcher import PolicyFetcher
 from gateway.voice.interfaces import MediaSource, Speech
 from gateway.voice.media import MediaCache
+from gateway.voice.prepare import AudioPrep
 from gateway.voice.tts import EspeakSpeech
 from gateway.workers.observer import Observer
 
@@ -45,6 +46,8 @@ async def call_service(
     speech: Speech = EspeakSpeech(data_dir)
     if asterisk_dir != data_dir:
         media = speech = AsteriskView(media, speech, data_dir, asterisk_dir)
+    prep = AudioPrep(media, speech)  # the executor's sources: it takes what was prepared
+    media = speech = prep
     executor = Executor(
         media,
         speech,
@@ -67,4 +70,5 @@ async def call_service(
         base_url=base_url,
         wake_webhooks=wake_webhooks,
         observer=observer,
+        prepare=prep.start,
     )

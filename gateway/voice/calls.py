@@ -25,6 +25,7 @@ from gateway.services import outbox
 from gateway.services.dialing import DialRights, load_rights
 from gateway.services.numbers import NumberService
 from gateway.services.views import fmt_time
+from gateway.voice.call_starts import CallStarts
 from gateway.voice.executor import Executor
 from gateway.voice.interfaces import AgiChannel, AgiError, CallOutcome, Fetcher, Hangup, MediaError
 from gateway.workers.observer import NullObserver, Observer
@@ -61,12 +62,15 @@ class CallService:
         base_url: str = "",
         wake_webhooks: Callable[[], None] = lambda: None,
         observer: Observer | None = None,
+        prepare: Callable[[Action], None] = lambda action: None,
     ) -> None:
+        """`prepare` starts making an action's audio without waiting for it (AudioPrep.start)."""
         self._observer = observer or NullObserver()
+        self._prepare = prepare
         self._base_url = base_url
         self._wake_webhooks = wake_webhooks
         self._sessions = sessions
-        self._numbers = numbers
+        self._starts = CallStarts(sessions, numbers)
         self._fetcher = fetcher
         self._executor = executor
         self._limits = limits
@@ -85,11 +89,8 @@ class CallService:
         caller = e164_from_agi(raw_caller)
         dnid = env.get("dnid", "")
         din = e164_from_agi(dnid if dnid and dnid != "unknown" else env.get("extension", ""))
-        target = await self._numbers.subscription_for_number(din, "din") if din else None
         call = Call(
             uid=uuid.uuid4().hex,
-            account_id=target.account_id if target else None,
-            number_id=target.number_id if target else None,
             direction="inbound",
             caller=caller or raw_caller[:32],
             recipient=din or dnid[:32],
@@ -99,8 +100,18 @@ class CallService:
             started_at=datetime.now(UTC),
         )
         with log_context(callid=call.uid, din=din or None, asterisk_uniqueid=call.asterisk_uniqueid):
-            async with self._sessions.begin() as s:
-                s.add(call)
+            target = await self._starts.target(din)
+            call.account_id = target.account_id if target else None
+            call.number_id = target.number_id if target else None
+            # The action_url is fetched while the call's IN_PROGRESS row is written; the row is
+            # in before ANSWER, so a node that dies once the call runs leaves it to the sweep.
+            script = asyncio.ensure_future(self._script(target.action_url if target else None, caller, din))
+            try:
+                await self._starts.insert(call)
+            except BaseException:
+                script.cancel()
+                await asyncio.gather(script, return_exceptions=True)
+                raise
             log.info("call answered", extra={"caller": call.caller})
             self.in_progress += 1
             self._active.add(call.uid)
@@ -108,10 +119,12 @@ class CallService:
             outcome = CallOutcome()
             script_error: str | None = None
             try:
-                actions, script_error = await self._script(target.action_url if target else None, caller, din)
+                actions, script_error = await script
                 if actions is None:
                     log.info("fallback: %s", script_error)  # the detail was logged by _script
                     actions = [self._fallback]
+                if actions:
+                    self._prepare(actions[0])  # while ANSWER is under way
                 rights = await self._rights(target.account_id if target else None, actions)
                 outcome = await self._executor.run(channel, actions, rights)
                 if outcome.result not in ("hangup", "transferred"):

@@ -13,6 +13,7 @@ import hashlib
 import os
 import tempfile
 import wave
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import miniaudio
@@ -120,6 +121,10 @@ class MediaCache:
         self._timeout = timeout
         self._max_seconds = max_seconds
         self._inflight: dict[str, asyncio.Future[str]] = {}
+        # Decoding runs off the event loop on threads of its own, one per core: a burst of long
+        # files on the loop's shared executor would hold up what else waits there (DNS lookups
+        # of action_urls at call start).
+        self._decoders = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="media-decode")
 
     @staticmethod
     def key(url: str) -> str:
@@ -149,7 +154,8 @@ class MediaCache:
             raise MediaError(
                 f"media URL answered HTTP {result.status}", public=f"media fetch failed: HTTP {result.status}"
             )
-        await asyncio.to_thread(self._convert, result.body, base.with_name(base.name + ".wav"))
+        path = base.with_name(base.name + ".wav")
+        await asyncio.get_running_loop().run_in_executor(self._decoders, self._convert, result.body, path)
         return str(base)
 
     def _convert(self, body: bytes, path: Path) -> None:

@@ -20,6 +20,7 @@ import hashlib
 import os
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import miniaudio
@@ -136,6 +137,10 @@ class EspeakSpeech:
         self.directory = Path(os.path.abspath(data_dir)) / "tts"
         self._max_chars = max_chars
         self._inflight: dict[str, asyncio.Future[str]] = {}
+        # Synthesis runs off the event loop, on a thread of its own: the engine takes one text at
+        # a time anyway, and queued syntheses waiting for it on the loop's shared executor would
+        # hold up everything else sent there (DNS lookups of action_urls, media decoding).
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="espeak")
 
     @staticmethod
     def key(lang: str, text: str) -> str:
@@ -160,7 +165,8 @@ class EspeakSpeech:
             return str(base)
         future = self._inflight.get(key)
         if future is None:
-            future = asyncio.ensure_future(asyncio.to_thread(self._make, lang, text, path))
+            loop = asyncio.get_running_loop()
+            future = asyncio.ensure_future(loop.run_in_executor(self._thread, self._make, lang, text, path))
             self._inflight[key] = future
             future.add_done_callback(lambda f: self._finished(key, f))
         await asyncio.shield(future)
