@@ -43,7 +43,6 @@ from gateway.http.ratelimit import (
     ratelimit_middleware,
 )
 from gateway.http.request_log import request_id_middleware
-from gateway.http.routes_outbound import OUTBOUND
 from gateway.keys import (
     ACCOUNTS,
     CONFIG,
@@ -69,7 +68,13 @@ from gateway.services.tracking import LinkTracker
 from gateway.voice.assembly import call_service
 from gateway.voice.calls import CallService
 from gateway.voice.fastagi import FastAgiServer
-from gateway.voice.outbound import OutboundSettings, agi_router, outbound_cleanup_ctx, price_table_problem
+from gateway.voice.outbound import (
+    OUTBOUND,
+    OutboundSettings,
+    agi_router,
+    outbound_cleanup_ctx,
+    price_table_problem,
+)
 from gateway.workers.dispatcher import Dispatcher
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.receipts import ReceiptApplier

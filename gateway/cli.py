@@ -18,9 +18,9 @@ from gateway import logs, simulate
 from gateway.config import Config, ConfigError, load_config
 from gateway.db import migrate
 from gateway.db.engine import create_engine, is_sqlite, session_factory
-from gateway.http.errors import ApiError
 from gateway.services.accounts import AccountService
 from gateway.services.dialing import RIGHTS_COLUMNS, is_phone_number, parse_prefixes, update_rights
+from gateway.services.errors import ApiError
 from gateway.services.templates import TemplateService
 from gateway.version import version
 

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.http.errors import FieldErrors
 from gateway.keys import NUMBERS
+from gateway.services.errors import FieldErrors
 from gateway.services.number_import import COLUMNS, parse_numbers_csv
 from gateway.services.numbers import AutoReply, SubscriptionTarget, first_auto_reply
 from tests.conftest import Gateway

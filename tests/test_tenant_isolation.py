@@ -41,10 +41,10 @@ from aiohttp import web
 
 from gateway.app import FASTAGI, create_app
 from gateway.config import Config
-from gateway.http.routes_outbound import OUTBOUND
 from gateway.keys import NUMBERS, TEMPLATES
 from gateway.services.accounts import NewCredentials
 from gateway.services.number_import import parse_numbers_csv
+from gateway.voice.outbound import OUTBOUND
 from smpp.encoding import decode_short_message, encode_gsm7
 from tests.conftest import (
     Gateway,

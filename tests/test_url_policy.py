@@ -21,10 +21,10 @@ import pytest_asyncio
 from aiohttp import web
 
 from gateway.egress.policy import SsrfPolicy
-from gateway.http.errors import FieldErrors
 from gateway.keys import NUMBERS
 from gateway.services import validation as v
 from gateway.services.accounts import NewCredentials
+from gateway.services.errors import FieldErrors
 from gateway.services.number_import import parse_numbers_csv
 from smpp.encoding import decode_short_message
 from tests.conftest import Gateway, gateway_config, serve_app, start_gateway, wait_for

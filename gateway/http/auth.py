@@ -17,11 +17,12 @@ import binascii
 
 from aiohttp import web
 
-from gateway.http.errors import ApiError, Handler
+from gateway.http.errors import Handler
 from gateway.http.ratelimit import AUTH_FAILURES, client_key, too_many_requests
 from gateway.keys import ACCOUNT, ACCOUNTS
 from gateway.logs import log_context
 from gateway.services.accounts import AccountInfo
+from gateway.services.errors import ApiError
 
 # /metrics has its own optional bearer token (metrics.token).
 PUBLIC_PREFIXES = ("/l/", "/healthz", "/readyz", "/openapi.json", "/docs", "/metrics")

@@ -4,43 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from gateway.db.availability import DbOutage, is_outage
+from gateway.services.errors import ApiError
 
 log = logging.getLogger(__name__)
 
 # The process's view of database outages, shared with the background loops (gateway/app.py).
 DB_OUTAGE = web.AppKey("db_outage", DbOutage)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, body: Mapping[str, Any]) -> None:
-        super().__init__(f"{status} {body}")
-        self.status = status
-        self.body = dict(body)
-
-
-class FieldErrors(ApiError):
-    """400 with `{"field": ["reason", ...]}`; collects several fields before raising."""
-
-    def __init__(self, errors: Mapping[str, list[str]] | None = None) -> None:
-        super().__init__(400, errors or {})
-
-    @classmethod
-    def one(cls, field: str, reason: str) -> FieldErrors:
-        return cls({field: [reason]})
-
-
-def not_found(what: str = "Not found.") -> ApiError:
-    return ApiError(404, {"detail": what})
-
-
-def forbidden(what: str) -> ApiError:
-    return ApiError(403, {"detail": what})
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:

@@ -47,8 +47,9 @@ from sqlalchemy import func, select
 
 from gateway.db.availability import is_outage
 from gateway.db.models import Message, WebhookDelivery
-from gateway.http.errors import DB_OUTAGE, ApiError, Handler
+from gateway.http.errors import DB_OUTAGE, Handler
 from gateway.keys import SESSIONS
+from gateway.services.errors import ApiError
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from gateway.http.errors import ApiError, FieldErrors
+from gateway.services.errors import ApiError, FieldErrors
 
 
 async def read_params(request: web.Request) -> dict[str, Any]:

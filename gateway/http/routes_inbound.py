@@ -9,10 +9,11 @@ from typing import Any
 from aiohttp import web
 
 from gateway.db.models import InboundMessage
-from gateway.http.errors import FieldErrors, json_response
+from gateway.http.errors import json_response
 from gateway.http.params import optional_str, read_params
 from gateway.keys import ACCOUNT, INBOUND
 from gateway.services import validation as v
+from gateway.services.errors import FieldErrors
 from gateway.services.views import fmt_time
 
 routes = web.RouteTableDef()

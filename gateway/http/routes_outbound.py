@@ -11,13 +11,14 @@ from aiohttp import web
 
 from actions_dsl.values import lang_problem, text_problem, url_problem
 from gateway.egress.policy import SsrfPolicy
-from gateway.http.errors import ApiError, FieldErrors, json_response
+from gateway.http.errors import json_response
 from gateway.http.params import FieldCollector, optional_str, read_params
 from gateway.keys import ACCOUNT, URL_POLICY
 from gateway.services import validation as v
+from gateway.services.errors import ApiError, FieldErrors
 from gateway.voice.outbound import (
+    OUTBOUND,
     Media,
-    OutboundCalls,
     OutboundLimited,
     OutboundRefused,
     OutboundUnavailable,
@@ -26,7 +27,6 @@ from gateway.voice.outbound import (
 )
 
 routes = web.RouteTableDef()
-OUTBOUND = web.AppKey("outbound", OutboundCalls)
 
 # Line breaks and tabs in a TTS message are spacing, not content: spoken the same as a space.
 _SPACING = re.compile(r"[\r\n\t]+")

@@ -9,9 +9,10 @@ from aiohttp import web
 from sqlalchemy import text
 
 from gateway.db.availability import is_outage
-from gateway.http.errors import DB_OUTAGE, json_response, not_found
+from gateway.http.errors import DB_OUTAGE, json_response
 from gateway.http.ratelimit import LINK_MISSES, client_key, too_many_requests
 from gateway.keys import LINKS, SESSIONS
+from gateway.services.errors import not_found
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http.errors import FieldErrors, json_response
+from gateway.http.errors import json_response
 from gateway.http.params import optional_str, read_params
 from gateway.keys import ACCOUNT, NUMBERS, URL_POLICY
+from gateway.services.errors import FieldErrors
 from gateway.services.numbers import Kind, parse_filters
 
 FILTERS = ("country", "prefix")

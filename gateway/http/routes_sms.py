@@ -11,10 +11,11 @@ from typing import Any
 from aiohttp import web
 
 from gateway.egress.policy import SsrfPolicy
-from gateway.http.errors import FieldErrors, forbidden, json_response
+from gateway.http.errors import json_response
 from gateway.http.params import FieldCollector, optional_str, read_params
 from gateway.keys import ACCOUNT, CONFIG, MESSAGES, TEMPLATES, URL_POLICY
 from gateway.services import validation as v
+from gateway.services.errors import FieldErrors, forbidden
 from gateway.services.messages import OutboundRequest, parse_sent_date_query
 from gateway.services.templates import render
 

@@ -3,53 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
 
 from gateway.db.models import Call, Voicemail
-from gateway.http.errors import json_response, not_found
+from gateway.http.errors import json_response
 from gateway.keys import ACCOUNT, SESSIONS
-from gateway.services.views import fmt_time
+from gateway.services.errors import not_found
+from gateway.services.views import call_json, voicemail_json
 
 routes = web.RouteTableDef()
 LIST_LIMIT = 1000
-
-
-def call_json(c: Call) -> dict[str, Any]:
-    return {
-        "callid": c.uid,
-        "direction": c.direction,
-        "status": c.status,
-        "caller": c.caller,
-        "recipient": c.recipient,
-        "start_time": fmt_time(c.started_at),
-        "answer_time": fmt_time(c.answered_at),
-        "end_time": fmt_time(c.ended_at),
-        "duration": c.duration,
-        "cost": float(c.cost),
-        "actions": json.loads(c.actions or "[]"),
-        "result": c.result,
-        "transfer_status": c.transfer_status,
-        "transfer_seconds": None if c.transfer_seconds is None else float(c.transfer_seconds),
-        "error": c.error,
-    }
-
-
-def voicemail_json(v: Voicemail, call_uid: str) -> dict[str, Any]:
-    return {
-        "voicemail_id": v.uid,
-        "callid": call_uid,
-        "caller": v.caller,
-        "recipient": v.recipient,
-        "duration": float(v.duration),
-        "size": v.size,
-        "created_at": fmt_time(v.created_at),
-        "audio_url": f"/voice/voicemails/{v.uid}/audio",
-    }
 
 
 @routes.get("/voice/calls/")

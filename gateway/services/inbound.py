@@ -28,8 +28,8 @@ from gateway.db.models import (
     OptOut,
     WebhookDelivery,
 )
-from gateway.http.errors import forbidden, not_found
 from gateway.services import outbox
+from gateway.services.errors import forbidden, not_found
 from gateway.services.keywords import HELP_WORDS, START_WORDS, STOP_WORDS
 from gateway.services.messages import MessageService, OutboundRequest
 from gateway.services.numbers import AutoReply, NumberService, SubscriptionTarget, first_auto_reply

@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.group_commit import GroupCommitter, Rejections
 from gateway.db.models import Message, OptOut, Template, TrackedLink
-from gateway.http.errors import FieldErrors, not_found
 from gateway.services import links as linksvc
+from gateway.services.errors import FieldErrors, not_found
 from gateway.services.pricing import PriceList
 from gateway.services.views import message_json
 from smpp.encoding import GSM_SINGLE_MAX, plan

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TypeVar
 
-from gateway.http.errors import FieldErrors
 from gateway.services import validation as v
+from gateway.services.errors import FieldErrors
 
 COLUMNS = ("number", "country_code", "prefix", "sms", "voice", "monthly_cost", "minute_cost")
 _TRUE = ("true", "1", "yes")

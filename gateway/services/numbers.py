@@ -22,8 +22,8 @@ from sqlalchemy.orm import aliased
 
 from gateway.db.models import Account, AutoReplyRule, Number, NumberSubscription
 from gateway.egress.policy import SsrfPolicy
-from gateway.http.errors import FieldErrors, not_found
 from gateway.services import validation as v
+from gateway.services.errors import FieldErrors, not_found
 from gateway.services.keywords import RESERVED_KEYWORDS
 from gateway.services.number_import import NumberImportError, NumberRow
 from gateway.services.views import fmt_time

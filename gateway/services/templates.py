@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import Template
-from gateway.http.errors import ApiError, FieldErrors, not_found
+from gateway.services.errors import ApiError, FieldErrors, not_found
 from gateway.services.views import template_json
 
 STATUSES = ("PENDING", "APPROVED", "REJECTED")

@@ -9,7 +9,7 @@ import phonenumbers
 from yarl import URL
 
 from gateway.egress.policy import SsrfPolicy
-from gateway.http.errors import FieldErrors
+from gateway.services.errors import FieldErrors
 
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 _ALNUM_SENDER = re.compile(r"[A-Za-z0-9]{1,10}")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from gateway.db.models import Message, Template, TrackedLink
+from gateway.db.models import Call, Message, Template, TrackedLink, Voicemail
 
 
 def fmt_time(value: datetime | None) -> str | None:
@@ -50,4 +51,37 @@ def template_json(t: Template) -> dict[str, Any]:
         "status": t.status,
         "created_at": fmt_time(t.created_at),
         "updated_at": fmt_time(t.updated_at),
+    }
+
+
+def call_json(c: Call) -> dict[str, Any]:
+    return {
+        "callid": c.uid,
+        "direction": c.direction,
+        "status": c.status,
+        "caller": c.caller,
+        "recipient": c.recipient,
+        "start_time": fmt_time(c.started_at),
+        "answer_time": fmt_time(c.answered_at),
+        "end_time": fmt_time(c.ended_at),
+        "duration": c.duration,
+        "cost": float(c.cost),
+        "actions": json.loads(c.actions or "[]"),
+        "result": c.result,
+        "transfer_status": c.transfer_status,
+        "transfer_seconds": None if c.transfer_seconds is None else float(c.transfer_seconds),
+        "error": c.error,
+    }
+
+
+def voicemail_json(v: Voicemail, call_uid: str) -> dict[str, Any]:
+    return {
+        "voicemail_id": v.uid,
+        "callid": call_uid,
+        "caller": v.caller,
+        "recipient": v.recipient,
+        "duration": float(v.duration),
+        "size": v.size,
+        "created_at": fmt_time(v.created_at),
+        "audio_url": f"/voice/voicemails/{v.uid}/audio",
     }

@@ -69,12 +69,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from actions_dsl import Action, Playback, Say
 from actions_dsl.values import lang_problem, text_problem, url_problem
 from gateway.db.models import Call
-from gateway.http.routes_voice import call_json
 from gateway.keys import SESSIONS
 from gateway.logs import log_context
 from gateway.services import outbox
 from gateway.services.dialing import DEFAULT_DENY_NUMBER_TYPES, DialPolicy, DialRights, load_rights
 from gateway.services.pricing import PriceList
+from gateway.services.views import call_json
 from gateway.voice.ami import AmiClient, AmiConnectionLost, AmiMessage, AmiNotConnected
 from gateway.voice.dial_outcome import TOLD_REASONS, NewsBoard, unanswered_outcome
 from gateway.voice.interfaces import AgiChannel, AgiError, CallOutcome, Hangup
@@ -743,6 +743,9 @@ class OutboundCalls:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+OUTBOUND = web.AppKey("outbound", OutboundCalls)  # set by outbound_cleanup_ctx
+
+
 def _played_somewhere(row: Call) -> bool:
     return bool(row.actions) and row.actions != "[]"
 
@@ -807,8 +810,6 @@ def outbound_cleanup_ctx(
     gets the Executor from the app (e.g. `lambda app: app[CALLS].executor`)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        from gateway.http.routes_outbound import OUTBOUND  # the route module owns the key
-
         ami = AmiClient(
             settings.ami_host,
             settings.ami_port,
