@@ -58,7 +58,7 @@ async def main() -> None:
     }
     smsc = await start_process(
         "-m",
-        "smpp.simulator",
+        "smpp.simulator_cli",
         "--port",
         str(smsc_port),
         "--dlr-delay",

@@ -2,7 +2,7 @@
 
 The gateway's run command starts it in-process on embedded defaults, the test
 suite drives it through tests/peers/simulator_peer.py, and
-`python -m smpp.simulator` runs it standalone (e.g. as a docker-compose service).
+`python -m smpp.simulator_cli` runs it standalone (e.g. as a docker-compose service).
 
 It accepts binds, answers submit_sm with unique message ids, sends delivery
 receipts as deliver_sm after a delay, injects mobile-originated messages, and
@@ -502,10 +502,3 @@ class SmscSimulator:
                     sum(1 for s in self._sessions if s.mode is not None),
                 )
             last = current
-
-
-if __name__ == "__main__":
-    # `python -m smpp.simulator`; the command line lives in its own module.
-    from smpp.simulator_cli import main
-
-    raise SystemExit(main())

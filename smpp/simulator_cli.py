@@ -1,4 +1,4 @@
-"""Command line for the SMSC simulator: `python -m smpp.simulator [options]`.
+"""Command line for the SMSC simulator: `python -m smpp.simulator_cli [options]`.
 
 Runs until SIGINT/SIGTERM. Prints one startup line (with the real port, useful
 with --port 0) and logs binds and activity summaries through logging.
@@ -19,7 +19,9 @@ from smpp.simulator_model import DLR_MODES, ID_FORMATS
 
 def build_arg_parser() -> argparse.ArgumentParser:
     defaults = SimulatorConfig()
-    parser = argparse.ArgumentParser(prog="python -m smpp.simulator", description="SMPP 3.4 SMSC simulator")
+    parser = argparse.ArgumentParser(
+        prog="python -m smpp.simulator_cli", description="SMPP 3.4 SMSC simulator"
+    )
     parser.add_argument("--host", default=defaults.host)
     parser.add_argument("--port", type=int, default=defaults.port, help="0 picks a free port")
     parser.add_argument("--system-id", default=defaults.system_id)
@@ -90,3 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     asyncio.run(serve_until_signalled(config_from_args(args), args.control_port))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

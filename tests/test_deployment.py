@@ -143,6 +143,7 @@ def test_services_and_start_up(compose: dict[str, Any], env_file: dict[str, str]
     assert services["gateway"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert not cfg.simulator.enabled and cfg.smpp.host == "smsc"
     smsc_cmd = services["smsc"]["command"]
+    assert smsc_cmd[:3] == ["python", "-m", "smpp.simulator_cli"]  # tests/test_simulator.py runs it
     assert smsc_cmd[smsc_cmd.index("--port") + 1] == str(cfg.smpp.port)
     assert smsc_cmd[smsc_cmd.index("--password") + 1] == cfg.smpp.password
     assert smsc_cmd[smsc_cmd.index("--system-id") + 1] == cfg.smpp.system_id

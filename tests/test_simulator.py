@@ -616,7 +616,7 @@ async def test_command_line_runs_until_sigterm(esmes):
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "smpp.simulator",
+        "smpp.simulator_cli",
         "--port",
         "0",
         "--summary-interval",
