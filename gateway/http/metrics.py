@@ -22,11 +22,13 @@ nodes, sum over instances.
 
 One process per node today. Several worker processes behind one port would each hold their
 own registry, and a scrape would see only the one that answered. prometheus_client's
-multiprocess mode is the way: PROMETHEUS_MULTIPROC_DIR set (and emptied) before the workers
-start, the counters and histograms then written to mmap files there, gauges given a
-`multiprocess_mode` (`livesum` for calls in progress), /metrics rendering a fresh registry
-with `MultiProcessCollector` over that directory, `mark_process_dead` on a worker's exit, and
-the process and GC collectors dropped (they only describe the answering process).
+multiprocess mode is the way: PROMETHEUS_MULTIPROC_DIR set (and emptied) before any metric is
+created, counters and histograms then written to mmap files there, and /metrics rendering a
+fresh registry holding `MultiProcessCollector` over that directory plus `_DbGauges` (the
+database answers are the same whichever process asks). `set_function` does not work there:
+smpp_bound and calls_in_progress become plain gauges set by the hooks, with a
+`multiprocess_mode` (`max`, `livesum`); `mark_process_dead` runs on a worker's exit; the
+process and GC collectors go (they describe only the process that answered).
 
 `/metrics` is public unless `MetricsSettings.token` is set; then it needs
 `Authorization: Bearer <token>` (Prometheus: `authorization: {credentials: ...}`).
