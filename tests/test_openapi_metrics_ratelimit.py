@@ -15,8 +15,10 @@ import math
 import re
 import shutil
 import subprocess
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -38,6 +40,8 @@ PUBLIC = ("/openapi.json", "/docs", "/metrics")
 # The operations test_sms_and_template_routes_conform_to_the_document runs schemathesis on;
 # tests/test_schemathesis_routes.py covers every other one.
 SMS_AND_TEMPLATE_PATHS = r"^/sms/(messages|templates)/"
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+PROJECT_VERSION = tomllib.loads(PYPROJECT.read_text())["project"]["version"]
 
 
 # --- building the app with the additions ------------------------------------------------------
@@ -464,7 +468,7 @@ def test_metrics_hooks_and_exposition_format() -> None:
     assert val(s, "gateway_sms_submit_seconds_bucket", le="0.005") == 1
     assert val(s, "gateway_sms_submit_seconds_bucket", le="0.1") == 1
     assert val(s, "gateway_sms_submit_seconds_bucket", le="0.25") == 2
-    assert val(s, "gateway_sms_submit_seconds_bucket", le="30") == 2
+    assert val(s, "gateway_sms_submit_seconds_bucket", le="30.0") == 2  # prometheus_client's float form
     assert val(s, "gateway_sms_submit_seconds_bucket", le="+Inf") == 3
     assert val(s, "gateway_sms_submit_seconds_count") == 3
     assert math.isclose(val(s, "gateway_sms_submit_seconds_sum") or 0, 45.203)
@@ -578,6 +582,66 @@ async def test_queue_depth_counts_queued_messages_and_the_token_guards_metrics(
     assert val(s, "gateway_smpp_bound") == 0
     rows = await gw.sql("SELECT COUNT(*) FROM messages WHERE status = 'QUEUED'")
     assert rows[0][0] == 3
+
+
+async def test_scrape_has_build_info_process_metrics_and_route_latency(
+    start: Starter, http: aiohttp.ClientSession
+) -> None:
+    gw = await start()
+    creds = await gw.account()
+    async with http.post(
+        f"{gw.base_url}/sms/messages/",
+        json={"recipient": JP, "sender": "DEMO", "message": "hi"},
+        headers=gw.auth(creds),
+    ) as r:
+        assert r.status == 201
+        msgid = (await r.json())[0]["msgid"]
+    for url in (f"/sms/messages/{msgid}/", f"/sms/messages/{msgid}/", "/no/such/route"):
+        async with http.get(gw.base_url + url, headers=gw.auth(creds)) as r:
+            await r.read()
+    s = await scrape(http, gw)
+    assert val(s, "gateway_build_info", version=PROJECT_VERSION) == 1
+    latency = "gateway_http_request_duration_seconds"
+    assert val(s, f"{latency}_count", method="GET", route="/sms/messages/{msgid}/") == 2
+    assert val(s, f"{latency}_bucket", method="GET", route="/sms/messages/{msgid}/", le="+Inf") == 2
+    assert (val(s, f"{latency}_sum", method="GET", route="/sms/messages/{msgid}/") or 0) > 0
+    assert val(s, f"{latency}_count", method="POST", route="/sms/messages/") == 1
+    assert val(s, f"{latency}_count", method="GET", route="(unmatched)") == 1
+    routes = {v for (name, labels) in s if name.startswith(latency) for k, v in labels if k == "route"}
+    assert not any(msgid in r or "/no/such" in r for r in routes), routes
+    assert (val(s, "process_resident_memory_bytes") or 0) > 1_000_000
+    assert (val(s, "process_open_fds") or 0) > 0
+    assert any(name == "python_info" for name, _ in s)
+    assert val(s, "python_gc_collections_total", generation="0") is not None
+
+
+async def test_per_account_submit_counter_keeps_a_bounded_label_set(
+    start: Starter, http: aiohttp.ClientSession
+) -> None:
+    cap = 3
+    gw = await start(metric=Metrics(max_accounts=cap))
+    senders = [await gw.account(name=f"acct{i}") for i in range(cap + 5)]
+    for creds in senders:
+        async with http.post(
+            f"{gw.base_url}/sms/messages/",
+            json={"recipient": JP, "sender": "DEMO", "message": "hi"},
+            headers=gw.auth(creds),
+        ) as r:
+            assert r.status == 201
+    by_account = "gateway_sms_submits_by_account_total"
+
+    async def all_submitted() -> dict[str, float] | None:
+        s = await scrape(http, gw)
+        counts = {dict(labels)["account"]: v for (name, labels), v in s.items() if name == by_account}
+        return counts if sum(counts.values()) == cap + 5 else None
+
+    counts = await wait_for(all_submitted)
+    assert len(counts) == cap + 1
+    assert counts.pop("other") == 5
+    assert set(counts) <= {c.account.sid for c in senders} and set(counts.values()) == {1}
+    s = await scrape(http, gw)
+    assert val(s, by_account, account="other", result="ok") == 5
+    assert val(s, "gateway_sms_submits_total", result="ok") == cap + 5
 
 
 # --- rate limit -------------------------------------------------------------------------------

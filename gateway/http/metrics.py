@@ -1,33 +1,34 @@
-"""Prometheus metrics: `GET /metrics` in the text exposition format (version 0.0.4).
+"""Prometheus metrics: `GET /metrics`, written by prometheus_client in the text format 0.0.4.
 
-Hand-rolled (no client library): a handful of counters, gauges and one histogram, kept per
-process in a `Metrics` object the app owns (`app[METRICS]`). Counters are totals since the
-process started; rates are PromQL's job, e.g.
+Every series lives on one `CollectorRegistry` per app (`app[METRICS].registry`), never the
+library's global REGISTRY, so two apps in one process (the tests) never share a counter.
+Counters are totals since the process started; rates are PromQL's job, e.g.
 
     rate(gateway_sms_submits_total{result="ok"}[5m])          submits/s accepted by the SMSC
-    rate(gateway_sms_receipts_total[5m])                      DLRs/s
     histogram_quantile(0.99, rate(gateway_sms_submit_seconds_bucket[5m]))
     histogram_quantile(0.5, rate(gateway_sms_delivery_seconds_bucket[5m]))    median DLR latency
+    histogram_quantile(0.99, sum by (route, le) (rate(gateway_http_request_duration_seconds_bucket[5m])))
 
-What is exposed:
+The series are listed in docs/operations.md. Labels stay bounded: `route` is the matched
+route's pattern (UNMATCHED otherwise), `method` one of METHODS or OTHER, `account` the first
+`max_accounts` accounts seen and OTHER_ACCOUNT for the rest. The gateway has one SMPP
+connector, so there are no per-connector series. prometheus_client adds a `*_created`
+series beside each counter and histogram (the time it started counting).
 
-    gateway_sms_queue_depth                  gauge    messages QUEUED (shared DB: the same on every node)
-    gateway_webhook_backlog                  gauge    webhook deliveries PENDING (shared DB)
-    gateway_db_up                            gauge    1 if the two queries above answered
-    gateway_sms_submits_total{result}        counter  submit_sm outcomes: ok | error
-    gateway_sms_submit_seconds               histogram  submit_sm -> submit_sm_resp (all parts)
-    gateway_sms_receipts_total{state}        counter  DLRs: DELIVERED | FAILED | PENDING | OTHER
-    gateway_sms_delivery_seconds             histogram  accepted by the SMSC -> final status (DLR latency)
-    gateway_sms_settled_total{status}        counter  messages settled by receipts: DELIVERED | FAIL
-    gateway_sms_mo_total                     counter  MO deliver_sm received (parts, before reassembly)
-    gateway_webhook_posts_total{code}        counter  webhook POSTs by answer: 2xx 3xx 4xx 5xx error
-    gateway_smpp_bound                       gauge    1 while the SMPP transceiver is bound
-    gateway_calls_in_progress                gauge    AGI calls being handled now
-    gateway_calls_total                      counter  AGI calls started
-    gateway_http_requests_total{method,route,status}  counter  API requests, by route template
+The database gauges (queue depth, webhook backlog, db up) are read when scraped: the endpoint
+queries, hands the answers to the `_DbGauges` collector and renders, with no await in between.
+They cost one indexed COUNT each per scrape; everything else is this process's: with several
+nodes, sum over instances.
 
-The DB gauges cost one indexed COUNT each per scrape, (status, next_attempt_at) indexes on
-both tables. Everything else is this process's: with several nodes, sum over instances.
+One process per node today. Several worker processes behind one port would each hold their
+own registry, and a scrape would see only the one that answered. prometheus_client's
+multiprocess mode is the way: PROMETHEUS_MULTIPROC_DIR set (and emptied) before any metric is
+created, counters and histograms then written to mmap files there, and /metrics rendering a
+fresh registry holding `MultiProcessCollector` over that directory plus `_DbGauges` (the
+database answers are the same whichever process asks). `set_function` does not work there:
+smpp_bound and calls_in_progress become plain gauges set by the hooks, with a
+`multiprocess_mode` (`max`, `livesum`); `mark_process_dead` runs on a worker's exit; the
+process and GC collectors go (they describe only the process that answered).
 
 `/metrics` is public unless `MetricsSettings.token` is set; then it needs
 `Authorization: Bearer <token>` (Prometheus: `authorization: {credentials: ...}`).
@@ -38,11 +39,24 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import math
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from gateway.db.availability import is_outage
@@ -50,10 +64,10 @@ from gateway.db.models import Message, WebhookDelivery
 from gateway.http.errors import DB_OUTAGE, Handler
 from gateway.keys import SESSIONS
 from gateway.services.errors import ApiError
+from gateway.version import version
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SUBMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DELIVERY_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0, 86400.0)
 RECEIPT_STATES = ("DELIVERED", "FAILED", "PENDING")
@@ -61,6 +75,10 @@ DB_TIMEOUT = 5.0
 UNMATCHED = "(unmatched)"  # requests no route matched: one label value, not one per probed URL
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 CLIENT_GONE = 499  # the client went away before the answer (nginx's convention)
+# Accounts with a label of their own; later ones share OTHER_ACCOUNT, so a gateway with
+# thousands of accounts does not grow thousands of series.
+MAX_ACCOUNT_LABELS = 50
+OTHER_ACCOUNT = "other"
 
 
 @dataclass(frozen=True)
@@ -70,106 +88,32 @@ class MetricsSettings:
     token: str = ""
 
 
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _DbGauges(Collector):
+    """The scrape-time database answers; None = the query failed (the gauge is left out)."""
 
+    def __init__(self) -> None:
+        self.queue_depth: int | None = None
+        self.webhook_backlog: int | None = None
 
-def _escape_help(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _num(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
-
-
-def _labels(names: Sequence[str], values: Sequence[str]) -> str:
-    if not names:
-        return ""
-    return "{" + ",".join(f'{n}="{_escape_label(v)}"' for n, v in zip(names, values, strict=True)) + "}"
-
-
-class _Family:
-    kind = "untyped"
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
-        self.name = name
-        self.help = help_text
-        self.labelnames = tuple(labelnames)
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
-
-
-class Counter(_Family):
-    kind = "counter"
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labelnames)
-        self.values: dict[tuple[str, ...], float] = {} if labelnames else {(): 0.0}
-
-    def inc(self, *labels: str, amount: float = 1.0) -> None:
-        if len(labels) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}")
-        self.values[labels] = self.values.get(labels, 0.0) + amount
-
-    def get(self, *labels: str) -> float:
-        return self.values.get(labels, 0.0)
-
-    def lines(self) -> list[str]:
-        out = self.header()
-        for key in sorted(self.values):
-            out.append(f"{self.name}{_labels(self.labelnames, key)} {_num(self.values[key])}")
-        return out
-
-
-class Gauge(_Family):
-    kind = "gauge"
-
-    def lines_for(self, value: float | None) -> list[str]:
-        """A gauge with no labels whose value is read at scrape time; None = omitted."""
-        if value is None:
-            return []
-        return [*self.header(), f"{self.name} {_num(value)}"]
-
-
-class Histogram(_Family):
-    kind = "histogram"
-
-    def __init__(self, name: str, help_text: str, buckets: Iterable[float]) -> None:
-        super().__init__(name, help_text)
-        self.bounds = tuple(sorted(buckets))
-        self.counts = [0] * len(self.bounds)  # per bucket, not cumulative
-        self.count = 0
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.count += 1
-        self.sum += value
-        for i, bound in enumerate(self.bounds):
-            if value <= bound:
-                self.counts[i] += 1
-                break
-
-    def lines(self) -> list[str]:
-        out = self.header()
-        cumulative = 0
-        for bound, n in zip(self.bounds, self.counts, strict=True):
-            cumulative += n
-            out.append(f'{self.name}_bucket{{le="{_num(bound)}"}} {cumulative}')
-        out.append(f'{self.name}_bucket{{le="+Inf"}} {self.count}')
-        out.append(f"{self.name}_sum {_num(self.sum)}")
-        out.append(f"{self.name}_count {self.count}")
-        return out
+    def collect(self) -> Iterator[Metric]:
+        if self.queue_depth is not None:
+            yield GaugeMetricFamily(
+                "gateway_sms_queue_depth", "Messages waiting to be submitted (QUEUED).", self.queue_depth
+            )
+        if self.webhook_backlog is not None:
+            yield GaugeMetricFamily(
+                "gateway_webhook_backlog",
+                "Webhook deliveries waiting to be delivered (PENDING).",
+                self.webhook_backlog,
+            )
+        up = self.queue_depth is not None and self.webhook_backlog is not None
+        yield GaugeMetricFamily(
+            "gateway_db_up", "1 if the database answered the scrape-time queries.", float(up)
+        )
 
 
 class Metrics:
-    """This process's counters plus the hooks the workers call. All methods are cheap and sync.
+    """This app's registry plus the hooks the workers call (gateway/workers/observer.py).
 
     `calls_in_progress` and `smpp_bound`, when given, are read at scrape time and take precedence
     over what `call_started`/`call_ended` and `bind_state` recorded.
@@ -181,59 +125,103 @@ class Metrics:
         *,
         calls_in_progress: Callable[[], int] | None = None,
         smpp_bound: Callable[[], bool] | None = None,
+        max_accounts: int = MAX_ACCOUNT_LABELS,
     ) -> None:
         self.settings = settings or MetricsSettings()
-        self._calls_in_progress = calls_in_progress
-        self._smpp_bound = smpp_bound
+        self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self._db = _DbGauges()
+        r.register(self._db)
         self._bound = False
         self._calls_now = 0
-        self.queue_depth = Gauge("gateway_sms_queue_depth", "Messages waiting to be submitted (QUEUED).")
-        self.webhook_backlog = Gauge(
-            "gateway_webhook_backlog", "Webhook deliveries waiting to be delivered (PENDING)."
-        )
-        self.db_up = Gauge("gateway_db_up", "1 if the database answered the scrape-time queries.")
+        self._accounts: set[str] = set()
+        self._max_accounts = max_accounts
+        Gauge("gateway_build_info", "The running gateway's version.", ["version"], registry=r).labels(
+            version()
+        ).set(1)
         self.submits = Counter(
-            "gateway_sms_submits_total", "submit_sm outcomes (one per message).", ["result"]
+            "gateway_sms_submits_total", "submit_sm outcomes (one per message).", ["result"], registry=r
+        )
+        self.submits_by_account = Counter(
+            "gateway_sms_submits_by_account_total",
+            f"submit_sm outcomes per account (the first {max_accounts}; the rest as {OTHER_ACCOUNT}).",
+            ["account", "result"],
+            registry=r,
         )
         self.submit_seconds = Histogram(
-            "gateway_sms_submit_seconds", "Time from submit_sm to the last submit_sm_resp.", SUBMIT_BUCKETS
+            "gateway_sms_submit_seconds",
+            "Time from submit_sm to the last submit_sm_resp.",
+            buckets=SUBMIT_BUCKETS,
+            registry=r,
         )
-        self.receipts = Counter("gateway_sms_receipts_total", "Delivery receipts received.", ["state"])
+        self.receipts = Counter(
+            "gateway_sms_receipts_total", "Delivery receipts received.", ["state"], registry=r
+        )
         self.delivery_seconds = Histogram(
             "gateway_sms_delivery_seconds",
             "Time from the SMSC accepting a message to its final status (receipts).",
-            DELIVERY_BUCKETS,
+            buckets=DELIVERY_BUCKETS,
+            registry=r,
         )
         self.settled_total = Counter(
-            "gateway_sms_settled_total", "Messages brought to a final status by receipts.", ["status"]
+            "gateway_sms_settled_total",
+            "Messages brought to a final status by receipts.",
+            ["status"],
+            registry=r,
         )
         self.mos = Counter(
-            "gateway_sms_mo_total", "Mobile-originated deliver_sm received (each part of a long MO counts)."
+            "gateway_sms_mo_total",
+            "Mobile-originated deliver_sm received (each part of a long MO counts).",
+            registry=r,
         )
         self.webhooks = Counter(
-            "gateway_webhook_posts_total", "Webhook POST attempts by answer class.", ["code"]
+            "gateway_webhook_posts_total", "Webhook POST attempts by answer class.", ["code"], registry=r
         )
-        self.bound = Gauge("gateway_smpp_bound", "1 while the SMPP transceiver is bound.")
-        self.calls_now = Gauge("gateway_calls_in_progress", "AGI calls being handled now.")
-        self.calls = Counter("gateway_calls_total", "AGI calls started.")
+        bound = smpp_bound or (lambda: self._bound)
+        Gauge("gateway_smpp_bound", "1 while the SMPP transceiver is bound.", registry=r).set_function(
+            lambda: float(bound())
+        )
+        calls_now = calls_in_progress or (lambda: self._calls_now)
+        Gauge("gateway_calls_in_progress", "AGI calls being handled now.", registry=r).set_function(
+            lambda: float(calls_now())
+        )
+        self.calls = Counter("gateway_calls_total", "AGI calls started.", registry=r)
         self.http = Counter(
-            "gateway_http_requests_total", "HTTP requests by route template.", ["method", "route", "status"]
+            "gateway_http_requests_total",
+            "HTTP requests by route template.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "gateway_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template.",
+            ["method", "route"],
+            registry=r,
         )
 
     # --- hooks -----------------------------------------------------------------------------
 
-    def submit_done(self, seconds: float, ok: bool) -> None:
+    def submit_done(self, seconds: float, ok: bool, account: str = "") -> None:
         """One message's submit finished: ok = the SMSC accepted every part."""
-        self.submits.inc("ok" if ok else "error")
+        result = "ok" if ok else "error"
+        self.submits.labels(result).inc()
+        self.submits_by_account.labels(self._account_label(account), result).inc()
         self.submit_seconds.observe(max(0.0, seconds))
+
+    def _account_label(self, account: str) -> str:
+        if account not in self._accounts and len(self._accounts) < self._max_accounts:
+            self._accounts.add(account)
+        return account if account in self._accounts else OTHER_ACCOUNT
 
     def receipt(self, state: str = "") -> None:
         """A delivery receipt arrived; state is smpp.types.ReceiptState's value."""
-        self.receipts.inc(state if state in RECEIPT_STATES else "OTHER")
+        self.receipts.labels(state if state in RECEIPT_STATES else "OTHER").inc()
 
     def settled(self, status: str, seconds: float | None) -> None:
         """A message reached its final status (DELIVERED or FAIL) from its receipts."""
-        self.settled_total.inc(status if status in ("DELIVERED", "FAIL") else "OTHER")
+        self.settled_total.labels(status if status in ("DELIVERED", "FAIL") else "OTHER").inc()
         if seconds is not None:
             self.delivery_seconds.observe(max(0.0, seconds))
 
@@ -243,9 +231,9 @@ class Metrics:
     def webhook(self, status_code: int | None) -> None:
         """One webhook POST answered (status_code) or failed without an answer (None)."""
         if status_code is None or not 100 <= status_code <= 599:
-            self.webhooks.inc("error")
+            self.webhooks.labels("error").inc()
         else:
-            self.webhooks.inc(f"{status_code // 100}xx")
+            self.webhooks.labels(f"{status_code // 100}xx").inc()
 
     def bind_state(self, bound: bool) -> None:
         self._bound = bound
@@ -257,33 +245,17 @@ class Metrics:
     def call_ended(self) -> None:
         self._calls_now = max(0, self._calls_now - 1)
 
-    def http_request(self, method: str, route: str, status: int) -> None:
-        self.http.inc(method, route, str(status))
+    def http_request(self, method: str, route: str, status: int, seconds: float | None = None) -> None:
+        self.http.labels(method, route, str(status)).inc()
+        if seconds is not None:
+            self.http_seconds.labels(method, route).observe(max(0.0, seconds))
 
     # --- exposition --------------------------------------------------------------------------
 
     def render(self, queue_depth: int | None = None, webhook_backlog: int | None = None) -> str:
         """The exposition text; the DB gauges are passed in (None = the query failed)."""
-        bound = self._smpp_bound() if self._smpp_bound is not None else self._bound
-        calls = self._calls_in_progress() if self._calls_in_progress is not None else self._calls_now
-        db_ok = queue_depth is not None and webhook_backlog is not None
-        lines: list[str] = [
-            *self.queue_depth.lines_for(queue_depth),
-            *self.webhook_backlog.lines_for(webhook_backlog),
-            *self.db_up.lines_for(1 if db_ok else 0),
-            *self.submits.lines(),
-            *self.submit_seconds.lines(),
-            *self.receipts.lines(),
-            *self.delivery_seconds.lines(),
-            *self.settled_total.lines(),
-            *self.mos.lines(),
-            *self.webhooks.lines(),
-            *self.bound.lines_for(1 if bound else 0),
-            *self.calls_now.lines_for(calls),
-            *self.calls.lines(),
-            *self.http.lines(),
-        ]
-        return "\n".join(lines) + "\n"
+        self._db.queue_depth, self._db.webhook_backlog = queue_depth, webhook_backlog
+        return generate_latest(self.registry).decode()
 
 
 METRICS = web.AppKey("metrics", Metrics)
@@ -326,7 +298,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
             raise ApiError(401, {"detail": "Use Authorization: Bearer <metrics token>."})
     queued, pending = await _db_gauges(request.app)
     body = metrics.render(queued, pending)
-    return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
+    return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
 
 def _route_label(request: web.Request) -> str:
@@ -336,11 +308,13 @@ def _route_label(request: web.Request) -> str:
 
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Counts every request by method, route template and final status. Place it first (outside
-    `error_middleware`) so it sees the status the client gets: 401s, 429s and 500s included."""
+    """Counts and times every request by method, route template and final status. Place it
+    first (outside `error_middleware`) so it sees the status the client gets: 401s, 429s and
+    500s included."""
     metrics = request.app.get(METRICS)
     if metrics is None:
         return await handler(request)
+    started = time.perf_counter()
     status = 500
     try:
         response = await handler(request)
@@ -354,4 +328,4 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     finally:
         method = request.method if request.method in METHODS else "OTHER"
-        metrics.http_request(method, _route_label(request), status)
+        metrics.http_request(method, _route_label(request), status, time.perf_counter() - started)

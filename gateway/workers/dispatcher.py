@@ -68,6 +68,7 @@ class Claimed:
     sender: str
     recipient: str
     body: str
+    account: str  # the sending account's sid, for per-account metrics
     token: str  # the claim's lease token: results are written only while it still holds
     # Part numbers an earlier, interrupted attempt got accepted (message_parts rows).
     done_parts: frozenset[int] = frozenset()
@@ -217,7 +218,10 @@ class Dispatcher:
             if not claimed:
                 return []
             rows = await s.execute(
-                select(Message.id, Message.msgid, Message.sender, Message.recipient, Message.body)
+                select(
+                    Message.id, Message.msgid, Message.sender, Message.recipient, Message.body, Account.sid
+                )
+                .join(Account, Account.id == Message.account_id)
                 .where(Message.claimed_by == token, Message.status == "QUEUED")
                 .order_by(Message.id)
             )
@@ -244,23 +248,23 @@ class Dispatcher:
                 )
             )
         except SubmitRejected as exc:
-            self._observer.submit_done(time.perf_counter() - started, ok=False)
+            self._observer.submit_done(time.perf_counter() - started, ok=False, account=c.account)
             return Outcome(c, rejected=exc)
         except NotBound:
             log.info("back to the queue: not bound")  # nothing was sent
             return Outcome(c)
         except ConnectionLost as exc:
-            self._observer.submit_done(time.perf_counter() - started, ok=False)
+            self._observer.submit_done(time.perf_counter() - started, ok=False, account=c.account)
             if exc.accepted:
                 log.info("back to the queue: connection lost after part(s) %s", sorted(exc.accepted))
             else:
                 log.info("back to the queue: connection lost")
             return Outcome(c, partial=exc.accepted)
         except Exception:
-            self._observer.submit_done(time.perf_counter() - started, ok=False)
+            self._observer.submit_done(time.perf_counter() - started, ok=False, account=c.account)
             log.exception("unexpected submit error; back to the queue")
             return Outcome(c)
-        self._observer.submit_done(time.perf_counter() - started, ok=True)
+        self._observer.submit_done(time.perf_counter() - started, ok=True, account=c.account)
         return Outcome(c, result=res)
 
     async def _record(self, outcomes: Sequence[Outcome]) -> None:

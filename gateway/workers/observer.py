@@ -7,7 +7,7 @@ from typing import Protocol
 
 
 class Observer(Protocol):
-    def submit_done(self, seconds: float, ok: bool) -> None: ...
+    def submit_done(self, seconds: float, ok: bool, account: str = "") -> None: ...
 
     def receipt(self, state: str = "") -> None: ...
 
@@ -25,7 +25,7 @@ class Observer(Protocol):
 
 
 class NullObserver:
-    def submit_done(self, seconds: float, ok: bool) -> None:
+    def submit_done(self, seconds: float, ok: bool, account: str = "") -> None:
         pass
 
     def receipt(self, state: str = "") -> None:
