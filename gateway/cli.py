@@ -73,7 +73,7 @@ def cmd_accounts(config: Config, args: argparse.Namespace) -> int:
         if args.action == "list":
             _print(
                 [
-                    {"sid": a.sid, "name": a.name, "freeform": a.freeform, "disabled": a.disabled}
+                    {"id": a.id, "sid": a.sid, "name": a.name, "freeform": a.freeform, "disabled": a.disabled}
                     for a in await accounts.list()
                 ]
             )

@@ -638,7 +638,7 @@ async def test_per_account_submit_counter_keeps_a_bounded_label_set(
     counts = await wait_for(all_submitted)
     assert len(counts) == cap + 1
     assert counts.pop("other") == 5
-    assert set(counts) <= {c.account.sid for c in senders} and set(counts.values()) == {1}
+    assert set(counts) <= {str(c.account.id) for c in senders} and set(counts.values()) == {1}
     s = await scrape(http, gw)
     assert val(s, by_account, account="other", result="ok") == 5
     assert val(s, "gateway_sms_submits_total", result="ok") == cap + 5

@@ -68,7 +68,9 @@ class Claimed:
     sender: str
     recipient: str
     body: str
-    account: str  # the sending account's sid, for per-account metrics
+    # The sending account's id, for per-account metrics: not its sid, which is half of its
+    # credentials and /metrics may be read more widely than the accounts.
+    account: int
     token: str  # the claim's lease token: results are written only while it still holds
     # Part numbers an earlier, interrupted attempt got accepted (message_parts rows).
     done_parts: frozenset[int] = frozenset()
@@ -219,9 +221,13 @@ class Dispatcher:
                 return []
             rows = await s.execute(
                 select(
-                    Message.id, Message.msgid, Message.sender, Message.recipient, Message.body, Account.sid
+                    Message.id,
+                    Message.msgid,
+                    Message.sender,
+                    Message.recipient,
+                    Message.body,
+                    Message.account_id,
                 )
-                .join(Account, Account.id == Message.account_id)
                 .where(Message.claimed_by == token, Message.status == "QUEUED")
                 .order_by(Message.id)
             )
@@ -248,23 +254,23 @@ class Dispatcher:
                 )
             )
         except SubmitRejected as exc:
-            self._observer.submit_done(time.perf_counter() - started, ok=False, account=c.account)
+            self._observer.submit_done(time.perf_counter() - started, ok=False, account=str(c.account))
             return Outcome(c, rejected=exc)
         except NotBound:
             log.info("back to the queue: not bound")  # nothing was sent
             return Outcome(c)
         except ConnectionLost as exc:
-            self._observer.submit_done(time.perf_counter() - started, ok=False, account=c.account)
+            self._observer.submit_done(time.perf_counter() - started, ok=False, account=str(c.account))
             if exc.accepted:
                 log.info("back to the queue: connection lost after part(s) %s", sorted(exc.accepted))
             else:
                 log.info("back to the queue: connection lost")
             return Outcome(c, partial=exc.accepted)
         except Exception:
-            self._observer.submit_done(time.perf_counter() - started, ok=False, account=c.account)
+            self._observer.submit_done(time.perf_counter() - started, ok=False, account=str(c.account))
             log.exception("unexpected submit error; back to the queue")
             return Outcome(c)
-        self._observer.submit_done(time.perf_counter() - started, ok=True, account=c.account)
+        self._observer.submit_done(time.perf_counter() - started, ok=True, account=str(c.account))
         return Outcome(c, result=res)
 
     async def _record(self, outcomes: Sequence[Outcome]) -> None:
