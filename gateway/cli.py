@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway import logs, simulate
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, effective, load_config
 from gateway.db import migrate
 from gateway.db.engine import create_engine, is_sqlite, session_factory
 from gateway.services.accounts import AccountService
@@ -42,6 +42,11 @@ def _with_services(config: Config, fn: Callable[[AccountService, TemplateService
 
 def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def cmd_config(config: Config, args: argparse.Namespace) -> int:
+    _print(effective(config))
+    return 0
 
 
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
@@ -373,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
     sub.add_parser("run", help="run the gateway (migrates first)").set_defaults(fn=cmd_run)
+    cfg = sub.add_parser("config", help="the configuration in force").add_subparsers(
+        dest="action", required=True
+    )
+    cfg.add_parser(
+        "show", help="print the effective configuration (file, then GATEWAY_* variables), secrets masked"
+    ).set_defaults(fn=cmd_config)
 
     acc = sub.add_parser("accounts", help="manage API accounts").add_subparsers(dest="action", required=True)
     create = acc.add_parser("create")
@@ -464,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     # Asterisk reads and writes the voice data dir as the same user (docker-compose runs both
     # as uid 10001).
     os.umask(0o077)
-    if args.fn not in (cmd_migrate, cmd_run):  # those two bring the schema to head themselves
+    if args.fn not in (cmd_migrate, cmd_run, cmd_config):  # no database needed, or brought to head
         problem = migrate.schema_problem(config.database.url)
         if problem is not None:
             print(problem, file=sys.stderr)

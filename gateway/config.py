@@ -8,6 +8,7 @@ Defaults are the embedded ones: SQLite file, built-in SMSC simulator, API on
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 import typing
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 
 class ConfigError(ValueError):
@@ -303,14 +305,14 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     sections = _section_types(Config)
     for name, data in raw.items():
         if name not in sections:
-            raise ConfigError(f"unknown config section [{name}]")
+            raise ConfigError(f"unknown config section [{name}]{_closest(name, sections, '[{}]')}")
         if not isinstance(data, Mapping):
             raise ConfigError(f"[{name}] must be a table")
         section = getattr(config, name)
         hints = _section_types(type(section))
         for key, value in data.items():
             if key not in hints:
-                raise ConfigError(f"unknown config key {name}.{key}")
+                raise ConfigError(f"unknown config key {name}.{key}{_closest(key, hints, name + '.{}')}")
             setattr(section, key, _coerce(value, hints[key], f"{name}.{key}"))
     for name in sections:
         section = getattr(config, name)
@@ -320,6 +322,12 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
                 setattr(section, key, _coerce(env[env_key], typ, env_key))
     _resolve_paths(config)
     return config
+
+
+def _closest(word: str, valid: typing.Iterable[str], form: str) -> str:
+    """ "; did you mean ...?" for the valid name nearest a misspelt one, or ""."""
+    match = difflib.get_close_matches(word, list(valid), n=1)
+    return f"; did you mean {form.format(match[0])}?" if match else ""
 
 
 def _resolve_paths(config: Config) -> None:
@@ -342,3 +350,36 @@ def config_keys() -> list[tuple[str, str, Any]]:
             key = f"{name}.{f.name}"
             out.append((key, env_name(key), getattr(section, f.name)))
     return out
+
+
+# Settings `gateway config show` never prints: credentials, the FastAGI key, the metrics token.
+SECRET_KEYS = frozenset({"smpp.password", "voice.fastagi_secret", "voice.ami_secret", "metrics.token"})
+MASK = "********"
+
+
+def effective(config: Config) -> dict[str, dict[str, Any]]:
+    """The configuration in force, section by section, with every secret masked (a password in
+    database.url too): what `gateway config show` prints."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in _section_types(Config):
+        section = getattr(config, name)
+        values = {}
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if f"{name}.{f.name}" in SECRET_KEYS and value:
+                value = MASK
+            values[f.name] = value
+        out[name] = values
+    out["database"]["url"] = _without_password(config.database.url)
+    return out
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:{MASK}@{f'[{host}]' if ':' in host else host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,49 @@ def test_readme_config_reference_is_complete() -> None:
     readme = (ROOT / "README.md").read_text()
     for key, env, default in config_keys():
         assert f"| `{key}` | `{env}` | `{default!r}` |" in readme, key
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[smpp]\npasword = 'x'\n", "unknown config key smpp.pasword; did you mean smpp.password?"),
+        ("[vocie]\nx = 1\n", "unknown config section [vocie]; did you mean [voice]?"),
+        ("[smpp]\nzzzzzz = 1\n", "unknown config key smpp.zzzzzz"),
+    ],
+)
+def test_a_misspelt_key_names_the_closest_valid_one(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert str(caught.value) == message
+
+
+def test_config_show_prints_what_is_in_force_with_secrets_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    path = tmp_path / "c.toml"
+    path.write_text(
+        "[smpp]\nhost = 'smsc.example.net'\npassword = 'from-the-file'\n[voice]\nami_secret = 'ami-s3cret'\n"
+    )
+    for name in [n for n in os.environ if n.startswith("GATEWAY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("GATEWAY_SMPP_PORT", "2999")  # the environment wins over the file
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", "postgresql+asyncpg://gw:db-pa55@[::1]:5432/gw")
+    monkeypatch.setenv("GATEWAY_METRICS_TOKEN", "metrics-t0ken")
+
+    assert main(["--config", str(path), "config", "show"]) == 0
+    out = capsys.readouterr().out
+    shown = json.loads(out)
+    assert shown["smpp"]["host"] == "smsc.example.net" and shown["smpp"]["port"] == 2999
+    assert shown["database"]["url"] == "postgresql+asyncpg://gw:********@[::1]:5432/gw"
+    assert (
+        shown["smpp"]["password"] == shown["voice"]["ami_secret"] == shown["metrics"]["token"] == "********"
+    )
+    assert shown["voice"]["fastagi_secret"] == ""  # unset stays visibly unset
+    for secret in ("from-the-file", "ami-s3cret", "db-pa55", "metrics-t0ken"):
+        assert secret not in out
+    assert not (tmp_path / "data").exists()  # showing the configuration touches no database
