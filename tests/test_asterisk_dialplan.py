@@ -8,22 +8,16 @@ from gateway.voice.asterisk_side import SHIPPED_SUBROUTINES, _dial_options
 from gateway.voice.transfer_timing import BRIDGED_AT_VARIABLE, TRANSFER_GOSUB, dial_option
 from tests.conftest import ROOT
 from tests.live.asterisk import MODULES
-
-_STEP = re.compile(r"(?:exten\s*=>\s*s,\s*(?:1|n)|same\s*=>\s*n)\s*,\s*(\w+)\((.*)\)\s*")
+from tests.test_deployment import dialplan
 
 
 def context_steps(name: str) -> list[tuple[str, str]]:
     """(application, data) of extension `s` in context `name`, in priority order."""
     steps: list[tuple[str, str]] = []
-    section = None
-    for raw in (ROOT / "asterisk" / "extensions.conf").read_text().splitlines():
-        line = raw.split(";", 1)[0].strip()
-        if m := re.fullmatch(r"\[([^\]]+)\].*", line):
-            section = m.group(1)
-        elif section == name and line:
-            step = _STEP.fullmatch(line)
-            assert step, f"unexpected line in [{name}]: {raw!r}"
-            steps.append((step.group(1), step.group(2)))
+    for exten, _, app in dialplan((ROOT / "asterisk" / "extensions.conf").read_text(), name):
+        step = re.fullmatch(r"(\w+)\((.*)\)", app)
+        assert exten == "s" and step, f"unexpected step in [{name}]: {exten} {app!r}"
+        steps.append((step.group(1), step.group(2)))
     return steps
 
 

@@ -178,15 +178,14 @@ def test_pjsip_conf_takes_site_settings_last() -> None:
 def test_trunk_sends_no_connected_line_updates() -> None:
     """Asterisk re-INVITEs the caller's leg on every transfer to show the new party unless the
     endpoint says otherwise; strict carriers refuse that re-INVITE."""
-    sections: list[tuple[str, dict[str, str]]] = []
-    for raw in (ROOT / "asterisk" / "pjsip.conf").read_text().splitlines():
-        line = raw.split(";", 1)[0].strip()
-        if line.startswith("["):
-            sections.append((line, {}))
-        elif "=" in line and sections:
-            key, value = line.split("=", 1)
-            sections[-1][1][key.strip()] = value.strip()
-    trunk = next(v for k, v in sections if k == "[trunk]" and v.get("type") == "endpoint")
+    kind, trunk = "", {}
+    for section, key, value in conf_values((ROOT / "asterisk" / "pjsip.conf").read_text()):
+        if section != "trunk":
+            continue
+        if key == "type":  # each [trunk] section opens with its type
+            kind = value
+        elif kind == "endpoint":
+            trunk[key] = value
     assert trunk.get("send_connected_line") == "no"
 
 
