@@ -757,6 +757,20 @@ async def _serve(
                 return
 
 
+def _sender(stream: asyncio.StreamWriter) -> Callable[[bytes], Awaitable[None]]:
+    """Writes to the bridge; a bridge that has gone away is not an error on Asterisk's side."""
+
+    async def write(data: bytes) -> None:
+        if data and not stream.is_closing():
+            stream.write(data)
+            try:
+                await stream.drain()
+            except (ConnectionError, OSError):
+                pass
+
+    return write
+
+
 async def _nothing() -> None:
     """A script's AGI() has nothing to send at the end: its SIGHUP went with the hangup."""
 
@@ -780,13 +794,7 @@ async def fastagi_call(
     header = agi.header(f"agi://{host}:{port}/{scenario.script}")
     transcript.header, transcript.uniqueid = header, agi.uniqueid
 
-    async def write(data: bytes) -> None:
-        if data and not writer.is_closing():
-            writer.write(data)
-            try:
-                await writer.drain()
-            except (ConnectionError, OSError):
-                pass
+    write = _sender(writer)
 
     async def hang_up() -> bool:
         agi.dead = True
@@ -847,13 +855,7 @@ async def run_agi_script(
     header = agi.header(argv[-1])
     transcript.header, transcript.uniqueid = header, agi.uniqueid
 
-    async def write(data: bytes) -> None:
-        if data and not stdin.is_closing():
-            stdin.write(data)
-            try:
-                await stdin.drain()
-            except (ConnectionError, OSError):
-                pass
+    write = _sender(stdin)
 
     async def hang_up() -> bool:
         agi.dead = True
