@@ -360,16 +360,11 @@ MASK = "********"
 def effective(config: Config) -> dict[str, dict[str, Any]]:
     """The configuration in force, section by section, with every secret masked (a password in
     database.url too): what `gateway config show` prints."""
-    out: dict[str, dict[str, Any]] = {}
-    for name in _section_types(Config):
-        section = getattr(config, name)
-        values = {}
-        for f in dataclasses.fields(section):
-            value = getattr(section, f.name)
-            if f"{name}.{f.name}" in SECRET_KEYS and value:
-                value = MASK
-            values[f.name] = value
-        out[name] = values
+    out = {name: dataclasses.asdict(getattr(config, name)) for name in _section_types(Config)}
+    for key in SECRET_KEYS:
+        section, name = key.split(".")
+        if out[section][name]:
+            out[section][name] = MASK
     out["database"]["url"] = _without_password(config.database.url)
     return out
 
