@@ -93,6 +93,8 @@ class Job:
     secret: str
     attempts: int
     created_at: datetime
+    from_table: bool = False  # claimed, not offered: later rows of its ref may wait on it
+
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ def _log_result(r: Result, outcome: str, attempts: int) -> None:
         log.warning("webhook %s: %s", outcome.lower(), why, extra=fields)
 
 
-def _job(d: WebhookDelivery, secret: str) -> Job:
+def _job(d: WebhookDelivery, secret: str, from_table: bool = False) -> Job:
     return Job(
         d.id,
         d.uid,
@@ -162,6 +164,7 @@ def _job(d: WebhookDelivery, secret: str) -> Job:
         secret,
         d.attempts or 0,
         d.created_at,
+        from_table,
     )
 
 
@@ -218,10 +221,21 @@ class WebhookSender:
         self._lease = timedelta(seconds=max(lease_seconds, timeout * 3))
         self._fast_token = f"fast:{uuid.uuid4().hex}"
         self._ready: collections.deque[tuple[float, Job]] = collections.deque()  # (offered at, job)
+        # Claims look in the table only when it may hold work: after a wake() (rows written for
+        # the table) or a poll interval. An offer() does not count: its rows are leased to us, and
+        # the loops it wakes must not all run an empty claim on the connection the next MO's
+        # commit needs (SQLite has one).
+        self._table_gen = 1  # bumped by wake()
+        self._claimed_gen = 0  # the last generation a claim saw through to an empty table
+        self._last_claim = 0.0
         self.lifecycle = Lifecycle()
 
     def wake(self) -> None:
+        self._table_gen += 1
         self.lifecycle.wake()
+
+    def _table_may_have_work(self) -> bool:
+        return self._table_gen > self._claimed_gen or time.monotonic() - self._last_claim >= self._poll
 
     # -- outbox.FastPath ----------------------------------------------------------------------
 
@@ -267,6 +281,7 @@ class WebhookSender:
                     )
                     .values(claimed_until=None, claimed_by=None)
                 )
+            self._table_gen += 1
         except Exception as exc:  # their lease runs out instead
             self._db.failed(exc, f"handing {len(jobs)} webhooks back to the table", log)
 
@@ -291,7 +306,8 @@ class WebhookSender:
             if free > 0 and not self.lifecycle.stopping:
                 jobs, spilled = self._take_ready(free)
                 try:
-                    jobs = jobs or await self._claim(free)
+                    if not jobs and self._table_may_have_work():
+                        jobs = await self._claim(free)
                 except Exception as exc:
                     await self.lifecycle.idle(self._db.failed(exc, "claiming webhooks", log))
                 new = {asyncio.create_task(self._send(j)) for j in jobs}
@@ -318,6 +334,8 @@ class WebhookSender:
                 continue
             in_flight.difference_update(finished)
             results = [t.result() for t in finished]
+            if any(r.job.from_table for r in results):
+                self._table_gen += 1  # the next delivery of the same ref may be due now (_in_order)
             try:
                 await self._record(results)
             except Exception as exc:
@@ -332,6 +350,7 @@ class WebhookSender:
         receiver does not stand in front of the others'."""
         now = datetime.now(UTC)
         token = uuid.uuid4().hex
+        gen, self._last_claim = self._table_gen, time.monotonic()
         taken: list[tuple[str, int]] = []  # slots reserved before the rows are stamped
         jobs: list[Job] = []
         try:
@@ -373,7 +392,7 @@ class WebhookSender:
                         .join(Account, Account.id == WebhookDelivery.account_id)
                         .where(WebhookDelivery.claimed_by == token, WebhookDelivery.status == "PENDING")
                     )
-                    jobs = [_job(d, secret) for d, secret in leased]
+                    jobs = [_job(d, secret, from_table=True) for d, secret in leased]
         except BaseException:
             for host, account_id in taken:
                 self._share.give_back(host, account_id)
@@ -384,6 +403,10 @@ class WebhookSender:
         for (host, account_id), n in unclaimed.items():
             for _ in range(n):
                 self._share.give_back(host, account_id)
+        if len(jobs) < limit and not self._share.full_hosts() and not self._share.full_accounts():
+            self._claimed_gen = max(self._claimed_gen, gen)  # nothing left that was due then
+        else:
+            self._table_gen += 1  # a full batch: more may be due
         return jobs
 
     def _not_full(self) -> list[ColumnElement[bool]]:
