@@ -13,9 +13,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Table, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.group_commit import GroupCommitter
@@ -37,6 +37,9 @@ from gateway.services.views import fmt_time
 from smpp.types import MoPart
 
 log = logging.getLogger(__name__)
+# Core tables: a batch's rows go in as one executemany each, without the ORM's unit of work.
+_INBOUND = cast(Table, InboundMessage.__table__)
+_OUTBOX = cast(Table, WebhookDelivery.__table__)
 
 
 def e164_from_smpp(addr: str) -> str:
@@ -96,7 +99,10 @@ class _BatchCache:
 
     owners: dict[str, SubscriptionTarget | None] = field(default_factory=dict)
     secrets: dict[int, str] = field(default_factory=dict)
-    webhooks: list[tuple[WebhookDelivery, int]] = field(default_factory=list)
+    # Rows inserted as one statement per table before the commit: the ORM's unit of work cost
+    # more CPU than the rest of the MO path at hundreds of MO a second.
+    inbound: list[dict[str, Any]] = field(default_factory=list)
+    webhooks: list[dict[str, Any]] = field(default_factory=list)
     rules: dict[int, list[AutoReply]] = field(default_factory=dict)
     # One log line each, once committed.
     stored: list[dict[str, object]] = field(default_factory=list)
@@ -143,15 +149,28 @@ class InboundService:
         self._after_commit(s, cache)
 
     async def _before_commit(self, s: AsyncSession, cache: _BatchCache) -> None:
-        if cache.webhooks and self._fast_path is not None:
-            await s.flush()  # ids for the fast path
-            ids = {account_id for _, account_id in cache.webhooks}
-            rows = await s.execute(select(Account.id, Account.webhook_secret).where(Account.id.in_(ids)))
-            cache.secrets.update({account_id: secret for account_id, secret in rows})
+        if cache.inbound:
+            await s.execute(insert(_INBOUND), cache.inbound)
+        if not cache.webhooks:
+            return
+        if self._fast_path is None:
+            await s.execute(insert(_OUTBOX), cache.webhooks)
+            return
+        # Ids for the fast path, matched by uid: asking RETURNING for row order would make
+        # SQLite insert one row at a time.
+        result = await s.execute(insert(_OUTBOX).returning(_OUTBOX.c.uid, _OUTBOX.c.id), cache.webhooks)
+        ids: dict[str, int] = {uid: row_id for uid, row_id in result}
+        for row in cache.webhooks:
+            row["id"] = ids[row["uid"]]
+        accounts = {row["account_id"] for row in cache.webhooks}
+        secrets = await s.execute(select(Account.id, Account.webhook_secret).where(Account.id.in_(accounts)))
+        cache.secrets.update({account_id: secret for account_id, secret in secrets})
 
     def _after_commit(self, s: AsyncSession, cache: _BatchCache) -> None:
         if self._fast_path is not None and cache.webhooks:
-            self._fast_path.offer([(row, cache.secrets[account_id]) for row, account_id in cache.webhooks])
+            self._fast_path.offer(
+                [(WebhookDelivery(**row), cache.secrets[row["account_id"]]) for row in cache.webhooks]
+            )
         if s.info.get("replies_queued"):
             self._wake_dispatcher()
         if outbox.written(s):
@@ -234,19 +253,23 @@ class InboundService:
         owner = await self._owner(s, cache, dest)
         word = text.strip().upper()
         keyword = word if word in STOP_WORDS | START_WORDS | HELP_WORDS else None
-        inbound = InboundMessage(
-            uid=uuid.uuid4().hex,
-            account_id=owner.account_id if owner else None,
-            number_id=owner.number_id if owner else None,
-            sender=source,
-            recipient=dest,
-            body=text,
-            parts=parts,
-            keyword=keyword if owner else None,
-            received_at=received,
+        uid = uuid.uuid4().hex
+        cache.inbound.append(
+            {
+                "uid": uid,
+                "account_id": owner.account_id if owner else None,
+                "number_id": owner.number_id if owner else None,
+                "sender": source,
+                "recipient": dest,
+                "body": text,
+                "parts": parts,
+                "keyword": keyword if owner else None,
+                "client_reference": None,
+                "operator_id": None,
+                "received_at": received,
+            }
         )
-        s.add(inbound)
-        fields: dict[str, object] = {"inbound_id": inbound.uid, "sin": dest, "parts": parts}
+        fields: dict[str, object] = {"inbound_id": uid, "sin": dest, "parts": parts}
         cache.stored.append(fields)
         if owner is None:
             self.unrouted += 1
@@ -255,7 +278,7 @@ class InboundService:
                 source,
                 dest,
                 self.unrouted,
-                extra={"inbound_id": inbound.uid},
+                extra={"inbound_id": uid},
             )
             return
         reply = (
@@ -268,22 +291,23 @@ class InboundService:
         if reply:
             fields["reply_msgid"] = await self._send_reply(s, owner.account_id, dest, source, reply)
         if owner.action_url:
-            row = outbox.enqueue_form(
-                s,
+            row = outbox.form_row(
                 account_id=owner.account_id,
                 kind="sms.inbound",
-                ref=inbound.uid,
+                ref=uid,
                 url=owner.action_url,
                 fields={
                     "sender": source,
                     "recipient": dest,
                     "message": text,
                     "recv_time": fmt_time(received) or "",
-                    "id": inbound.uid,
+                    "id": uid,
                 },
                 lease=self._fast_path.lease() if self._fast_path is not None else None,
             )
-            cache.webhooks.append((row, owner.account_id))
+            if self._fast_path is None:
+                outbox.count(s)
+            cache.webhooks.append(row)
 
     async def _keyword(self, s: AsyncSession, owner: SubscriptionTarget, sender: str, keyword: str) -> str:
         if keyword in STOP_WORDS:

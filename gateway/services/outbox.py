@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import uuid
 from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.models import WebhookDelivery
+from gateway.db.models import WebhookDelivery, utcnow
 
 
 def written(session: AsyncSession) -> int:
@@ -39,14 +40,15 @@ def receiver_host(url: str) -> str:
     return f"{host}:{port}"[:MAX_HOST_KEY]
 
 
-def _count(session: AsyncSession) -> None:
+def count(session: AsyncSession) -> None:
+    """Note a delivery written for the table (not handed to a FastPath): written() wakes the sender."""
     session.info["outbox_rows"] = written(session) + 1
 
 
 def enqueue(
     session: AsyncSession, *, account_id: int, kind: str, ref: str, url: str, payload: dict[str, Any]
 ) -> None:
-    _count(session)
+    count(session)
     session.add(
         WebhookDelivery(
             account_id=account_id,
@@ -73,8 +75,7 @@ class FastPath(Protocol):
         """(committed row, the account's webhook secret) pairs."""
 
 
-def enqueue_form(
-    session: AsyncSession,
+def form_row(
     *,
     account_id: int,
     kind: str,
@@ -82,23 +83,30 @@ def enqueue_form(
     url: str,
     fields: dict[str, str],
     lease: tuple[datetime, str] | None = None,
-) -> WebhookDelivery:
-    """Form-encoded webhook, as Xoxzo posts inbound SMS to action_url."""
-    row = WebhookDelivery(
-        account_id=account_id,
-        kind=kind,
-        ref=ref,
-        url=url,
-        receiver_host=receiver_host(url),
-        body=urlencode(fields),
-        content_type="application/x-www-form-urlencoded",
-        claimed_until=lease[0] if lease else None,
-        claimed_by=lease[1] if lease else None,
-    )
-    session.add(row)
-    if lease is None:  # a leased row goes to the sender directly, not through a wake-up
-        _count(session)
-    return row
+) -> dict[str, Any]:
+    """A form-encoded delivery (as Xoxzo posts inbound SMS to action_url), as the row to insert:
+    every column set, so the caller knows the whole row without reading it back. A leased row
+    goes to the FastPath after the commit; any other, the caller counts (count())."""
+    now = utcnow()
+    return {
+        "uid": uuid.uuid4().hex,
+        "account_id": account_id,
+        "kind": kind,
+        "ref": ref,
+        "url": url,
+        "receiver_host": receiver_host(url),
+        "body": urlencode(fields),
+        "content_type": "application/x-www-form-urlencoded",
+        "status": "PENDING",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "claimed_until": lease[0] if lease else None,
+        "claimed_by": lease[1] if lease else None,
+        "created_at": now,
+        "done_at": None,
+        "last_status_code": None,
+        "last_error": None,
+    }
 
 
 def sign(secret: str, timestamp: str, delivery_id: str, body: bytes) -> str:
