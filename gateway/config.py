@@ -260,16 +260,8 @@ class LogConfig(_Section):
 
 
 class Config(BaseSettings):
-    # TOML section names match exactly ([SMPP] is no section); `_Environment` reads the variables.
-    # Max split 1: the section is matched by its whole name, so GATEWAY_OUTBOUND_HTTP_ALLOW_LOOPBACK
-    # is outbound_http.allow_loopback.
-    model_config = SettingsConfigDict(
-        extra="forbid",
-        case_sensitive=True,
-        env_prefix="GATEWAY_",
-        env_nested_delimiter="_",
-        env_nested_max_split=1,
-    )
+    # TOML section names match exactly: [SMPP] is no section.
+    model_config = SettingsConfigDict(extra="forbid", case_sensitive=True)
 
     http: HttpConfig = Field(default_factory=HttpConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -293,12 +285,7 @@ class Config(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, *_: Any, **__: Any
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Config() is the embedded defaults whatever the environment (tests and tools start from
         # it and adjust); load_config() adds the file and the environment.
@@ -310,7 +297,15 @@ class _Environment(EnvSettingsSource):
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self._given = env
-        super().__init__(Config, case_sensitive=False)
+        # Max split 1: the section is matched by its whole name, the rest is the key, so
+        # GATEWAY_OUTBOUND_HTTP_ALLOW_LOOPBACK is outbound_http.allow_loopback.
+        super().__init__(
+            Config,
+            case_sensitive=False,
+            env_prefix="GATEWAY_",
+            env_nested_delimiter="_",
+            env_nested_max_split=1,
+        )
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         return {name.lower(): value for name, value in self._given.items()}
@@ -335,8 +330,10 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
     settings = {env_name(key) for key, _, _ in config_keys()}
+    # Matched without the prefix they share, else every name would look close to every other.
+    keys = [s.removeprefix("GATEWAY_") for s in settings]
     problems = [
-        f"unknown environment variable {name}{_closest(name[8:], [s[8:] for s in settings], 'GATEWAY_{}')}"
+        f"unknown environment variable {name}{_closest(name.removeprefix('GATEWAY_'), keys, 'GATEWAY_{}')}"
         for name in sorted(env)
         if name.startswith("GATEWAY_") and name not in settings | NOT_SETTINGS
     ]
