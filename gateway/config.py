@@ -1,5 +1,7 @@
 """Gateway configuration: a TOML file whose every key can be overridden by
-`GATEWAY_<SECTION>_<KEY>` environment variables (e.g. GATEWAY_SMPP_HOST).
+`GATEWAY_<SECTION>_<KEY>` environment variables (e.g. GATEWAY_SMPP_HOST), the environment
+winning; read by pydantic-settings into the models below. An unknown section, key or
+GATEWAY_ variable, or a value of the wrong kind, is a ConfigError naming it.
 
 Defaults are the embedded ones: SQLite file, built-in SMSC simulator, API on
 127.0.0.1:8080, so `gateway run` works on a fresh machine with no file at all.
@@ -7,131 +9,165 @@ Defaults are the embedded ones: SQLite file, built-in SMSC simulator, API on
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 import tomllib
-import typing
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 
 class ConfigError(ValueError):
     pass
 
 
-@dataclass
-class HttpConfig:
+def _not_a_bool(value: Any) -> Any:
+    # pydantic's lax mode reads TOML's `true` as 1: no operator means that by a port or a rate.
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+def _bool_or_text(value: Any) -> Any:
+    # ... and `1` as true: a switch is true/false in TOML, or true/yes/on/1 (false/no/off/0) as text.
+    if not isinstance(value, bool | str):
+        raise ValueError("not a boolean")
+    return value
+
+
+def _price_pairs(value: Any) -> Any:
+    """A price table as the environment spells it: "81=12.5,1=8,=10" (prefix=price pairs)."""
+    if not isinstance(value, str):
+        return value
+    pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError("not prefix=price pairs")
+    return {k.strip(): v for k, v in pairs}
+
+
+Int = Annotated[int, BeforeValidator(_not_a_bool)]
+Float = Annotated[float, BeforeValidator(_not_a_bool)]
+Bool = Annotated[bool, BeforeValidator(_bool_or_text)]
+# NoDecode: pydantic-settings would take a table from the environment for JSON.
+Prices = Annotated[dict[str, Float], NoDecode, BeforeValidator(_price_pairs)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HttpConfig(_Section):
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: Int = 8080
     # Base of URLs we hand out (message `url`, tracked links); defaults to http://host:port.
     public_base_url: str = ""
-    max_body_bytes: int = 64 * 1024
+    max_body_bytes: Int = 64 * 1024
     # Open connections at once; over it a new one is closed at once (`gateway run` lowers it to
     # fit the open-files limit, with voice.fastagi_max_connections).
-    max_connections: int = 1000
+    max_connections: Int = 1000
     # Seconds a connection gets to send a complete request head, from when it opens or from the
     # previous response (so also how long an idle keep-alive connection stays open).
-    header_timeout: float = 5.0
+    header_timeout: Float = 5.0
 
 
-@dataclass
-class DataConfig:
+class DataConfig(_Section):
     # Where the gateway keeps its files: the default SQLite database, the demo account and the
     # default voice data. A relative path is resolved once at start, against the directory the
     # command runs in, and `gateway run` prints the result.
     dir: str = "var"
 
 
-@dataclass
-class DatabaseConfig:
+class DatabaseConfig(_Section):
     url: str = ""  # "" = SQLite file gateway.sqlite3 in data.dir
-    pool_size: int = 10
-    migrate_on_start: bool = True
+    pool_size: Int = 10
+    migrate_on_start: Bool = True
 
 
-@dataclass
-class SmppConfig:
+class SmppConfig(_Section):
     host: str = "127.0.0.1"
-    port: int = 2775
+    port: Int = 2775
     system_id: str = "gateway"
     password: str = "secret"
     system_type: str = ""
-    window: int = 10
-    enquire_link_interval: float = 30.0
-    response_timeout: float = 10.0
+    window: Int = 10
+    enquire_link_interval: Float = 30.0
+    response_timeout: Float = 10.0
     # deliver_sm being handled (not yet answered) at once; at the bound the socket is not read
     # until one is answered, so the SMSC's own window holds the rest back.
-    max_inbound_in_flight: int = 100
+    max_inbound_in_flight: Int = 100
 
 
-@dataclass
-class SimulatorConfig:
+class SimulatorConfig(_Section):
     # Start the built-in SMSC simulator in-process (embedded default); off in production.
-    enabled: bool = True
-    dlr_delay: float = 0.05
+    enabled: Bool = True
+    dlr_delay: Float = 0.05
     # Destinations starting with these digits get UNDELIV receipts (FAIL), so a demo can show
     # one: +81 90 9999 xxxx is a valid Japanese mobile range the API accepts. "" = none fail.
     fail_prefix: str = "81909999"
     # `gateway simulate mo` injects MO through this port, always on 127.0.0.1; 0 = no control port.
-    control_port: int = 2776
+    control_port: Int = 2776
 
 
-@dataclass
-class DispatcherConfig:
-    batch_size: int = 200
-    poll_interval: float = 0.5
+class DispatcherConfig(_Section):
+    batch_size: Int = 200
+    poll_interval: Float = 0.5
     # A claimed row not finished within this many seconds (a node died) is claimed again.
-    lease_seconds: float = 60.0
+    lease_seconds: Float = 60.0
     node_id: str = ""
-    workers: int = 3  # batches in flight at once; pipelines claim/submit/record
+    workers: Int = 3  # batches in flight at once; pipelines claim/submit/record
     # On shutdown, how long in-flight submits get to record their outcome.
-    shutdown_seconds: float = 15.0
+    shutdown_seconds: Float = 15.0
 
 
-@dataclass
-class WebhookConfig:
-    timeout: float = 10.0
-    first_retry_seconds: float = 5.0
-    give_up_after_seconds: float = 23 * 3600.0
+class WebhookConfig(_Section):
+    timeout: Float = 10.0
+    first_retry_seconds: Float = 5.0
+    give_up_after_seconds: Float = 23 * 3600.0
     # Deliveries run in `loops` independent loops of up to `batch_size` POSTs in flight; a POST
     # still running 1 s into its round keeps its slot while the loop goes on, so a receiver that
     # hangs until `timeout` does not hold up the deliveries claimed with it.
-    batch_size: int = 10
-    loops: int = 4
+    batch_size: Int = 10
+    loops: Int = 4
     # Fair sharing of those loops x batch_size slots: POSTs one node has in flight to one
     # receiver (host:port) and for one account. A receiver hanging until `timeout` then holds
     # at most these many, and the other slots keep serving everyone else. The host cap is the
     # connections the HTTP client opens to one host anyway (20), so a healthy receiver keeps
     # its throughput (at 10, callbacks to one receiver drained 3x slower under load); the
     # account cap leaves an account's other receivers some slots when one of them is dead.
-    max_in_flight_per_host: int = 20
-    max_in_flight_per_account: int = 30
-    poll_interval: float = 1.0
+    max_in_flight_per_host: Int = 20
+    max_in_flight_per_account: Int = 30
+    poll_interval: Float = 1.0
     # A delivery claimed by a node that died is retried by any node after this long (at least
     # three times the timeout, so a slow receiver is not sent the same POST twice).
-    lease_seconds: float = 60.0
+    lease_seconds: Float = 60.0
 
 
-@dataclass
-class OutboundHttpConfig:
+class OutboundHttpConfig(_Section):
     # Where customer URLs (callbacks, webhooks, action_url, media) may point. Link-local, cloud
     # metadata and other special addresses are always refused; private ranges and loopback only
     # when these say so (a single-tenant or demo install whose receivers run on this host).
-    allow_private_addresses: bool = False
-    allow_loopback: bool = False
+    allow_private_addresses: Bool = False
+    allow_loopback: Bool = False
 
 
-@dataclass
-class SmsConfig:
-    max_parts: int = 10
+class SmsConfig(_Section):
+    max_parts: Int = 10
     # Price per part by destination prefix (digits after +); the longest prefix wins.
-    prices: dict[str, float] = field(default_factory=lambda: {"": 10.0})
-    retention_days: int = 90
-    list_limit: int = 30000
+    prices: Prices = {"": 10.0}
+    retention_days: Int = 90
+    list_limit: Int = 30000
     # Answers to the opt-out keywords (STOP/START/HELP); empty = no answer.
     optout_reply: str = (
         "You have been unsubscribed and will receive no more messages. Reply START to resubscribe."
@@ -139,148 +175,140 @@ class SmsConfig:
     optin_reply: str = "You have been resubscribed. Reply STOP to unsubscribe."
     help_reply: str = "Reply STOP to unsubscribe, START to resubscribe."
     # Parts of a concatenated MO older than this without their siblings are delivered as they are.
-    mo_reassembly_seconds: float = 300.0
+    mo_reassembly_seconds: Float = 300.0
 
 
-@dataclass
-class VoiceConfig:
-    fastagi_enabled: bool = True
+class VoiceConfig(_Section):
+    fastagi_enabled: Bool = True
     fastagi_host: str = "127.0.0.1"
-    fastagi_port: int = 4573
+    fastagi_port: Int = 4573
     # Addresses/CIDRs FastAGI accepts connections from (comma-separated): the Asterisk servers.
     fastagi_allowed_peers: str = "127.0.0.1/8,::1"
     # Set: every AGI URL must carry it, agi://host:4573/din?key=<secret> (see extensions.conf).
     fastagi_secret: str = ""
-    fastagi_max_connections: int = 1000  # one per call in progress
+    fastagi_max_connections: Int = 1000  # one per call in progress
     # Media cache, TTS cache, voicemail store (Asterisk must read it); "" = <data.dir>/voice.
     data_dir: str = ""
     # Asterisk sees data_dir under this path (when it runs elsewhere and mounts it); "" = same path.
     asterisk_data_dir: str = ""
-    action_url_timeout: float = 5.0
-    action_url_max_bytes: int = 16 * 1024
-    media_max_bytes: int = 10 * 1024 * 1024
-    media_timeout: float = 20.0  # one download of a playback file, redirects included
+    action_url_timeout: Float = 5.0
+    action_url_max_bytes: Int = 16 * 1024
+    media_max_bytes: Int = 10 * 1024 * 1024
+    media_timeout: Float = 20.0  # one download of a playback file, redirects included
     trunk: str = "trunk"  # PJSIP endpoint used by transfer: Dial(PJSIP/<number>@<trunk>)
-    dial_timeout: int = 30
+    dial_timeout: Int = 30
     # Comma-separated E.164 prefixes transfers may reach (toll-fraud guard); "" = none allowed.
     transfer_allow_prefixes: str = "+81"
     # phonenumbers number types no transfer or outbound call may reach, whatever the prefix
     # (why these: gateway/services/dialing.py).
     deny_number_types: str = "PREMIUM_RATE,SHARED_COST,UAN,PERSONAL_NUMBER,PAGER,UNKNOWN"
-    voicemail_max_seconds: int = 120
-    voicemail_silence_seconds: int = 5
+    voicemail_max_seconds: Int = 120
+    voicemail_silence_seconds: Int = 5
     # A call still IN_PROGRESS this long after it started, and not handled by a live process of
     # this node, is ended FAILED with an unknown duration (its node died mid-call).
-    max_call_seconds: float = 4 * 3600.0
+    max_call_seconds: Float = 4 * 3600.0
     fallback_lang: str = "en"
     fallback_text: str = "Sorry, this number cannot take your call right now. Goodbye."
     # Outbound calls (POST /voice/simple/playbacks/) are originated over Asterisk's AMI.
-    ami_enabled: bool = False
+    ami_enabled: Bool = False
     ami_host: str = "127.0.0.1"
-    ami_port: int = 5038
+    ami_port: Int = 5038
     ami_username: str = "gateway"
     ami_secret: str = ""
-    outbound_ring_timeout: float = 30.0
+    outbound_ring_timeout: Float = 30.0
     # Price per started minute of an outbound call, by recipient prefix (longest wins). Required
     # with ami_enabled: empty or all-zero refuses to start (the calls would be free to tenants).
-    outbound_prices: dict[str, float] = field(default_factory=dict)
+    outbound_prices: Prices = {}
     # Comma-separated E.164 prefixes outbound calls may reach: the home market only, so premium
     # international destinations need the operator's decision; "" = none. Per account:
     # `gateway accounts set <sid> --outbound-allow-prefixes` (also replaces transfer_allow_prefixes).
     outbound_allow_prefixes: str = "+81"
     # Per account (overridable with `gateway accounts set`), across every node: outbound calls
     # not ended yet, and outbound calls placed in the last 60 s. Over either: 429.
-    outbound_max_concurrent: int = 10
-    outbound_max_per_minute: int = 30
+    outbound_max_concurrent: Int = 10
+    outbound_max_per_minute: Int = 30
 
 
-@dataclass
-class MetricsConfig:
-    enabled: bool = True  # GET /metrics (Prometheus text format)
+class MetricsConfig(_Section):
+    enabled: Bool = True  # GET /metrics (Prometheus text format)
     token: str = ""  # set: /metrics needs "Authorization: Bearer <token>"
 
 
-@dataclass
-class RateLimitConfig:
+class RateLimitConfig(_Section):
     # Requests per second per account, per gateway node (in-memory buckets); 0 = off.
-    rate: float = 0.0
-    burst: int = 50
+    rate: Float = 0.0
+    burst: Int = 50
     # Failed authentications per client address (peer address, IPv6 by /64) before it gets
     # 429, and their refill per second; 0 per second turns the throttle off.
-    auth_failures_burst: int = 20
-    auth_failures_per_second: float = 1.0
+    auth_failures_burst: Int = 20
+    auth_failures_per_second: Float = 1.0
 
 
-@dataclass
-class LinksConfig:
+class LinksConfig(_Section):
     # Unknown /l/<code> lookups each client address may make: `miss_burst` at once, refilled at
     # `miss_per_minute` (0 = no limit); then 429. Per node, for up to `max_clients` addresses.
-    miss_per_minute: float = 10.0
-    miss_burst: int = 20
-    max_clients: int = 10_000
+    miss_per_minute: Float = 10.0
+    miss_burst: Int = 20
+    max_clients: Int = 10_000
 
 
-@dataclass
-class LogConfig:
+class LogConfig(_Section):
     level: str = "INFO"  # DEBUG, INFO, WARNING, ERROR
     # text: `time LEVEL logger: message key=value ...`; json: one object per line for log shippers.
     format: str = "text"
-    access: bool = False  # one line per HTTP request (method, path, status, ms, request_id, account)
+    access: Bool = False  # one line per HTTP request (method, path, status, ms, request_id, account)
 
 
-@dataclass
-class Config:
-    http: HttpConfig = field(default_factory=HttpConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    database: DatabaseConfig = field(default_factory=DatabaseConfig)
-    smpp: SmppConfig = field(default_factory=SmppConfig)
-    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
-    dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
-    webhooks: WebhookConfig = field(default_factory=WebhookConfig)
-    outbound_http: OutboundHttpConfig = field(default_factory=OutboundHttpConfig)
-    sms: SmsConfig = field(default_factory=SmsConfig)
-    voice: VoiceConfig = field(default_factory=VoiceConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
-    links: LinksConfig = field(default_factory=LinksConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+class Config(BaseSettings):
+    # TOML section names match exactly: [SMPP] is no section.
+    model_config = SettingsConfigDict(extra="forbid", case_sensitive=True)
+
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    smpp: SmppConfig = Field(default_factory=SmppConfig)
+    simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
+    dispatcher: DispatcherConfig = Field(default_factory=DispatcherConfig)
+    webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
+    outbound_http: OutboundHttpConfig = Field(default_factory=OutboundHttpConfig)
+    sms: SmsConfig = Field(default_factory=SmsConfig)
+    voice: VoiceConfig = Field(default_factory=VoiceConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    ratelimit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    links: LinksConfig = Field(default_factory=LinksConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
 
     @property
     def public_base_url(self) -> str:
         base = self.http.public_base_url or f"http://{self.http.host}:{self.http.port}"
         return base.rstrip("/")
 
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, *_: Any, **__: Any
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Config() is the embedded defaults whatever the environment (tests and tools start from
+        # it and adjust); load_config() adds the file and the environment.
+        return (init_settings,)
 
-def _coerce(value: Any, typ: Any, where: str) -> Any:
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{where}: expected a boolean, got {value!r}")
-    if typ is int or typ is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        try:
-            return typ(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-    if typ is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    if typing.get_origin(typ) is dict:
-        if isinstance(value, str):  # from the environment: "81=12.5,1=8"
-            pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
-            if any(len(p) != 2 for p in pairs):
-                raise ConfigError(f"{where}: expected prefix=price pairs, got {value!r}")
-            value = {k.strip(): v for k, v in pairs}
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return {str(k): _coerce(v, float, f"{where}.{k}") for k, v in value.items()}
-    raise ConfigError(f"{where}: unsupported type {typ!r}")
+
+class _Environment(EnvSettingsSource):
+    """The GATEWAY_<SECTION>_<KEY> variables of a given mapping rather than of os.environ."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._given = env
+        # Max split 1: the section is matched by its whole name, the rest is the key, so
+        # GATEWAY_OUTBOUND_HTTP_ALLOW_LOOPBACK is outbound_http.allow_loopback.
+        super().__init__(
+            Config,
+            case_sensitive=False,
+            env_prefix="GATEWAY_",
+            env_nested_delimiter="_",
+            env_nested_max_split=1,
+        )
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): value for name, value in self._given.items()}
 
 
 def env_name(setting: str) -> str:
@@ -288,8 +316,8 @@ def env_name(setting: str) -> str:
     return "GATEWAY_" + setting.replace(".", "_").upper()
 
 
-def _section_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+# GATEWAY_ variables that are not settings: the path of the TOML file.
+NOT_SETTINGS = frozenset({"GATEWAY_CONFIG"})
 
 
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -301,33 +329,50 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    config = Config()
-    sections = _section_types(Config)
-    for name, data in raw.items():
-        if name not in sections:
-            raise ConfigError(f"unknown config section [{name}]{_closest(name, sections, '[{}]')}")
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"[{name}] must be a table")
-        section = getattr(config, name)
-        hints = _section_types(type(section))
-        for key, value in data.items():
-            if key not in hints:
-                raise ConfigError(f"unknown config key {name}.{key}{_closest(key, hints, name + '.{}')}")
-            setattr(section, key, _coerce(value, hints[key], f"{name}.{key}"))
-    for name in sections:
-        section = getattr(config, name)
-        for key, typ in _section_types(type(section)).items():
-            env_key = env_name(f"{name}.{key}")
-            if env_key in env:
-                setattr(section, key, _coerce(env[env_key], typ, env_key))
+    settings = {env_name(key) for key, _, _ in config_keys()}
+    # Matched without the prefix they share, else every name would look close to every other.
+    keys = [s.removeprefix("GATEWAY_") for s in settings]
+    problems = [
+        f"unknown environment variable {name}{_closest(name.removeprefix('GATEWAY_'), keys, 'GATEWAY_{}')}"
+        for name in sorted(env)
+        if name.startswith("GATEWAY_") and name not in settings | NOT_SETTINGS
+    ]
+    given = {name: value for name, value in env.items() if name in settings}
+    try:
+        # mypy knows the fields' __init__ (dataclass_transform), not BaseSettings' _build_sources.
+        sources = (_Environment(given), InitSettingsSource(Config, raw))  # the first wins
+        config = Config(_build_sources=(sources, {}))  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError("\n".join(problems + [_problem(e, given) for e in exc.errors()])) from None
+    if problems:
+        raise ConfigError("\n".join(problems))
     _resolve_paths(config)
     return config
 
 
-def _closest(word: str, valid: typing.Iterable[str], form: str) -> str:
+def _closest(word: str, valid: Iterable[str], form: str) -> str:
     """ "; did you mean ...?" for the valid name nearest a misspelt one, or ""."""
     match = difflib.get_close_matches(word, list(valid), n=1)
     return f"; did you mean {form.format(match[0])}?" if match else ""
+
+
+def _problem(error: ErrorDetails, env: Mapping[str, str]) -> str:
+    """One pydantic error as the operator reads it: the key, or its variable when the value came
+    from the environment, what it should be and what it was."""
+    section, *rest = (str(part) for part in error["loc"])
+    if not rest:
+        if error["type"] == "extra_forbidden":
+            return f"unknown config section [{section}]{_closest(section, Config.model_fields, '[{}]')}"
+        return f"[{section}] must be a table"
+    key, *entry = rest
+    fields = type(getattr(Config(), section)).model_fields
+    if error["type"] == "extra_forbidden":
+        return f"unknown config key {section}.{key}{_closest(key, fields, section + '.{}')}"
+    name = f"{section}.{key}"
+    where = env_name(name) if env_name(name) in env else name
+    expected = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    what = "a number" if entry else expected.get(fields[key].annotation, "prefix=price pairs")
+    return f"{'.'.join([where, *entry])}: expected {what}, got {error['input']!r}"
 
 
 def _resolve_paths(config: Config) -> None:
@@ -342,14 +387,11 @@ def _resolve_paths(config: Config) -> None:
 
 def config_keys() -> list[tuple[str, str, Any]]:
     """(TOML key, env var, default) for every setting: the README reference is generated from this."""
-    out = []
-    defaults = Config()
-    for name in _section_types(Config):
-        section = getattr(defaults, name)
-        for f in dataclasses.fields(section):
-            key = f"{name}.{f.name}"
-            out.append((key, env_name(key), getattr(section, f.name)))
-    return out
+    return [
+        (f"{name}.{key}", env_name(f"{name}.{key}"), value)
+        for name, section in Config()
+        for key, value in section
+    ]
 
 
 # Settings `gateway config show` never prints: credentials, the FastAGI key, the metrics token.
@@ -360,7 +402,7 @@ MASK = "********"
 def effective(config: Config) -> dict[str, dict[str, Any]]:
     """The configuration in force, section by section, with every secret masked (a password in
     database.url too): what `gateway config show` prints."""
-    out = {name: dataclasses.asdict(getattr(config, name)) for name in _section_types(Config)}
+    out = config.model_dump()
     for key in SECRET_KEYS:
         section, name = key.split(".")
         if out[section][name]:

@@ -30,8 +30,8 @@ from gateway.services.accounts import NewCredentials
 
 pytest_plugins = ["tests.peers.node_smsc", "tests.peers.simulator_peer", "tests.webhook_receiver"]
 
-PG_ADMIN_DSN = os.environ.get("GATEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-ENGINES = [e for e in os.environ.get("GATEWAY_TEST_ENGINES", "sqlite,postgresql").split(",") if e]
+PG_ADMIN_DSN = os.environ.get("GWTEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+ENGINES = [e for e in os.environ.get("GWTEST_ENGINES", "sqlite,postgresql").split(",") if e]
 TABLES = [
     "voicemails",
     "calls",

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,135 @@ def test_config_show_prints_what_is_in_force_with_secrets_masked(
     for secret in ("from-the-file", "ami-s3cret", "db-pa55", "metrics-t0ken"):
         assert secret not in out
     assert not (tmp_path / "data").exists()  # showing the configuration touches no database
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"GATEWAY_SMPP_PASWORD": "x"},
+            "unknown environment variable GATEWAY_SMPP_PASWORD; did you mean GATEWAY_SMPP_PASSWORD?",
+        ),
+        (
+            {"GATEWAY_OUTBOUND_HTTP_ALOW_LOOPBACK": "true"},
+            "unknown environment variable GATEWAY_OUTBOUND_HTTP_ALOW_LOOPBACK; "
+            "did you mean GATEWAY_OUTBOUND_HTTP_ALLOW_LOOPBACK?",
+        ),
+        ({"GATEWAY_TEST_PG": "postgresql://x"}, "unknown environment variable GATEWAY_TEST_PG"),
+        (
+            {"GATEWAY_SMPP": '{"port": 1}'},
+            "unknown environment variable GATEWAY_SMPP; did you mean GATEWAY_SMPP_PORT?",
+        ),
+    ],
+)
+def test_an_unknown_gateway_variable_names_the_closest_setting(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env=env)
+    assert str(caught.value) == message
+
+
+def test_the_config_path_and_the_test_knobs_are_no_settings_and_no_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[smpp]\nport = 2999\n")
+    env = {
+        "GATEWAY_CONFIG": str(path),
+        "GWTEST_PG": "postgresql://postgres@127.0.0.1:5432/test",
+        "GWTEST_ENGINES": "sqlite",
+        "GWTEST_WORKERS": "0",
+        "GWTEST_SCHEMATHESIS_EXAMPLES": "100",
+        "GWLIVE_ASTERISK": "/usr/sbin/asterisk",
+        "GWLIVE_BURST": "1",
+        "gateway_smpp_port": "1",  # not ours: the settings are upper case, as before
+    }
+    assert load_config(env=env).smpp.port == 2999
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        ("", {"GATEWAY_SMPP_WINDOW": "ten"}, "GATEWAY_SMPP_WINDOW: expected an integer, got 'ten'"),
+        ("", {"GATEWAY_RATELIMIT_RATE": "fast"}, "GATEWAY_RATELIMIT_RATE: expected a number, got 'fast'"),
+        ("", {"GATEWAY_LOG_ACCESS": "perhaps"}, "GATEWAY_LOG_ACCESS: expected a boolean, got 'perhaps'"),
+        ("", {"GATEWAY_SMS_PRICES": "81"}, "GATEWAY_SMS_PRICES: expected prefix=price pairs, got '81'"),
+        ("", {"GATEWAY_SMS_PRICES": "81=x"}, "GATEWAY_SMS_PRICES.81: expected a number, got 'x'"),
+        # The environment wins, so a bad value there is named by its variable, not by the file's key.
+        ("[smpp]\nport = 1\n", {"GATEWAY_SMPP_PORT": "x"}, "GATEWAY_SMPP_PORT: expected an integer, got 'x'"),
+        ("[smpp]\nport = true\n", {}, "smpp.port: expected an integer, got True"),
+        ("[simulator]\nenabled = 1\n", {}, "simulator.enabled: expected a boolean, got 1"),
+        ("[http]\nhost = 8080\n", {}, "http.host: expected a string, got 8080"),
+        ("[sms.prices]\n'81' = 'cheap'\n", {}, "sms.prices.81: expected a number, got 'cheap'"),
+        ("smpp = 1\n", {}, "[smpp] must be a table"),
+    ],
+)
+def test_a_bad_value_names_its_key_and_what_it_should_be(
+    tmp_path: Path, toml: str, env: dict[str, str], message: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env=env)
+    assert str(caught.value) == message
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[smpp]\nport = 'x'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={"GATEWAY_SMPP_WINDOW": "ten", "GATEWAY_NOPE": "1"})
+    assert sorted(str(caught.value).splitlines()) == [
+        "GATEWAY_SMPP_WINDOW: expected an integer, got 'ten'",
+        "smpp.port: expected an integer, got 'x'",
+        "unknown environment variable GATEWAY_NOPE",
+    ]
+
+
+@pytest.mark.parametrize("command", [["run"], ["config", "show"]])
+def test_the_command_stops_on_an_unknown_variable_with_one_clear_line(command: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env |= {"PYTHONPATH": str(ROOT), "GATEWAY_VOICE_AMI_SECRT": "s3cret"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", *command], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "config error: unknown environment variable GATEWAY_VOICE_AMI_SECRT; "
+        "did you mean GATEWAY_VOICE_AMI_SECRET?\n"
+    )
+    assert "s3cret" not in proc.stdout + proc.stderr
+
+
+def test_defaults_do_not_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Config() is the embedded defaults (the README table, the tests' starting point); only
+    load_config reads the environment."""
+    from gateway.config import Config
+
+    monkeypatch.setenv("GATEWAY_SMPP_PORT", "2999")
+    assert Config().smpp.port == 2775 and load_config(env=os.environ).smpp.port == 2999
+
+
+def test_readme_config_reference_has_no_stale_rows() -> None:
+    from gateway.config import config_keys
+
+    rows = re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \|", (ROOT / "README.md").read_text(), re.MULTILINE)
+    assert rows == [key for key, _, _ in config_keys()]
+
+
+def test_every_gateway_variable_the_tools_read_is_a_setting() -> None:
+    """Test and tool knobs are GWTEST_*/GWLIVE_*: a GATEWAY_ one would stop every gateway the
+    suite starts with that environment."""
+    from gateway.config import NOT_SETTINGS, config_keys
+
+    settings = {env for _, env, _ in config_keys()} | NOT_SETTINGS
+    python = re.compile(r"""environ(?:\.get\(|\[)\s*["'](GATEWAY_\w+)""")
+    shell = re.compile(r"\$\{?(GATEWAY_\w+)")
+    code = ("gateway", "smpp", "actions_dsl", "asterisk", "tests", "bench", "fuzz")
+    files = [*(f for d in code for f in (ROOT / d).glob("**/*.py")), *ROOT.glob("scripts/*")]
+    read = set()
+    for file in [*files, *ROOT.glob("docker/**/*.sh"), ROOT / ".ci" / "run"]:
+        if "node_modules" in file.parts:
+            continue
+        text = file.read_text(errors="replace")
+        read |= {(m, file.name) for m in python.findall(text)}
+        if file.suffix != ".py":
+            read |= {(m, file.name) for m in shell.findall(text)}
+    assert read and {(name, where) for name, where in read if name not in settings} == set()

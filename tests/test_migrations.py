@@ -102,7 +102,7 @@ def test_webhook_receiver_host_and_uid_backfilled(engine: str, tmp_path: Path) -
             asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.mark.skipif("postgresql" not in ENGINES, reason="PostgreSQL not in GATEWAY_TEST_ENGINES")
+@pytest.mark.skipif("postgresql" not in ENGINES, reason="PostgreSQL not in GWTEST_ENGINES")
 async def test_nodes_starting_at_once_migrate_one_after_another(tmp_path: Path) -> None:
     """Several `gateway migrate` (or `run`) processes on one fresh PostgreSQL database ran the
     same DDL at once, and all but one died on duplicate tables."""

@@ -55,8 +55,8 @@ INVENTORY = f"""{",".join(COLUMNS)}
 """
 AMI_SECRET = "s3cret"
 # Generated cases per strategy (each operation has 2-8: random, negative, real ids, good bodies);
-# raise it for a deeper run, e.g. GATEWAY_SCHEMATHESIS_EXAMPLES=100 (~2.5 min per engine).
-MAX_EXAMPLES = int(os.environ.get("GATEWAY_SCHEMATHESIS_EXAMPLES", "15"))
+# raise it for a deeper run, e.g. GWTEST_SCHEMATHESIS_EXAMPLES=100 (~2.5 min per engine).
+MAX_EXAMPLES = int(os.environ.get("GWTEST_SCHEMATHESIS_EXAMPLES", "15"))
 
 # Operations that must see at least one 2xx (with the real ids and good bodies they do).
 KEY_OPERATIONS = {

@@ -239,13 +239,13 @@ def installed_documentation(binary: str, modules_dir: str) -> Path:
         Path("/var/lib/asterisk"),
         Path("/usr/share/asterisk"),
     ]
-    if env := os.environ.get("GATEWAY_LIVE_ASTERISK_DATA"):
+    if env := os.environ.get("GWLIVE_ASTERISK_DATA"):
         candidates.insert(0, Path(env))
     for data in candidates:
         if (data / "documentation").is_dir():
             return data / "documentation"
     raise RuntimeError(
-        "no Asterisk documentation directory found (set GATEWAY_LIVE_ASTERISK_DATA to the installed "
+        "no Asterisk documentation directory found (set GWLIVE_ASTERISK_DATA to the installed "
         "astdatadir, the one holding documentation/)"
     )
 

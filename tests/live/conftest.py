@@ -1,6 +1,6 @@
 """The live suite: a real Asterisk, SIPp as the carrier on both sides, and `gateway run`.
 
-Opt-in: every test here is skipped unless GATEWAY_LIVE_ASTERISK names an Asterisk binary (and
+Opt-in: every test here is skipped unless GWLIVE_ASTERISK names an Asterisk binary (and
 `sipp` is on PATH); nothing starts then. One session starts, in a temporary directory:
 
 - Asterisk on the shipped asterisk/*.conf (tests/live/asterisk.py), its SIP transport on a
@@ -49,13 +49,13 @@ CALLER = "+819012345678"  # what tests/live/sipp/uac.xml sends as From
 
 def missing() -> str | None:
     """Why the live suite cannot run here, or None."""
-    binary = os.environ.get("GATEWAY_LIVE_ASTERISK")
+    binary = os.environ.get("GWLIVE_ASTERISK")
     if not binary:
         return (
-            "live suite: set GATEWAY_LIVE_ASTERISK to an Asterisk 22 binary (docs/operations.md, Live checks)"
+            "live suite: set GWLIVE_ASTERISK to an Asterisk 22 binary (docs/operations.md, Live checks)"
         )
     if not os.access(binary, os.X_OK):
-        return f"live suite: GATEWAY_LIVE_ASTERISK={binary} is not an executable"
+        return f"live suite: GWLIVE_ASTERISK={binary} is not an executable"
     if not shutil.which("sipp"):
         return "live suite: sipp is not on PATH"
     return None
@@ -262,8 +262,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     reason = missing()
     if reason is not None:
         pytest.skip(reason)
-    binary = os.environ["GATEWAY_LIVE_ASTERISK"]
-    modules = os.environ.get("GATEWAY_LIVE_ASTERISK_MODULES") or str(
+    binary = os.environ["GWLIVE_ASTERISK"]
+    modules = os.environ.get("GWLIVE_ASTERISK_MODULES") or str(
         Path(binary).resolve().parents[1] / "lib" / "asterisk" / "modules"
     )
     root = Path(tmp_path_factory.mktemp("live"))

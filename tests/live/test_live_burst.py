@@ -2,9 +2,9 @@
 from writing the FastAGI header to reading the bridge's ANSWER (its own log's clock, `agi set
 debug on`), as the recordings in README's benchmarks were measured.
 
-Opt-in on top of the live suite (it loads the box for ~20 s): GATEWAY_LIVE_BURST=1.
+Opt-in on top of the live suite (it loads the box for ~20 s): GWLIVE_BURST=1.
 
-    GATEWAY_LIVE_ASTERISK=/usr/sbin/asterisk GATEWAY_LIVE_BURST=1 \\
+    GWLIVE_ASTERISK=/usr/sbin/asterisk GWLIVE_BURST=1 \\
         .venv/bin/python -m pytest tests/live/test_live_burst.py -p no:cacheprovider -s
 """
 
@@ -22,7 +22,7 @@ from tests.live.conftest import Live
 from tests.live.sipp import SCENARIOS, _udp_port
 
 pytestmark = pytest.mark.skipif(
-    not os.environ.get("GATEWAY_LIVE_BURST"), reason="live burst: set GATEWAY_LIVE_BURST=1"
+    not os.environ.get("GWLIVE_BURST"), reason="live burst: set GWLIVE_BURST=1"
 )
 
 _AGI_LINE = re.compile(
