@@ -303,6 +303,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     except ListenError as exc:
         # Exit 2 like any other setting the gateway cannot run with: restarting unchanged
         # does not help (unless the other program goes away).
+        logs.flush()
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -466,7 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
-        logs.configure(args.log_format or config.log.format, args.log_level or config.log.level)
+        logs.configure(
+            args.log_format or config.log.format,
+            args.log_level or config.log.level,
+            threaded=args.fn is cmd_run,
+        )
     except (ConfigError, ValueError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -478,11 +483,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.fn not in (cmd_migrate, cmd_run, cmd_config):  # no database needed, or brought to head
         problem = migrate.schema_problem(config.database.url)
         if problem is not None:
+            logs.flush()
             print(problem, file=sys.stderr)
             return 1
     try:
         result: int = args.fn(config, args)
     except ConfigError as exc:  # e.g. `run` with settings the app refuses (create_app)
+        logs.flush()
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     return result

@@ -10,12 +10,16 @@ object (one per line, for log shippers) in the json format.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
 import datetime as dt
 import json
 import logging
+import logging.handlers
+import queue
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, TextIO
@@ -150,14 +154,99 @@ def make_handler(fmt: str, stream: TextIO | None = None) -> logging.Handler:
     return handler
 
 
-def configure(fmt: str, level: str, stream: TextIO | None = None) -> None:
-    """Route every logger to one handler on stderr in the chosen format (replacing earlier ones)."""
+QUEUE_RECORDS = 10_000  # records waiting for the writer thread; past it they are counted and dropped
+
+
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands records to a writer thread, so whoever logs (the event loop) never waits on the
+    output (a full pipe, a stalled journald or docker log driver) nor spends its time formatting.
+    When the writer falls QUEUE_RECORDS behind, records are dropped and counted, and the writer
+    says how many before the next line it writes: a stalled log must not stall calls and SMS."""
+
+    def __init__(self, target: logging.Handler) -> None:
+        super().__init__(queue.Queue(QUEUE_RECORDS))
+        self.dropped = 0
+        self._reported = 0
+        self._closed = False
+        self._target = target
+        self.listener = logging.handlers.QueueListener(
+            self.queue, _Reporting(self), respect_handler_level=True
+        )
+        self.listener.start()
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # What could change once the caller goes on: the bound context and the message's args.
+        if not hasattr(record, "context"):
+            record.context = _CONTEXT.get()
+        record.msg, record.args = record.getMessage(), None
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.listener.stop()  # writes what is queued
+        super().close()
+
+
+class _Reporting(logging.Handler):
+    """The writer thread's side of _Enqueue: the real handler, after a line on any records dropped."""
+
+    def __init__(self, owner: _Enqueue) -> None:
+        super().__init__()
+        self._owner = owner
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        owner = self._owner
+        dropped = owner.dropped
+        if dropped > owner._reported:
+            note = logging.LogRecord(
+                "gateway.logs",
+                logging.WARNING,
+                __file__,
+                0,
+                "%d log records dropped: the log output did not keep up",
+                (dropped - owner._reported,),
+                None,
+            )
+            owner._reported = dropped
+            owner._target.handle(note)
+        return owner._target.handle(record)
+
+    def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - handle() is used
+        self._owner._target.emit(record)
+
+
+def configure(fmt: str, level: str, stream: TextIO | None = None, *, threaded: bool = True) -> None:
+    """Route every logger to one handler on stderr in the chosen format (replacing earlier ones).
+    `threaded`: written from a thread of its own (_Enqueue; what is queued is written at exit),
+    for the server; a one-shot command writes in line with what it prints."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"log level must be one of DEBUG, INFO, WARNING, ERROR, not {level!r}")
-    handler = make_handler(fmt, stream)
+    direct = make_handler(fmt, stream)
+    handler = _Enqueue(direct) if threaded else direct
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        if isinstance(old, _Enqueue):
+            old.close()
     root.addHandler(handler)
     root.setLevel(numeric)
+    if isinstance(handler, _Enqueue):
+        atexit.register(handler.close)
+
+
+def flush(timeout: float = 5.0) -> None:
+    """Wait (up to `timeout`) until the queued records are written: before a command prints its
+    last word to stderr, so that no earlier log line lands after it."""
+    deadline = time.monotonic() + timeout
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _Enqueue):
+            while handler.queue.unfinished_tasks and time.monotonic() < deadline:  # type: ignore[attr-defined]
+                time.sleep(0.005)

@@ -286,3 +286,55 @@ async def test_caller_text_cannot_split_a_gateway_process_log_line(
         escaped = "\\n\\r\\u000b\\f\\u001c\\u001d\\u001e\\u0085\\u2028\\u2029"
         assert any(f"GET /x{escaped}y 401" in x for x in lines)
         assert any("MO S\\u0085\\u001c\\u001d\\u001e\\u000b\\fT -> +81399999999" in x for x in lines)
+
+
+STALLED_LOG_SCRIPT = r"""
+import os, sys, time
+from gateway import logs
+r, w = os.pipe()  # nobody reads it until the end: a stalled journald or docker log driver
+logs.configure("text", "INFO", os.fdopen(w, "w"))
+import logging
+log = logging.getLogger("gateway.test")
+start = time.monotonic()
+for i in range(60_000):  # ~5 MB of lines: far beyond what a pipe holds
+    log.info("line %d of a flood", i, extra={"msgid": "m%d" % i})
+print("logged in %.2f s" % (time.monotonic() - start), flush=True)
+os.set_blocking(r, False)
+seen = b""
+deadline = time.monotonic() + 30
+while b"log records dropped" not in seen and time.monotonic() < deadline:
+    try:
+        seen += os.read(r, 1 << 20)
+    except BlockingIOError:
+        time.sleep(0.01)
+    if len(seen) > 1 << 20:
+        seen = seen[-4096:]
+for line in seen.decode().splitlines():
+    if "log records dropped" in line:
+        print(line, flush=True)
+        break
+os._exit(0)
+"""
+
+
+def test_a_stalled_log_output_never_blocks_the_caller(tmp_path: Path) -> None:
+    """Whoever logs (the event loop) goes on when nobody reads the log: the lines the output cannot
+    take are dropped and counted, and the count is written once it drains."""
+    import subprocess
+    import sys
+
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", STALLED_LOG_SCRIPT],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("logging blocked on an output nobody reads")
+    lines = out.stdout.splitlines()
+    assert lines and lines[0].startswith("logged in"), (out.stdout, out.stderr[-2000:])
+    assert len(lines) == 2 and "WARNING gateway.logs:" in lines[1], out.stdout
+    dropped = int(lines[1].split("WARNING gateway.logs: ")[1].split()[0])
+    assert 0 < dropped < 60_000
