@@ -211,7 +211,7 @@ def test_document_structure_errors_and_security() -> None:
     assert len(ids) == len(set(ids)), "operationIds must be unique"
     send = doc["paths"]["/sms/messages/"]["post"]
     assert {"201", "400", "401", "403", "413", "415", "429"} <= set(send["responses"])
-    body = send["requestBody"]["content"]["application/json"]["schema"]
+    body = resolve(doc, send["requestBody"]["content"]["application/json"]["schema"]["$ref"])
     assert body["required"] == ["message", "recipient", "sender"]
     tsend = doc["paths"]["/sms/templates/{uid}/messages/"]["post"]
     assert resolve(doc, tsend["responses"]["422"]["content"]["application/json"]["schema"]["$ref"])[
