@@ -85,6 +85,11 @@ class Operation:
     no_slash: bool
 
 
+def array_of(model: type[BaseModel]) -> Any:
+    """`list[model]` for a model known at run time only (mypy takes no variable as a type)."""
+    return list[model]  # type: ignore[valid-type]
+
+
 def operation_of(handler: object) -> Operation | None:
     op = getattr(handler, _OPERATION, None)
     return op if isinstance(op, Operation) else None
