@@ -282,14 +282,17 @@ globalThis.document = {
   createTextNode: (text) => ({ text: String(text) }),
 };
 new Function(code)();
-const found = { details: 0, h2: [], text: [] };
+const found = { details: 0, h2: [], text: [], code: [], b: [] };
+function textOf(n) { return n.text !== undefined ? n.text : n.children.map(textOf).join(""); }
 (function walk(n) {
   if (n.text !== undefined) { found.text.push(n.text); return; }
   if (n.tag === "details") found.details++;
   if (n.tag === "h2") found.h2.push(n.attrs.id);
+  if (n.tag === "code" || n.tag === "b") found[n.tag].push(textOf(n));
   n.children.forEach(walk);
 })(root);
-console.log(JSON.stringify({ details: found.details, h2: found.h2, text: found.text.join(" ") }));
+found.text = found.text.join(" ");
+console.log(JSON.stringify(found));
 """
 
 
@@ -307,6 +310,25 @@ def test_docs_page_renders_every_operation() -> None:
     assert rendered["h2"] == [t["name"] for t in doc["tags"]]
     for needle in ("/sms/templates/{uid}/messages/", "Retry-After", "variables", "bearerAuth"):
         assert needle in rendered["text"]
+
+
+def test_docs_page_renders_markdown_in_descriptions() -> None:
+    """`code`, **bold**, paragraphs and lists become elements, the text between them stays text;
+    markup the renderer does not know stays as it was written, never as HTML."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (scripts/test installs it)")
+    doc = openapi.build_document(full_app())
+    op = doc["paths"]["/sms/messages/"]["post"]
+    op["description"] = "Needs `freeform`; **not** <b>html</b>.\n\n- one `a`\n- two"
+    out = subprocess.run(
+        [node, "-e", DOM_SHIM], input=openapi.render_docs(doc), capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    rendered = json.loads(out.stdout)
+    assert {"freeform", "a"} <= set(rendered["code"]) and {"not", "Authentication"} <= set(rendered["b"])
+    assert "<b>html</b>" in rendered["text"] and "**" not in rendered["text"]
+    assert " one " in rendered["text"] and "- one" not in rendered["text"]
 
 
 # --- schemathesis against the served document ------------------------------------------------

@@ -21,7 +21,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from gateway.http import openapi_legacy, responses
+from gateway.http import responses
 from gateway.http.api import Content, Json, JsonSchema, Operation, Routes, operation_of, path_names
 from gateway.http.docs_page import DOCS_CSP, render_docs
 from gateway.keys import CONFIG
@@ -128,11 +128,7 @@ def served_operations(app: web.Application) -> list[tuple[str, str]]:
 
 
 def undocumented(app: web.Application) -> list[tuple[str, str]]:
-    return [
-        (method, path)
-        for method, path, op in _routes(app)
-        if op is None and (method, path) not in openapi_legacy.OPERATIONS
-    ]
+    return [(method, path) for method, path, op in _routes(app) if op is None]
 
 
 def _json_type(returns: Any) -> bool:
@@ -264,12 +260,7 @@ def build_document(app: web.Application, server_url: str | None = None) -> Json:
     paths: Json = {}
     tags: list[str] = []
     for method, path, op in served:
-        if op is not None:
-            entry = _operation(op, method, path, schemas)
-        elif (method, path) in openapi_legacy.OPERATIONS:
-            entry = openapi_legacy._operation(method, path, openapi_legacy.OPERATIONS[(method, path)])
-        else:
-            entry = _undocumented(method, path)
+        entry = _undocumented(method, path) if op is None else _operation(op, method, path, schemas)
         tag = entry["tags"][0]
         if tag not in tags:
             tags.append(tag)
@@ -282,7 +273,7 @@ def build_document(app: web.Application, server_url: str | None = None) -> Json:
         "security": [{"basicAuth": []}],
         "paths": paths,
         "components": {
-            "schemas": {**openapi_legacy.SCHEMAS, **components},
+            "schemas": components,
             "securitySchemes": {
                 "basicAuth": {"type": "http", "scheme": "basic", "description": "SID : auth token."},
                 "bearerAuth": {
