@@ -22,8 +22,8 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
 from aiohttp import web
@@ -68,21 +68,24 @@ class Content:
 
 @dataclass(frozen=True)
 class Operation:
+    """One route's contract. The keywords of `Routes.get/post/put/delete` set its fields;
+    summary and description come from the handler's docstring, body and query from its
+    annotations."""
+
     method: str
-    path: str  # the canonical one; with no_slash, also routed without its trailing slash
-    operation_id: str
+    path: str  # with `no_slash`, also routed without its trailing slash
+    operation_id: str  # default: the handler's name in camelCase
     tag: str
-    summary: str
-    description: str
-    status: int
-    returns: Any  # a type pydantic can describe (JSON), a Content, or None
-    body: type[BaseModel] | None
-    query: type[Query] | None
-    errors: frozenset[int]
     security: Security
-    headers: Mapping[str, JsonSchema]
-    path_params: Mapping[str, JsonSchema]
-    no_slash: bool
+    summary: str = ""
+    description: str = ""  # Markdown
+    status: int = 200
+    returns: Any = None  # a type pydantic can describe (JSON), a Content, or None
+    body: type[BaseModel] | None = None
+    query: type[Query] | None = None
+    errors: Collection[int] = ()  # besides those implied: auth, body, query, path parameters
+    headers: Mapping[str, JsonSchema] = field(default_factory=dict)  # of the success answer
+    path_params: Mapping[str, JsonSchema] = field(default_factory=dict)
 
 
 def array_of(model: type[BaseModel]) -> Any:
@@ -127,15 +130,10 @@ def refusal(
     return ValidationError.from_exception_data(model.__name__, [*earlier, *details])
 
 
-def validated(model: type[M], data: Mapping[str, Any], request: web.Request) -> M:
-    try:
-        return model.model_validate(data, context=request)
-    except ValidationError as exc:
-        raise FieldErrors(field_errors(exc, model)) from None
-
-
-def _query(model: type[Query], request: web.Request) -> Query:
-    data, refused = model.read(request)
+def validated(
+    model: type[M], data: Mapping[str, Any], request: web.Request, refused: Mapping[str, list[str]] = {}
+) -> M:
+    """`data` as `model`, or a 400 naming every bad field, with those `refused` beforehand."""
     try:
         out = model.model_validate(data, context=request)
     except ValidationError as exc:
@@ -181,43 +179,28 @@ class Routes:
         method: str,
         path: str,
         *,
-        status: int = 200,
-        returns: Any = None,
-        errors: frozenset[int] | set[int] = frozenset(),
-        security: Security | None = None,
-        tag: str | None = None,
-        operation_id: str | None = None,
-        headers: Mapping[str, JsonSchema] | None = None,
         no_slash: bool = False,
-        body: type[BaseModel] | None = None,
-        query: type[Query] | None = None,
         guard: Callable[[web.Request], None] | None = None,
+        **options: Any,
     ) -> Callable[[H], H]:
-        """`no_slash`: also routed without the trailing slash (xoxzo-cloudpy leaves it off on
-        some GETs). `body`/`query`: the models, when the handler's annotations cannot name
-        them. `guard`: runs after the body is read and before it is validated (a refusal that
-        does not depend on the fields, e.g. 403)."""
+        """`options`: Operation's fields. `no_slash`: also routed without the trailing slash
+        (xoxzo-cloudpy leaves it off on some GETs). `guard`: runs after the body is read and
+        before it is validated, for a refusal that does not depend on the fields (403)."""
 
         def register(handler: H) -> H:
             hints = typing.get_type_hints(handler)
             summary, _, description = inspect.cleandoc(handler.__doc__ or "").partition("\n")
-            op = Operation(
-                method=method,
-                path=path,
-                operation_id=operation_id or _camel(handler.__name__),
-                tag=tag or self._tag,
-                summary=summary.strip(),
-                description=description.strip(),
-                status=status,
-                returns=returns,
-                body=body or hints.get("body"),
-                query=query or hints.get("query"),
-                errors=frozenset(errors),
-                security=security or self._security,
-                headers=dict(headers or {}),
-                path_params={n: self._path_params.get(n, {"type": "string"}) for n in path_names(path)},
-                no_slash=no_slash,
-            )
+            defaults = {
+                "operation_id": _camel(handler.__name__),
+                "tag": self._tag,
+                "security": self._security,
+                "summary": summary.strip(),
+                "description": description.strip(),
+                "body": hints.get("body"),
+                "query": hints.get("query"),
+                "path_params": {n: self._path_params.get(n, {"type": "string"}) for n in path_names(path)},
+            }
+            op = Operation(method=method, path=path, **{**defaults, **options})
             endpoint = _endpoint(op, handler, guard)
             self._defs.append(web.RouteDef(method, path, endpoint, {}))
             if no_slash:
@@ -240,7 +223,8 @@ def _endpoint(
     async def endpoint(request: web.Request) -> web.StreamResponse:
         inputs: dict[str, BaseModel] = {}
         if op.query is not None:
-            inputs["query"] = _query(op.query, request)
+            values, refused = op.query.read(request)
+            inputs["query"] = validated(op.query, values, request, refused)
         if op.body is not None:
             data = await read_params(request)
             if guard is not None:

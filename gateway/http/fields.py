@@ -74,6 +74,16 @@ def _sender(value: Any) -> str:
     raise ValueError("Sender must be 1-10 letters/digits, or a number of at most 15 digits.")
 
 
+def words(value: Any, limit: int) -> str:
+    """Required text with more than spaces in it, at most `limit` characters."""
+    text = required(value)
+    if not text.strip():
+        raise ValueError(REQUIRED)
+    if len(text) > limit:
+        raise ValueError(f"At most {limit} characters.")
+    return text
+
+
 def no_controls(text: str) -> str:
     if any(ord(c) < 32 and c not in "\r\n\t" for c in text):
         raise ValueError("Control characters are not allowed.")
@@ -158,8 +168,8 @@ def whole(lo: int, hi: int, default: int) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-def _schema(**schema: Any) -> Any:
-    """Schema keywords documented, not enforced a second time: the validator enforces them."""
+def documented(**schema: Any) -> Any:
+    """Schema keywords for the document, not enforced a second time: a validator does."""
     return Field(json_schema_extra=schema)
 
 
@@ -168,15 +178,17 @@ MAX_URL = validation.MAX_URL
 
 Text = Annotated[str, BeforeValidator(required)]
 OptionalText = Annotated[str | SkipJsonSchema[None], BeforeValidator(optional)]
-E164 = Annotated[str, BeforeValidator(_e164), _schema(pattern=E164_PATTERN, examples=["+818012345678"])]
+E164 = Annotated[str, BeforeValidator(_e164), documented(pattern=E164_PATTERN, examples=["+818012345678"])]
 Sender = Annotated[
     str,
     BeforeValidator(_sender),
-    _schema(pattern=r"^(\+?[0-9]{1,15}|[A-Za-z0-9]{1,10})$", examples=["DEMO"]),
+    documented(pattern=r"^(\+?[0-9]{1,15}|[A-Za-z0-9]{1,10})$", examples=["DEMO"]),
 ]
-MessageText = Annotated[str, BeforeValidator(lambda v: no_controls(required(v))), _schema(minLength=1)]
+MessageText = Annotated[str, BeforeValidator(lambda v: no_controls(required(v))), documented(minLength=1)]
 # An http(s) URL the outbound policy could reach (gateway/services/validation.py http_url).
-Url = Annotated[str | SkipJsonSchema[None], BeforeValidator(_url), _schema(format="uri", maxLength=MAX_URL)]
+Url = Annotated[
+    str | SkipJsonSchema[None], BeforeValidator(_url), documented(format="uri", maxLength=MAX_URL)
+]
 Tags = Annotated[
     tuple[str, ...],
     BeforeValidator(_tags),

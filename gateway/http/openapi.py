@@ -131,10 +131,6 @@ def undocumented(app: web.Application) -> list[tuple[str, str]]:
     return [(method, path) for method, path, op in _routes(app) if op is None]
 
 
-def _json_type(returns: Any) -> bool:
-    return returns is not None and not isinstance(returns, Content)
-
-
 def _schemas(ops: list[Operation]) -> tuple[dict[tuple[str, str], JsonSchema], JsonSchema]:
     """Every body and answer schema of `ops` and the error bodies, sharing one set of
     components: (kind, name) -> schema (mostly a $ref), and the components."""
@@ -144,42 +140,28 @@ def _schemas(ops: list[Operation]) -> tuple[dict[tuple[str, str], JsonSchema], J
     for op in ops:
         if op.body is not None:
             inputs.append((("body", op.operation_id), "validation", TypeAdapter(op.body)))
-        if _json_type(op.returns):
+        if op.returns is not None and not isinstance(op.returns, Content):
             inputs.append((("ok", op.operation_id), "validation", TypeAdapter(op.returns)))
     keys, defs = TypeAdapter.json_schemas(inputs, ref_template=_REF, schema_generator=_Schemas)
     return {key: schema for (key, _), schema in keys.items()}, defs.get("$defs", {})
 
 
-def _query_parameters(op: Operation) -> list[JsonSchema]:
-    if op.query is None:
-        return []
-    schema = op.query.model_json_schema(schema_generator=_Schemas)
-    required = set(schema.get("required", []))
-    out = []
-    for name, prop in schema["properties"].items():
-        prop = dict(prop)
-        description = prop.pop("description", "")
-        out.append(
-            {
-                "name": name,
-                "in": "query",
-                "required": name in required,
-                "description": description,
-                "schema": prop,
-            }
-        )
+def _parameter(name: str, where: str, required: bool, schema: JsonSchema) -> JsonSchema:
+    schema = dict(schema)
+    description = schema.pop("description", "")
+    return {"name": name, "in": where, "required": required, "description": description, "schema": schema}
+
+
+def _parameters(op: Operation) -> list[JsonSchema]:
+    out = [_parameter(name, "path", True, schema) for name, schema in op.path_params.items()]
+    if op.query is not None:
+        query = op.query.model_json_schema(schema_generator=_Schemas)
+        required = query.get("required", [])
+        out += [_parameter(n, "query", n in required, s) for n, s in query["properties"].items()]
     return out
 
 
-def _operation(op: Operation, method: str, path: str, schemas: dict[tuple[str, str], JsonSchema]) -> Json:
-    params: list[JsonSchema] = []
-    for name in path_names(path):
-        schema = dict(op.path_params.get(name, {"type": "string"}))
-        description = schema.pop("description", "")
-        params.append(
-            {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
-        )
-    params.extend(_query_parameters(op))
+def _responses(op: Operation, schemas: dict[tuple[str, str], JsonSchema]) -> JsonSchema:
     ok: JsonSchema = {"description": HTTPStatus(op.status).phrase}
     if isinstance(op.returns, Content):
         if op.returns.media:
@@ -188,7 +170,7 @@ def _operation(op: Operation, method: str, path: str, schemas: dict[tuple[str, s
         ok["content"] = {"application/json": {"schema": schemas[("ok", op.operation_id)]}}
     if op.headers:
         ok["headers"] = dict(op.headers)
-    responses_: JsonSchema = {str(op.status): ok}
+    out: JsonSchema = {str(op.status): ok}
     codes = set(op.errors)
     if op.security in ("basic", "basic+bearer"):
         codes.update(AUTH_ERRORS)
@@ -196,16 +178,17 @@ def _operation(op: Operation, method: str, path: str, schemas: dict[tuple[str, s
         codes.update(BODY_ERRORS)
     if op.query is not None:
         codes.add(400)
-    if path_names(path) and op.security != "metrics":
+    if op.path_params and op.security != "metrics":
         codes.add(404)
     for code in sorted(codes):
-        _, description = ERRORS[code]
-        responses_[str(code)] = {
-            "description": description,
-            "content": {"application/json": {"schema": schemas[("error", str(code))]}},
-        }
+        json = {"application/json": {"schema": schemas[("error", str(code))]}}
+        out[str(code)] = {"description": ERRORS[code][1], "content": json}
         if code in (429, 503):
-            responses_[str(code)]["headers"] = RETRY_AFTER
+            out[str(code)]["headers"] = RETRY_AFTER
+    return out
+
+
+def _operation(op: Operation, method: str, path: str, schemas: dict[tuple[str, str], JsonSchema]) -> Json:
     out: Json = {"tags": [op.tag], "operationId": op.operation_id, "summary": op.summary}
     description = op.description
     if path != op.path:
@@ -215,20 +198,16 @@ def _operation(op: Operation, method: str, path: str, schemas: dict[tuple[str, s
         out["x-alias-of"] = op.path
     if description:
         out["description"] = description
-    if params:
+    if params := _parameters(op):
         out["parameters"] = params
     if op.body is not None:
-        body = schemas[("body", op.operation_id)]
+        body = {"schema": schemas[("body", op.operation_id)]}
         out["requestBody"] = {
             "required": True,
-            "content": {
-                "application/x-www-form-urlencoded": {"schema": body},
-                "application/json": {"schema": body},
-            },
+            "content": {"application/x-www-form-urlencoded": body, "application/json": body},
         }
-    out["responses"] = responses_
-    security = SECURITY[op.security]
-    if security is not None:
+    out["responses"] = _responses(op, schemas)
+    if (security := SECURITY[op.security]) is not None:
         out["security"] = security
     return out
 
@@ -242,11 +221,8 @@ def _undocumented(method: str, path: str) -> Json:
         "x-undocumented": True,
         "responses": {"default": {"description": "Not described yet."}},
     }
-    params = [
-        {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in path_names(path)
-    ]
-    if params:
-        entry["parameters"] = params
+    if names := path_names(path):
+        entry["parameters"] = [_parameter(n, "path", True, {"type": "string"}) for n in names]
     return entry
 
 

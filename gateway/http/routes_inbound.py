@@ -50,7 +50,7 @@ class InboundFilters(Query):
         default_factory=_day_ago,
         description="ISO-8601 date or date-time (UTC if no offset); default 24 hours ago.",
     )
-    end_date: When | SkipJsonSchema[None] = Field(
+    end_date: When | None = Field(
         None, description="ISO-8601 date or date-time; must be after start_date."
     )
     client_reference: str | SkipJsonSchema[None] = Field(None, description="Exact match.")

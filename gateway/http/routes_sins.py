@@ -13,7 +13,17 @@ from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, field_va
 from pydantic.json_schema import SkipJsonSchema
 
 from gateway.http.api import Json, Query, Routes, array_of, refusal
-from gateway.http.fields import REQUIRED, Text, Url, no_controls, optional, reason, required
+from gateway.http.fields import (
+    REQUIRED,
+    Text,
+    Url,
+    documented,
+    no_controls,
+    optional,
+    reason,
+    required,
+    words,
+)
 from gateway.http.responses import AutoReply, Empty, SinNumber, SinSubscription
 from gateway.keys import ACCOUNT, NUMBERS
 from gateway.services.numbers import MATCHES, MAX_REPLY, Kind, parse_filters, pattern_problem
@@ -35,10 +45,10 @@ class Filters(Query):
     country: Annotated[
         str | SkipJsonSchema[None],
         BeforeValidator(_country),
-        Field(json_schema_extra={"pattern": "^[A-Za-z]{2}$"}),
+        documented(pattern="^[A-Za-z]{2}$"),
     ] = Field(None, description="ISO 3166-1 alpha-2 code, e.g. JP.")
     prefix: Annotated[
-        str | SkipJsonSchema[None], BeforeValidator(_prefix), Field(json_schema_extra={"pattern": "^[0-9]+$"})
+        str | SkipJsonSchema[None], BeforeValidator(_prefix), documented(pattern="^[0-9]+$")
     ] = Field(None, description="Digits the number starts with (after +), e.g. 813.")
 
 
@@ -141,12 +151,7 @@ def _match(value: Any) -> str:
 
 
 def _reply(value: Any) -> str:
-    reply = required(value)
-    if not reply.strip():
-        raise ValueError(REQUIRED)
-    if len(reply) > MAX_REPLY:
-        raise ValueError(f"At most {MAX_REPLY} characters.")
-    return no_controls(reply)
+    return no_controls(words(value, MAX_REPLY))
 
 
 class NewAutoReply(BaseModel):

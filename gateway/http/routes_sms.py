@@ -34,17 +34,8 @@ class Outbound(BaseModel):
     lt_callbackurl: Url = Field(None, description="Receives a signed POST on a tracked link's first access.")
 
     def outbound(self, account_id: int, text: str, template_id: int | None = None) -> OutboundRequest:
-        return OutboundRequest(
-            account_id=account_id,
-            recipient=self.recipient,
-            sender=self.sender,
-            text=text,
-            callbackurl=self.callbackurl,
-            tags=self.tags,
-            track_link=self.track_link,
-            lt_callbackurl=self.lt_callbackurl,
-            template_id=template_id,
-        )
+        fields = self.model_dump(include=set(Outbound.model_fields))
+        return OutboundRequest(account_id=account_id, text=text, template_id=template_id, **fields)
 
 
 class SendSms(Outbound):

@@ -7,10 +7,9 @@ from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
-from pydantic.json_schema import SkipJsonSchema
 
 from gateway.http.api import Json, Routes
-from gateway.http.fields import REQUIRED, reason, required
+from gateway.http.fields import documented, reason, words
 from gateway.http.responses import Empty, Message, Msgid, Template
 from gateway.http.routes_sms import MSGID, Outbound, SentDate
 from gateway.keys import ACCOUNT, MESSAGES, TEMPLATES
@@ -21,47 +20,38 @@ TEMPLATE_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "Te
 routes = Routes("Templates", path_params={"msgid": MSGID, "uid": TEMPLATE_ID})
 
 
-def _name(value: Any) -> str:
-    name = required(value)
-    if not name.strip():
-        raise ValueError(REQUIRED)
-    if len(name) > MAX_NAME:
-        raise ValueError(f"At most {MAX_NAME} characters.")
-    return name.strip()
-
-
 def _content(value: Any) -> str:
-    content = required(value)
-    if not content.strip():
-        raise ValueError(REQUIRED)
-    if len(content) > MAX_CONTENT:
-        raise ValueError(f"At most {MAX_CONTENT} characters.")
+    content = words(value, MAX_CONTENT)
     reason(lambda: placeholders(content))
     return content
 
 
-NAME_DOC = {"description": f"At most {MAX_NAME} characters.", "minLength": 1, "maxLength": MAX_NAME}
-CONTENT_DOC = {
-    "description": f"At most {MAX_CONTENT} characters, `{{name}}` placeholders.",
-    "minLength": 1,
-    "maxLength": MAX_CONTENT,
-}
+Name = Annotated[
+    str,
+    BeforeValidator(lambda v: words(v, MAX_NAME).strip()),
+    documented(description=f"At most {MAX_NAME} characters.", minLength=1, maxLength=MAX_NAME),
+]
+Content = Annotated[
+    str,
+    BeforeValidator(_content),
+    documented(
+        description=f"At most {MAX_CONTENT} characters, `{{name}}` placeholders.",
+        minLength=1,
+        maxLength=MAX_CONTENT,
+    ),
+]
 
 
 class NewTemplate(BaseModel):
-    name: Annotated[str, BeforeValidator(_name), Field(json_schema_extra=NAME_DOC)]
-    content: Annotated[str, BeforeValidator(_content), Field(json_schema_extra=CONTENT_DOC)]
+    name: Name
+    content: Content
 
 
 class TemplateChange(BaseModel):
-    """Absent: unchanged; null or empty is refused as for a new template."""
+    """What is absent (or null) stays as it is."""
 
-    name: Annotated[str | SkipJsonSchema[None], BeforeValidator(_name), Field(json_schema_extra=NAME_DOC)] = (
-        None
-    )
-    content: Annotated[
-        str | SkipJsonSchema[None], BeforeValidator(_content), Field(json_schema_extra=CONTENT_DOC)
-    ] = None
+    name: Name | None = None
+    content: Content | None = None
 
 
 def _variables(value: Any) -> Any:
