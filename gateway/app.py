@@ -28,6 +28,7 @@ from gateway.http import (
     routes_public,
     routes_sins,
     routes_sms,
+    routes_templates,
     routes_voice,
 )
 from gateway.http.auth import auth_middleware
@@ -141,6 +142,7 @@ def create_app(config: Config) -> web.Application:
         app.add_routes(metrics.routes)
     app.add_routes(routes_public.routes)
     app.add_routes(routes_sms.routes)
+    app.add_routes(routes_templates.routes)
     app.add_routes(routes_sins.routes)
     app.add_routes(routes_inbound.routes)
     app.add_routes(routes_dins.routes)

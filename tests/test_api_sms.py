@@ -166,6 +166,25 @@ async def test_malformed_bodies(gateway: Gateway, http: aiohttp.ClientSession) -
     assert await gateway.sql("SELECT id FROM messages") == []
 
 
+async def test_json_bodies_take_booleans_and_numbers_as_forms_spell_them(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    """A JSON client writes `true` where a form writes "true", and a number unquoted."""
+    creds = await gateway.account()
+    url = f"{gateway.base_url}/sms/messages/"
+    body = {"message": "See https://example.com/x", "recipient": JP, "sender": 12345, "track_link": True}
+    async with http.post(url, json=body, headers=gateway.auth(creds)) as r:
+        assert r.status == 201, await r.text()
+        msgid = (await r.json())[0]["msgid"]
+    st = await status(http, gateway, creds, msgid)
+    assert st["sender"] == "12345" and len(st["link_tracking"]) == 1
+    async with http.post(url, json={**body, "track_link": False}, headers=gateway.auth(creds)) as r:
+        assert r.status == 201
+        assert "link_tracking" not in await status(http, gateway, creds, (await r.json())[0]["msgid"])
+    async with http.post(url, json={**body, "track_link": [True]}, headers=gateway.auth(creds)) as r:
+        assert r.status == 400 and await r.json() == {"track_link": ["Expected a string."]}
+
+
 async def test_freeform_flag_required(gateway: Gateway, http: aiohttp.ClientSession) -> None:
     creds = await gateway.account(freeform=False)
     r = await send(http, gateway, creds)

@@ -141,17 +141,17 @@ def refs(node: Any) -> list[str]:
     return []
 
 
-def test_every_served_route_is_in_the_spec_table() -> None:
+def test_every_served_route_is_in_the_document() -> None:
     app = full_app()
     served = openapi.served_operations(app)
     assert ("POST", "/sms/messages/") in served and ("GET", "/metrics") in served
-    assert openapi.undocumented(app) == [], "add these routes to gateway/http/openapi.py OPERATIONS"
+    assert openapi.undocumented(app) == [], "declare these routes with gateway/http/api.py Routes"
     doc = openapi.build_document(app)
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     assert documented == set(served)  # exactly what is served: no more, no less
 
 
-def test_a_new_route_without_a_table_entry_is_reported() -> None:
+def test_a_route_declared_without_the_contract_is_reported() -> None:
     app = full_app()
 
     async def handler(request: web.Request) -> web.Response:
@@ -163,7 +163,7 @@ def test_a_new_route_without_a_table_entry_is_reported() -> None:
     assert entry["x-undocumented"] is True and entry["parameters"][0]["name"] == "thing"
 
 
-def test_table_entries_for_routes_not_served_are_left_out() -> None:
+def test_operations_the_app_does_not_serve_are_left_out() -> None:
     app = web.Application()
     app.add_routes(openapi.routes)
     doc = openapi.build_document(app, server_url="http://gw.example")
@@ -211,7 +211,7 @@ def test_document_structure_errors_and_security() -> None:
     assert len(ids) == len(set(ids)), "operationIds must be unique"
     send = doc["paths"]["/sms/messages/"]["post"]
     assert {"201", "400", "401", "403", "413", "415", "429"} <= set(send["responses"])
-    body = send["requestBody"]["content"]["application/json"]["schema"]
+    body = resolve(doc, send["requestBody"]["content"]["application/json"]["schema"]["$ref"])
     assert body["required"] == ["message", "recipient", "sender"]
     tsend = doc["paths"]["/sms/templates/{uid}/messages/"]["post"]
     assert resolve(doc, tsend["responses"]["422"]["content"]["application/json"]["schema"]["$ref"])[
@@ -282,14 +282,17 @@ globalThis.document = {
   createTextNode: (text) => ({ text: String(text) }),
 };
 new Function(code)();
-const found = { details: 0, h2: [], text: [] };
+const found = { details: 0, h2: [], text: [], code: [], b: [] };
+function textOf(n) { return n.text !== undefined ? n.text : n.children.map(textOf).join(""); }
 (function walk(n) {
   if (n.text !== undefined) { found.text.push(n.text); return; }
   if (n.tag === "details") found.details++;
   if (n.tag === "h2") found.h2.push(n.attrs.id);
+  if (n.tag === "code" || n.tag === "b") found[n.tag].push(textOf(n));
   n.children.forEach(walk);
 })(root);
-console.log(JSON.stringify({ details: found.details, h2: found.h2, text: found.text.join(" ") }));
+found.text = found.text.join(" ");
+console.log(JSON.stringify(found));
 """
 
 
@@ -307,6 +310,25 @@ def test_docs_page_renders_every_operation() -> None:
     assert rendered["h2"] == [t["name"] for t in doc["tags"]]
     for needle in ("/sms/templates/{uid}/messages/", "Retry-After", "variables", "bearerAuth"):
         assert needle in rendered["text"]
+
+
+def test_docs_page_renders_markdown_in_descriptions() -> None:
+    """`code`, **bold**, paragraphs and lists become elements, the text between them stays text;
+    markup the renderer does not know stays as it was written, never as HTML."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (scripts/test installs it)")
+    doc = openapi.build_document(full_app())
+    op = doc["paths"]["/sms/messages/"]["post"]
+    op["description"] = "Needs `freeform`; **not** <b>html</b>.\n\n- one `a`\n- two"
+    out = subprocess.run(
+        [node, "-e", DOM_SHIM], input=openapi.render_docs(doc), capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    rendered = json.loads(out.stdout)
+    assert {"freeform", "a"} <= set(rendered["code"]) and {"not", "Authentication"} <= set(rendered["b"])
+    assert "<b>html</b>" in rendered["text"] and "**" not in rendered["text"]
+    assert " one " in rendered["text"] and "- one" not in rendered["text"]
 
 
 # --- schemathesis against the served document ------------------------------------------------

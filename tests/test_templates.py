@@ -104,6 +104,30 @@ async def test_template_validation(
     assert await gateway.sql("SELECT id FROM templates") == []
 
 
+async def test_a_change_leaves_absent_and_null_fields_as_they_are(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    creds = await gateway.account()
+    _, tpl = await create(http, gateway, creds, name="otp", content="Code {code}")
+    url = f"{gateway.base_url}/sms/templates/{tpl['template_id']}/"
+    for body, name, content in (
+        ({"name": None, "content": "New {code}"}, "otp", "New {code}"),
+        ({"name": " renamed "}, "renamed", "New {code}"),
+        ({"content": None}, "renamed", "New {code}"),
+    ):
+        async with http.put(url, json=body, headers=gateway.auth(creds)) as r:
+            assert r.status == 200, await r.text()
+            out = await r.json()
+        assert (out["name"], out["content"]) == (name, content), body
+    for body, field in (
+        ({"name": ""}, "name"),
+        ({"content": "  "}, "content"),
+        ({"content": "{"}, "content"),
+    ):
+        async with http.put(url, json=body, headers=gateway.auth(creds)) as r:
+            assert r.status == 400 and list(await r.json()) == [field], body
+
+
 async def test_templates_are_per_account(gateway: Gateway, http: aiohttp.ClientSession) -> None:
     alice, bob = await gateway.account(name="a"), await gateway.account(name="b")
     _, tpl = await create(http, gateway, alice, name="t", content="hi {x}")

@@ -61,6 +61,7 @@ from sqlalchemy import func, select
 
 from gateway.db.availability import is_outage
 from gateway.db.models import Message, WebhookDelivery
+from gateway.http.api import Content, Json, Routes
 from gateway.http.errors import DB_OUTAGE, Handler
 from gateway.keys import SESSIONS
 from gateway.services.errors import ApiError
@@ -283,11 +284,20 @@ async def _db_gauges(app: web.Application) -> tuple[int | None, int | None]:
     return int(queued or 0), int(pending or 0)
 
 
-routes = web.RouteTableDef()
+routes = Routes("Operations", security="metrics")
 
 
-@routes.get("/metrics")
-async def metrics_endpoint(request: web.Request) -> web.Response:
+@routes.get(
+    "/metrics",
+    returns=Content({"text/plain": {"type": "string"}}),
+    errors={401, 404},
+    operation_id="metrics",
+)
+async def metrics_endpoint(request: web.Request) -> Json:
+    """Prometheus metrics (text exposition format 0.0.4)
+
+    Open unless a metrics token is configured; then `Authorization: Bearer <token>`. Counters
+    are per node; the queue and webhook backlog gauges read the shared database."""
     metrics = request.app.get(METRICS)
     if metrics is None:
         raise ApiError(404, {"detail": "Metrics are not enabled on this gateway."})

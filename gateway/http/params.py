@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 
@@ -87,33 +86,3 @@ def _reject_nul(data: dict[str, Any]) -> None:
                 raise FieldErrors.one(clean, problem)
             if isinstance(value, dict | list):
                 stack.append((f"{name}.", value))
-
-
-def optional_str(params: dict[str, Any], name: str) -> str | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise FieldErrors.one(name, "Expected a string.")
-    return str(value)
-
-
-T = TypeVar("T")
-
-
-class FieldCollector:
-    """Runs every field check and reports all failures in one 400, not the first one only."""
-
-    def __init__(self) -> None:
-        self.errors: dict[str, list[str]] = {}
-
-    def check(self, fn: Callable[[], T], fallback: T) -> T:
-        try:
-            return fn()
-        except FieldErrors as exc:
-            self.errors.update(exc.body)
-            return fallback
-
-    def raise_if_any(self) -> None:
-        if self.errors:
-            raise FieldErrors(self.errors)

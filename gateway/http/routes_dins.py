@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
-from gateway.http.routes_sins import number_routes
+from pydantic import Field
 
-routes = number_routes("din", "/voice/dins")
+from gateway.http.fields import Text
+from gateway.http.responses import DinNumber, DinSubscription
+from gateway.http.routes_sins import DinUrls, Subscribe, number_routes
+
+
+class SubscribeDin(Subscribe):
+    uid: Text = Field(alias="din_uid")
+
+
+routes = number_routes(
+    "din", "/voice/dins", subscribe=SubscribeDin, urls=DinUrls, number=DinNumber, subscription=DinSubscription
+)

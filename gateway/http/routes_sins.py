@@ -1,120 +1,197 @@
-"""SIN (SMS-in number) inventory and subscriptions: /sms/sins/...
+"""SIN (SMS-in number) inventory and subscriptions: /sms/sins/..., and the SINs' auto-reply rules.
 
-`number_routes(kind, base)` builds the Xoxzo number API for either kind, so the DIN module is
-`routes = number_routes("din", "/voice/dins")`. GETs are also routed without the trailing
-slash (xoxzo-cloudpy sometimes omits it)."""
+`number_routes` declares the Xoxzo number API for either kind, so the DIN module is the same
+call with its own models. GETs are also routed without the trailing slash (xoxzo-cloudpy
+sometimes omits it)."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any, ClassVar, Literal, Self
+
 from aiohttp import web
+from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from gateway.http.errors import json_response
-from gateway.http.params import optional_str, read_params
-from gateway.keys import ACCOUNT, NUMBERS, URL_POLICY
-from gateway.services.errors import FieldErrors
-from gateway.services.numbers import Kind, parse_filters
-
-FILTERS = ("country", "prefix")
-
-
-def query_filters(request: web.Request) -> tuple[str | None, str | None]:
-    """`?country=JP` and/or `?prefix=813`; any other parameter is a 400 naming it."""
-    errors: dict[str, list[str]] = {}
-    for name in set(request.query.keys()):
-        if name not in FILTERS:
-            errors[name] = ["Unknown filter; use country or prefix."]
-        elif len(request.query.getall(name)) > 1:
-            errors[name] = ["Give this filter at most once."]
-    country, prefix = request.query.get("country"), request.query.get("prefix")
-    try:
-        parse_filters(country, prefix)
-    except FieldErrors as exc:
-        errors.update(exc.body)
-    if errors:
-        raise FieldErrors(errors)
-    return country, prefix
+from gateway.http.api import Json, Query, Routes, array_of, refusal
+from gateway.http.fields import (
+    REQUIRED,
+    Text,
+    Url,
+    documented,
+    no_controls,
+    optional,
+    reason,
+    required,
+    words,
+)
+from gateway.http.responses import AutoReply, Empty, SinNumber, SinSubscription
+from gateway.keys import ACCOUNT, NUMBERS
+from gateway.services.numbers import MATCHES, MAX_REPLY, Kind, parse_filters, pattern_problem
 
 
-def number_routes(kind: Kind, base: str) -> web.RouteTableDef:
-    routes = web.RouteTableDef()
-    uid_field = f"{kind}_uid"
-    subs = f"{base}/subscriptions"
+def _country(value: Any) -> str | None:
+    text = optional(value)
+    return None if text is None else reason(lambda: parse_filters(text, None))[0]
 
-    @routes.get(f"{base}/")
-    @routes.get(base)
-    async def list_available(request: web.Request) -> web.Response:
-        country, prefix = query_filters(request)
-        return json_response(await request.app[NUMBERS].list_available(kind, country, prefix))
 
-    @routes.post(f"{subs}/")
-    async def subscribe(request: web.Request) -> web.Response:
-        params = await read_params(request)
-        uid = optional_str(params, uid_field)
-        out = await request.app[NUMBERS].subscribe(request[ACCOUNT].id, kind, uid)
-        return json_response(out, status=201)
+def _prefix(value: Any) -> str | None:
+    text = optional(value)
+    return None if text is None else reason(lambda: parse_filters(None, text))[1]
 
-    @routes.get(f"{subs}/")
-    @routes.get(subs)
-    async def list_subscriptions(request: web.Request) -> web.Response:
-        return json_response(await request.app[NUMBERS].list_subscriptions(request[ACCOUNT].id, kind))
 
-    @routes.get(f"{subs}/{{uid}}/")
-    @routes.get(f"{subs}/{{uid}}")
-    async def get_subscription(request: web.Request) -> web.Response:
-        out = await request.app[NUMBERS].get_subscription(
+class Filters(Query):
+    unknown: ClassVar[str] = "Unknown filter; use country or prefix."
+    repeated: ClassVar[str] = "Give this filter at most once."
+    country: Annotated[
+        str | SkipJsonSchema[None],
+        BeforeValidator(_country),
+        documented(pattern="^[A-Za-z]{2}$"),
+    ] = Field(None, description="ISO 3166-1 alpha-2 code, e.g. JP.")
+    prefix: Annotated[
+        str | SkipJsonSchema[None], BeforeValidator(_prefix), documented(pattern="^[0-9]+$")
+    ] = Field(None, description="Digits the number starts with (after +), e.g. 813.")
+
+
+class DinUrls(BaseModel):
+    action_url: Url = Field(None, description="Webhook for this number.")
+    voicemail_url: Url = Field(None, description="Receives a signed POST on each new voicemail.")
+
+    @model_validator(mode="after")
+    def _one_at_least(self) -> Self:
+        if self.action_url is None and self.voicemail_url is None:
+            raise refusal(type(self), {"action_url": REQUIRED})
+        return self
+
+
+def _din_only(value: Any) -> None:
+    if value is not None:
+        raise ValueError("Only DIN subscriptions take a voicemail_url.")
+
+
+class SinUrls(DinUrls):
+    voicemail_url: SkipJsonSchema[Annotated[None, BeforeValidator(_din_only)]] = None
+
+
+class Subscribe(BaseModel):
+    """The number's id, named after its kind (`sin_uid`, `din_uid`) by the subclass's alias."""
+
+    uid: Text
+
+
+class SubscribeSin(Subscribe):
+    uid: Text = Field(alias="sin_uid")
+
+
+def number_routes(
+    kind: Kind,
+    base: str,
+    *,
+    subscribe: type[Subscribe],
+    urls: type[DinUrls],
+    number: type[BaseModel],
+    subscription: type[BaseModel],
+) -> Routes:
+    """The number API of one kind; `number` and `subscription` are its answers' models."""
+    cap = kind.capitalize()
+    uid = {"type": "string", "description": f"`{kind}_uid` of your subscription."}
+    routes = Routes(f"{kind.upper()}s", path_params={"uid": uid})
+    subs = f"{base}/subscriptions/"
+
+    @routes.get(f"{base}/", returns=array_of(number), no_slash=True, operation_id=f"list{cap}s")
+    async def list_available(request: web.Request, query: Filters) -> Json:
+        """Numbers available to subscribe to"""
+        return await request.app[NUMBERS].list_available(kind, query.country, query.prefix)
+
+    @routes.post(subs, status=201, returns=subscription, body=subscribe, operation_id=f"subscribe{cap}")
+    async def subscribe_number(request: web.Request, body: Subscribe) -> Json:
+        """Subscribe to a number"""
+        return await request.app[NUMBERS].subscribe(request[ACCOUNT].id, kind, body.uid)
+
+    @routes.get(subs, returns=array_of(subscription), no_slash=True, operation_id=f"list{cap}Subscriptions")
+    async def list_subscriptions(request: web.Request) -> Json:
+        """Your subscriptions"""
+        return await request.app[NUMBERS].list_subscriptions(request[ACCOUNT].id, kind)
+
+    @routes.get(subs + "{uid}/", returns=subscription, no_slash=True, operation_id=f"get{cap}Subscription")
+    async def get_subscription(request: web.Request) -> Json:
+        """One subscription"""
+        return await request.app[NUMBERS].get_subscription(
             request[ACCOUNT].id, kind, request.match_info["uid"]
         )
-        return json_response(out)
 
-    @routes.post(f"{subs}/{{uid}}/")
-    async def set_action_url(request: web.Request) -> web.Response:
-        params = await read_params(request)
-        out = await request.app[NUMBERS].set_action_url(
-            request[ACCOUNT].id,
-            kind,
-            request.match_info["uid"],
-            optional_str(params, "action_url"),
-            optional_str(params, "voicemail_url"),
-            url_policy=request.app[URL_POLICY],
+    @routes.post(subs + "{uid}/", returns=subscription, body=urls, operation_id=f"set{cap}Urls")
+    async def set_urls(request: web.Request, body: DinUrls) -> Json:
+        """Set the subscription's webhook URL(s)"""
+        uid = request.match_info["uid"]
+        return await request.app[NUMBERS].set_action_url(
+            request[ACCOUNT].id, kind, uid, body.action_url, body.voicemail_url
         )
-        return json_response(out)
 
-    @routes.delete(f"{subs}/{{uid}}/")
-    async def unsubscribe(request: web.Request) -> web.Response:
+    @routes.delete(subs + "{uid}/", returns=Empty, operation_id=f"unsubscribe{cap}")
+    async def unsubscribe(request: web.Request) -> Json:
+        """End a subscription
+
+        Its auto-reply rules go with it; the number is free again."""
         await request.app[NUMBERS].unsubscribe(request[ACCOUNT].id, kind, request.match_info["uid"])
-        return json_response({})
+        return {}
 
     return routes
 
 
-routes = number_routes("sin", "/sms/sins")
-_AUTOREPLIES = "/sms/sins/subscriptions/{uid}/autoreplies"
+routes = number_routes(
+    "sin", "/sms/sins", subscribe=SubscribeSin, urls=SinUrls, number=SinNumber, subscription=SinSubscription
+)
 
 
-@routes.get(f"{_AUTOREPLIES}/")
-@routes.get(_AUTOREPLIES)
-async def list_autoreplies(request: web.Request) -> web.Response:
-    return json_response(
-        await request.app[NUMBERS].list_rules(request[ACCOUNT].id, request.match_info["uid"])
+def _match(value: Any) -> str:
+    match = required(value)
+    if match not in MATCHES:
+        raise ValueError('Expected "keyword" or "regex".')
+    return match
+
+
+def _reply(value: Any) -> str:
+    return no_controls(words(value, MAX_REPLY))
+
+
+class NewAutoReply(BaseModel):
+    match: Annotated[Literal["keyword", "regex"], BeforeValidator(_match)]
+    pattern: Text = Field(description="A single word (keyword), or a regular expression.")
+    reply: Annotated[str, BeforeValidator(_reply)] = Field(description="The answer text.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _fits_match(cls, pattern: str, info: ValidationInfo) -> str:
+        match = info.data.get("match")  # absent when `match` itself was refused
+        problem = None if match is None else pattern_problem(match, pattern)
+        if problem is not None:
+            raise ValueError(problem)
+        return pattern
+
+
+_AUTOREPLIES = "/sms/sins/subscriptions/{uid}/autoreplies/"
+
+
+@routes.get(_AUTOREPLIES, returns=list[AutoReply], no_slash=True)
+async def list_auto_replies(request: web.Request) -> Json:
+    """Auto-reply rules of a SIN"""
+    return await request.app[NUMBERS].list_rules(request[ACCOUNT].id, request.match_info["uid"])
+
+
+@routes.post(_AUTOREPLIES, status=201, returns=AutoReply)
+async def add_auto_reply(request: web.Request, body: NewAutoReply) -> Json:
+    """Add an auto-reply rule
+
+    The first matching rule answers an MO; opt-out keywords are never matched."""
+    return await request.app[NUMBERS].add_rule(
+        request[ACCOUNT].id, request.match_info["uid"], body.match, body.pattern, body.reply
     )
 
 
-@routes.post(f"{_AUTOREPLIES}/")
-async def add_autoreply(request: web.Request) -> web.Response:
-    params = await read_params(request)
-    out = await request.app[NUMBERS].add_rule(
-        request[ACCOUNT].id,
-        request.match_info["uid"],
-        optional_str(params, "match"),
-        optional_str(params, "pattern"),
-        optional_str(params, "reply"),
-    )
-    return json_response(out, status=201)
-
-
-@routes.delete(f"{_AUTOREPLIES}/{{rule_id}}/")
-async def delete_autoreply(request: web.Request) -> web.Response:
+@routes.delete(_AUTOREPLIES + "{rule_id}/", returns=Empty)
+async def delete_auto_reply(request: web.Request) -> Json:
+    """Delete an auto-reply rule"""
     await request.app[NUMBERS].delete_rule(
         request[ACCOUNT].id, request.match_info["uid"], request.match_info["rule_id"]
     )
-    return json_response({})
+    return {}

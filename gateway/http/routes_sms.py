@@ -3,144 +3,91 @@ without the trailing slash, so both forms are routed."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
+from pydantic import BaseModel, Field, PlainValidator, ValidationInfo, WithJsonSchema
 
-from gateway.egress.policy import SsrfPolicy
-from gateway.http.errors import json_response
-from gateway.http.params import FieldCollector, optional_str, read_params
-from gateway.keys import ACCOUNT, CONFIG, MESSAGES, TEMPLATES, URL_POLICY
-from gateway.services import validation as v
-from gateway.services.errors import FieldErrors, forbidden
-from gateway.services.messages import OutboundRequest, parse_sent_date_query
-from gateway.services.templates import render
+from gateway.http.api import Json, Query, Routes
+from gateway.http.fields import E164, Flag, MessageText, Sender, Tags, Url, reason, request_of
+from gateway.http.responses import Message, Msgid
+from gateway.keys import ACCOUNT, CONFIG, MESSAGES
+from gateway.services.errors import forbidden
+from gateway.services.messages import DateFilter, OutboundRequest, parse_sent_date_query
 
-routes = web.RouteTableDef()
+HEX32 = "^[0-9a-f]{32}$"
+MSGID = {"type": "string", "pattern": HEX32, "description": "Message id."}
+routes = Routes("SMS", path_params={"msgid": MSGID})
 
 
-def _outbound(
-    account_id: int,
-    p: dict[str, Any],
-    text: str,
-    c: FieldCollector,
-    policy: SsrfPolicy,
-    template_id: int | None = None,
-) -> OutboundRequest:
-    return OutboundRequest(
-        account_id=account_id,
-        recipient=c.check(lambda: v.e164("recipient", optional_str(p, "recipient")), ""),
-        sender=c.check(lambda: v.sender(optional_str(p, "sender")), ""),
-        text=text,
-        callbackurl=c.check(lambda: v.http_url("callbackurl", optional_str(p, "callbackurl"), policy), None),
-        tags=tuple(c.check(lambda: v.tags(optional_str(p, "tags")), [])),
-        track_link=c.check(lambda: v.boolean("track_link", optional_str(p, "track_link")), False),
-        lt_callbackurl=c.check(
-            lambda: v.http_url("lt_callbackurl", optional_str(p, "lt_callbackurl"), policy), None
-        ),
-        template_id=template_id,
+class Outbound(BaseModel):
+    """What every SMS send takes besides its text."""
+
+    recipient: E164 = Field(description="E.164, e.g. +818012345678.")
+    sender: Sender = Field(
+        description="1-10 letters/digits with at least one letter, or a number of at most 15 digits."
+    )
+    callbackurl: Url = Field(None, description="Receives a signed POST on every status change.")
+    tags: Tags = ()
+    track_link: Flag = Field(False, description="`true`: URLs in the text become tracked short links.")
+    lt_callbackurl: Url = Field(None, description="Receives a signed POST on a tracked link's first access.")
+
+    def outbound(self, account_id: int, text: str, template_id: int | None = None) -> OutboundRequest:
+        fields = self.model_dump(include=set(Outbound.model_fields))
+        return OutboundRequest(account_id=account_id, text=text, template_id=template_id, **fields)
+
+
+class SendSms(Outbound):
+    message: MessageText = Field(description="UTF-8 text; GSM 03.38 when possible, else UCS-2.")
+
+
+def _sent_date(raw: Any, info: ValidationInfo) -> DateFilter | None:
+    retention = request_of(info).app[CONFIG].sms.retention_days
+    return reason(lambda: parse_sent_date_query(raw, datetime.now(UTC).date(), retention))
+
+
+class SentDate(Query):
+    """Xoxzo's filter is the raw query `sent_date<op>YYYY-mm-dd`, not a name=value pair."""
+
+    sent_date: Annotated[
+        DateFilter | None, PlainValidator(_sent_date), WithJsonSchema({"type": "string", "format": "date"})
+    ] = Field(
+        None,
+        description="Only messages sent on this day. The Xoxzo filter is the raw query"
+        " `sent_date<op>YYYY-mm-dd` with op one of `=`, `<`, `<=`, `>`, `>=` (e.g."
+        " `?sent_date>=2026-11-01`): give exactly one, within the retention period (90 days)."
+        " Without it: every message within that period. Newest first.",
     )
 
+    @classmethod
+    def read(cls, request: web.Request) -> tuple[dict[str, str], dict[str, list[str]]]:
+        raw = request.query_string
+        return ({"sent_date": raw} if raw else {}), {}
 
-@routes.post("/sms/messages/")
-async def send_sms(request: web.Request) -> web.Response:
-    account = request[ACCOUNT]
-    params = await read_params(request)
-    if not account.freeform:
+
+def _freeform(request: web.Request) -> None:
+    if not request[ACCOUNT].freeform:
         raise forbidden("Freeform SMS is not enabled for this account; send an approved template.")
-    c = FieldCollector()
-    text = c.check(lambda: v.message_text("message", optional_str(params, "message")), "")
-    req = _outbound(account.id, params, text, c, request.app[URL_POLICY])
-    c.raise_if_any()
-    msgid = await request.app[MESSAGES].create(req)
-    return json_response([{"msgid": msgid}], status=201)
 
 
-@routes.get("/sms/messages/")
-async def list_sms(request: web.Request) -> web.Response:
-    cfg = request.app[CONFIG].sms
-    flt = parse_sent_date_query(request.query_string, datetime.now(UTC).date(), cfg.retention_days)
-    return json_response(await request.app[MESSAGES].list(request[ACCOUNT].id, flt))
+@routes.post("/sms/messages/", status=201, returns=list[Msgid], errors={403}, guard=_freeform)
+async def send_sms(request: web.Request, body: SendSms) -> Json:
+    """Send a freeform SMS
+
+    Needs the account flag `freeform` (else 403). A 201 means the message is committed to the
+    queue. Recipients on the account's opt-out list are refused (400 `recipient`)."""
+    msgid = await request.app[MESSAGES].create(body.outbound(request[ACCOUNT].id, body.message))
+    return [{"msgid": msgid}]
 
 
-@routes.get("/sms/messages/{msgid}/")
-@routes.get("/sms/messages/{msgid}")
-async def get_sms(request: web.Request) -> web.Response:
-    return json_response(await request.app[MESSAGES].get(request[ACCOUNT].id, request.match_info["msgid"]))
+@routes.get("/sms/messages/", returns=list[Message])
+async def list_sms(request: web.Request, query: SentDate) -> Json:
+    """List sent messages"""
+    return await request.app[MESSAGES].list(request[ACCOUNT].id, query.sent_date)
 
 
-@routes.get("/sms/templates/")
-async def list_templates(request: web.Request) -> web.Response:
-    return json_response(await request.app[TEMPLATES].list(request[ACCOUNT].id))
-
-
-@routes.post("/sms/templates/")
-async def create_template(request: web.Request) -> web.Response:
-    params = await read_params(request)
-    out = await request.app[TEMPLATES].create(request[ACCOUNT].id, params.get("name"), params.get("content"))
-    return json_response(out, status=201)
-
-
-@routes.get("/sms/templates/messages/{msgid}/")
-@routes.get("/sms/templates/messages/{msgid}")
-async def get_template_message(request: web.Request) -> web.Response:
-    out = await request.app[MESSAGES].get(
-        request[ACCOUNT].id, request.match_info["msgid"], template_only=True
-    )
-    return json_response(out)
-
-
-@routes.get("/sms/templates/{uid}/")
-@routes.get("/sms/templates/{uid}")
-async def get_template(request: web.Request) -> web.Response:
-    return json_response(await request.app[TEMPLATES].get(request[ACCOUNT].id, request.match_info["uid"]))
-
-
-@routes.put("/sms/templates/{uid}/")
-async def update_template(request: web.Request) -> web.Response:
-    params = await read_params(request)
-    out = await request.app[TEMPLATES].update(request[ACCOUNT].id, request.match_info["uid"], params)
-    return json_response(out)
-
-
-@routes.delete("/sms/templates/{uid}/")
-async def delete_template(request: web.Request) -> web.Response:
-    await request.app[TEMPLATES].delete(request[ACCOUNT].id, request.match_info["uid"])
-    return json_response({})
-
-
-@routes.post("/sms/templates/{uid}/messages/")
-async def send_template(request: web.Request) -> web.Response:
-    account = request[ACCOUNT]
-    params = await read_params(request)
-    template = await request.app[TEMPLATES].get_row(account.id, request.match_info["uid"])
-    c = FieldCollector()
-    req = _outbound(account.id, params, "", c, request.app[URL_POLICY], template.id)
-    c.raise_if_any()
-    if template.status != "APPROVED":
-        raise FieldErrors.one(
-            "template", f"Template is {template.status}; only APPROVED templates can be sent."
-        )
-    variables = params.get("variables", {})
-    if isinstance(variables, str):  # form-encoded callers cannot nest; accept a JSON string
-        try:
-            variables = json.loads(variables) if variables.strip() else {}
-        except ValueError:
-            raise FieldErrors.one("variables", "Expected a JSON object.") from None
-    if not isinstance(variables, dict):
-        raise FieldErrors.one("variables", "Expected an object of name: value.")
-    text = render(template.content, variables)
-    msgid = await request.app[MESSAGES].create(dataclasses.replace(req, text=text), body_field="variables")
-    return json_response([{"msgid": msgid}], status=201)
-
-
-@routes.get("/sms/templates/{uid}/messages/")
-async def list_template_messages(request: web.Request) -> web.Response:
-    account = request[ACCOUNT]
-    template = await request.app[TEMPLATES].get_row(account.id, request.match_info["uid"])
-    cfg = request.app[CONFIG].sms
-    flt = parse_sent_date_query(request.query_string, datetime.now(UTC).date(), cfg.retention_days)
-    return json_response(await request.app[MESSAGES].list(account.id, flt, template_id=template.id))
+@routes.get("/sms/messages/{msgid}/", returns=Message, no_slash=True)
+async def get_sms(request: web.Request) -> Json:
+    """Status of a message"""
+    return await request.app[MESSAGES].get(request[ACCOUNT].id, request.match_info["msgid"])

@@ -9,17 +9,20 @@ from aiohttp import web
 from sqlalchemy import select
 
 from gateway.db.models import Call, Voicemail
-from gateway.http.errors import json_response
+from gateway.http import responses
+from gateway.http.api import Content, Json, Routes
 from gateway.keys import ACCOUNT, SESSIONS
 from gateway.services.errors import not_found
 from gateway.services.views import call_json, voicemail_json
 
-routes = web.RouteTableDef()
+routes = Routes("Voice")
 LIST_LIMIT = 1000
+AUDIO = {"type": "string", "contentMediaType": "audio/wav"}
 
 
-@routes.get("/voice/calls/")
-async def list_calls(request: web.Request) -> web.Response:
+@routes.get("/voice/calls/", returns=list[responses.Call])
+async def list_calls(request: web.Request) -> Json:
+    """Call records, newest first (at most 1000)"""
     async with request.app[SESSIONS]() as s:
         rows = (
             await s.execute(
@@ -29,12 +32,12 @@ async def list_calls(request: web.Request) -> web.Response:
                 .limit(LIST_LIMIT)
             )
         ).scalars()
-        return json_response([call_json(c) for c in rows])
+        return [call_json(c) for c in rows]
 
 
-@routes.get("/voice/calls/{callid}/")
-@routes.get("/voice/calls/{callid}")
-async def get_call(request: web.Request) -> web.Response:
+@routes.get("/voice/calls/{callid}/", returns=responses.Call, no_slash=True)
+async def get_call(request: web.Request) -> Json:
+    """A call record"""
     async with request.app[SESSIONS]() as s:
         row = (
             await s.execute(
@@ -45,7 +48,7 @@ async def get_call(request: web.Request) -> web.Response:
         ).scalar_one_or_none()
     if row is None:
         raise not_found("No such call.")
-    return json_response(call_json(row))
+    return call_json(row)
 
 
 async def _voicemail(request: web.Request) -> tuple[Voicemail, str]:
@@ -64,8 +67,9 @@ async def _voicemail(request: web.Request) -> tuple[Voicemail, str]:
     return row[0], row[1]
 
 
-@routes.get("/voice/voicemails/")
-async def list_voicemails(request: web.Request) -> web.Response:
+@routes.get("/voice/voicemails/", returns=list[responses.Voicemail])
+async def list_voicemails(request: web.Request) -> Json:
+    """Voicemails, newest first (at most 1000)"""
     async with request.app[SESSIONS]() as s:
         rows = await s.execute(
             select(Voicemail, Call.uid)
@@ -74,18 +78,19 @@ async def list_voicemails(request: web.Request) -> web.Response:
             .order_by(Voicemail.created_at.desc(), Voicemail.id.desc())
             .limit(LIST_LIMIT)
         )
-        return json_response([voicemail_json(v, uid) for v, uid in rows])
+        return [voicemail_json(v, uid) for v, uid in rows]
 
 
-@routes.get("/voice/voicemails/{vid}/")
-@routes.get("/voice/voicemails/{vid}")
-async def get_voicemail(request: web.Request) -> web.Response:
+@routes.get("/voice/voicemails/{vid}/", returns=responses.Voicemail, no_slash=True)
+async def get_voicemail(request: web.Request) -> Json:
+    """A voicemail's metadata"""
     v, uid = await _voicemail(request)
-    return json_response(voicemail_json(v, uid))
+    return voicemail_json(v, uid)
 
 
-@routes.get("/voice/voicemails/{vid}/audio")
-async def voicemail_audio(request: web.Request) -> web.StreamResponse:
+@routes.get("/voice/voicemails/{vid}/audio", returns=Content({"audio/wav": AUDIO}))
+async def get_voicemail_audio(request: web.Request) -> Json:
+    """A voicemail's recording (WAV)"""
     v, _ = await _voicemail(request)
     if not await asyncio.to_thread(os.path.isfile, v.path):
         raise not_found("The recording is no longer stored.")

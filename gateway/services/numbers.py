@@ -21,8 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from gateway.db.models import Account, AutoReplyRule, Number, NumberSubscription
-from gateway.egress.policy import SsrfPolicy
-from gateway.services import validation as v
 from gateway.services.errors import FieldErrors, not_found
 from gateway.services.keywords import RESERVED_KEYWORDS
 from gateway.services.number_import import NumberImportError, NumberRow
@@ -215,35 +213,21 @@ def _filters(country: str | None, prefix: str | None) -> list[ColumnElement[bool
     return out
 
 
-def _validate_rule(match: str | None, pattern: str | None, reply: str | None) -> None:
-    errors: dict[str, list[str]] = {}
-    if not match:
-        errors["match"] = ["This field is required."]
-    elif match not in MATCHES:
-        errors["match"] = ['Expected "keyword" or "regex".']
-    if not pattern:
-        errors["pattern"] = ["This field is required."]
-    elif match == "keyword":
+def pattern_problem(match: str, pattern: str) -> str | None:
+    """Why `pattern` cannot be a rule of kind `match` ("keyword" or "regex"), or None."""
+    if match == "keyword":
         if not _WORD.fullmatch(pattern) or len(pattern) > MAX_KEYWORD:
-            errors["pattern"] = [f"A keyword is a single word of letters/digits, at most {MAX_KEYWORD}."]
-        elif pattern.upper() in RESERVED_KEYWORDS:
-            errors["pattern"] = [f"{pattern.upper()} is handled by the gateway (opt-out/help)."]
-    elif match == "regex":
-        if len(pattern) > MAX_PATTERN:
-            errors["pattern"] = [f"At most {MAX_PATTERN} characters."]
-        else:
-            try:
-                compile_pattern(pattern)
-            except PatternError as exc:
-                errors["pattern"] = [str(exc)]
-    if not reply or not reply.strip():
-        errors["reply"] = ["This field is required."]
-    elif len(reply) > MAX_REPLY:
-        errors["reply"] = [f"At most {MAX_REPLY} characters."]
-    elif any(ord(c) < 32 and c not in "\r\n\t" for c in reply):
-        errors["reply"] = ["Control characters are not allowed."]
-    if errors:
-        raise FieldErrors(errors)
+            return f"A keyword is a single word of letters/digits, at most {MAX_KEYWORD}."
+        if pattern.upper() in RESERVED_KEYWORDS:
+            return f"{pattern.upper()} is handled by the gateway (opt-out/help)."
+        return None
+    if len(pattern) > MAX_PATTERN:
+        return f"At most {MAX_PATTERN} characters."
+    try:
+        compile_pattern(pattern)
+    except PatternError as exc:
+        return str(exc)
+    return None
 
 
 def auto_reply(r: AutoReplyRule) -> AutoReply | None:
@@ -447,23 +431,16 @@ class NumberService:
         uid: str,
         action_url: str | None,
         voicemail_url: str | None = None,
-        *,
-        url_policy: SsrfPolicy,
     ) -> dict[str, Any]:
-        """Sets action_url and, for a DIN, voicemail_url (where new voicemails are POSTed)."""
+        """Sets action_url and, for a DIN, voicemail_url (where new voicemails are POSTed); None
+        leaves one as it is. The URLs as the API checked them against the outbound policy."""
         kind = _check_kind(kind)
         async with self._sessions.begin() as s:
             sub, n = await self._own(s, account_id, kind, uid)
-            if voicemail_url is not None and kind != "din":
-                raise FieldErrors.one("voicemail_url", "Only DIN subscriptions take a voicemail_url.")
-            url = v.http_url("action_url", action_url, url_policy)
-            vm_url = v.http_url("voicemail_url", voicemail_url, url_policy)
-            if url is None and vm_url is None:
-                raise FieldErrors.one("action_url", "This field is required.")
-            if url is not None:
-                sub.action_url = url
-            if vm_url is not None:
-                sub.voicemail_url = vm_url
+            if action_url is not None:
+                sub.action_url = action_url
+            if voicemail_url is not None:
+                sub.voicemail_url = voicemail_url
         return subscription_json(kind, n, sub)
 
     async def unsubscribe(self, account_id: int, kind: Kind, uid: str) -> None:
@@ -508,12 +485,11 @@ class NumberService:
     # -- SIN auto-reply rules ----------------------------------------------------------------
 
     async def add_rule(
-        self, account_id: int, uid: str, match: str | None, pattern: str | None, reply: str | None
+        self, account_id: int, uid: str, match: str, pattern: str, reply: str
     ) -> dict[str, Any]:
+        """`match`, `pattern` (see pattern_problem) and `reply` as the API checked them."""
         async with self._sessions.begin() as s:
             sub, _ = await self._own(s, account_id, "sin", uid)
-            _validate_rule(match, pattern, reply)
-            assert match is not None and pattern is not None and reply is not None
             existing = (
                 await s.execute(
                     select(AutoReplyRule.match, AutoReplyRule.pattern).where(

@@ -18,6 +18,7 @@ from gateway.services.views import template_json
 STATUSES = ("PENDING", "APPROVED", "REJECTED")
 DELETED = "DELETED"  # kept for the messages that reference it, invisible to the API
 _IDENT = set(string.ascii_letters + string.digits + "_")
+MAX_NAME = 200
 MAX_CONTENT = 2000
 # A template may repeat a placeholder hundreds of times: the text is sized before it is built, so a
 # long variable cannot make a message of tens of megabytes (memory, then seconds of part planning).
@@ -73,25 +74,8 @@ class TemplateService:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    @staticmethod
-    def _validate(name: Any, content: Any) -> tuple[str, str]:
-        errors: dict[str, list[str]] = {}
-        if not isinstance(name, str) or not name.strip():
-            errors["name"] = ["This field is required."]
-        elif len(name) > 200:
-            errors["name"] = ["At most 200 characters."]
-        if not isinstance(content, str) or not content.strip():
-            errors["content"] = ["This field is required."]
-        elif len(content) > MAX_CONTENT:
-            errors["content"] = [f"At most {MAX_CONTENT} characters."]
-        if errors:
-            raise FieldErrors(errors)
-        assert isinstance(name, str) and isinstance(content, str)
-        placeholders(content)
-        return name.strip(), content
-
-    async def create(self, account_id: int, name: Any, content: Any) -> dict[str, Any]:
-        name, content = self._validate(name, content)
+    async def create(self, account_id: int, name: str, content: str) -> dict[str, Any]:
+        """`name` and `content` as the API checked them (gateway/http/routes_templates.py)."""
         row = Template(uid=secrets.token_hex(16), account_id=account_id, name=name, content=content)
         async with self._sessions.begin() as s:
             s.add(row)
@@ -124,13 +108,16 @@ class TemplateService:
             ).scalars()
             return [template_json(r) for r in rows]
 
-    async def update(self, account_id: int, uid: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    async def update(
+        self, account_id: int, uid: str, name: str | None, content: str | None
+    ) -> dict[str, Any]:
+        """None leaves the field as it is."""
         async with self._sessions.begin() as s:
             row = await self._own(s, account_id, uid)
-            name, content = self._validate(params.get("name", row.name), params.get("content", row.content))
-            if content != row.content:
+            if content is not None and content != row.content:
                 row.status = "PENDING"  # a changed text needs the operator's approval again
-            row.name, row.content, row.updated_at = name, content, datetime.now(UTC)
+                row.content = content
+            row.name, row.updated_at = name or row.name, datetime.now(UTC)
         return template_json(row)
 
     async def delete(self, account_id: int, uid: str) -> None:

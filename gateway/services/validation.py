@@ -1,4 +1,5 @@
-"""Field validators shared by every send path. Each returns the clean value or raises FieldErrors."""
+"""The domain's rules for a phone number and a customer URL, shared by the API's field types
+(gateway/http/fields.py) and the services. Each returns the clean value or raises FieldErrors."""
 
 from __future__ import annotations
 
@@ -12,10 +13,6 @@ from gateway.egress.policy import SsrfPolicy
 from gateway.services.errors import FieldErrors
 
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
-_ALNUM_SENDER = re.compile(r"[A-Za-z0-9]{1,10}")
-_NUMERIC_SENDER = re.compile(r"\+?[0-9]{1,15}")
-_TAG = re.compile(r"[\w.\-:@/ ]{1,64}")
-MAX_TAGS = 10
 MAX_URL = 2000
 
 
@@ -38,24 +35,6 @@ def e164(field: str, value: str | None) -> str:
     canonical = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     if canonical != value or not phonenumbers.is_valid_number(parsed):
         raise invalid
-    return value
-
-
-def sender(value: str | None) -> str:
-    if value is None or value == "":
-        raise FieldErrors.one("sender", "This field is required.")
-    if _NUMERIC_SENDER.fullmatch(value) or (
-        _ALNUM_SENDER.fullmatch(value) and any(c.isalpha() for c in value)
-    ):
-        return value
-    raise FieldErrors.one("sender", "Sender must be 1-10 letters/digits, or a number of at most 15 digits.")
-
-
-def message_text(field: str, value: str | None) -> str:
-    if value is None or value == "":
-        raise FieldErrors.one(field, "This field is required.")
-    if any(ord(c) < 32 and c not in "\r\n\t" for c in value):
-        raise FieldErrors.one(field, "Control characters are not allowed.")
     return value
 
 
@@ -82,28 +61,3 @@ def http_url(field: str, value: str | None, policy: SsrfPolicy) -> str | None:
         if policy.check_host(candidate):
             raise FieldErrors.one(field, "This URL points to an address that is not allowed.")
     return value
-
-
-def tags(value: str | None) -> list[str]:
-    if value is None or value.strip() == "":
-        return []
-    items = [t.strip() for t in value.split(",")]
-    if any(t == "" for t in items):
-        raise FieldErrors.one("tags", "Empty tag in the comma-separated list.")
-    if len(items) > MAX_TAGS:
-        raise FieldErrors.one("tags", f"At most {MAX_TAGS} tags.")
-    for t in items:
-        if not _TAG.fullmatch(t):
-            raise FieldErrors.one("tags", f"Invalid tag {t[:64]!r}: 1-64 letters, digits, space or .-:@/_")
-    return items
-
-
-def boolean(field: str, value: str | None) -> bool:
-    if value is None or value == "":
-        return False
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise FieldErrors.one(field, "Expected true or false.")

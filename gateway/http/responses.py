@@ -1,0 +1,218 @@
+"""What the API answers, as models: the OpenAPI document's response schemas come from here.
+The answers themselves are built by gateway/services/views.py (the status callbacks send the
+same shapes); schemathesis checks every answer against these schemas."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic.json_schema import SkipJsonSchema
+
+Time = Annotated[
+    str | None, Field(description="UTC, `YYYY-mm-dd HH:MM:SS`.", examples=["2026-11-23 10:44:27"])
+]
+NoPlus = Annotated[str, Field(description="Digits, no +.")]
+
+
+class Detail(BaseModel):
+    detail: str = Field(description="What went wrong.")
+
+
+class FieldErrors(RootModel[dict[str, list[str]]]):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "description": "Every bad field at once: field name -> reasons.",
+            "examples": [{"recipient": ["Enter a valid phone number in E.164 format, e.g. +818012345678."]}],
+        }
+    )
+
+
+class BadRequest(RootModel[FieldErrors | Detail]):
+    pass
+
+
+class VariableErrors(BaseModel):
+    variables: dict[str, list[str]] = Field(
+        description="Template variable name -> reasons (missing or not in the template).",
+        examples=[{"code": ["This field is required."]}],
+    )
+
+
+class Empty(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"maxProperties": 0})
+
+
+class Msgid(BaseModel):
+    msgid: str = Field(description="Message id (32 characters).")
+
+
+class Callid(BaseModel):
+    callid: str = Field(description="Call id (32 characters).")
+
+
+class LinkTracking(BaseModel):
+    url: str = Field(description="The URL as it was in the message.")
+    short_url: str = Field(description="`<public_base_url>/l/<code>`, what the recipient got.")
+    first_access_time: Time
+    access_count: int = Field(ge=0)
+
+
+class Message(BaseModel):
+    msgid: str
+    status: Literal["QUEUED", "DELIVERING", "DELIVERED", "FAIL"] = Field(
+        description="QUEUED -> DELIVERING (SMSC accepted every part) -> DELIVERED (every receipt"
+        " DELIVRD) or FAIL."
+    )
+    recipient: str
+    sender: str
+    parts: int = Field(ge=1)
+    cost: float = Field(description="parts x the price for the destination prefix.")
+    sent_time: Time
+    tags: list[str]
+    url: str = Field(description="This message's status URL.")
+    template_id: str | SkipJsonSchema[None] = Field(
+        None, description="Set for messages sent from a template."
+    )
+    link_tracking: list[LinkTracking] | SkipJsonSchema[None] = Field(
+        None, description="When track_link was set."
+    )
+
+
+class Template(BaseModel):
+    template_id: str
+    name: str
+    content: str = Field(description="Text with `{placeholder}`s; `{{` and `}}` are literal braces.")
+    status: Literal["PENDING", "APPROVED", "REJECTED"] = Field(
+        description="Set by the operator only; only APPROVED templates can be sent."
+    )
+    created_at: Time
+    updated_at: Time
+
+
+class AutoReply(BaseModel):
+    rule_id: str
+    match: Literal["keyword", "regex"]
+    pattern: str
+    reply: str
+    created_at: Time
+
+
+class Inbound(BaseModel):
+    id: str
+    sender: str
+    recipient: str = Field(description="The SIN it was sent to.")
+    message: str
+    recv_time: Time
+
+
+class SinchInbound(BaseModel):
+    type: Literal["mo_text"]
+    id: str
+    from_: NoPlus = Field(alias="from")
+    to: NoPlus
+    body: str
+    received_at: str = Field(description="ISO-8601 UTC with milliseconds.")
+    sent_at: str
+    operator_id: str | None
+    client_reference: str | None
+
+
+class SinchInboundList(BaseModel):
+    count: int
+    page: int
+    page_size: int
+    inbounds: list[SinchInbound]
+
+
+class Call(BaseModel):
+    callid: str
+    direction: Literal["inbound", "outbound"]
+    status: str = Field(description="QUEUED, IN_PROGRESS, COMPLETED, FAILED, NO_ANSWER, BUSY.")
+    caller: str
+    recipient: str
+    start_time: Time
+    answer_time: Time = None
+    end_time: Time = None
+    duration: int = Field(description="Seconds.")
+    cost: float
+    actions: list[Any] = Field([], description="The actions run, in order.")
+    result: str | None = Field(
+        None,
+        description="How the call ended: completed, hangup, transferred, voicemail, transfer_busy, "
+        "transfer_no_answer, transfer_failed.",
+    )
+    transfer_status: str | None = Field(
+        None,
+        description="Inbound: Asterisk's DIALSTATUS of the last transfer dialled (ANSWER, BUSY, "
+        "NOANSWER, CANCEL, CHANUNAVAIL, CONGESTION, ...); null without a transfer.",
+    )
+    transfer_seconds: float | None = Field(
+        None,
+        description="Inbound, an answered transfer: seconds of conversation, from the callee's answer"
+        " to the end (no ringing), whole seconds of Asterisk's clock; null when not answered or when"
+        " Asterisk's dialplan lacks [gateway-transfer].",
+    )
+    error: str | None = Field(None, description="Why the fallback ran, if it did.")
+
+
+class Voicemail(BaseModel):
+    voicemail_id: str
+    callid: str
+    caller: str
+    recipient: str
+    duration: float = Field(description="Seconds.")
+    size: int = Field(description="Bytes of WAV audio.")
+    created_at: Time
+    audio_url: str = Field(description="Path of the WAV recording.")
+
+
+class _Number(BaseModel):
+    country_code: str = Field(description="ISO 3166-1 alpha-2.")
+    prefix: str = Field(description="Digits.")
+    monthly_cost: float
+
+
+class SinNumber(_Number):
+    sin: str = Field(description="The number, E.164.")
+    sin_uid: str
+    minute_cost: float
+
+
+class DinNumber(_Number):
+    din: str = Field(description="The number, E.164.")
+    din_uid: str
+    minute_cost: float
+
+
+class SinSubscription(_Number):
+    sin: str = Field(description="The number, E.164.")
+    sin_uid: str
+    action_url: str | None
+    subscribed_at: Time
+
+
+class DinSubscription(_Number):
+    din: str = Field(description="The number, E.164.")
+    din_uid: str
+    minute_cost: float
+    action_url: str | None
+    voicemail_url: str | None
+    subscribed_at: Time
+
+
+class Index(BaseModel):
+    name: str
+    docs: Literal["/docs"] = Field(description="Path of the human-readable API documentation.")
+    openapi: Literal["/openapi.json"] = Field(description="Path of this OpenAPI document.")
+    health: Literal["/healthz"] = Field(description="Path of the liveness check.")
+    authentication: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    database: Literal["up"]
