@@ -7,16 +7,16 @@ rate with the send time in the text. Each system gets a fresh peer, one transcei
 the same window. The HTTP load comes from its own process (bench/http_load.py); status
 callbacks, DLRs and MO webhooks go to one receiver in this process.
 
-Per system and round:
-  * SMS out: N messages, C concurrent clients; end to end msg/s from the first request to the
-    last submit_sm received at the SMSC; API latency p50/p99; final DLRs applied per second
-    (first to last final-status callback received); gateway CPU per message.
+Per system and round, after a warm-up:
   * MO: R per second for S seconds; latency p50/p99 from the deliver_sm leaving the SMSC to the
     webhook arriving; sustained MO/s.
+  * SMS out: N messages, C concurrent clients; end to end msg/s from the first request to the
+    last submit_sm received at the SMSC; API latency p50/p99; final DLRs applied per second
+    (first to last final-status callback received); CPU per message.
   * peak RSS of the system's processes (VmHWM, summed over them).
 
     .venv/bin/python -m bench.compare                      # N=20,000, C=50, 3 rounds
-    .venv/bin/python -m bench.compare --n 2000 --rounds 1  # quick (~1.5 min)
+    .venv/bin/python -m bench.compare --n 2000 --rounds 1  # quick (~2 min)
 
 Kannel is the Debian package `kannel` (apt-get install -y kannel); see bench/kannel.py.
 """
