@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -238,6 +239,45 @@ async def test_mo_injection_reaches_the_bound_client(node_smsc: NodeSmsc) -> Non
     await asyncio.sleep(0.05)
     resps = await node_smsc.deliver_resps()
     assert [(r["kind"], r["command_status"]) for r in resps] == [("mo", 0)]
+
+
+async def test_mo_stream_sends_numbered_timestamped_mo_and_counts_them() -> None:
+    """The benchmark's MO source (bench/compare.py): each text carries its index and its send
+    time, and /stats counts what went both ways. A quiet peer still works; nothing here is timed."""
+    async with NodeSmsc(quiet=True) as peer:
+        with pytest.raises(NodeSmscError, match="409"):
+            await peer.mo_stream(SRC, DST, rate=1000, count=3)
+        client = await _in_thread(lambda: _connect(peer))
+        try:
+            before = time.time() * 1000
+            await peer.mo_stream(SRC, DST, rate=1000, count=3, tag="warm")
+
+            def receive() -> list[Any]:
+                got = []
+                for _ in range(3):
+                    mo = _read(client, "deliver_sm")
+                    _answer(client, mo)
+                    got.append(mo)
+                _submit(client, b"counted", registered_delivery=0)
+                _read(client, "submit_sm_resp")
+                return got
+
+            mos = await _in_thread(receive)
+            after = time.time() * 1000
+        finally:
+            client.disconnect()
+        texts = [mo.short_message.decode("ascii").split(" ") for mo in mos]
+        assert [(t[0], t[1]) for t in texts] == [("warm", "0"), ("warm", "1"), ("warm", "2")]
+        assert all(before - 1 <= float(t[2]) <= after + 1 for t in texts)
+        assert all(_text(mo.source_addr) == SRC and _text(mo.destination_addr) == DST for mo in mos)
+        await asyncio.sleep(0.05)
+        stats = await peer.stats()
+        assert stats["mo_sent"] == 3 and stats["deliver_resps"] == 3 and stats["submits"] == 1
+        assert stats["mo_stream"]["sent"] == 3 and stats["mo_stream"]["finished_at"] is not None
+        assert before - 1 <= stats["first_submit_at"] == stats["last_submit_at"] <= after + 1
+        with pytest.raises(NodeSmscError, match="rate"):
+            await peer.mo_stream(SRC, DST, rate=0, count=3)
+        assert "submit_sm" not in peer.log_tail()  # quiet: no line per PDU
 
 
 async def test_wrong_password_and_reject_binds_are_refused(node_smsc: NodeSmsc) -> None:

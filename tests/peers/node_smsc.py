@@ -108,8 +108,10 @@ class NodeSmsc:
         system_id: str = "gateway",
         password: str = "secret",
         host: str = "127.0.0.1",
+        quiet: bool = False,
     ) -> None:
         self.host = host
+        self.quiet = quiet  # no line per PDU on stderr (benchmarks)
         self.port = 0  # known after start()
         self.control_port = 0
         self.system_id = system_id
@@ -140,6 +142,7 @@ class NodeSmsc:
             "--password",
             self.password,
             "--exit-with-stdin",
+            *(["--quiet"] if self.quiet else []),
             cwd=NODE_SMSC_DIR,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -305,6 +308,23 @@ class NodeSmsc:
     async def deliver_resp_statuses(self) -> list[int]:
         """command_status of every deliver_sm_resp the ESME sent, in arrival order."""
         return [int(item["command_status"]) for item in await self.deliver_resps()]
+
+    async def mo_stream(
+        self, source: str, destination: str, rate: float, count: int, tag: str = "mo"
+    ) -> None:
+        """Start sending `count` MO at `rate` per second, text "<tag> <i> <epoch ms sent>"; returns
+        at once (progress in `stats()["mo_stream"]`)."""
+        await self._call(
+            "POST",
+            "/mo_stream",
+            {"source": source, "destination": destination, "rate": rate, "count": count, "tag": tag},
+        )
+
+    async def stats(self) -> dict[str, Any]:
+        """Counters and epoch-millisecond times: submits, first/last_submit_at, dlrs_sent, mo_sent,
+        deliver_resps, mo_stream."""
+        result: dict[str, Any] = await self._call("GET", "/stats")
+        return result
 
     async def disconnect_all(self) -> int:
         """Destroy every SMPP connection; returns how many there were."""

@@ -7,10 +7,11 @@
  * Wrapped by tests/peers/node_smsc.py (the `node_smsc` pytest fixture).
  *
  *   node smsc.js [--host 127.0.0.1] [--port 0] [--control-port 0]
- *                [--system-id gateway] [--password secret] [--exit-with-stdin]
+ *                [--system-id gateway] [--password secret] [--exit-with-stdin] [--quiet]
  *
  * On start it prints ONE JSON line to stdout: {"smpp_port": N, "control_port": M}.
- * Everything else (one line per SMPP event) goes to stderr.
+ * Everything else (one line per SMPP event) goes to stderr; --quiet drops the per-PDU lines, so a
+ * benchmark (bench/compare.py) does not measure our logging.
  *
  * HTTP control API (JSON bodies and answers), on the control port:
  *   POST /configure    knobs (see DEFAULTS); omitted knobs reset to defaults -> the effective config
@@ -19,12 +20,19 @@
  *   POST /mo           {source, destination, short_message_hex, data_coding?, esm_class?} -> deliver_sm
  *                      to a bound receiver/transceiver (409 when none is bound)
  *   GET  /deliver_resps  every deliver_sm_resp (or generic_nack) the ESME sent back
+ *   POST /mo_stream    {source, destination, rate, count, tag?} -> `count` MO deliver_sm at `rate` per
+ *                      second, text "<tag> <i> <epoch ms sent>" (GSM 7-bit, tag defaults to "mo"), so a
+ *                      receiver can time each one; answers at once (progress in /stats)
+ *   GET  /stats        counters and times (epoch ms, sub-millisecond): submits, first/last submit,
+ *                      DLRs and MO sent, the MO stream's progress
  *   POST /disconnect   destroy every SMPP connection (to test reconnects without a submit)
- *   POST /reset        defaults, forget submits/binds/deliver_resps, cancel pending deliveries
+ *   POST /reset        defaults, forget submits/binds/deliver_resps/stats, cancel pending deliveries
+ *                      and a running MO stream
  *   GET  /health       {"ok": true}
  */
 
 const http = require('http');
+const {performance} = require('perf_hooks');
 const smpp = require('smpp');
 
 // ---------------------------------------------------------------------------------------------
@@ -58,6 +66,7 @@ function parseArgs(argv) {
 		systemId: 'gateway',
 		password: 'secret',
 		exitWithStdin: false,
+		quiet: false,
 	};
 	for (let i = 0; i < argv.length; i++) {
 		const arg = argv[i];
@@ -74,6 +83,7 @@ function parseArgs(argv) {
 			case '--system-id': args.systemId = value(); break;
 			case '--password': args.password = value(); break;
 			case '--exit-with-stdin': args.exitWithStdin = true; break;
+			case '--quiet': args.quiet = true; break;
 			default: throw new Error('unknown argument ' + arg);
 		}
 	}
@@ -84,6 +94,19 @@ const ARGS = parseArgs(process.argv.slice(2));
 
 function log(...parts) {
 	process.stderr.write('[node-smsc ' + new Date().toISOString().slice(11, 23) + '] ' + parts.join(' ') + '\n');
+}
+
+// One line per PDU: what a test wants to read after a failure, and what a benchmark must not pay for.
+function event(...parts) {
+	if (!ARGS.quiet) {
+		log(...parts);
+	}
+}
+
+// Wall-clock epoch milliseconds with sub-millisecond resolution (Date.now() truncates to 1 ms),
+// comparable with Python's time.time() * 1000 on the same machine.
+function epochMs() {
+	return performance.timeOrigin + performance.now();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -163,6 +186,8 @@ let dropCountdown = null;    // accepted submits until the socket is dropped
 let submits = [];
 let deliverResps = [];
 let bindCount = 0;
+let stats = freshStats();
+let moStream = null;         // the running /mo_stream: {timer}
 let queued = [];             // deliveries waiting for a bound receiver/transceiver
 const timers = new Set();    // pending DLR / redelivery timers (cancelled by reset)
 let generation = 0;          // bumped by reset: answers to deliveries from before a reset are ignored
@@ -185,11 +210,32 @@ function applyConfig(cfg) {
 	dropCountdown = cfg.drop_after;
 }
 
+function freshStats() {
+	return {
+		submits: 0,
+		first_submit_at: null,
+		last_submit_at: null,
+		dlrs_sent: 0,
+		mo_sent: 0,
+		deliver_resps: 0,
+		mo_stream: null,     // {count, rate, sent, started_at, finished_at}
+	};
+}
+
+function stopMoStream() {
+	if (moStream !== null) {
+		clearTimeout(moStream.timer);
+		moStream = null;
+	}
+}
+
 function reset() {
 	applyConfig(DEFAULTS);
 	submits = [];
 	deliverResps = [];
 	bindCount = 0;
+	stats = freshStats();
+	stopMoStream();
 	queued = [];
 	generation++;
 	for (const timer of timers) {
@@ -272,6 +318,7 @@ function sendDelivery(session, delivery) {
 			return;
 		}
 		const status = resp.command_status;
+		stats.deliver_resps++;
 		deliverResps.push({
 			command_status: status,
 			command: resp.command,
@@ -280,7 +327,7 @@ function sendDelivery(session, delivery) {
 			attempt: delivery.attempt,
 			sequence_number: pdu.sequence_number,
 		});
-		log('deliver_sm_resp', 'status=0x' + status.toString(16), delivery.kind, 'attempt', delivery.attempt);
+		event('deliver_sm_resp', 'status=0x' + status.toString(16), delivery.kind, 'attempt', delivery.attempt);
 		if (status !== ESME_ROK && delivery.attempt === 1) {
 			later(REDELIVERY_DELAY_MS, () => deliver(Object.assign({}, delivery, {attempt: 2, session})));
 		}
@@ -290,7 +337,12 @@ function sendDelivery(session, delivery) {
 		return;
 	}
 	session.awaiting.set(pdu.sequence_number, delivery);
-	log('deliver_sm', delivery.kind, delivery.message_id || '', 'seq', pdu.sequence_number,
+	if (delivery.kind === 'dlr') {
+		stats.dlrs_sent++;
+	} else {
+		stats.mo_sent++;
+	}
+	event('deliver_sm', delivery.kind, delivery.message_id || '', 'seq', pdu.sequence_number,
 		'attempt', delivery.attempt);
 }
 
@@ -399,6 +451,12 @@ function onSubmit(session, pdu) {
 	};
 	Object.defineProperty(submit, 'id_number', {value: idNumber, enumerable: false});
 	submits.push(submit);
+	const at = epochMs();
+	stats.submits++;
+	if (stats.first_submit_at === null) {
+		stats.first_submit_at = at;
+	}
+	stats.last_submit_at = at;
 	let drop = false;
 	if (dropCountdown !== null) {
 		dropCountdown--;
@@ -410,7 +468,7 @@ function onSubmit(session, pdu) {
 			session.pause();
 		}
 	}
-	log('submit_sm', submit.source_addr, '->', submit.destination_addr, 'dc=' + submit.data_coding,
+	event('submit_sm', submit.source_addr, '->', submit.destination_addr, 'dc=' + submit.data_coding,
 		'esm=0x' + submit.esm_class.toString(16), 'id', submit.message_id, drop ? '(dropping after resp)' : '');
 	setTimeout(() => {
 		const sent = respond(session, pdu, {message_id: submit.message_id}, () => {
@@ -551,6 +609,70 @@ function parseMo(body) {
 	};
 }
 
+function parseMoStream(body) {
+	if (body === null || typeof body !== 'object') {
+		throw new HttpError(400, 'body must be a JSON object');
+	}
+	for (const key of ['source', 'destination']) {
+		if (typeof body[key] !== 'string') {
+			throw new HttpError(400, key + ' must be a string');
+		}
+	}
+	if (typeof body.rate !== 'number' || !(body.rate > 0)) {
+		throw new HttpError(400, 'rate must be a positive number (MO per second)');
+	}
+	if (!Number.isInteger(body.count) || body.count < 1) {
+		throw new HttpError(400, 'count must be a positive integer');
+	}
+	const tag = body.tag === undefined ? 'mo' : body.tag;
+	if (typeof tag !== 'string' || !/^[A-Za-z0-9]{1,20}$/.test(tag)) {
+		throw new HttpError(400, 'tag must be 1-20 letters or digits');
+	}
+	return {source: body.source, destination: body.destination, rate: body.rate, count: body.count, tag};
+}
+
+// MO at a fixed rate, on a 1 ms timer: each tick sends every MO that is due by then, so a late
+// tick catches up instead of lowering the offered rate. The send time in the text is taken as
+// the PDU is handed to the socket.
+function startMoStream(spec) {
+	stopMoStream();
+	const progress = {count: spec.count, rate: spec.rate, sent: 0, started_at: epochMs(), finished_at: null};
+	stats.mo_stream = progress;
+	const started = performance.now();
+	const stream = {timer: null};
+	moStream = stream;
+	const tick = () => {
+		const due = Math.min(spec.count, Math.floor((performance.now() - started) * spec.rate / 1000) + 1);
+		while (progress.sent < due) {
+			const session = receiverFor(null);
+			if (!session) {
+				break; // the ESME is away: what is due goes out, late, once it binds again
+			}
+			const text = spec.tag + ' ' + progress.sent + ' ' + epochMs().toFixed(3);
+			const fields = {
+				source_addr_ton: 1,
+				source_addr_npi: 1,
+				source_addr: spec.source,
+				dest_addr_ton: 1,
+				dest_addr_npi: 1,
+				destination_addr: spec.destination,
+				esm_class: 0,
+				data_coding: 0,
+				short_message: Buffer.from(text, 'ascii'),
+			};
+			sendDelivery(session, {kind: 'mo', message_id: null, fields, attempt: 1, session});
+			progress.sent++;
+		}
+		if (progress.sent >= spec.count) {
+			progress.finished_at = epochMs();
+			moStream = null;
+			return;
+		}
+		stream.timer = setTimeout(tick, 1);
+	};
+	tick();
+}
+
 async function route(req) {
 	const path = req.url.split('?')[0];
 	const key = req.method + ' ' + path;
@@ -591,6 +713,17 @@ async function route(req) {
 		}
 		case 'GET /deliver_resps':
 			return deliverResps;
+		case 'POST /mo_stream': {
+			const spec = parseMoStream(await readJson(req));
+			if (!receiverFor(null)) {
+				throw new HttpError(409, 'no bound receiver/transceiver session');
+			}
+			startMoStream(spec);
+			log('mo_stream', spec.count, 'MO at', spec.rate, '/s');
+			return {ok: true};
+		}
+		case 'GET /stats':
+			return stats;
 		case 'POST /disconnect': {
 			const count = sessions.size;
 			for (const session of sessions) {
