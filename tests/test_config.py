@@ -122,7 +122,7 @@ def test_config_show_prints_what_is_in_force_with_secrets_masked(
         ({"GATEWAY_TEST_PG": "postgresql://x"}, "unknown environment variable GATEWAY_TEST_PG"),
         (
             {"GATEWAY_SMPP": '{"port": 1}'},
-            "unknown environment variable GATEWAY_SMPP; did you mean GATEWAY_SMPP_PORT?",
+            "unknown environment variable GATEWAY_SMPP; did you mean GATEWAY_SMPP_TLS?",
         ),
     ],
 )

@@ -112,10 +112,13 @@ SCHEMAS: dict[str, JSON] = {
             "sent_time": TIME,
             "tags": _array(_str()),
             "url": _str("This message's status URL."),
+            "smsc": _nullable(
+                _str("The SMSC connector that took the message, or refused it; null before that.")
+            ),
             "template_id": _str("Set for messages sent from a template."),
             "link_tracking": {**_array(_ref("LinkTracking")), "description": "When track_link was set."},
         },
-        ["msgid", "status", "recipient", "sender", "parts", "cost", "sent_time", "tags", "url"],
+        ["msgid", "status", "recipient", "sender", "parts", "cost", "sent_time", "tags", "url", "smsc"],
     ),
     "Template": _obj(
         {
