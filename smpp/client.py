@@ -1,4 +1,5 @@
-"""Asyncio SMPP 3.4 ESME (transceiver) on smpplib's PDU codec.
+"""Asyncio SMPP 3.4 ESME, one bind (transceiver, transmitter or receiver, over TCP or TLS), on
+smpplib's PDU codec. smpp/connector.py puts several of them to one SMSC together.
 
 smpplib's own Client is a blocking socket loop; here only its PDU classes are
 used (make_pdu / parse_pdu) and all I/O is asyncio streams: one reader task per

@@ -314,7 +314,9 @@ class Dispatcher:
                 continue  # nothing was sent
             except Deferred as exc:
                 done(False)
-                log.info("connector %s deferred it (%s); trying the next", name, exc)
+                # Debug: during a throttling pause every message comes here; the client says
+                # once that it pauses.
+                log.debug("connector %s deferred it (%s); trying the next", name, exc)
                 continue
             except SubmitRejected as exc:
                 done(False)
@@ -339,7 +341,9 @@ class Dispatcher:
                 return Outcome(c)
             done(True)
             return Outcome(c, result=res, connector=name)
-        log.info("back to the queue: no connector of its route (%s) took it", ", ".join(candidates))
+        # Debug: while a route's connectors are down this comes once a second for each of its
+        # messages; the clients' bind failures and gateway_smpp_bound already say why.
+        log.debug("back to the queue: no connector of its route (%s) is up", ", ".join(candidates))
         return Outcome(c)
 
     async def _record(self, outcomes: Sequence[Outcome]) -> None:
