@@ -223,15 +223,15 @@ async def test_failover_when_the_first_throttles_and_back_once_it_takes_traffic_
         metrics = await scrape(gw, http)
         assert (sample(metrics, 'gateway_sms_submits_total{connector="sim",result="error"}') or 0) >= 1
 
-        await sim_smsc.configure()  # the first SMSC takes traffic again
-        await asyncio.sleep(6)  # its pause after the last refusal (5 s at most) is over
+        await sim_smsc.configure()  # the first SMSC takes traffic again: once its pause is over
 
         async def back_on_sim() -> bool:
             msgid = await send(gw, http, auth, JP_MOBILE, "back")
             return (await settle(gw, http, auth, [msgid]))[msgid]["smsc"] == "sim"
 
         await wait_for(back_on_sim, timeout=20, interval=0.5)
-    assert sorted(texts(await node_smsc.submits())) == sorted(f"throttled {i}" for i in range(6))
+    on_node = [t for t in texts(await node_smsc.submits()) if t.startswith("throttled")]
+    assert sorted(on_node) == sorted(f"throttled {i}" for i in range(6))
 
 
 async def test_the_last_connector_waits_out_throttling_itself(
