@@ -164,9 +164,10 @@ class SmppConfig(ConnectorSettings):
     # (an array of tables has no environment variable).
     connectors: list[ConnectorConfig] = []
     # MT routing rules (docs/smpp.md); "" = every message goes to the first connector. The file
-    # is read again when its content changes, checked every routes_check_seconds.
+    # is read again when its content changes, checked every routes_check_seconds. A relative
+    # path is resolved once at start, like data.dir.
     routes_file: str = ""
-    routes_check_seconds: Float = 2.0
+    routes_check_seconds: Annotated[float, BeforeValidator(_not_a_bool), Field(gt=0)] = 2.0
 
     @model_validator(mode="after")
     def _unique_ids(self) -> SmppConfig:
@@ -493,6 +494,8 @@ def _resolve_paths(config: Config) -> None:
         config.database.url = f"sqlite+aiosqlite:///{data / 'gateway.sqlite3'}"
     if not config.voice.data_dir:
         config.voice.data_dir = str(data / "voice")
+    if config.smpp.routes_file:
+        config.smpp.routes_file = os.path.abspath(os.path.expanduser(config.smpp.routes_file))
 
 
 def config_keys() -> list[tuple[str, str, Any]]:
