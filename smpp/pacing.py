@@ -1,8 +1,9 @@
-"""A sending-rate cap for one process: submit_sm spaced evenly at `rate` per second.
+"""A sending-rate cap for one process: submit_sm spaced at least 1/`rate` s apart.
 
-Each take() reserves the next free slot on the timeline and sleeps until it comes, so waiters
-go in turn without a polling loop, and the rate holds in every second, not only on average:
-an SMSC that counts submits per second sees at most `rate` (plus `burst` - 1 after a pause).
+Waiters go one at a time; each sleeps until the gap since the previous one is over, and the
+next gap counts from when it really went. So a stall (a busy event loop, a slow database)
+never makes the waiters behind it go at once to catch up: an SMSC that counts submits per
+second never sees more than `rate`, whatever happened before.
 """
 
 from __future__ import annotations
@@ -12,18 +13,17 @@ import math
 
 
 class TokenBucket:
-    def __init__(self, rate: float, burst: int = 1) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("rate must be above 0 and burst at least 1")
+    def __init__(self, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be above 0")
         self._interval = 1.0 / rate
-        # How far behind the clock the next slot may be: the unused slots of an idle spell
-        # that may go at once.
-        self._slack = (burst - 1) * self._interval
-        self._next = -math.inf
+        self._next = -math.inf  # loop time from which the next take may go
+        self._turn = asyncio.Lock()
 
     async def take(self) -> None:
-        now = asyncio.get_running_loop().time()
-        at = max(self._next, now - self._slack)
-        self._next = at + self._interval
-        if at > now:
-            await asyncio.sleep(at - now)
+        async with self._turn:
+            loop = asyncio.get_running_loop()
+            wait = self._next - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._next = loop.time() + self._interval

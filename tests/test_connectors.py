@@ -450,7 +450,7 @@ async def test_a_connector_capped_at_n_per_second_sends_at_most_n_per_second(
     clean_db: str, http: aiohttp.ClientSession
 ) -> None:
     """Measured at the SMSC, in the seconds of the clock (the database's second, on
-    PostgreSQL, is the same clock on this machine)."""
+    PostgreSQL, is the same clock on this machine). Both binds share the cap."""
     async with simulators(1) as (sim,):
         settings = connector("capped", sim.port, binds=2, window=20, max_submits_per_second=RATE)
         async with running(config(clean_db, [settings])) as gw:
@@ -465,4 +465,6 @@ async def test_a_connector_capped_at_n_per_second_sends_at_most_n_per_second(
     assert len(times) == BURST
     # Evenly spaced at 1/RATE s: BURST messages take (BURST - 1) / RATE s at the least.
     assert max(times) - min(times) >= (BURST - 1) / RATE * 0.95
-    assert max(per_second(sim.submits).values()) <= RATE + 1
+    # +2: the simulator stamps a PDU when it reads it, which a busy event loop can delay past
+    # the turn of a second while the next one is read at once.
+    assert max(per_second(sim.submits).values()) <= RATE + 2
