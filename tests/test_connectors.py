@@ -410,7 +410,9 @@ async def test_rules_are_reloaded_while_running_and_a_bad_file_leaves_them_in_fo
         cfg = config(clean_db, [connector("a", a.port), connector("b", b.port)], routes)
         async with running(cfg) as gw:
             auth = gw.auth(await gw.account())
+            # Routed when sent, not when accepted: each is sent before the file changes again.
             first = await send(gw, http, auth, DOCOMO, "before")
+            await settle(gw, http, auth, [first])
 
             routes.write_text('[[route]]\nprefix = "+8190"\nconnectors = ["b", "a"]\n')
 
@@ -419,6 +421,7 @@ async def test_rules_are_reloaded_while_running_and_a_bad_file_leaves_them_in_fo
 
             await wait_for(reloaded)
             second = await send(gw, http, auth, DOCOMO, "after")
+            await settle(gw, http, auth, [second])
 
             routes.write_text('[[route]]\nprefix = "+8190"\nconnectors = ["c"]\n')
 
