@@ -5,6 +5,13 @@ Prints accepted/s (API), end-to-end msg/s (first POST to last DELIVERED), API la
 p50/p99, and the gateway's peak RSS. The gateway runs as its own process, as deployed.
 
     .venv/bin/python bench/sms_out.py --messages 5000 --concurrency 50 [--db postgresql]
+
+Binds: with `--bind-rate K` the simulator serves each bind at most K submit_sm a second (an
+SMSC that caps every bind), and `--binds N` gives the gateway's connector N binds, so the
+end-to-end rate grows with N up to what the gateway itself can do:
+
+    .venv/bin/python -m bench.sms_out --messages 2000 --bind-rate 100 --binds 1
+    .venv/bin/python -m bench.sms_out --messages 2000 --bind-rate 100 --binds 4
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ async def main() -> None:
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
-    ap.add_argument("--window", type=int, default=10)
+    ap.add_argument("--window", type=int, default=10, help="per bind")
+    ap.add_argument("--binds", type=int, default=1, help="binds of the gateway's connector")
+    ap.add_argument("--bind-rate", type=float, default=0.0, help="submit_sm/s the SMSC serves per bind")
     # INFO, the default, logs three lines per message here (queued, submitted, final status).
     ap.add_argument("--log-level", default="INFO")
     ap.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -53,6 +62,7 @@ async def main() -> None:
         "GATEWAY_SMPP_PORT": str(smsc_port),
         "GATEWAY_SIMULATOR_ENABLED": "false",
         "GATEWAY_SMPP_WINDOW": str(args.window),
+        "GATEWAY_SMPP_BINDS": str(args.binds),
         "GATEWAY_LOG_LEVEL": args.log_level,
         "GATEWAY_LOG_FORMAT": args.log_format,
     }
@@ -65,6 +75,8 @@ async def main() -> None:
         "0",
         "--summary-interval",
         "0",
+        "--bind-rate",
+        str(args.bind_rate),
         "--log-level",
         "WARNING",
         ready="listening",
@@ -105,7 +117,9 @@ async def main() -> None:
             await engine.dispose()
         rss = peak_rss_mib(gw.pid)
         drain.cancel()
+        cap = f"{args.bind_rate:g}/s per bind" if args.bind_rate else "no cap"
         print(f"engine            {args.db}, window {args.window}, concurrency {args.concurrency}")
+        print(f"binds             {args.binds} (SMSC: {cap})")
         print(f"messages          {args.messages}")
         print(f"accepted/s        {args.messages / accepted_s:,.0f}")
         print(

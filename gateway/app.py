@@ -8,13 +8,14 @@ import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from functools import partial
 
 import aiohttp
 from aiohttp import web
 from sqlalchemy import event
 
-from gateway.config import Config, ConfigError
+from gateway.config import Config, ConfigError, smsc_connectors
 from gateway.db.availability import DbOutage
 from gateway.db.engine import create_engine, session_factory
 from gateway.egress.client import policy_session
@@ -58,6 +59,8 @@ from gateway.keys import (
 )
 from gateway.net.guard import IPNetwork, parse_networks
 from gateway.net.listening import listening
+from gateway.routing.rules import RulesError
+from gateway.routing.source import RouteFile
 from gateway.services.accounts import AccountService
 from gateway.services.dialing import DialPolicy
 from gateway.services.inbound import InboundService, KeywordReplies
@@ -76,17 +79,19 @@ from gateway.voice.outbound import (
     outbound_cleanup_ctx,
     price_table_problem,
 )
+from gateway.workers import connectors as smsc
+from gateway.workers.connectors import ConnectorPlan, Connectors
 from gateway.workers.dispatcher import Dispatcher
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.receipts import ReceiptApplier
 from gateway.workers.smpp_events import CoreSmppEvents
 from gateway.workers.webhook_sender import WebhookSender
-from smpp.client import SmppClient, SmppClientConfig
 
 log = logging.getLogger(__name__)
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
-SMPP_CLIENT = web.AppKey("smpp_client", SmppClient)
+CONNECTORS = web.AppKey("smsc_connectors", Connectors)
+ROUTES = web.AppKey("routes", RouteFile)
 RECEIPTS = web.AppKey("receipts", ReceiptApplier)
 WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
@@ -114,7 +119,7 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = Metrics(
         MetricsSettings(token=config.metrics.token),
         calls_in_progress=lambda: app[CALLS].in_progress if CALLS in app else 0,
-        smpp_bound=lambda: SMPP_CLIENT in app and app[SMPP_CLIENT].bound,
+        smpp_bound=lambda: app[CONNECTORS].bound_binds() if CONNECTORS in app else {},
     )
     try:
         app[RATE_LIMITER] = RateLimiter(
@@ -129,6 +134,12 @@ def create_app(config: Config) -> web.Application:
     except ValueError as exc:
         raise ConfigError(f"ratelimit: {exc}") from None
     _check_dialing(config)
+    plans = [smsc.plan(c) for c in smsc_connectors(config.smpp)]
+    app[ROUTES] = RouteFile(config.smpp.routes_file, [p.settings.id for p in plans])
+    try:
+        app[ROUTES].load()
+    except RulesError as exc:
+        raise ConfigError(f"smpp.routes_file {config.smpp.routes_file}: {exc}") from None
     links = config.links
     try:
         app[LINK_MISSES] = RateLimiter(
@@ -152,7 +163,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_http_client)
     if config.simulator.enabled:
         app.cleanup_ctx.append(_simulator)
-    app.cleanup_ctx.append(_messaging)
+    app.cleanup_ctx.append(partial(_messaging, plans))
     try:
         fastagi_peers = parse_networks(config.voice.fastagi_allowed_peers)
     except ValueError as exc:
@@ -261,7 +272,7 @@ async def _simulator(app: web.Application) -> AsyncIterator[None]:
     await sim.stop()
 
 
-async def _messaging(app: web.Application) -> AsyncIterator[None]:
+async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     sessions = app[SESSIONS]
     base_url = cfg.public_base_url
@@ -313,23 +324,26 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         fast_path=webhooks,
     )
     receipts = ReceiptApplier(sessions, base_url, wake_webhooks, observer=app[METRICS])
-    client = SmppClient(
-        SmppClientConfig(
-            host=cfg.smpp.host,
-            port=app.get(SMSC_PORT, cfg.smpp.port),
-            system_id=cfg.smpp.system_id,
-            password=cfg.smpp.password,
-            system_type=cfg.smpp.system_type,
-            window=cfg.smpp.window,
-            enquire_link_interval=cfg.smpp.enquire_link_interval,
-            response_timeout=cfg.smpp.response_timeout,
-            max_inbound_in_flight=cfg.smpp.max_inbound_in_flight,
-        ),
-        CoreSmppEvents(receipts, inbound, app[METRICS], app[DB_OUTAGE]),
+    if SMSC_PORT in app:
+        # The built-in simulator took an ephemeral port: connectors at its address go there.
+        at_simulator = (cfg.smpp.host, cfg.smpp.port)
+        plans = [
+            replace(p, client=replace(p.client, port=app[SMSC_PORT]))
+            if (p.client.host, p.client.port) == at_simulator
+            else p
+            for p in plans
+        ]
+    connectors = smsc.build(
+        plans,
+        lambda cid: CoreSmppEvents(receipts, inbound, app[METRICS], app[DB_OUTAGE], connector=cid),
+        sessions,
+        shared_rate=app[ENGINE].dialect.name == "postgresql",
+        db=app[DB_OUTAGE],
     )
+    routes = app[ROUTES]
     dispatcher = Dispatcher(
         sessions,
-        client,
+        connectors,
         receipts,
         base_url,
         node_id=cfg.dispatcher.node_id or f"{socket.gethostname()}:{id(app):x}",
@@ -339,11 +353,11 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         workers=cfg.dispatcher.workers,
         wake_webhooks=wake_webhooks,
         observer=app[METRICS],
-        ready=lambda: client.bound,
         db=app[DB_OUTAGE],
+        routes=lambda: routes.table,
     )
     app[RECEIPTS] = receipts
-    app[SMPP_CLIENT] = client
+    app[CONNECTORS] = connectors
     app[DISPATCHER] = dispatcher
     app[WEBHOOKS] = webhooks
     app[MESSAGES] = messages
@@ -360,7 +374,14 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
             _every(db, housekeeping, 10.0, "stale MO parts", inbound.flush_stale), name="mo-parts"
         ),
     ]
-    client_task = asyncio.create_task(_forever(db, "smpp client", client.run), name="smpp-client")
+    if routes.path is not None:
+        workers.append(
+            asyncio.create_task(
+                _every(db, housekeeping, cfg.smpp.routes_check_seconds, "routing rules", routes.check),
+                name="routes",
+            )
+        )
+    client_task = asyncio.create_task(_forever(db, "smpp connectors", connectors.run), name="smpp")
     yield
     await messages.close()  # the HTTP site is already closed: commit what it accepted
     # Stop taking work, let in-flight batches record their outcome, then unbind.
@@ -372,7 +393,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
     await asyncio.gather(*workers, return_exceptions=True)
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(client.stop(), 5)
+        await asyncio.wait_for(connectors.stop(), 5)
     client_task.cancel()
     await asyncio.gather(client_task, return_exceptions=True)
     await inbound.close()

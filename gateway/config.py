@@ -14,11 +14,19 @@ import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from pydantic_core import ErrorDetails
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -95,18 +103,79 @@ class DatabaseConfig(_Section):
     migrate_on_start: Bool = True
 
 
-class SmppConfig(_Section):
+DATA_CODINGS = (0, 1, 3)  # SMSC default alphabet (GSM 03.38), IA5 (ASCII), Latin-1
+
+
+class ConnectorSettings(_Section):
+    """What one SMSC connector needs: the [smpp] section (the `default` connector when no
+    [[smpp.connectors]] are listed), and each listed connector, which takes from [smpp] every
+    key it leaves out."""
+
     host: str = "127.0.0.1"
     port: Int = 2775
     system_id: str = "gateway"
     password: str = "secret"
     system_type: str = ""
-    window: Int = 10
+    # transceiver: every bind sends and receives; transmitter_receiver: `binds` transmitters
+    # plus one receiver bind for MO and receipts.
+    bind_mode: Literal["transceiver", "transmitter_receiver"] = "transceiver"
+    binds: Annotated[int, BeforeValidator(_not_a_bool), Field(ge=1, le=64)] = 1
+    window: Annotated[int, BeforeValidator(_not_a_bool), Field(ge=1)] = 10  # outstanding submit_sm per bind
+    # submit_sm per second over all binds of the connector, and with PostgreSQL over every node
+    # too; 0 = no cap (the SMSC's throttling answers are still obeyed).
+    max_submits_per_second: Annotated[int, BeforeValidator(_not_a_bool), Field(ge=0)] = 0
     enquire_link_interval: Float = 30.0
     response_timeout: Float = 10.0
-    # deliver_sm being handled (not yet answered) at once; at the bound the socket is not read
-    # until one is answered, so the SMSC's own window holds the rest back.
+    # deliver_sm being handled (not yet answered) at once per bind; at the bound the socket is not
+    # read until one is answered, so the SMSC's own window holds the rest back.
     max_inbound_in_flight: Int = 100
+    tls: Bool = False
+    tls_ca_file: str = ""  # CA bundle the SMSC's certificate must chain to; "" = the system's
+    tls_cert_file: str = ""  # client certificate (PEM), for an SMSC that asks for one
+    tls_key_file: str = ""  # its private key; "" = inside tls_cert_file
+    # TON/NPI of the addresses we send: an alphanumeric sender, a numeric one, the destination.
+    alnum_source_ton: Int = 5
+    alnum_source_npi: Int = 0
+    numeric_source_ton: Int = 1
+    numeric_source_npi: Int = 1
+    dest_ton: Int = 1
+    dest_npi: Int = 1
+    # data_coding of text in the GSM alphabet: 0 = SMSC default alphabet (GSM 03.38 septets),
+    # 1 = IA5 (ASCII), 3 = Latin-1, for an SMSC whose default alphabet is not GSM. A text the
+    # chosen charset cannot hold goes as GSM (0); other text as UCS-2 (8) whatever this says.
+    data_coding: Int = 0
+
+    @field_validator("data_coding")
+    @classmethod
+    def _known_data_coding(cls, value: int) -> int:
+        if value not in DATA_CODINGS:
+            raise PydanticCustomError("data_coding", "should be one of 0, 1 or 3")
+        return value
+
+
+class ConnectorConfig(ConnectorSettings):
+    """One [[smpp.connectors]] entry."""
+
+    id: Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,32}$")]
+
+
+class SmppConfig(ConnectorSettings):
+    # Any number of SMSCs; none = this section is the one connector, `default`. TOML only
+    # (an array of tables has no environment variable).
+    connectors: list[ConnectorConfig] = []
+    # MT routing rules (docs/smpp.md); "" = every message goes to the first connector. The file
+    # is read again when its content changes, checked every routes_check_seconds. A relative
+    # path is resolved once at start, like data.dir.
+    routes_file: str = ""
+    routes_check_seconds: Annotated[float, BeforeValidator(_not_a_bool), Field(gt=0)] = 2.0
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> SmppConfig:
+        ids = [c.id for c in self.connectors]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ValueError(f"connector id {', '.join(twice)} is given more than once")
+        return self
 
 
 class SimulatorConfig(_Section):
@@ -318,6 +387,8 @@ def env_name(setting: str) -> str:
 
 # GATEWAY_ variables that are not settings: the path of the TOML file.
 NOT_SETTINGS = frozenset({"GATEWAY_CONFIG"})
+# The one key with no variable: an array of tables.
+CONNECTORS_VARIABLE = "GATEWAY_SMPP_CONNECTORS"
 
 
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -334,6 +405,8 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     keys = [s.removeprefix("GATEWAY_") for s in settings]
     problems = [
         f"unknown environment variable {name}{_closest(name.removeprefix('GATEWAY_'), keys, 'GATEWAY_{}')}"
+        if name != CONNECTORS_VARIABLE
+        else f"{name} is no setting: [[smpp.connectors]] are given in the configuration file"
         for name in sorted(env)
         if name.startswith("GATEWAY_") and name not in settings | NOT_SETTINGS
     ]
@@ -363,16 +436,54 @@ def _problem(error: ErrorDetails, env: Mapping[str, str]) -> str:
     if not rest:
         if error["type"] == "extra_forbidden":
             return f"unknown config section [{section}]{_closest(section, Config.model_fields, '[{}]')}"
+        if error["type"] == "value_error":
+            return f"[{section}]: {_message(error)}"
         return f"[{section}] must be a table"
     key, *entry = rest
+    if section == "smpp" and key == "connectors" and entry:
+        return _connector_problem(error, entry)
     fields = type(getattr(Config(), section)).model_fields
     if error["type"] == "extra_forbidden":
         return f"unknown config key {section}.{key}{_closest(key, fields, section + '.{}')}"
     name = f"{section}.{key}"
     where = env_name(name) if env_name(name) in env else name
-    expected = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-    what = "a number" if entry else expected.get(fields[key].annotation, "prefix=price pairs")
-    return f"{'.'.join([where, *entry])}: expected {what}, got {error['input']!r}"
+    if entry:
+        return f"{'.'.join([where, *entry])}: expected a number, got {error['input']!r}"
+    return f"{where}: {_expected(fields[key].annotation, error)}, got {error['input']!r}"
+
+
+# Errors about the kind of a value, not its range or form (value_error: our BeforeValidators).
+_KIND_ERRORS = frozenset(
+    {"int_parsing", "int_type", "int_from_float", "float_parsing", "float_type", "bool_parsing"}
+    | {"bool_type", "string_type", "dict_type", "value_error"}
+)
+_KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+def _expected(annotation: Any, error: ErrorDetails) -> str:
+    """ "expected an integer" for a value of the wrong kind, else what pydantic says is wrong."""
+    if error["type"] in _KIND_ERRORS:
+        return f"expected {_KINDS.get(annotation, 'prefix=price pairs')}"
+    return _message(error)
+
+
+def _message(error: ErrorDetails) -> str:
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _connector_problem(error: ErrorDetails, entry: list[str]) -> str:
+    """An error inside [[smpp.connectors]], named by the entry's position."""
+    index, *rest = entry
+    where = f"smpp.connectors[{index}]"
+    if not rest:
+        return f"{where} must be a table" if error["type"] == "model_type" else f"{where}: {_message(error)}"
+    key = rest[0]
+    fields = ConnectorConfig.model_fields
+    if error["type"] == "extra_forbidden":
+        return f"unknown config key {where}.{key}{_closest(key, fields, where + '.{}')}"
+    if error["type"] == "missing":
+        return f"{where}.{key} is required"
+    return f"{where}.{key}: {_expected(fields[key].annotation, error)}, got {error['input']!r}"
 
 
 def _resolve_paths(config: Config) -> None:
@@ -383,14 +494,30 @@ def _resolve_paths(config: Config) -> None:
         config.database.url = f"sqlite+aiosqlite:///{data / 'gateway.sqlite3'}"
     if not config.voice.data_dir:
         config.voice.data_dir = str(data / "voice")
+    if config.smpp.routes_file:
+        config.smpp.routes_file = os.path.abspath(os.path.expanduser(config.smpp.routes_file))
 
 
 def config_keys() -> list[tuple[str, str, Any]]:
-    """(TOML key, env var, default) for every setting: the README reference is generated from this."""
+    """(TOML key, env var, default) for every setting: the README reference is generated from this.
+    smpp.connectors is not among them: an array of tables is given in the file only."""
     return [
         (f"{name}.{key}", env_name(f"{name}.{key}"), value)
         for name, section in Config()
         for key, value in section
+        if not (name == "smpp" and key == "connectors")
+    ]
+
+
+def smsc_connectors(smpp: SmppConfig) -> list[ConnectorConfig]:
+    """The connectors in force, in order: those listed, each key one leaves out taken from
+    [smpp]; none listed, [smpp] itself as the connector `default`."""
+    shared = {key: getattr(smpp, key) for key in ConnectorSettings.model_fields}
+    if not smpp.connectors:
+        return [ConnectorConfig(id="default", **shared)]
+    return [
+        c.model_copy(update={k: v for k, v in shared.items() if k not in c.model_fields_set})
+        for c in smpp.connectors
     ]
 
 
@@ -401,12 +528,15 @@ MASK = "********"
 
 def effective(config: Config) -> dict[str, dict[str, Any]]:
     """The configuration in force, section by section, with every secret masked (a password in
-    database.url too): what `gateway config show` prints."""
+    database.url and every connector's password too): what `gateway config show` prints."""
     out = config.model_dump()
     for key in SECRET_KEYS:
         section, name = key.split(".")
         if out[section][name]:
             out[section][name] = MASK
+    for connector in out["smpp"]["connectors"]:
+        if connector["password"]:
+            connector["password"] = MASK
     out["database"]["url"] = _without_password(config.database.url)
     return out
 

@@ -1,4 +1,5 @@
-"""Asyncio SMPP 3.4 ESME (transceiver) on smpplib's PDU codec.
+"""Asyncio SMPP 3.4 ESME, one bind (transceiver, transmitter or receiver, over TCP or TLS), on
+smpplib's PDU codec. smpp/connector.py puts several of them to one SMSC together.
 
 smpplib's own Client is a blocking socket loop; here only its PDU classes are
 used (make_pdu / parse_pdu) and all I/O is asyncio streams: one reader task per
@@ -26,13 +27,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from smpp.client_wire import (
     ALERT_NOTIFICATION,
-    BIND_TRANSCEIVER_RESP,
+    BIND_COMMAND_IDS,
     DELIVER_SM,
     ENQUIRE_LINK,
     ESME_RINVCMDID,
@@ -44,6 +47,7 @@ from smpp.client_wire import (
     RESPONSE_BIT,
     RETRYABLE_SUBMIT_STATUSES,
     SUBMIT_SM_RESP,
+    TRANSIENT_SUBMIT_STATUSES,
     UNBIND,
     MalformedPdu,
     SequenceGenerator,
@@ -56,6 +60,7 @@ from smpp.client_wire import (
 from smpp.encoding import concat_ref_for, plan, submit_parts
 from smpp.types import (
     ConnectionLost,
+    Deferred,
     MoPart,
     NotBound,
     SmppEvents,
@@ -68,6 +73,10 @@ from smpp.types import (
 log = logging.getLogger(__name__)
 
 WRITE_HIGH_WATER = 256 * 1024  # buffered bytes above which a submitter waits for the socket
+BIND_MODES = ("transceiver", "transmitter", "receiver")
+
+# Awaited before each submit_sm goes out: the connector's sending-rate cap.
+Pace = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,10 @@ class SmppClientConfig:
     system_id: str
     password: str
     system_type: str = ""
+    name: str = ""  # for the logs: which connector and bind this is
+    bind_mode: str = "transceiver"  # one of BIND_MODES; a receiver never submits
+    tls: ssl.SSLContext | None = None  # set: the connection is TLS with this context
+    data_coding: int = 0  # for text in the GSM alphabet (smpp.encoding.plan)
     window: int = 10  # outstanding submit_sm shared by all callers
     enquire_link_interval: float = 30.0
     response_timeout: float = 10.0
@@ -218,11 +231,16 @@ class _BindRejected(Exception):
 
 
 class SmppClient:
-    """A self-healing transceiver bind: run() keeps one session up until stop()."""
+    """One self-healing bind (transceiver, transmitter or receiver): run() keeps one session up
+    until stop(). `pace`, when given, is awaited before every submit_sm (a rate cap)."""
 
-    def __init__(self, config: SmppClientConfig, events: SmppEvents) -> None:
+    def __init__(self, config: SmppClientConfig, events: SmppEvents, pace: Pace | None = None) -> None:
+        if config.bind_mode not in BIND_MODES:
+            raise ValueError(f"bind_mode must be one of {', '.join(BIND_MODES)}")
         self.config = config
         self.events = events
+        self._pace = pace
+        self.submitting = 0  # submit() calls in progress: the connector sends to the least busy bind
         self._sequence = SequenceGenerator()
         self._window = asyncio.Semaphore(config.window)
         self._session: _Session | None = None
@@ -242,6 +260,15 @@ class SmppClient:
     def bound(self) -> bool:
         session = self._session
         return session is not None and session.bound and not self._stopping.is_set()
+
+    @property
+    def can_submit(self) -> bool:
+        return self.bound and self.config.bind_mode != "receiver"
+
+    @property
+    def _where(self) -> str:
+        cfg = self.config
+        return f"{cfg.name + ' ' if cfg.name else ''}{cfg.host}:{cfg.port}"
 
     @property
     def inbound_in_flight(self) -> int:
@@ -266,15 +293,15 @@ class SmppClient:
                 if await self._serve_once():
                     backoff = self.config.reconnect_backoff_min
             except _BindRejected as exc:
-                log.warning("bind to %s:%d rejected: %s", self.config.host, self.config.port, exc)
+                log.warning("bind to %s rejected: %s", self._where, exc)
             except (OSError, TimeoutError, ConnectionLost, asyncio.IncompleteReadError) as exc:
-                log.warning("SMPP connection to %s:%d failed: %r", self.config.host, self.config.port, exc)
+                log.warning("SMPP connection to %s failed: %r", self._where, exc)
             except Exception:
                 # run() must outlive any bug or odd PDU; a crash here would silently stop all SMS.
-                log.exception("SMPP session to %s:%d crashed", self.config.host, self.config.port)
+                log.exception("SMPP session to %s crashed", self._where)
             if self._stopping.is_set():
                 break
-            log.info("reconnecting in %.1fs", backoff)
+            log.info("reconnecting to %s in %.1fs", self._where, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), backoff)
             backoff = min(backoff * 2, self.config.reconnect_backoff_max)
@@ -316,7 +343,7 @@ class SmppClient:
         """One connection's life; True if it got bound."""
         cfg = self.config
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(cfg.host, cfg.port), cfg.connect_timeout
+            asyncio.open_connection(cfg.host, cfg.port, ssl=cfg.tls), cfg.connect_timeout
         )
         session = _Session(reader, writer, cfg.response_timeout)
         self._session = session
@@ -325,24 +352,25 @@ class SmppClient:
         try:
             seq, data = encode_request(
                 self._sequence,
-                "bind_transceiver",
+                f"bind_{cfg.bind_mode}",
                 system_id=cfg.system_id,
                 password=cfg.password,
                 system_type=cfg.system_type,
             )
             response = await session.request(seq, data)
-            if response.command_id != BIND_TRANSCEIVER_RESP or response.status != ESME_ROK:
+            expected = BIND_COMMAND_IDS[cfg.bind_mode] | RESPONSE_BIT
+            if response.command_id != expected or response.status != ESME_ROK:
                 raise _BindRejected(f"0x{response.status:08x} {status_description(response.status)}")
             if self._stopping.is_set():
                 await self._unbind(session)
                 return True
             session.bound = True
-            log.info("bound to %s:%d as %s", cfg.host, cfg.port, cfg.system_id)
+            log.info("bound to %s as %s (%s)", self._where, cfg.system_id, cfg.bind_mode)
             self._set_bound(True)
             keepalive = asyncio.create_task(self._keepalive(session))
             await reader_task
             level = logging.INFO if self._stopping.is_set() else logging.WARNING
-            log.log(level, "SMPP session ended: %s", session.close_reason)
+            log.log(level, "SMPP session to %s ended: %s", self._where, session.close_reason)
             return True
         finally:
             session.abort(session.close_reason or "session ended")
@@ -423,7 +451,7 @@ class SmppClient:
         elif command_id == ENQUIRE_LINK:
             self._reply(session, "enquire_link_resp", seq)
         elif command_id == UNBIND:
-            log.warning("SMSC unbinds; reconnecting")
+            log.warning("SMSC %s unbinds; reconnecting", self._where)
             session.bound = False
             self._set_bound(False)
             self._reply(session, "unbind_resp", seq)
@@ -475,7 +503,7 @@ class SmppClient:
 
     # --- submitting ----------------------------------------------------------------------------
 
-    async def submit(self, req: SubmitRequest) -> SubmitResult:
+    async def submit(self, req: SubmitRequest, *, fail_fast: bool = False) -> SubmitResult:
         """Send every part not in req.skip_parts; returns their SMSC ids in part order.
 
         A long message's parts all carry one concatenation reference, req.concat_ref or one
@@ -484,12 +512,23 @@ class SmppClient:
 
         NotBound: nothing was sent. ConnectionLost: the session died with a part unanswered;
         its `accepted` holds the parts of this call the SMSC had answered. SubmitRejected:
-        permanent.
+        permanent. A throttled part is sent again after a pause, unless `fail_fast` (another
+        connector could take the message) and no part was accepted yet: then Deferred, as for
+        a transient refusal or a pause already running.
         """
         session = self._session
         if session is None or not session.bound or self._stopping.is_set():
             raise NotBound("no bound SMPP session")
-        message = plan(req.text)
+        if self.config.bind_mode == "receiver":
+            raise NotBound("a receiver bind does not submit")
+        self.submitting += 1
+        try:
+            return await self._submit(session, req, fail_fast)
+        finally:
+            self.submitting -= 1
+
+    async def _submit(self, session: _Session, req: SubmitRequest, fail_fast: bool) -> SubmitResult:
+        message = plan(req.text, self.config.data_coding)
         concat_ref = concat_ref_for(req.ref) if req.concat_ref is None else req.concat_ref
         if not 0 <= concat_ref <= 0xFF:
             raise ValueError(f"concat_ref {concat_ref} is not an 8-bit reference")
@@ -510,7 +549,8 @@ class SmppClient:
             for seq, (esm_class, short_message) in enumerate(submit_parts(message, concat_ref), start=1):
                 if seq in req.skip_parts:
                     continue
-                accepted[seq] = await self._submit_part(session, esm_class, short_message, fields)
+                give_up = fail_fast and not accepted
+                accepted[seq] = await self._submit_part(session, esm_class, short_message, fields, give_up)
         except ConnectionLost as exc:
             if not accepted:
                 raise
@@ -519,11 +559,15 @@ class SmppClient:
         return SubmitResult(tuple(accepted.values()), tuple(accepted))
 
     async def _submit_part(
-        self, session: _Session, esm_class: int, short_message: bytes, fields: dict[str, Any]
+        self, session: _Session, esm_class: int, short_message: bytes, fields: dict[str, Any], give_up: bool
     ) -> str:
         while True:
+            if give_up and self._resume_at > asyncio.get_running_loop().time():
+                raise Deferred(f"{self._where} is pausing after a throttling answer")
             await self._throttle_pause()
             async with self._window:
+                if self._pace is not None:
+                    await self._pace()
                 # The session may have died while this part queued for a slot.
                 if session is not self._session or not session.bound:
                     raise ConnectionLost(session.close_reason or "session ended before the part was sent")
@@ -541,7 +585,12 @@ class SmppClient:
                 return submit_sm_message_id(response.data)
             if response.status in RETRYABLE_SUBMIT_STATUSES:
                 self._throttled(response.status)
-                continue
+                if not give_up:
+                    continue
+            if give_up and response.status in TRANSIENT_SUBMIT_STATUSES:
+                raise Deferred(
+                    f"0x{response.status:08x} {status_description(response.status)}", response.status
+                )
             raise SubmitRejected(response.status, status_description(response.status))
 
     async def _throttle_pause(self) -> None:
@@ -557,4 +606,6 @@ class SmppClient:
         delay = self._throttle_delay
         self._resume_at = now + delay
         self._throttle_delay = min(delay * 2, self.config.throttle_backoff_max)
-        log.info("SMSC refused submit_sm with 0x%02x; pausing submits for %.2fs", status, delay)
+        log.info(
+            "SMSC %s refused submit_sm with 0x%02x; pausing submits for %.2fs", self._where, status, delay
+        )

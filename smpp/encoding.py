@@ -121,34 +121,55 @@ class EncodedMessage:
         return len(self.payloads)
 
 
-def _split(units: list[bytes], max_octets: int) -> tuple[bytes, ...]:
-    """Greedy split that keeps each character's octets (escape pair, surrogate pair) together."""
+def _split(units: list[tuple[int, bytes]], max_units: int) -> tuple[bytes, ...]:
+    """Greedy split by (size, octets) per character, keeping each character's octets (escape
+    pair, surrogate pair) together; size counts against the part's limit."""
     parts: list[bytes] = []
     current = bytearray()
-    for unit in units:
-        if len(current) + len(unit) > max_octets:
+    used = 0
+    for size, octets in units:
+        if used + size > max_units:
             parts.append(bytes(current))
-            current = bytearray()
-        current += unit
+            current, used = bytearray(), 0
+        current += octets
+        used += size
     parts.append(bytes(current))
     return tuple(parts)
 
 
-def plan(text: str) -> EncodedMessage:
-    """Pick GSM 7-bit when every character fits, else UCS-2, and split into parts."""
+# data_coding values a GSM-alphabet text may be sent as instead of GSM 03.38 septets, for an
+# SMSC whose default alphabet is something else; it recodes them for the air interface, so
+# the parts are cut as GSM septets all the same.
+_GSM_ALTERNATIVES = {DC_IA5: "ascii", DC_LATIN1: "latin-1"}
+
+
+def plan(text: str, gsm_data_coding: int = DC_DEFAULT) -> EncodedMessage:
+    """Pick GSM 7-bit when every character fits, else UCS-2, and split into parts.
+
+    gsm_data_coding DC_IA5 or DC_LATIN1 sends a GSM text in that charset when every character
+    has a place in it (else as GSM, data_coding 0); the parts are the same either way.
+    """
+    units: list[tuple[int, bytes]]
     if is_gsm7(text):
-        units = [_CHAR_TO_GSM[ch] for ch in text]
-        single, part, octets_per_unit = GSM_SINGLE_MAX, GSM_PART_MAX, 1
+        single, part = GSM_SINGLE_MAX, GSM_PART_MAX
         data_coding = DC_DEFAULT
+        units = [(len(_CHAR_TO_GSM[ch]), _CHAR_TO_GSM[ch]) for ch in text]
+        codec = _GSM_ALTERNATIVES.get(gsm_data_coding)
+        if codec is not None:
+            try:
+                units = [(size, ch.encode(codec)) for (size, _), ch in zip(units, text, strict=True)]
+                data_coding = gsm_data_coding
+            except UnicodeEncodeError:
+                pass
     else:
-        units = [_utf16_units(ch) for ch in text]
-        single, part, octets_per_unit = UCS2_SINGLE_MAX, UCS2_PART_MAX, 2
+        single, part = UCS2_SINGLE_MAX, UCS2_PART_MAX
         data_coding = DC_UCS2
-    length = sum(len(u) for u in units) // octets_per_unit
+        units = [(len(u) // 2, u) for u in map(_utf16_units, text)]
+    length = sum(size for size, _ in units)
     if length <= single:
-        payloads: tuple[bytes, ...] = (b"".join(units),)
+        payloads: tuple[bytes, ...] = (b"".join(octets for _, octets in units),)
     else:
-        payloads = _split(units, part * octets_per_unit)
+        payloads = _split(units, part)
     return EncodedMessage(data_coding=data_coding, payloads=payloads, length=length)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -76,6 +77,7 @@ class _Session:
         self.closed = False
         self._sequences = wire.SequenceGenerator()
         self._awaiting: dict[int, _Delivery] = {}  # deliver_sm sequence -> delivery
+        self._next_submit_at = 0.0  # loop time before which the next submit_sm waits (bind_rate)
 
     @property
     def can_receive(self) -> bool:
@@ -174,6 +176,14 @@ class _Session:
         if not self.can_transmit:
             self.send(wire.error_response(wire.SUBMIT_SM, sequence, wire.ESME_RINVBNDSTS))
             return True
+        rate = self._sim.config.bind_rate
+        if rate > 0:
+            # Reading stops meanwhile: this bind's window fills, as with a capped real SMSC.
+            now = asyncio.get_running_loop().time()
+            at = max(now, self._next_submit_at)
+            self._next_submit_at = at + 1 / rate
+            if at > now:
+                await asyncio.sleep(at - now)
         outcome = self._sim._accept_submit(self, pdu)
         if outcome.status != wire.ESME_ROK:
             self.send(wire.error_response(wire.SUBMIT_SM, sequence, outcome.status))
@@ -198,15 +208,16 @@ class _Session:
 class SmscSimulator:
     """An SMPP 3.4 SMSC on asyncio. Not thread-safe: use it from the loop that started it."""
 
-    def __init__(self, config: SimulatorConfig | None = None) -> None:
+    def __init__(self, config: SimulatorConfig | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.config = config or SimulatorConfig()
+        self._tls = tls  # set: binds come over TLS (a server context)
         self.behaviour = Behaviour.from_config(self.config)
         self.port = self.config.port  # the real one once start() has bound the socket
         self._stats = SimulatorStats()
         self._submits: deque[AcceptedSubmit] = deque(maxlen=self.config.max_stored_submits)
         self._delivery_statuses: deque[int] = deque(maxlen=self.config.max_stored_submits)
         self._pending: deque[_Delivery] = deque(maxlen=self.config.max_pending_deliveries)
-        self._ids = MessageIds()
+        self._ids = MessageIds(self.config.first_message_id)
         self._sessions: set[_Session] = set()
         self._connection_tasks: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.Handle] = set()
@@ -221,7 +232,9 @@ class SmscSimulator:
         if self._running:
             raise RuntimeError("simulator already started")
         self._running = True
-        self._server = await asyncio.start_server(self._serve, self.config.host, self.config.port)
+        self._server = await asyncio.start_server(
+            self._serve, self.config.host, self.config.port, ssl=self._tls
+        )
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("SMSC simulator listening on %s:%d", self.config.host, self.port)
         if self.config.summary_interval > 0:
@@ -404,6 +417,7 @@ class SmscSimulator:
                 message_id=message_id,
                 system_id=session.system_id,
                 received_at=now,
+                peer=session.peer,
             )
         )
         self._stats.submits += 1

@@ -44,6 +44,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="loopback control port for `gateway simulate mo --control-port N` (0 = off)",
     )
     parser.add_argument("--summary-interval", type=float, default=defaults.summary_interval)
+    parser.add_argument(
+        "--bind-rate", type=float, default=0.0, help="submit_sm served per second per bind (0 = no cap)"
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -61,6 +64,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         dlr_id_format=args.dlr_id_format,
         fail_prefix=args.fail_prefix or None,
         summary_interval=args.summary_interval,
+        bind_rate=args.bind_rate,
     )
 
 

@@ -53,6 +53,10 @@ class SimulatorConfig:
     max_deliver_attempts: int = 5
     summary_interval: float = 10.0  # seconds between INFO activity summaries; 0 = never
     smsc_system_id: str = "SMSCSIM"  # what we answer in bind_*_resp
+    # submit_sm each bind is served per second, like an SMSC that caps every bind; 0 = no cap.
+    # A bind over it is not refused: its next PDU is read only when its turn comes.
+    bind_rate: float = 0.0
+    first_message_id: int | None = None  # None = a random start (see MessageIds)
 
     def __post_init__(self) -> None:
         _check_choice("dlr_mode", self.dlr_mode, DLR_MODES)
@@ -108,6 +112,7 @@ class AcceptedSubmit:
     message_id: str
     system_id: str
     received_at: datetime
+    peer: str = ""  # the bind's address (host:port): which of an ESME's binds sent it
 
 
 @dataclass

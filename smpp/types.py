@@ -103,6 +103,16 @@ class ConnectionLost(SmppError):
         self.accepted: dict[int, str] = dict(accepted or {})
 
 
+class Deferred(SmppError):
+    """A submit given up at once because another connector may take it: the SMSC throttled it
+    or answered with a transient error, or this bind is pausing after a throttling answer.
+    Nothing of the message was accepted by this call."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
 class StoreUnavailable(SmppError):
     """Raised by an SmppEvents handler that cannot store the PDU right now (its database is
     unreachable) and has reported that itself: the SMSC is asked to redeliver, without a

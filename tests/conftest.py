@@ -44,6 +44,7 @@ TABLES = [
     "tracked_links",
     "message_parts",
     "orphan_receipts",
+    "smpp_rate_windows",
     "webhook_deliveries",
     "messages",
     "templates",

@@ -122,7 +122,7 @@ def test_config_show_prints_what_is_in_force_with_secrets_masked(
         ({"GATEWAY_TEST_PG": "postgresql://x"}, "unknown environment variable GATEWAY_TEST_PG"),
         (
             {"GATEWAY_SMPP": '{"port": 1}'},
-            "unknown environment variable GATEWAY_SMPP; did you mean GATEWAY_SMPP_PORT?",
+            "unknown environment variable GATEWAY_SMPP; did you mean GATEWAY_SMPP_TLS?",
         ),
     ],
 )
@@ -237,3 +237,71 @@ def test_every_gateway_variable_the_tools_read_is_a_setting() -> None:
         if file.suffix != ".py":
             read |= {(m, file.name) for m in shell.findall(text)}
     assert read and {(name, where) for name, where in read if name not in settings} == set()
+
+
+def test_connectors_take_what_they_leave_out_from_smpp(tmp_path: Path) -> None:
+    from gateway.config import effective, smsc_connectors
+
+    path = tmp_path / "c.toml"
+    path.write_text(
+        "[smpp]\nhost = 'smsc.example.net'\nwindow = 50\n"
+        "[[smpp.connectors]]\nid = 'a'\nport = 2800\npassword = 'pw-a'\n"
+        "[[smpp.connectors]]\nid = 'b-2'\nhost = 'other.example.net'\nbinds = 3\n"
+        "bind_mode = 'transmitter_receiver'\n"
+    )
+    cfg = load_config(path, env={"GATEWAY_SMPP_PASSWORD": "shared-pw"})
+    a, b = smsc_connectors(cfg.smpp)
+    assert (a.id, a.host, a.port, a.window, a.password) == ("a", "smsc.example.net", 2800, 50, "pw-a")
+    assert (b.id, b.host, b.port, b.window, b.password) == ("b-2", "other.example.net", 2775, 50, "shared-pw")
+    assert (b.binds, b.bind_mode) == (3, "transmitter_receiver")
+    shown = json.dumps(effective(cfg))
+    assert "pw-a" not in shown and "shared-pw" not in shown
+    # None listed: [smpp] itself is the one connector, `default`.
+    [default] = smsc_connectors(load_config(env={"GATEWAY_SMPP_BINDS": "2"}).smpp)
+    assert (default.id, default.binds, default.host) == ("default", 2, "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        ("[[smpp.connectors]]\nhost = 'x'\n", {}, "smpp.connectors[0].id is required"),
+        (
+            "[[smpp.connectors]]\nid = 'A b'\n",
+            {},
+            "smpp.connectors[0].id: String should match pattern '^[a-z0-9_-]{1,32}$', got 'A b'",
+        ),
+        (
+            "[[smpp.connectors]]\nid = 'a'\n[[smpp.connectors]]\nid = 'a'\n",
+            {},
+            "[smpp]: connector id a is given more than once",
+        ),
+        (
+            "[[smpp.connectors]]\nid = 'a'\nprot = 1\n",
+            {},
+            "unknown config key smpp.connectors[0].prot; did you mean smpp.connectors[0].port?",
+        ),
+        (
+            "[[smpp.connectors]]\nid = 'a'\nport = 'x'\n",
+            {},
+            "smpp.connectors[0].port: expected an integer, got 'x'",
+        ),
+        ("[smpp]\nconnectors = [1]\n", {}, "smpp.connectors[0] must be a table"),
+        ("[smpp]\nbinds = 0\n", {}, "smpp.binds: Input should be greater than or equal to 1, got 0"),
+        (
+            "",
+            {"GATEWAY_SMPP_DATA_CODING": "2"},
+            "GATEWAY_SMPP_DATA_CODING: should be one of 0, 1 or 3, got '2'",
+        ),
+        (
+            "",
+            {"GATEWAY_SMPP_CONNECTORS": "[]"},
+            "GATEWAY_SMPP_CONNECTORS is no setting: [[smpp.connectors]] are given in the configuration file",
+        ),
+    ],
+)
+def test_a_bad_connector_is_named(tmp_path: Path, toml: str, env: dict[str, str], message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env=env)
+    assert str(caught.value) == message

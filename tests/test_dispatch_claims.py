@@ -19,7 +19,9 @@ from smpp.types import SubmitRequest, SubmitResult
 
 
 class NeverCalled:
-    async def submit(self, req: SubmitRequest) -> SubmitResult:
+    bound = False
+
+    async def submit(self, req: SubmitRequest, *, fail_fast: bool = False) -> SubmitResult:
         raise AssertionError("claims only")
 
 
@@ -55,7 +57,7 @@ async def queue(sessions: async_sessionmaker[AsyncSession], n: int) -> None:
 
 def node(sessions: async_sessionmaker[AsyncSession], name: str, batch: int) -> Dispatcher:
     return Dispatcher(
-        sessions, NeverCalled(), ReceiptApplier(sessions, ""), "", node_id=name, batch_size=batch
+        sessions, {"default": NeverCalled()}, ReceiptApplier(sessions, ""), "", node_id=name, batch_size=batch
     )
 
 

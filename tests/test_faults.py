@@ -290,7 +290,7 @@ async def test_smsc_refusing_binds_for_a_while(
         await wait_for(lambda: _refusals(caplog, 2), timeout=20)
         await api.probe("probe", {"QUEUED"})
         metrics = await api.metrics()
-        assert metrics["gateway_smpp_bound"] == 0
+        assert metrics['gateway_smpp_bound{connector="default"}'] == 0
         assert metrics["gateway_sms_queue_depth"] >= 12
     assert await peer.bind_count() == 0 and await peer.submits() == []
     assert set(await api.final_statuses()) == {"QUEUED"}
@@ -302,7 +302,7 @@ async def test_smsc_refusing_binds_for_a_while(
     got = await exactly_as_accepted(api, peer)
     assert duplicates(api, got) == 0 and not got.fragments
     assert await peer.bind_count() == 1
-    assert (await api.metrics())["gateway_smpp_bound"] == 1
+    assert (await api.metrics())['gateway_smpp_bound{connector="default"}'] == 1
 
 
 async def _refusals(caplog: pytest.LogCaptureFixture, n: int) -> bool:
@@ -323,7 +323,7 @@ async def test_smsc_wrong_password_until_the_operator_fixes_it(
     await wait_for(lambda: _refusals(caplog, 2), timeout=20)
     assert any("0x0000000e" in line for line in log_lines(caplog, "smpp.client", "rejected"))
     await api.probe("probe", {"QUEUED"})
-    assert (await api.metrics())["gateway_smpp_bound"] == 0
+    assert (await api.metrics())['gateway_smpp_bound{connector="default"}'] == 0
     await wrong.runner.cleanup()
     gateways.remove(wrong)
 
@@ -450,7 +450,7 @@ async def test_smsc_throttling_for_a_while(
         await wait_for(lambda: _pauses(caplog, 3), timeout=20)
         await asyncio.sleep(1.5)  # longer than the lease: the batches in flight keep theirs
         await api.probe("probe", {"QUEUED"})
-        assert (await api.metrics())["gateway_smpp_bound"] == 1
+        assert (await api.metrics())['gateway_smpp_bound{connector="default"}'] == 1
     await peer.configure()
     await api.all_delivered()
     got = await exactly_as_accepted(api, peer)

@@ -43,8 +43,8 @@ async def test_metrics_reflect_traffic(
         )
 
     text = await wait_for(scraped)
-    assert value(text, "gateway_sms_submits_total", '{result="ok"}') == 3
-    assert value(text, "gateway_smpp_bound") == 1
+    assert value(text, "gateway_sms_submits_total", '{connector="default",result="ok"}') == 3
+    assert value(text, "gateway_smpp_bound", '{connector="default"}') == 1
     assert value(text, "gateway_sms_queue_depth") == 0 and value(text, "gateway_db_up") == 1
     assert 'route="/sms/messages/"' in text
     # DLR latency: one observation per message settled by its receipt.

@@ -102,6 +102,51 @@ def test_webhook_receiver_host_and_uid_backfilled(engine: str, tmp_path: Path) -
             asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_messages_sent_before_connectors_are_the_connector_default(engine: str, tmp_path: Path) -> None:
+    """Before 0007 there was one SMSC: what was sent went over `default`, and its receipts,
+    orphans included, keep matching there; a message never sent has no connector."""
+    name = f"gw_mig_{uuid.uuid4().hex[:10]}"
+    if engine == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/m.sqlite3"
+    else:
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+        url = _pg_url(name)
+    try:
+        cfg = migrate.alembic_config(url)
+        command.upgrade(cfg, "0006")
+        message = (
+            "INSERT INTO messages (id, msgid, account_id, sender, recipient, body, parts, cost, status,"
+            " tags, track_link, created_at, sent_time, attempts, next_attempt_at) VALUES"
+            " ({id}, 'm{id}', 1, 'S', '+818012345678', 'x', 1, 1, '{status}', '', false,"
+            " '2026-01-01 00:00:00', {sent}, 1, '2026-01-01 00:00:00')"
+        )
+        asyncio.run(
+            _sql(
+                url,
+                "INSERT INTO accounts"
+                " (id, sid, token_hash, name, freeform, webhook_secret, disabled, created_at) VALUES"
+                " (1, 'sid', 'hash', 'old', false, 'secret', false, '2026-01-01 00:00:00')",
+                message.format(id=1, status="DELIVERING", sent="'2026-01-01 00:00:01'"),
+                message.format(id=2, status="QUEUED", sent="NULL"),
+                "INSERT INTO message_parts (message_id, seq, smsc_id, state)"
+                " VALUES (1, 1, 'abc', 'SUBMITTED')",
+                "INSERT INTO orphan_receipts (smsc_id, state, stat, received_at)"
+                " VALUES ('def', 'DELIVERED', 'DELIVRD', '2026-01-01 00:00:00')",
+            )
+        )
+        command.upgrade(cfg, "head")
+        assert asyncio.run(_sql(url, "SELECT id, smsc FROM messages ORDER BY id")) == [
+            (1, "default"),
+            (2, None),
+        ]
+        assert asyncio.run(_sql(url, "SELECT connector FROM message_parts")) == [("default",)]
+        assert asyncio.run(_sql(url, "SELECT connector FROM orphan_receipts")) == [("default",)]
+    finally:
+        if engine != "sqlite":
+            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.mark.skipif("postgresql" not in ENGINES, reason="PostgreSQL not in GWTEST_ENGINES")
 async def test_nodes_starting_at_once_migrate_one_after_another(tmp_path: Path) -> None:
     """Several `gateway migrate` (or `run`) processes on one fresh PostgreSQL database ran the

@@ -175,7 +175,7 @@ async def test_receipts_for_early_parts_while_queued_settle_once_the_rest_is_in(
     stats = {1: early_stat, 2: "DELIVRD"}
     for seq, submit in enumerate(first, start=1):
         state = ReceiptState.DELIVERED if stats[seq] == "DELIVRD" else ReceiptState.FAILED
-        await receipts.on_receipt(DeliveryReceipt(submit.message_id, state, stats[seq]))
+        await receipts.on_receipt(DeliveryReceipt(submit.message_id, state, stats[seq]), "default")
 
     early_states = ["DELIVERED" if stats[n] == "DELIVRD" else "FAILED" for n in (1, 2)]
     assert [state for _, _, state in await part_rows(gw, msgid)] == early_states
@@ -207,7 +207,7 @@ async def test_receipts_for_early_parts_while_queued_settle_once_the_rest_is_in(
     ]
 
     for _, _, seq, _, smsc_id in seen[2:]:
-        await receipts.on_receipt(DeliveryReceipt(smsc_id, ReceiptState.DELIVERED, "DELIVRD"))
+        await receipts.on_receipt(DeliveryReceipt(smsc_id, ReceiptState.DELIVERED, "DELIVRD"), "default")
         if seq < 5:  # not settled while a part is still SUBMITTED
             assert (await message_row(gw, msgid))[1] == "DELIVERING"
     assert (await message_row(gw, msgid))[1] == final

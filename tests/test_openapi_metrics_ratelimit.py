@@ -26,7 +26,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from gateway.app import SMPP_CLIENT, create_app
+from gateway.app import CONNECTORS, create_app
 from gateway.config import Config
 from gateway.db.engine import create_engine, session_factory
 from gateway.http import auth, metrics, openapi, ratelimit
@@ -71,7 +71,7 @@ def add_extras(
         app.middlewares.append(ratelimit.ratelimit_middleware)
     if metric is None:
         metric = Metrics(
-            smpp_bound=lambda: SMPP_CLIENT in app and app[SMPP_CLIENT].bound,
+            smpp_bound=lambda: app[CONNECTORS].bound_binds() if CONNECTORS in app else {},
             calls_in_progress=lambda: 0,
         )
     app[METRICS] = metric
@@ -468,24 +468,23 @@ def val(
 
 def test_metrics_hooks_and_exposition_format() -> None:
     calls = {"now": 2}
-    m = Metrics(calls_in_progress=lambda: calls["now"])
-    m.submit_done(0.003, True)
-    m.submit_done(0.2, True)
-    m.submit_done(45.0, False)
+    m = Metrics(calls_in_progress=lambda: calls["now"], smpp_bound=lambda: {"a": 2, "b": 0})
+    m.submit_done(0.003, True, connector="a")
+    m.submit_done(0.2, True, connector="a")
+    m.submit_done(45.0, False, connector="b")
     m.receipt("DELIVERED")
     m.receipt("DELIVERED")
     m.receipt("weird")
     m.mo()
     for code in (200, 204, 503, None, 410):
         m.webhook(code)
-    m.bind_state(True)
     m.call_started()
     m.http_request("GET", '/odd"path\\with\nnewline', 200)
     s = parse_exposition(m.render(queue_depth=7, webhook_backlog=3))
     assert val(s, "gateway_sms_queue_depth") == 7 and val(s, "gateway_webhook_backlog") == 3
     assert val(s, "gateway_db_up") == 1
-    assert val(s, "gateway_sms_submits_total", result="ok") == 2
-    assert val(s, "gateway_sms_submits_total", result="error") == 1
+    assert val(s, "gateway_sms_submits_total", connector="a", result="ok") == 2
+    assert val(s, "gateway_sms_submits_total", connector="b", result="error") == 1
     # cumulative buckets: 0.003 <= 0.005; 0.2 <= 0.25; 45 only in +Inf
     assert val(s, "gateway_sms_submit_seconds_bucket", le="0.005") == 1
     assert val(s, "gateway_sms_submit_seconds_bucket", le="0.1") == 1
@@ -501,7 +500,8 @@ def test_metrics_hooks_and_exposition_format() -> None:
     assert val(s, "gateway_webhook_posts_total", code="5xx") == 1
     assert val(s, "gateway_webhook_posts_total", code="4xx") == 1
     assert val(s, "gateway_webhook_posts_total", code="error") == 1
-    assert val(s, "gateway_smpp_bound") == 1
+    assert val(s, "gateway_smpp_bound", connector="a") == 2
+    assert val(s, "gateway_smpp_bound", connector="b") == 0
     assert val(s, "gateway_calls_in_progress") == 2  # the callable wins over call_started()
     assert val(s, "gateway_calls_total") == 1
     escaped = 'route="/odd\\"path\\\\with\\nnewline"'
@@ -514,7 +514,7 @@ def test_metrics_hooks_and_exposition_format() -> None:
     m2.call_ended()
     m2.call_ended()  # never below zero
     s2 = parse_exposition(m2.render(None, None))
-    assert val(s2, "gateway_calls_in_progress") == 0 and val(s2, "gateway_smpp_bound") == 0
+    assert val(s2, "gateway_calls_in_progress") == 0 and val(s2, "gateway_smpp_bound") is None
     assert val(s2, "gateway_db_up") == 0 and val(s2, "gateway_sms_queue_depth") is None
 
 
@@ -569,7 +569,7 @@ async def test_metrics_endpoint_reads_the_webhook_backlog_and_counts_requests(
     assert val(s, "gateway_webhook_backlog") == 2
     assert val(s, "gateway_sms_queue_depth") == 0
     assert val(s, "gateway_db_up") == 1
-    assert val(s, "gateway_smpp_bound") == 1
+    assert val(s, "gateway_smpp_bound", connector="default") == 1
     assert val(s, "gateway_calls_in_progress") == 0
     http_total = "gateway_http_requests_total"
     assert val(s, http_total, method="POST", route="/sms/messages/", status="201") == 1
@@ -581,7 +581,7 @@ async def test_metrics_endpoint_reads_the_webhook_backlog_and_counts_requests(
 
 async def _bound(http: aiohttp.ClientSession, gw: Gateway) -> bool:
     s = await scrape(http, gw)
-    return val(s, "gateway_smpp_bound") == 1
+    return val(s, "gateway_smpp_bound", connector="default") == 1
 
 
 async def test_queue_depth_counts_queued_messages_and_the_token_guards_metrics(
@@ -601,7 +601,7 @@ async def test_queue_depth_counts_queued_messages_and_the_token_guards_metrics(
             assert r.status == 401 and "detail" in await r.json()
     s = await scrape(http, gw, headers={"Authorization": "Bearer s3cret"})
     assert val(s, "gateway_sms_queue_depth") == 3
-    assert val(s, "gateway_smpp_bound") == 0
+    assert gw.app[CONNECTORS].bound_binds() == {"default": 0}  # what gateway_smpp_bound reads
     rows = await gw.sql("SELECT COUNT(*) FROM messages WHERE status = 'QUEUED'")
     assert rows[0][0] == 3
 
@@ -663,7 +663,7 @@ async def test_per_account_submit_counter_keeps_a_bounded_label_set(
     assert set(counts) <= {str(c.account.id) for c in senders} and set(counts.values()) == {1}
     s = await scrape(http, gw)
     assert val(s, by_account, account="other", result="ok") == 5
-    assert val(s, "gateway_sms_submits_total", result="ok") == cap + 5
+    assert val(s, "gateway_sms_submits_total", connector="default", result="ok") == cap + 5
 
 
 # --- rate limit -------------------------------------------------------------------------------

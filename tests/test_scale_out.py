@@ -160,3 +160,61 @@ async def test_two_nodes_send_each_message_exactly_once(
         f"\nscale-out: {MESSAGES} messages, sent by {dict(share)}; "
         f"{crossed} sent by the node that did not accept them; duplicates 0; {elapsed:.1f} s"
     )
+
+
+RATE = 20
+CAPPED = 120
+
+
+async def test_a_rate_cap_holds_across_two_nodes(
+    db: str, sim: SmscSimulator, gateway_procs: GatewayProcesses
+) -> None:
+    """Both nodes send over the connector `default` capped at RATE submits per second: the
+    SMSC sees at most about RATE in any second of the clock (each node alone would send RATE),
+    and both nodes send part of them. The cap is shared through the database, whose clock
+    counts the seconds; the simulator stamps arrivals with this machine's clock, the same one,
+    so only a submit on the wire across a second's turn may count in the next: the tolerance."""
+    creds = await create_account(db, "capped")
+    auth = {"Authorization": aiohttp.encode_basic_auth(creds.account.sid, creds.auth_token)}
+    nodes = [
+        gateway_procs.spawn(
+            name,
+            db,
+            sim.port,
+            GATEWAY_DISPATCHER_NODE_ID=name,
+            GATEWAY_SMPP_SYSTEM_ID=name,
+            GATEWAY_SMPP_MAX_SUBMITS_PER_SECOND=str(RATE),
+            GATEWAY_SMPP_WINDOW="20",
+        )
+        for name in NODES
+    ]
+    for node in nodes:
+        await node.start()
+    await wait_for(lambda: _async(all(sim.has_receiver(name) for name in NODES)), timeout=30)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        for i in range(CAPPED):
+            form = {"message": f"capped-{i}", "recipient": JP, "sender": "CAP"}
+            async with http.post(f"{nodes[i % 2].base_url}/sms/messages/", data=form, headers=auth) as r:
+                assert r.status == 201
+
+    async def delivered() -> bool:
+        rows = await sql(db, "SELECT count(*) FROM messages WHERE status = 'DELIVERED'")
+        return bool(rows[0][0] == CAPPED)
+
+    await wait_for(delivered, timeout=60, interval=0.25)
+    for node in nodes:
+        assert await node.stop() == 0, node.tail()
+    submits = sim.submits
+    assert len(submits) == CAPPED
+    times = [s.received_at.timestamp() for s in submits]
+    per_second = Counter(int(t) for t in times)
+    by_node = Counter(s.system_id for s in submits)
+    print(f"\nrate cap {RATE}/s over two nodes: {sorted(per_second.values())} per second, by node {by_node}")
+    assert set(by_node) == set(NODES), by_node
+    assert max(per_second.values()) <= RATE * 1.2, per_second
+    # Two nodes at RATE each, unshared, would be done in half the time.
+    assert max(times) - min(times) >= (CAPPED / RATE - 1) * 0.9
+
+
+async def _async(value: bool) -> bool:
+    return value

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest_asyncio
 
-from gateway.app import SMPP_CLIENT
+from gateway.app import CONNECTORS
 from smpp.encoding import encode_gsm7
 from tests.conftest import Gateway, gateway_config, start_gateway, wait_for
 
@@ -27,13 +27,13 @@ async def gateway(clean_db: str, sim_smsc: Any) -> AsyncIterator[Gateway]:
     gw = await start_gateway(
         gateway_config(clean_db, sim_smsc.host, sim_smsc.port, smpp__max_inbound_in_flight=BOUND)
     )
-    assert await gw.app[SMPP_CLIENT].wait_bound(10)
+    assert await gw.app[CONNECTORS]["default"].wait_bound(10)
     yield gw
     await gw.runner.cleanup()
 
 
 async def test_a_deliver_sm_flood_is_held_back_at_the_bound(gateway: Gateway, sim_smsc: Any) -> None:
-    client = gateway.app[SMPP_CLIENT]
+    [client] = gateway.app[CONNECTORS]["default"].clients
     in_flight: list[int] = []
     slowest_healthz = 0.0
     flooding = True

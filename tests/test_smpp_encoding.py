@@ -185,3 +185,24 @@ def test_decode_random_bytes_never_raises(dc: int, esm: int, sm: bytes) -> None:
     decoded = decode_short_message(dc, esm, sm)
     assert isinstance(decoded.text, str)
     assert decoded.concat_total >= 1
+
+
+@pytest.mark.parametrize(("dc", "codec"), [(1, "ascii"), (3, "latin-1")])
+def test_gsm_text_as_ia5_or_latin1_keeps_the_gsm_parts(dc: int, codec: str) -> None:
+    """For an SMSC whose default alphabet is not GSM: the same text and parts, other octets."""
+    text = "Price {99} EUR " * 20  # extension characters: two septets each, one octet here
+    gsm, other = plan(text), plan(text, dc)
+    assert (other.data_coding, other.parts) == (dc, gsm.parts)
+    assert b"".join(other.payloads).decode(codec) == text
+    assert [len(p.decode(codec)) for p in other.payloads] == [
+        len(decode_gsm7(p)) for p in gsm.payloads
+    ]  # each part holds the same characters
+    for seq, (esm, sm) in enumerate(submit_parts(other, 9), start=1):
+        assert decode_short_message(dc, esm, sm).concat_seq == seq
+
+
+def test_gsm_text_the_chosen_charset_cannot_hold_goes_as_gsm() -> None:
+    assert plan("café", 1).data_coding == DC_DEFAULT  # é is GSM, not ASCII
+    assert plan("Ω 5€", 3).data_coding == DC_DEFAULT  # neither is Latin-1
+    assert plan("café", 3).payloads == (b"caf\xe9",)
+    assert plan("日本", 3).data_coding == DC_UCS2

@@ -120,6 +120,8 @@ class Message(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     error: Mapped[str | None] = mapped_column(Text)
+    # The connector (smpp.connectors id) that took the message, or refused it for good.
+    smsc: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         Index("ix_messages_account_created", "account_id", "created_at"),
@@ -133,6 +135,9 @@ class MessagePart(Base):
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
     seq: Mapped[int] = mapped_column(Integer)
     smsc_id: Mapped[str] = mapped_column(String(65), index=True)  # normalized (smpp.dlr.normalize_id)
+    # The connector it went out on: its receipt comes from there, and an SMSC id is unique only
+    # within one SMSC.
+    connector: Mapped[str] = mapped_column(String(32), server_default="default")
     state: Mapped[str] = mapped_column(String(16), default="SUBMITTED")
     stat: Mapped[str | None] = mapped_column(String(16))
 
@@ -143,9 +148,20 @@ class OrphanReceipt(Base):
     __tablename__ = "orphan_receipts"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     smsc_id: Mapped[str] = mapped_column(String(65), index=True)
+    connector: Mapped[str] = mapped_column(String(32), server_default="default")  # where it came from
     state: Mapped[str] = mapped_column(String(16))
     stat: Mapped[str] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SmppRateWindow(Base):
+    """A connector's submits in the current second across every node (PostgreSQL): its
+    max_submits_per_second is taken from here in blocks (gateway/db/submit_rate.py)."""
+
+    __tablename__ = "smpp_rate_windows"
+    connector: Mapped[str] = mapped_column(String(32), primary_key=True)
+    epoch_second: Mapped[int] = mapped_column(BigInteger)  # Unix time by the database's clock
+    taken: Mapped[int] = mapped_column(Integer)
 
 
 class WebhookDelivery(Base):

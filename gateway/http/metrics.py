@@ -4,15 +4,15 @@ Every series lives on one `CollectorRegistry` per app (`app[METRICS].registry`),
 library's global REGISTRY, so two apps in one process (the tests) never share a counter.
 Counters are totals since the process started; rates are PromQL's job, e.g.
 
-    rate(gateway_sms_submits_total{result="ok"}[5m])          submits/s accepted by the SMSC
+    sum(rate(gateway_sms_submits_total{result="ok"}[5m]))     submits/s accepted by the SMSCs
     histogram_quantile(0.99, rate(gateway_sms_submit_seconds_bucket[5m]))
     histogram_quantile(0.5, rate(gateway_sms_delivery_seconds_bucket[5m]))    median DLR latency
     histogram_quantile(0.99, sum by (route, le) (rate(gateway_http_request_duration_seconds_bucket[5m])))
 
 The series are listed in docs/operations.md. Labels stay bounded: `route` is the matched
 route's pattern (UNMATCHED otherwise), `method` one of METHODS or OTHER, `account` the first
-`max_accounts` accounts seen and OTHER_ACCOUNT for the rest. The gateway has one SMPP
-connector, so there are no per-connector series. prometheus_client adds a `*_created`
+`max_accounts` accounts seen and OTHER_ACCOUNT for the rest, `connector` one of the configured
+SMSC connectors (`default` with the single [smpp] section). prometheus_client adds a `*_created`
 series beside each counter and histogram (the time it started counting).
 
 The database gauges (queue depth, webhook backlog, db up) are read when scraped: the endpoint
@@ -26,7 +26,7 @@ multiprocess mode is the way: PROMETHEUS_MULTIPROC_DIR set (and emptied) before 
 created, counters and histograms then written to mmap files there, and /metrics rendering a
 fresh registry holding `MultiProcessCollector` over that directory plus `_DbGauges` (the
 database answers are the same whichever process asks). `set_function` does not work there:
-smpp_bound and calls_in_progress become plain gauges set by the hooks, with a
+calls_in_progress becomes a plain gauge set by the hooks, smpp_bound one per connector, with a
 `multiprocess_mode` (`max`, `livesum`); `mark_process_dead` runs on a worker's exit; the
 process and GC collectors go (they describe only the process that answered).
 
@@ -40,7 +40,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -113,11 +113,29 @@ class _DbGauges(Collector):
         )
 
 
+class _BoundGauge(Collector):
+    """gateway_smpp_bound{connector}: the binds each connector has up, read when scraped."""
+
+    def __init__(self, read: Callable[[], Mapping[str, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "gateway_smpp_bound",
+            "SMPP binds up, per SMSC connector (0 = the connector is down).",
+            labels=["connector"],
+        )
+        for connector, binds in self._read().items():
+            family.add_metric([connector], float(binds))
+        yield family
+
+
 class Metrics:
     """This app's registry plus the hooks the workers call (gateway/workers/observer.py).
 
-    `calls_in_progress` and `smpp_bound`, when given, are read at scrape time and take precedence
-    over what `call_started`/`call_ended` and `bind_state` recorded.
+    `calls_in_progress`, when given, is read at scrape time and takes precedence over what
+    `call_started`/`call_ended` recorded; `smpp_bound` (binds up per connector) is read at
+    scrape time too.
     """
 
     def __init__(
@@ -125,7 +143,7 @@ class Metrics:
         settings: MetricsSettings | None = None,
         *,
         calls_in_progress: Callable[[], int] | None = None,
-        smpp_bound: Callable[[], bool] | None = None,
+        smpp_bound: Callable[[], Mapping[str, int]] | None = None,
         max_accounts: int = MAX_ACCOUNT_LABELS,
     ) -> None:
         self.settings = settings or MetricsSettings()
@@ -135,7 +153,7 @@ class Metrics:
         GCCollector(registry=r)
         self._db = _DbGauges()
         r.register(self._db)
-        self._bound = False
+        r.register(_BoundGauge(smpp_bound or dict))
         self._calls_now = 0
         self._accounts: set[str] = set()
         self._max_accounts = max_accounts
@@ -143,7 +161,10 @@ class Metrics:
             version()
         ).set(1)
         self.submits = Counter(
-            "gateway_sms_submits_total", "submit_sm outcomes (one per message).", ["result"], registry=r
+            "gateway_sms_submits_total",
+            "submit_sm outcomes (one per message and SMSC connector tried).",
+            ["connector", "result"],
+            registry=r,
         )
         self.submits_by_account = Counter(
             "gateway_sms_submits_by_account_total",
@@ -180,10 +201,6 @@ class Metrics:
         self.webhooks = Counter(
             "gateway_webhook_posts_total", "Webhook POST attempts by answer class.", ["code"], registry=r
         )
-        bound = smpp_bound or (lambda: self._bound)
-        Gauge("gateway_smpp_bound", "1 while the SMPP transceiver is bound.", registry=r).set_function(
-            lambda: float(bound())
-        )
         calls_now = calls_in_progress or (lambda: self._calls_now)
         Gauge("gateway_calls_in_progress", "AGI calls being handled now.", registry=r).set_function(
             lambda: float(calls_now())
@@ -204,10 +221,10 @@ class Metrics:
 
     # --- hooks -----------------------------------------------------------------------------
 
-    def submit_done(self, seconds: float, ok: bool, account: str = "") -> None:
-        """One message's submit finished: ok = the SMSC accepted every part."""
+    def submit_done(self, seconds: float, ok: bool, account: str = "", connector: str = "") -> None:
+        """One message's submit over one connector finished: ok = the SMSC accepted every part."""
         result = "ok" if ok else "error"
-        self.submits.labels(result).inc()
+        self.submits.labels(connector, result).inc()
         self.submits_by_account.labels(self._account_label(account), result).inc()
         self.submit_seconds.observe(max(0.0, seconds))
 
@@ -235,9 +252,6 @@ class Metrics:
             self.webhooks.labels("error").inc()
         else:
             self.webhooks.labels(f"{status_code // 100}xx").inc()
-
-    def bind_state(self, bound: bool) -> None:
-        self._bound = bound
 
     def call_started(self) -> None:
         self._calls_now += 1

@@ -71,6 +71,9 @@ class Message(BaseModel):
     sent_time: Time
     tags: list[str]
     url: str = Field(description="This message's status URL.")
+    smsc: str | None = Field(
+        description="The SMSC connector that took the message, or refused it; null before that."
+    )
     template_id: str | SkipJsonSchema[None] = Field(
         None, description="Set for messages sent from a template."
     )

@@ -27,6 +27,7 @@ def message_json(
         "sent_time": fmt_time(msg.sent_time),
         "tags": [t for t in msg.tags.split(",") if t],
         "url": f"{base_url}/sms/messages/{msg.msgid}/",
+        "smsc": msg.smsc,  # the connector that took (or refused) it
     }
     if template_uid is not None:
         out["template_id"] = template_uid

@@ -13,8 +13,15 @@ the wire its lease is renewed every third of the lease, so only a node that stop
 same rows once the lease ran out and send them again, and again: a slow SMSC livelocked the
 queue, every message submitted over and over and none ever recorded.
 
-While the SMPP client is not bound the dispatcher claims nothing: the queue waits untouched
+While no SMSC connector is bound the dispatcher claims nothing: the queue waits untouched
 instead of being claimed and put back every second.
+
+Each message goes to the connectors its routing rule names (gateway/routing), in order: one
+that is not bound is passed over, and one that throttles the message, refuses it with a
+transient error or loses its connection before accepting any part hands it to the next
+(failover). The last candidate keeps today's single-SMSC behaviour: it waits out throttling
+itself and its refusals are final. The connector that took the message, or refused it for
+good, is recorded on the row (`smsc`) and on each part, whose receipt it alone can match.
 
 A long message interrupted after the SMSC accepted some of its parts goes back to the queue
 with those parts recorded (message_parts rows, SUBMITTED, while the message stays QUEUED), in
@@ -32,7 +39,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -44,13 +51,14 @@ from gateway.db import leases
 from gateway.db.availability import DbOutage
 from gateway.db.models import Account, Message, MessagePart
 from gateway.logs import log_context
+from gateway.routing.rules import Routed, RouteTable, default_table
 from gateway.services import outbox
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.observer import NullObserver, Observer
 from gateway.workers.receipts import ReceiptApplier, log_settled
 from gateway.workers.status import enqueue_status_callback
 from smpp.dlr import normalize_id
-from smpp.types import ConnectionLost, NotBound, SubmitRejected, SubmitRequest, SubmitResult
+from smpp.types import ConnectionLost, Deferred, NotBound, SubmitRejected, SubmitRequest, SubmitResult
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +66,12 @@ RETRY_DELAY = timedelta(seconds=1)
 
 
 class Submitter(Protocol):
-    async def submit(self, req: SubmitRequest) -> SubmitResult: ...
+    """One SMSC connector (smpp.connector.Connector)."""
+
+    @property
+    def bound(self) -> bool: ...
+
+    async def submit(self, req: SubmitRequest, *, fail_fast: bool = False) -> SubmitResult: ...
 
 
 @dataclass(frozen=True)
@@ -71,9 +84,13 @@ class Claimed:
     # The sending account's id, for per-account metrics: not its sid, which is half of its
     # credentials and /metrics may be read more widely than the accounts.
     account: int
+    account_sid: str  # what routing rules name
+    tags: str
     token: str  # the claim's lease token: results are written only while it still holds
-    # Part numbers an earlier, interrupted attempt got accepted (message_parts rows).
+    # Part numbers an earlier, interrupted attempt got accepted (message_parts rows), and the
+    # connector they went to: the rest goes there first.
     done_parts: frozenset[int] = frozenset()
+    done_on: str | None = None
 
     @property
     def concat_ref(self) -> int:
@@ -90,21 +107,27 @@ class Outcome:
     # Neither set: transient (not bound, connection lost), the row goes back to the queue,
     # with the parts the SMSC accepted before the link went (part number -> SMSC id).
     partial: dict[int, str] = field(default_factory=dict)
+    connector: str | None = None  # that sent it, refused it, or took the partial parts
 
 
 def _log_outcomes(outcomes: Sequence[Outcome]) -> None:
     for o in outcomes:
         if o.result is not None:
-            log.info("submitted", extra={"msgid": o.claimed.msgid, "smsc_ids": list(o.result.smsc_ids)})
+            log.info(
+                "submitted",
+                extra={"msgid": o.claimed.msgid, "smsc": o.connector, "smsc_ids": list(o.result.smsc_ids)},
+            )
         elif o.rejected is not None:
-            log.warning("refused by the SMSC: %s", o.rejected, extra={"msgid": o.claimed.msgid})
+            log.warning(
+                "refused by the SMSC: %s", o.rejected, extra={"msgid": o.claimed.msgid, "smsc": o.connector}
+            )
 
 
 class Dispatcher:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        submitter: Submitter,
+        connectors: Mapping[str, Submitter],
         receipts: ReceiptApplier,
         base_url: str,
         node_id: str,
@@ -114,15 +137,18 @@ class Dispatcher:
         workers: int = 3,
         wake_webhooks: Callable[[], None] = lambda: None,
         observer: Observer | None = None,
-        ready: Callable[[], bool] = lambda: True,
         db: DbOutage | None = None,
+        routes: Callable[[], RouteTable] | None = None,
     ) -> None:
+        if not connectors:
+            raise ValueError("the dispatcher needs at least one connector")
         self._db = db or DbOutage()
-        self._ready = ready  # False: submits would only fail (SMPP not bound), claim nothing
         self._wake_webhooks = wake_webhooks
         self._observer = observer or NullObserver()
         self._sessions = sessions
-        self._submitter = submitter
+        self._connectors = dict(connectors)
+        fallback = default_table(list(connectors))
+        self._routes = routes or (lambda: fallback)
         self._receipts = receipts
         self._base_url = base_url
         self._node = node_id
@@ -143,6 +169,10 @@ class Dispatcher:
 
     async def run(self) -> None:
         await asyncio.gather(*(self._worker() for _ in range(self._workers)))
+
+    def _ready(self) -> bool:
+        """False while no connector is bound: submits would only fail, so claim nothing."""
+        return any(c.bound for c in self._connectors.values())
 
     async def _worker(self) -> None:
         while not self.lifecycle.stopping:
@@ -227,51 +257,94 @@ class Dispatcher:
                     Message.recipient,
                     Message.body,
                     Message.account_id,
+                    Account.sid,
+                    Message.tags,
                 )
+                .join(Account, Account.id == Message.account_id)
                 .where(Message.claimed_by == token, Message.status == "QUEUED")
                 .order_by(Message.id)
             )
             batch = [Claimed(*r, token=token) for r in rows]
             done: dict[int, set[int]] = {}
-            for message_id, seq in await s.execute(
-                select(MessagePart.message_id, MessagePart.seq)
+            done_on: dict[int, str] = {}
+            for message_id, seq, connector in await s.execute(
+                select(MessagePart.message_id, MessagePart.seq, MessagePart.connector)
                 .join(Message, Message.id == MessagePart.message_id)
                 .where(Message.claimed_by == token, Message.status == "QUEUED")
+                .order_by(MessagePart.id)
             ):
                 done.setdefault(message_id, set()).add(seq)
-            return [replace(c, done_parts=frozenset(done[c.id])) if c.id in done else c for c in batch]
+                done_on[message_id] = connector
+            return [
+                replace(c, done_parts=frozenset(done[c.id]), done_on=done_on[c.id]) if c.id in done else c
+                for c in batch
+            ]
 
     async def _submit(self, c: Claimed) -> Outcome:
         with log_context(msgid=c.msgid):
             return await self._submit_one(c)
 
+    def _candidates(self, c: Claimed) -> list[str]:
+        """The connectors to try, in order: the rule's, with the one that took the earlier
+        parts of an interrupted message first."""
+        tags = tuple(t for t in c.tags.split(",") if t)
+        order = list(self._routes().connectors_for(Routed(c.recipient, c.account_sid, c.sender, tags)))
+        if c.done_on is not None and c.done_on in self._connectors:
+            order = [c.done_on, *(x for x in order if x != c.done_on)]
+        return [x for x in order if x in self._connectors]
+
     async def _submit_one(self, c: Claimed) -> Outcome:
-        started = time.perf_counter()
-        try:
-            res = await self._submitter.submit(
-                SubmitRequest(
-                    c.msgid, c.sender, c.recipient, c.body, concat_ref=c.concat_ref, skip_parts=c.done_parts
-                )
-            )
-        except SubmitRejected as exc:
-            self._observer.submit_done(time.perf_counter() - started, ok=False, account=str(c.account))
-            return Outcome(c, rejected=exc)
-        except NotBound:
-            log.info("back to the queue: not bound")  # nothing was sent
-            return Outcome(c)
-        except ConnectionLost as exc:
-            self._observer.submit_done(time.perf_counter() - started, ok=False, account=str(c.account))
-            if exc.accepted:
-                log.info("back to the queue: connection lost after part(s) %s", sorted(exc.accepted))
-            else:
-                log.info("back to the queue: connection lost")
-            return Outcome(c, partial=exc.accepted)
-        except Exception:
-            self._observer.submit_done(time.perf_counter() - started, ok=False, account=str(c.account))
-            log.exception("unexpected submit error; back to the queue")
-            return Outcome(c)
-        self._observer.submit_done(time.perf_counter() - started, ok=True, account=str(c.account))
-        return Outcome(c, result=res)
+        req = SubmitRequest(
+            c.msgid, c.sender, c.recipient, c.body, concat_ref=c.concat_ref, skip_parts=c.done_parts
+        )
+        candidates = self._candidates(c)
+        for n, name in enumerate(candidates):
+            connector = self._connectors[name]
+            # Another connector could take it: this one gives up on throttling at once.
+            fallback = any(self._connectors[later].bound for later in candidates[n + 1 :])
+            started = time.perf_counter()
+
+            def done(ok: bool, name: str = name, started: float = started) -> None:
+                seconds = time.perf_counter() - started
+                self._observer.submit_done(seconds, ok=ok, account=str(c.account), connector=name)
+
+            try:
+                res = await connector.submit(req, fail_fast=fallback)
+            except NotBound:
+                continue  # nothing was sent
+            except Deferred as exc:
+                done(False)
+                # Debug: during a throttling pause every message comes here; the client says
+                # once that it pauses.
+                log.debug("connector %s deferred it (%s); trying the next", name, exc)
+                continue
+            except SubmitRejected as exc:
+                done(False)
+                return Outcome(c, rejected=exc, connector=name)
+            except ConnectionLost as exc:
+                done(False)
+                if exc.accepted:
+                    log.info(
+                        "back to the queue: connection to %s lost after part(s) %s",
+                        name,
+                        sorted(exc.accepted),
+                    )
+                    return Outcome(c, partial=exc.accepted, connector=name)
+                if fallback:
+                    log.info("connection to %s lost (%s); trying the next connector", name, exc)
+                    continue
+                log.info("back to the queue: connection to %s lost", name)
+                return Outcome(c)
+            except Exception:
+                done(False)
+                log.exception("unexpected submit error on %s; back to the queue", name)
+                return Outcome(c)
+            done(True)
+            return Outcome(c, result=res, connector=name)
+        # Debug: while a route's connectors are down this comes once a second for each of its
+        # messages; the clients' bind failures and gateway_smpp_bound already say why.
+        log.debug("back to the queue: no connector of its route (%s) is up", ", ".join(candidates))
+        return Outcome(c)
 
     async def _record(self, outcomes: Sequence[Outcome]) -> None:
         now = datetime.now(UTC)
@@ -294,6 +367,7 @@ class Dispatcher:
         # the single connection's thread, and on PostgreSQL a round trip.
         accepted: dict[int, SubmitResult] = {o.claimed.id: o.result for o in outcomes if o.result is not None}
         retry = {o.claimed.id: o.partial for o in outcomes if o.result is None and o.rejected is None}
+        via = {o.claimed.id: o.connector for o in outcomes if o.connector is not None}
         resumed = {o.claimed.id for o in outcomes if o.claimed.done_parts}
         mine = (Message.status == "QUEUED", Message.claimed_by.in_({o.claimed.token for o in outcomes}))
         parts: list[dict[str, object]] = []
@@ -309,25 +383,24 @@ class Dispatcher:
             # Parts of an interrupted long message the SMSC accepted: recorded only while the
             # claim still held, so the next attempt (on any node) skips exactly these.
             parts.extend(
-                {"message_id": mid, "seq": seq, "smsc_id": normalize_id(smsc_id), "state": "SUBMITTED"}
-                for mid in requeued
-                for seq, smsc_id in retry[mid].items()
+                _part(mid, seq, smsc_id, via[mid]) for mid in requeued for seq, smsc_id in retry[mid].items()
             )
         changed: list[int] = []
-        if accepted:
+        by_connector: dict[str, list[int]] = {}
+        for mid in accepted:
+            by_connector.setdefault(via[mid], []).append(mid)
+        for connector, mids in by_connector.items():
             won = (
                 await s.execute(
                     update(Message)
-                    .where(Message.id.in_(list(accepted)), *mine)
-                    .values(status="DELIVERING", sent_time=now, claimed_until=None)
+                    .where(Message.id.in_(mids), *mine)
+                    .values(status="DELIVERING", sent_time=now, claimed_until=None, smsc=connector)
                     .returning(Message.id)
                 )
             ).scalars()
             changed.extend(won)
         parts.extend(
-            {"message_id": mid, "seq": seq, "smsc_id": normalize_id(smsc_id), "state": "SUBMITTED"}
-            for mid in changed
-            for seq, smsc_id in accepted[mid].numbered()
+            _part(mid, seq, smsc_id, via[mid]) for mid in changed for seq, smsc_id in accepted[mid].numbered()
         )
         if parts:
             await s.execute(insert(MessagePart), parts)
@@ -337,7 +410,9 @@ class Dispatcher:
             res = await s.execute(
                 update(Message)
                 .where(Message.id == o.claimed.id, *mine)
-                .values(status="FAIL", done_at=now, claimed_until=None, error=str(o.rejected))
+                .values(
+                    status="FAIL", done_at=now, claimed_until=None, error=str(o.rejected), smsc=o.connector
+                )
             )
             if res.rowcount:  # type: ignore[attr-defined]
                 changed.append(o.claimed.id)
@@ -351,8 +426,20 @@ class Dispatcher:
                 await enqueue_status_callback(s, msg, self._base_url)
         if parts:
             # Receipts that raced ahead of this write are waiting as orphans.
-            await self._receipts.adopt_orphans(s, [str(p["smsc_id"]) for p in parts], now)
+            await self._receipts.adopt_orphans(
+                s, [(str(p["connector"]), str(p["smsc_id"])) for p in parts], now
+            )
         earlier = [mid for mid in changed if mid in resumed and mid in accepted]
         if earlier:
             # The parts of an earlier attempt may all have their final receipts already.
             await self._receipts.settle(s, earlier, now)
+
+
+def _part(message_id: int, seq: int, smsc_id: str, connector: str) -> dict[str, object]:
+    return {
+        "message_id": message_id,
+        "seq": seq,
+        "smsc_id": normalize_id(smsc_id),
+        "connector": connector,
+        "state": "SUBMITTED",
+    }

@@ -7,7 +7,7 @@ from typing import Protocol
 
 
 class Observer(Protocol):
-    def submit_done(self, seconds: float, ok: bool, account: str = "") -> None: ...
+    def submit_done(self, seconds: float, ok: bool, account: str = "", connector: str = "") -> None: ...
 
     def receipt(self, state: str = "") -> None: ...
 
@@ -17,15 +17,13 @@ class Observer(Protocol):
 
     def webhook(self, status_code: int | None) -> None: ...
 
-    def bind_state(self, bound: bool) -> None: ...
-
     def call_started(self) -> None: ...
 
     def call_ended(self) -> None: ...
 
 
 class NullObserver:
-    def submit_done(self, seconds: float, ok: bool, account: str = "") -> None:
+    def submit_done(self, seconds: float, ok: bool, account: str = "", connector: str = "") -> None:
         pass
 
     def receipt(self, state: str = "") -> None:
@@ -38,9 +36,6 @@ class NullObserver:
         pass
 
     def webhook(self, status_code: int | None) -> None:
-        pass
-
-    def bind_state(self, bound: bool) -> None:
         pass
 
     def call_started(self) -> None:

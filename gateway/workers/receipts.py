@@ -2,6 +2,9 @@
 
 Receipts are applied in batches (group commit) with a constant number of statements per
 batch, so hundreds of receipts a second cost a few transactions, not hundreds.
+
+A receipt matches only the parts sent over the connector it came from: SMSC message ids are
+unique within one SMSC, and two SMSCs may well hand out the same one.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def log_settled(s: AsyncSession, observer: Observer) -> None:
 
 @dataclass(frozen=True)
 class _Pending:
+    connector: str  # where the receipt came from
     smsc_id: str  # normalized id as the receipt carried it
     state: str
     stat: str
@@ -58,23 +62,27 @@ class ReceiptApplier:
         self._sessions = sessions
         self._base_url = base_url
         self._wake_webhooks = wake_webhooks
-        self._committer: GroupCommitter[DeliveryReceipt] = GroupCommitter(self._write)
+        self._committer: GroupCommitter[_Pending] = GroupCommitter(self._write)
 
-    async def on_receipt(self, receipt: DeliveryReceipt) -> None:
+    async def on_receipt(self, receipt: DeliveryReceipt, connector: str) -> None:
+        """Store a receipt that came from `connector`; returns once it is committed."""
         if receipt.state is ReceiptState.PENDING:
             return  # intermediate receipts change nothing the API shows
-        await self._committer.submit(receipt)
+        await self._committer.submit(
+            _Pending(connector, normalize_id(receipt.smsc_id), receipt.state.value, receipt.stat[:16])
+        )
 
     async def close(self) -> None:
         await self._committer.close()
 
-    async def _write(self, receipts: Sequence[DeliveryReceipt]) -> None:
+    async def _write(self, pending: Sequence[_Pending]) -> None:
         now = datetime.now(UTC)
-        pending = [_Pending(normalize_id(r.smsc_id), r.state.value, r.stat[:16]) for r in receipts]
         async with self._sessions.begin() as s:
             unmatched = await self._apply(s, pending, now)
             s.add_all(
-                OrphanReceipt(smsc_id=p.smsc_id, state=p.state, stat=p.stat, received_at=now)
+                OrphanReceipt(
+                    smsc_id=p.smsc_id, connector=p.connector, state=p.state, stat=p.stat, received_at=now
+                )
                 for p in unmatched
             )
         if outbox.written(s):
@@ -85,21 +93,30 @@ class ReceiptApplier:
         """Apply receipts to their parts; settle the messages; return the receipts that matched nothing."""
         wanted = {p: candidate_ids(p.smsc_id) for p in pending}
         all_ids = sorted(set().union(*wanted.values())) if wanted else []
-        by_smsc_id: dict[str, list[tuple[int, int]]] = {}
+        by_smsc_id: dict[tuple[str, str], list[tuple[int, int]]] = {}
         if all_ids:
             rows = await s.execute(
-                select(MessagePart.smsc_id, MessagePart.id, MessagePart.message_id).where(
-                    MessagePart.smsc_id.in_(all_ids), MessagePart.state == "SUBMITTED"
+                select(
+                    MessagePart.connector, MessagePart.smsc_id, MessagePart.id, MessagePart.message_id
+                ).where(
+                    MessagePart.smsc_id.in_(all_ids),
+                    MessagePart.state == "SUBMITTED",
+                    MessagePart.connector.in_(sorted({p.connector for p in pending})),
                 )
             )
-            for smsc_id, part_id, message_id in rows:
-                by_smsc_id.setdefault(smsc_id, []).append((part_id, message_id))
+            for connector, smsc_id, part_id, message_id in rows:
+                by_smsc_id.setdefault((connector, smsc_id), []).append((part_id, message_id))
         updates: dict[tuple[str, str], list[int]] = {}
         touched: set[int] = set()
         taken: set[int] = set()
         unmatched: list[_Pending] = []
         for p, ids in wanted.items():
-            hits = [(pid, mid) for i in ids for pid, mid in by_smsc_id.get(i, ()) if pid not in taken]
+            hits = [
+                (pid, mid)
+                for i in ids
+                for pid, mid in by_smsc_id.get((p.connector, i), ())
+                if pid not in taken
+            ]
             if not hits:
                 unmatched.append(p)
                 continue
@@ -157,11 +174,15 @@ class ReceiptApplier:
             for msg in msgs:
                 await enqueue_status_callback(s, msg, self._base_url)
 
-    async def adopt_orphans(self, s: AsyncSession, smsc_ids: Sequence[str], now: datetime) -> None:
-        """Called in the transaction that stored parts with these (normalized) ids."""
+    async def adopt_orphans(self, s: AsyncSession, parts: Sequence[tuple[str, str]], now: datetime) -> None:
+        """Called in the transaction that stored parts with these (connector, normalized id)."""
         # Orphans keep the receipt's own id form; the hex/decimal relation is symmetric.
-        wanted = set().union(*(candidate_ids(i) for i in smsc_ids))
-        await self._adopt(s, select(OrphanReceipt).where(OrphanReceipt.smsc_id.in_(sorted(wanted))), now)
+        wanted = set().union(*(candidate_ids(i) for _, i in parts))
+        connectors = sorted({c for c, _ in parts})
+        query = select(OrphanReceipt).where(
+            OrphanReceipt.smsc_id.in_(sorted(wanted)), OrphanReceipt.connector.in_(connectors)
+        )
+        await self._adopt(s, query, now)
 
     async def sweep(self) -> None:
         """Match orphans whose parts were committed concurrently with them; forget very old ones.
@@ -180,7 +201,10 @@ class ReceiptApplier:
         log_settled(s, self.observer)
 
     async def _adopt(self, s: AsyncSession, query: Any, now: datetime) -> None:
-        orphans = [_Pending(o.smsc_id, o.state, o.stat, o.id) for o in (await s.execute(query)).scalars()]
+        orphans = [
+            _Pending(o.connector, o.smsc_id, o.state, o.stat, o.id)
+            for o in (await s.execute(query)).scalars()
+        ]
         if not orphans:
             return
         unmatched = {p.orphan_id for p in await self._apply(s, orphans, now)}

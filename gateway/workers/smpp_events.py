@@ -1,4 +1,5 @@
-"""The core's side of smpp.types.SmppEvents."""
+"""The core's side of smpp.types.SmppEvents: one per SMSC connector, so receipts are matched
+against the parts sent over that connector only."""
 
 from __future__ import annotations
 
@@ -20,17 +21,18 @@ class CoreSmppEvents:
         inbound: InboundService,
         observer: Observer | None = None,
         db: DbOutage | None = None,
+        connector: str = "default",
     ) -> None:
         self._db = db or DbOutage()
         self._receipts = receipts
         self._inbound = inbound
         self._observer = observer or NullObserver()
-        self.bound = False
+        self.connector = connector
 
     async def on_receipt(self, receipt: DeliveryReceipt) -> None:
         self._observer.receipt(receipt.state.value)
         try:
-            await self._receipts.on_receipt(receipt)
+            await self._receipts.on_receipt(receipt, self.connector)
         except Exception as exc:
             self._unavailable(exc, "storing a delivery receipt")
             raise
@@ -51,6 +53,5 @@ class CoreSmppEvents:
             raise StoreUnavailable(str(exc)) from exc
 
     def on_bind_state(self, bound: bool) -> None:
-        self.bound = bound
-        self._observer.bind_state(bound)
-        log.info("SMPP bind %s", "up" if bound else "down")
+        # One call per bind of the connector; /metrics reads the connectors' binds themselves.
+        log.info("SMPP bind %s", "up" if bound else "down", extra={"smsc": self.connector})
