@@ -192,8 +192,16 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
-        Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
-        Index("ix_webhook_deliveries_ref", "ref"),  # per-subject ordering in the sender's claim
+        # The claim's order, so its LIMIT stops the scan (migration 0008 says why).
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at", "id"),
+        # Per-subject ordering in the claim: is an earlier delivery of this ref still pending?
+        Index(
+            "ix_webhook_deliveries_pending_ref",
+            "ref",
+            "id",
+            postgresql_where=text("status = 'PENDING'"),
+            sqlite_where=text("status = 'PENDING'"),
+        ),
         # One receiver's backlog (what is pending for a dead host, and clearing it).
         Index("ix_webhook_deliveries_host_status", "receiver_host", "status"),
     )
