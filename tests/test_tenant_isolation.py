@@ -326,7 +326,7 @@ async def rig(clean_db: str, sim_smsc: Any) -> AsyncIterator[tuple[Gateway, AmiS
 async def subscribe(api: Api, t: Tenant, kind: str, number: str, **urls: str) -> str:
     base = "/sms/sins" if kind == "sin" else "/voice/dins"
     offered = await api.ok(t, "GET", f"{base}/?prefix=813")
-    uid: str = next(n[f"{kind}_uid"] for n in offered if n[kind] == number)
+    uid: str = next(n[f"{kind}_uid"] for n in offered if "+" + n[kind] == number)
     await api.ok(t, "POST", f"{base}/subscriptions/", {f"{kind}_uid": uid}, status=201)
     if urls:
         await api.ok(t, "POST", f"{base}/subscriptions/{uid}/", urls)
@@ -559,7 +559,7 @@ async def test_tenants_are_isolated_on_every_route(
     assert [m["msgid"] for m in await api.ok(b, "GET", "/sms/messages/")] == b.ids["message"]
     assert [i["id"] for i in await api.ok(b, "GET", "/sms/inbounds/")] == b.ids["inbound"]
     offered = await api.ok(b, "GET", "/sms/sins/")
-    assert [n["sin"] for n in offered] == [SPARE_SIN]
+    assert ["+" + n["sin"] for n in offered] == [SPARE_SIN]
 
     # 4. A's SIN and DIN cannot be taken.
     for kind, base in (("sin", "/sms/sins"), ("din", "/voice/dins")):

@@ -168,34 +168,31 @@ class Voicemail(BaseModel):
 
 
 class _Number(BaseModel):
-    country_code: str = Field(description="ISO 3166-1 alpha-2.")
-    prefix: str = Field(description="Digits.")
+    country_code: str = Field(description="The country's dialling code, e.g. 81.", examples=["81"])
+    prefix: str = Field(
+        description="Local area prefix, without the trunk 0 (3 for Tokyo, 50 for 050 numbers).",
+        examples=["3"],
+    )
     monthly_cost: float
+    minute_cost: float
 
 
 class SinNumber(_Number):
-    sin: str = Field(description="The number, E.164.")
+    sin: NoPlus = Field(examples=["81312345678"])
     sin_uid: str
-    minute_cost: float
 
 
 class DinNumber(_Number):
-    din: str = Field(description="The number, E.164.")
+    din: NoPlus = Field(examples=["81312345678"])
     din_uid: str
-    minute_cost: float
 
 
-class SinSubscription(_Number):
-    sin: str = Field(description="The number, E.164.")
-    sin_uid: str
+class SinSubscription(SinNumber):
     action_url: str | None
     subscribed_at: Time
 
 
-class DinSubscription(_Number):
-    din: str = Field(description="The number, E.164.")
-    din_uid: str
-    minute_cost: float
+class DinSubscription(DinNumber):
     action_url: str | None
     voicemail_url: str | None
     subscribed_at: Time

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple, Protocol
 
+import phonenumbers
 import re2
 from sqlalchemy import ColumnElement, Select, delete, select
 from sqlalchemy.exc import IntegrityError
@@ -131,11 +132,13 @@ def _money(value: Decimal) -> float:
     return float(value)
 
 
-def available_json(kind: Kind, n: Number) -> dict[str, Any]:
+def number_json(kind: Kind, n: Number) -> dict[str, Any]:
+    """A number as Xoxzo lists it: digits without +, the dialling code as `country_code`
+    ("81"), the local area prefix without the trunk 0 ("3"), and its costs."""
     return {
-        kind: n.number,
+        kind: n.number.removeprefix("+"),
         f"{kind}_uid": n.uid,
-        "country_code": n.country_code,
+        "country_code": str(phonenumbers.parse(n.number, None).country_code),
         "prefix": n.prefix,
         "monthly_cost": _money(n.monthly_cost),
         "minute_cost": _money(n.minute_cost),
@@ -143,15 +146,7 @@ def available_json(kind: Kind, n: Number) -> dict[str, Any]:
 
 
 def subscription_json(kind: Kind, n: Number, sub: NumberSubscription) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        kind: n.number,
-        f"{kind}_uid": n.uid,
-        "country_code": n.country_code,
-        "prefix": n.prefix,
-        "monthly_cost": _money(n.monthly_cost),
-    }
-    if kind == "din":
-        out["minute_cost"] = _money(n.minute_cost)  # calls are billed by the minute
+    out = number_json(kind, n)
     out["action_url"] = sub.action_url
     if kind == "din":
         out["voicemail_url"] = sub.voicemail_url
@@ -354,7 +349,7 @@ class NumberService:
         q = select(Number).where(_capability_column(kind).is_(True), ~taken).order_by(Number.number)
         async with self._sessions() as s:
             rows = (await s.execute(q.where(*_filters(country, prefix)))).scalars()
-            return [available_json(kind, n) for n in rows]
+            return [number_json(kind, n) for n in rows]
 
     async def subscribe(self, account_id: int, kind: Kind, uid: str | None) -> dict[str, Any]:
         kind = _check_kind(kind)
