@@ -22,6 +22,7 @@ from gateway.egress.policy import SsrfPolicy
 from gateway.http import (
     metrics,
     openapi,
+    routes_batches,
     routes_dins,
     routes_inbound,
     routes_outbound,
@@ -46,6 +47,7 @@ from gateway.http.ratelimit import (
 from gateway.http.request_log import request_id_middleware
 from gateway.keys import (
     ACCOUNTS,
+    BATCHES,
     CONFIG,
     ENGINE,
     INBOUND,
@@ -59,6 +61,7 @@ from gateway.keys import (
 from gateway.net.guard import IPNetwork, parse_networks
 from gateway.net.listening import listening
 from gateway.services.accounts import AccountService
+from gateway.services.batches import BatchService
 from gateway.services.dialing import DialPolicy
 from gateway.services.inbound import InboundService, KeywordReplies
 from gateway.services.messages import MessageService
@@ -145,6 +148,7 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(routes_templates.routes)
     app.add_routes(routes_sins.routes)
     app.add_routes(routes_inbound.routes)
+    app.add_routes(routes_batches.routes)
     app.add_routes(routes_dins.routes)
     app.add_routes(routes_voice.routes)
     app.add_routes(routes_outbound.routes)  # 503 while outbound calls are off
@@ -348,6 +352,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
     app[WEBHOOKS] = webhooks
     app[MESSAGES] = messages
     app[INBOUND] = inbound
+    app[BATCHES] = BatchService(sessions, messages, cfg.sms.max_parts, wake_dispatcher)
     housekeeping = Lifecycle()
     db = app[DB_OUTAGE]
     workers = [

@@ -46,6 +46,7 @@ TABLES = [
     "orphan_receipts",
     "webhook_deliveries",
     "messages",
+    "batches",
     "templates",
     "accounts",
 ]

@@ -66,7 +66,7 @@ def _e164(value: Any) -> str:
 _DIGITS = re.compile(r"[0-9]+")
 
 
-def _e164_or_digits(value: Any) -> str:
+def e164_or_digits(value: Any) -> str:
     text = None if value is None else string(value)
     if text is not None and _DIGITS.fullmatch(text):  # xoxzo-cloudpy's README sends 8180...
         text = "+" + text
@@ -192,7 +192,7 @@ E164 = Annotated[str, BeforeValidator(_e164), documented(pattern=E164_PATTERN, e
 # E.164, or its digits without the + (read as +digits), as SMS senders may be written.
 E164OrDigits = Annotated[
     str,
-    BeforeValidator(_e164_or_digits),
+    BeforeValidator(e164_or_digits),
     documented(pattern=r"^\+?[1-9][0-9]{6,14}$", examples=["+818012345678", "818012345678"]),
 ]
 Sender = Annotated[

@@ -32,6 +32,11 @@ class BadRequest(RootModel[FieldErrors | Detail]):
     pass
 
 
+class SinchError(BaseModel):
+    code: str = Field(examples=["syntax_constraint_violation"])
+    text: str = Field(description="What went wrong; for bad input, `field: reason; ...`.")
+
+
 class VariableErrors(BaseModel):
     variables: dict[str, list[str]] = Field(
         description="Template variable name -> reasons (missing or not in the template).",
@@ -123,6 +128,64 @@ class SinchInboundList(BaseModel):
     page: int
     page_size: int
     inbounds: list[SinchInbound]
+
+
+IsoTime = Annotated[
+    str, Field(description="ISO-8601 UTC with milliseconds.", examples=["2026-11-23T10:44:27.123Z"])
+]
+SinchStatus = Literal[
+    "Queued",
+    "Dispatched",
+    "Aborted",
+    "Cancelled",
+    "Rejected",
+    "Deleted",
+    "Delivered",
+    "Failed",
+    "Expired",
+    "Unknown",
+]
+
+
+class SinchBatch(BaseModel):
+    id: str
+    type: Literal["mt_text"]
+    to: list[NoPlus]
+    from_: str = Field(alias="from", description="The sender; a number without +.")
+    body: str = Field(description="As given, with its `${parameter}`s.")
+    parameters: dict[str, dict[str, str]] | SkipJsonSchema[None] = None
+    canceled: bool
+    created_at: IsoTime
+    modified_at: IsoTime
+    delivery_report: Literal["none", "summary", "full", "per_recipient", "per_recipient_final"]
+    send_at: IsoTime | SkipJsonSchema[None] = None
+    expire_at: IsoTime
+    callback_url: str | SkipJsonSchema[None] = None
+    client_reference: str | SkipJsonSchema[None] = None
+    flash_message: bool
+    feedback_enabled: bool
+    truncate_concat: bool
+    max_number_of_message_parts: int | SkipJsonSchema[None] = None
+
+
+class SinchBatchList(BaseModel):
+    count: int = Field(description="Batches matching the filters, over all pages.")
+    page: int
+    page_size: int
+    batches: list[SinchBatch]
+
+
+class DryRunRecipient(BaseModel):
+    recipient: NoPlus
+    body: str = Field(description="The text this recipient would get.")
+    number_of_parts: int
+    encoding: Literal["text", "unicode"]
+
+
+class SinchDryRun(BaseModel):
+    number_of_recipients: int
+    number_of_messages: int = Field(description="SMS parts all the recipients' messages would take.")
+    per_recipient: list[DryRunRecipient] | SkipJsonSchema[None] = None
 
 
 class Call(BaseModel):
