@@ -79,6 +79,7 @@ from gateway.voice.outbound import (
     outbound_cleanup_ctx,
     price_table_problem,
 )
+from gateway.workers.batch_sweep import BatchSweep
 from gateway.workers.dispatcher import Dispatcher
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.receipts import ReceiptApplier
@@ -363,6 +364,10 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
         ),
         asyncio.create_task(
             _every(db, housekeeping, 10.0, "stale MO parts", inbound.flush_stale), name="mo-parts"
+        ),
+        asyncio.create_task(
+            _every(db, housekeeping, 1.0, "batch sweep", BatchSweep(sessions, wake_webhooks).run),
+            name="batch-sweep",
         ),
     ]
     client_task = asyncio.create_task(_forever(db, "smpp client", client.run), name="smpp-client")
