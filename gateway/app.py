@@ -353,7 +353,7 @@ async def _messaging(app: web.Application) -> AsyncIterator[None]:
     app[WEBHOOKS] = webhooks
     app[MESSAGES] = messages
     app[INBOUND] = inbound
-    app[BATCHES] = BatchService(sessions, messages, cfg.sms.max_parts, wake_dispatcher)
+    app[BATCHES] = BatchService(sessions, messages, cfg.sms.max_parts, wake_dispatcher, wake_webhooks)
     housekeeping = Lifecycle()
     db = app[DB_OUTAGE]
     workers = [

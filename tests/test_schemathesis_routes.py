@@ -82,6 +82,9 @@ KEY_OPERATIONS = {
     "POST /xms/v1/{plan}/batches/{batch_id}",
     "PUT /xms/v1/{plan}/batches/{batch_id}",
     "DELETE /xms/v1/{plan}/batches/{batch_id}",
+    "GET /xms/v1/{plan}/batches/{batch_id}/delivery_report",
+    "GET /xms/v1/{plan}/batches/{batch_id}/delivery_report/{recipient}",
+    "GET /xms/v1/{plan}/delivery_reports",
     "GET /voice/dins/",
     "POST /voice/dins/subscriptions/",
     "GET /voice/dins/subscriptions/",
@@ -118,6 +121,7 @@ class State:
         self.voicemail_id = ""
         self.link_code = ""
         self.batch_id = ""
+        self.report_batch_id = ""  # never changed: its recipient stays CUSTOMER
 
 
 @pytest_asyncio.fixture
@@ -223,8 +227,9 @@ async def seed(
     )
     st.link_code = (await gw.sql("SELECT code FROM tracked_links"))[0][0]
     # A Sinch batch due much later: it can be updated and replaced until it is cancelled.
-    batch = await _json(http, "POST", f"{base}/xms/v1/{creds.account.sid}/batches", auth, json=BATCH)
-    st.batch_id = batch["id"]
+    batches = f"{base}/xms/v1/{creds.account.sid}/batches"
+    st.batch_id = (await _json(http, "POST", batches, auth, json=BATCH))["id"]
+    st.report_batch_id = (await _json(http, "POST", batches, auth, json=BATCH))["id"]
     return st
 
 
@@ -242,6 +247,13 @@ def fixed_parameters(st: State, method: str, path: str) -> list[dict[str, Any]]:
         return [{"uid": st.uids[DIN_SCRATCH] if method == "DELETE" else st.uids[DIN_MAIN]}]
     if path.startswith("/sms/inbounds/{uid}"):
         return [{"uid": st.inbound_id}]
+    if path.startswith("/xms/v1/{plan}/batches/{batch_id}/delivery_report"):
+        report = {"plan": sid, "batch_id": st.report_batch_id}
+        return (
+            [{**report, "recipient": CUSTOMER[1:]}, report]
+            if "{recipient}" in path
+            else [report, {"plan": sid}]
+        )
     if path.startswith("/xms/v1/{plan}/batches/{batch_id}"):
         return [{"plan": sid, "batch_id": st.batch_id}, {"plan": sid}]
     if path.startswith("/xms/v1/{plan}"):
@@ -338,6 +350,10 @@ HOSTILE_QUERY: dict[str, list[tuple[str, bool]]] = {
     "from": [("²²²²²", False), (",,", False), ("x" * 5000, False)],
     "per_recipient": [("maybe", True), ("١", True), ("TRUE", False)],
     "number_of_recipients": [("١", True), ("1001", True), ("-1", True), ("0", False)],
+    "type": [("partial", True), ("FULL", True), ("full", False)],
+    "status": [("delivered,QUEUED", False), ("Lost", True), (",", False), ("ı", True)],
+    "code": [("0,402", False), ("١", True), ("99999", True), ("-1", True)],
+    "batch_id": [("x" * 5000, False), ("١", False)],
 }
 HOSTILE_PATH = ["x" * 3000, "١٢٣", "é", " ", "%", "\x00", "a/b"]  # not "..": the client resolves it
 

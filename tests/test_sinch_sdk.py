@@ -49,6 +49,26 @@ async def test_batches_with_the_sinch_sdk(gateway: Gateway, sim_smsc: Any) -> No
     await wait_for(sent_both)
     assert {s.short_message for s in await sim_smsc.submits()} == {b"Hello John", b"Hello there"}
 
+    async def delivered() -> bool:
+        report = await call(sms.delivery_reports.get, batch_id=sent.id)
+        return [(s.status, s.count) for s in report.statuses] == [("Delivered", 2)]
+
+    await wait_for(delivered)
+    full = await call(
+        sms.delivery_reports.get, batch_id=sent.id, report_type="full", status=["DELIVERED"], code=[0]
+    )
+    assert full.type == "delivery_report_sms" and full.total_message_count == 2
+    assert full.client_reference == "sdk-ref" and sorted(full.statuses[0].recipients) == [A[1:], B[1:]]
+    one = await call(sms.delivery_reports.get_for_number, batch_id=sent.id, recipient=A[1:])
+    assert (one.recipient, one.status, one.code, one.type) == (
+        A[1:],
+        "Delivered",
+        0,
+        "recipient_delivery_report_sms",
+    )
+    reports = await call(sms.delivery_reports.list, page_size=1)
+    assert await call(lambda: sorted(r.recipient for r in reports.iterator())) == [A[1:], B[1:]]
+
     got = await call(sms.batches.get, batch_id=sent.id)
     assert got.id == sent.id and got.parameters == {"name": {A: "John", "default": "there"}}
 

@@ -64,6 +64,7 @@ A_DIN, B_DIN, SPARE_DIN = "+81322220001", "+81322220002", "+81322220009"
 CUSTOMER = "+819011112222"  # writes to both SINs
 OPTED = "+819033334444"  # sends STOP to A's SIN, then writes to B's
 CALLER = "+819012345678"
+A_BATCH_TO, B_BATCH_TO = "+819055556666", "+819077778888"  # each tenant's batch recipient
 MARK = "ALPHA7F3"  # in A's texts only: must never show up in anything B reads
 INVENTORY = f"""number,country_code,prefix,sms,voice,monthly_cost,minute_cost
 {A_SIN},JP,813,true,false,100,0
@@ -120,6 +121,11 @@ OWNED: dict[str, Owned] = {
     "/xms/v1/{plan}/batches/{batch_id}": Owned(
         {"plan": "plan", "batch_id": "batch"}, {"POST": {"body": "taken"}, "PUT": _BATCH}
     ),
+    "/xms/v1/{plan}/batches/{batch_id}/delivery_report": Owned({"plan": "plan", "batch_id": "batch"}),
+    "/xms/v1/{plan}/batches/{batch_id}/delivery_report/{recipient}": Owned(
+        {"plan": "plan", "batch_id": "batch", "recipient": "batch_recipient"}
+    ),
+    "/xms/v1/{plan}/delivery_reports": Owned({"plan": "plan"}),
     "/voice/dins/subscriptions/{uid}": Owned({"uid": "din"}),
     "/voice/dins/subscriptions/{uid}/": Owned(
         {"uid": "din"}, {"POST": {"action_url": HIJACK, "voicemail_url": HIJACK}}
@@ -430,13 +436,14 @@ async def set_up_a(api: Api, a: Tenant, peer: Any, ami: AmiServer, action_url: s
             a.add("message", m["msgid"])
     assert len(a.ids["message"]) == 4 and len(a.ids["call"]) == 2
     a.add("plan", a.sid)
-    await send_batch(api, a, f"Tomorrow {MARK}")
+    await send_batch(api, a, f"Later {MARK}", A_BATCH_TO)
 
 
-async def send_batch(api: Api, t: Tenant, text: str) -> None:
-    """A Sinch batch due tomorrow: it can still be updated, replaced and cancelled."""
-    batch = {"from": "SINCH", "to": [CUSTOMER], "body": text, "send_at": "2099-01-01T00:00:00Z"}
+async def send_batch(api: Api, t: Tenant, text: str, to: str) -> None:
+    """A Sinch batch due much later: it can still be updated, replaced and cancelled."""
+    batch = {"from": "SINCH", "to": [to], "body": text, "send_at": "2099-01-01T00:00:00Z"}
     t.add("batch", (await api.ok(t, "POST", f"/xms/v1/{t.sid}/batches", batch, 201))["id"])
+    t.add("batch_recipient", to[1:])
 
 
 async def set_up_b(api: Api, b: Tenant, peer: Any) -> None:
@@ -448,7 +455,7 @@ async def set_up_b(api: Api, b: Tenant, peer: Any) -> None:
     await mo(peer, OPTED, B_SIN, "hello beta")
     b.add("inbound", form(await nth_hit(rcv, "/b-mo", 1))["id"])
     b.add("plan", b.sid)
-    await send_batch(api, b, "beta tomorrow")
+    await send_batch(api, b, "beta later", B_BATCH_TO)
 
 
 # -- snapshots of A's view --------------------------------------------------------------------
@@ -573,6 +580,10 @@ async def test_tenants_are_isolated_on_every_route(
             assert [x["id"] for x in r.json()["batches"]] == ([] if q == "?from=ALPHA" else b.ids["batch"])
     r = await api.call("GET", f"/xms/v1/{b.sid}/batches?from=SINCH", gw.auth(b.creds))
     assert [x["id"] for x in r.json()["batches"]] == b.ids["batch"]
+    for q in ("", "?status=Queued", "?start_date=2000-01-01T00:00:00Z&page_size=100"):
+        r = await api.call("GET", f"/xms/v1/{b.sid}/delivery_reports{q}", gw.auth(b.creds))
+        assert r.status == 200 and not leaked(r.body, marks), (q, leaked(r.body, marks))
+        assert [x["batch_id"] for x in r.json()["delivery_reports"]] == b.ids["batch"]
     for path in NOT_TENANT:
         r = await api.call("GET", path, gw.auth(b.creds))
         assert r.status == 200 and not leaked(r.body, marks), (path, leaked(r.body, marks))

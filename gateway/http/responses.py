@@ -188,6 +188,43 @@ class SinchDryRun(BaseModel):
     per_recipient: list[DryRunRecipient] | SkipJsonSchema[None] = None
 
 
+class StatusCount(BaseModel):
+    code: int = Field(
+        description="Sinch's delivery report code: 0 delivered, 400 queued, 401 dispatched, ..."
+    )
+    status: SinchStatus
+    count: int
+    recipients: list[NoPlus] | SkipJsonSchema[None] = Field(None, description="In a full report.")
+
+
+class SinchBatchReport(BaseModel):
+    type: Literal["delivery_report_sms"]
+    batch_id: str
+    total_message_count: int
+    statuses: list[StatusCount] = Field(description="One entry per status and code that has recipients.")
+    client_reference: str | SkipJsonSchema[None] = None
+
+
+class SinchRecipientReport(BaseModel):
+    type: Literal["recipient_delivery_report_sms"]
+    batch_id: str
+    recipient: NoPlus
+    code: int
+    status: SinchStatus
+    at: IsoTime = Field(description="When the message reached this status.")
+    client_reference: str | SkipJsonSchema[None] = None
+    number_of_message_parts: int | SkipJsonSchema[None] = Field(
+        None, description="When the batch set max_number_of_message_parts."
+    )
+
+
+class SinchReportList(BaseModel):
+    count: int = Field(description="Reports matching the filters, over all pages.")
+    page: int
+    page_size: int
+    delivery_reports: list[SinchRecipientReport]
+
+
 class Call(BaseModel):
     callid: str
     direction: Literal["inbound", "outbound"]

@@ -27,7 +27,14 @@ from gateway.http.fields import (
     string,
     whole,
 )
-from gateway.http.responses import SinchBatch, SinchBatchList, SinchDryRun
+from gateway.http.responses import (
+    SinchBatch,
+    SinchBatchList,
+    SinchBatchReport,
+    SinchDryRun,
+    SinchRecipientReport,
+    SinchReportList,
+)
 from gateway.http.routes_inbound import PLAN, Window
 from gateway.keys import ACCOUNT, BATCHES
 from gateway.services import sinch
@@ -35,7 +42,12 @@ from gateway.services.batches import BatchRequest, BatchUpdate
 from gateway.services.errors import forbidden
 
 BATCH_ID = {"type": "string", "description": "The batch `id`."}
-routes = Routes("Sinch batches", security="basic+bearer", path_params={"plan": PLAN, "batch_id": BATCH_ID})
+RECIPIENT = {"type": "string", "description": "The recipient, E.164 with or without +."}
+routes = Routes(
+    "Sinch batches",
+    security="basic+bearer",
+    path_params={"plan": PLAN, "batch_id": BATCH_ID, "recipient": RECIPIENT},
+)
 BASE = "/xms/v1/{plan}/batches"
 MAX_CLIENT_REFERENCE = 128
 MAX_PARAMETER_NAME = 64
@@ -290,3 +302,92 @@ async def cancel_batch(request: web.Request) -> Json:
     Recipients not sent yet fail as Cancelled (407) and are never sent; those already on their
     way go on."""
     return await request.app[BATCHES].cancel(request[ACCOUNT].id, _uid(request))
+
+
+# -- delivery reports ---------------------------------------------------------------------------
+
+_STATUS_NAMES = {s.lower(): s for s in sinch.STATUSES}
+
+
+def _statuses(value: Any) -> frozenset[str]:
+    out = set()
+    for item in (optional(value) or "").split(","):
+        if item.strip():
+            status = _STATUS_NAMES.get(item.strip().lower())
+            if status is None:
+                raise ValueError(f"Unknown status {item.strip()[:32]!r}; one of {', '.join(sinch.STATUSES)}.")
+            out.add(status)
+    return frozenset(out)
+
+
+def _codes(value: Any) -> frozenset[int]:
+    out = set()
+    for item in (optional(value) or "").split(","):
+        if item.strip():
+            if not re.fullmatch(r"[0-9]{1,4}", item.strip()):
+                raise ValueError(f"Expected comma-separated codes, e.g. 0,402; got {item.strip()[:32]!r}.")
+            out.add(int(item))
+    return frozenset(out)
+
+
+Statuses = Annotated[frozenset[str], BeforeValidator(_statuses), WithJsonSchema({"type": "string"})]
+Codes = Annotated[frozenset[int], BeforeValidator(_codes), WithJsonSchema({"type": "string"})]
+_STATUS_DOC = "Comma-separated statuses to include (any case), e.g. Delivered,Failed."
+_CODE_DOC = "Comma-separated codes to include, e.g. 0,402."
+
+
+class ReportFilters(Query):
+    type: Literal["summary", "full"] = Field("summary", description="`full` lists the recipients too.")
+    status: Statuses = Field(frozenset(), description=_STATUS_DOC)
+    code: Codes = Field(frozenset(), description=_CODE_DOC)
+    client_reference: str | SkipJsonSchema[None] = Field(
+        None, description="When given, the batch's must be this (else 404)."
+    )
+    batch_id: str | SkipJsonSchema[None] = Field(
+        None, description="Ignored: Sinch's SDK repeats the path's batch id here."
+    )
+
+
+class Reports(Window):
+    status: Statuses = Field(frozenset(), description=_STATUS_DOC)
+    code: Codes = Field(frozenset(), description=_CODE_DOC)
+
+
+@routes.get(BASE + "/{batch_id}/delivery_report", returns=SinchBatchReport)
+async def batch_delivery_report(request: web.Request, query: ReportFilters) -> Json:
+    """A batch's delivery report (Sinch)
+
+    How many recipients have each status and code; `type=full` lists them."""
+    return await request.app[BATCHES].delivery_report(
+        request[ACCOUNT].id,
+        _uid(request),
+        full=query.type == "full",
+        statuses=query.status,
+        codes=query.code,
+        client_reference=query.client_reference,
+    )
+
+
+@routes.get(BASE + "/{batch_id}/delivery_report/{recipient}", returns=SinchRecipientReport)
+async def recipient_delivery_report(request: web.Request) -> Json:
+    """One recipient's delivery report (Sinch)"""
+    recipient = "+" + request.match_info["recipient"].removeprefix("+")  # no match unless E.164
+    return await request.app[BATCHES].recipient_report(request[ACCOUNT].id, _uid(request), recipient)
+
+
+@routes.get("/xms/v1/{plan}/delivery_reports", returns=SinchReportList)
+async def list_delivery_reports(request: web.Request, query: Reports) -> Json:
+    """Recipient delivery reports of your batches, newest first (Sinch)
+
+    Of the batch messages created between `start_date` (default 24 hours ago) and `end_date`."""
+    count, reports = await request.app[BATCHES].list_reports(
+        request[ACCOUNT].id,
+        start=query.start_date,
+        end=query.end_date,
+        statuses=query.status,
+        codes=query.code,
+        client_reference=query.client_reference,
+        page=query.page,
+        page_size=query.page_size,
+    )
+    return {"count": count, "page": query.page, "page_size": query.page_size, "delivery_reports": reports}

@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import Batch, Message, MessagePart, OptOut
-from gateway.services import sinch
+from gateway.services import batch_reports, outbox, sinch
 from gateway.services.errors import ApiError, FieldErrors, not_found
 from gateway.services.messages import MessageService, OutboundRequest
 from smpp.encoding import DC_DEFAULT, GSM_SINGLE_MAX, UCS2_SINGLE_MAX, gsm7_length, is_gsm7, plan
@@ -105,11 +105,13 @@ class BatchService:
         messages: MessageService,
         max_parts: int,
         wake_dispatcher: Callable[[], None],
+        wake_webhooks: Callable[[], None] = lambda: None,
     ) -> None:
         self._sessions = sessions
         self._messages = messages
         self._max_parts = max_parts
         self._wake = wake_dispatcher
+        self._wake_webhooks = wake_webhooks
 
     # -- what each recipient gets -----------------------------------------------------------
 
@@ -157,18 +159,23 @@ class BatchService:
             created_at=now,
             modified_at=now,
             canceled=False,
-            **self._columns(req, expire),
+            **self._columns(req, expire, now),
         )
         async with self._sessions.begin() as s:
             s.add(batch)
             await s.flush()
             await self._queue(s, batch, req, start, now)
-        self._wake()
+        self._woken(s)
         log.info("batch queued", extra={"batch_id": batch.uid, "recipients": len(req.recipients)})
         return sinch.batch_json(batch)
 
+    def _woken(self, s: AsyncSession) -> None:
+        self._wake()
+        if outbox.written(s):
+            self._wake_webhooks()
+
     @staticmethod
-    def _columns(req: BatchRequest, expire: datetime) -> dict[str, Any]:
+    def _columns(req: BatchRequest, expire: datetime, now: datetime) -> dict[str, Any]:
         return {
             "sender": req.sender,
             "recipients": json.dumps(list(req.recipients)),
@@ -183,6 +190,10 @@ class BatchService:
             "feedback_enabled": req.feedback_enabled,
             "truncate_concat": req.truncate_concat,
             "max_parts": req.max_parts,
+            # Only batches with a summary or full report to send wait for it (the batch sweep).
+            "reported_at": None
+            if batch_reports.needs_batch_report(req.delivery_report, req.callback_url)
+            else now,
         }
 
     async def _queue(
@@ -190,10 +201,12 @@ class BatchService:
     ) -> None:
         """One messages row per recipient; the opt-out check shares the transaction."""
         opted = await _opted_out(s, batch.account_id, req.recipients)
+        # Per-recipient reports ride on the status callbacks every message can have.
+        callback = req.callback_url if req.delivery_report in sinch.PER_RECIPIENT else None
         rows = []
         for r in [self.render(req, recipient) for recipient in req.recipients]:
             fail = sinch.UNROUTABLE if r.recipient in opted else r.fail_code
-            out = OutboundRequest(batch.account_id, req.sender, r.recipient, r.text)
+            out = OutboundRequest(batch.account_id, req.sender, r.recipient, r.text, callbackurl=callback)
             row = self._messages.row_for(out, r.text, max(r.parts, 1))
             row.update(batch_id=batch.id, expire_at=batch.expire_at, next_attempt_at=start, created_at=now)
             if fail is not None:
@@ -201,6 +214,9 @@ class BatchService:
             rows.append(row)
         if rows:
             await s.execute(insert(Message), rows)
+        if callback is not None and any(r["status"] == "FAIL" for r in rows):
+            failed = select(Message.id).where(Message.batch_id == batch.id, Message.status == "FAIL")
+            await batch_reports.recipient_callbacks(s, (await s.execute(failed)).scalars())
 
     async def _own(self, s: AsyncSession, account_id: int, uid: str, lock: bool = False) -> Batch:
         q = select(Batch).where(Batch.uid == uid, Batch.account_id == account_id)
@@ -250,7 +266,9 @@ class BatchService:
         async with self._sessions.begin() as s:
             batch = await self._own(s, account_id, uid, lock=True)
             batch.canceled, batch.modified_at = True, now
-            await fail_unclaimed(s, [Message.batch_id == batch.id], sinch.CANCELLED, now)
+            failed = await fail_unclaimed(s, [Message.batch_id == batch.id], sinch.CANCELLED, now)
+            await batch_reports.recipient_callbacks(s, failed)
+        self._woken(s)
         return sinch.batch_json(batch)
 
     async def replace(self, account_id: int, uid: str, req: BatchRequest) -> dict[str, Any]:
@@ -292,12 +310,12 @@ class BatchService:
             gone = await s.execute(delete(Message).where(*untouched))
             if getattr(gone, "rowcount", 0) != total:  # a dispatcher claimed one meanwhile
                 raise ApiError(400, {"detail": "The batch has started sending or was cancelled."})
-            for column, value in self._columns(req, expire).items():
+            for column, value in self._columns(req, expire, now).items():
                 setattr(batch, column, value)
             batch.modified_at = now
             await s.flush()
             await self._queue(s, batch, req, start, now)
-        self._wake()
+        self._woken(s)
         return sinch.batch_json(batch)
 
     # -- delivery reports ---------------------------------------------------------------------
@@ -306,8 +324,7 @@ class BatchService:
         self, s: AsyncSession, where: Sequence[ColumnElement[bool]]
     ) -> list[tuple[Message, sinch.Outcome]]:
         msgs = list((await s.execute(select(Message).where(*where).order_by(Message.id))).scalars())
-        stats = await receipt_stats(s, [m.id for m in msgs if m.status == "FAIL" and m.fail_code is None])
-        return [(m, sinch.outcome(m, stats.get(m.id, ()))) for m in msgs]
+        return list(zip(msgs, await batch_reports.outcomes(s, msgs), strict=True))
 
     async def delivery_report(
         self,
@@ -317,9 +334,12 @@ class BatchService:
         full: bool,
         statuses: frozenset[str] = frozenset(),
         codes: frozenset[int] = frozenset(),
+        client_reference: str | None = None,
     ) -> dict[str, Any]:
         async with self._sessions() as s:
             batch = await self._own(s, account_id, uid)
+            if client_reference is not None and client_reference != batch.client_reference:
+                raise not_found("No such batch.")
             results = await self._outcomes(s, [Message.batch_id == batch.id])
         kept = [(m.recipient, o) for m, o in results if _wanted(o, statuses, codes)]
         return sinch.batch_report(batch, kept, full=full, total=len(results))
@@ -424,18 +444,6 @@ async def _opted_out(s: AsyncSession, account_id: int, numbers: Sequence[str]) -
         )
         found.update((await s.execute(q)).scalars())
     return found
-
-
-async def receipt_stats(s: AsyncSession, message_ids: Sequence[int]) -> dict[int, list[str]]:
-    """The receipts' stat words of these messages' parts."""
-    out: dict[int, list[str]] = {}
-    for i in range(0, len(message_ids), _CHUNK):
-        q = select(MessagePart.message_id, MessagePart.stat).where(
-            MessagePart.message_id.in_(message_ids[i : i + _CHUNK]), MessagePart.stat.is_not(None)
-        )
-        for mid, stat in await s.execute(q):
-            out.setdefault(mid, []).append(stat or "")
-    return out
 
 
 async def fail_unclaimed(

@@ -1,5 +1,6 @@
-"""The periodic job behind Sinch batches' time limits: recipients still queued when their batch's
-`expire_at` passes fail as Expired (406), whichever node notices first.
+"""The periodic job behind Sinch batches: recipients still queued when their batch's `expire_at`
+passes fail as Expired (406), whichever node notices first; and batches that asked for a
+summary or full delivery report get it once every recipient is final (or at `expire_at`).
 
 The dispatcher never claims such a row (its claim skips expired ones), so an expired message is
 never sent even before this sweep has run; the sweep gives it its final status. Rows a node
@@ -16,12 +17,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import Message
-from gateway.services import sinch
+from gateway.services import batch_reports, outbox, sinch
 from gateway.services.batches import fail_unclaimed
 
 log = logging.getLogger(__name__)
 
 BATCH = 1000  # rows failed per transaction
+REPORTS = 100  # batch reports written per transaction
 
 
 class BatchSweep:
@@ -34,6 +36,13 @@ class BatchSweep:
     async def run(self) -> None:
         while await self._expire(datetime.now(UTC)) == BATCH:
             pass
+        while True:
+            async with self._sessions.begin() as s:
+                written = await batch_reports.batch_reports_due(s, datetime.now(UTC), REPORTS)
+            if outbox.written(s):
+                self._wake_webhooks()
+            if written < REPORTS:
+                return
 
     async def _expire(self, now: datetime) -> int:
         async with self._sessions.begin() as s:
@@ -47,6 +56,9 @@ class BatchSweep:
             if not ids:
                 return 0
             failed = await fail_unclaimed(s, [Message.id.in_(ids)], sinch.EXPIRED, now)
+            await batch_reports.recipient_callbacks(s, failed)
+        if outbox.written(s):
+            self._wake_webhooks()
         if failed:
             log.info("expired before sending", extra={"messages": len(failed)})
         return len(ids)
