@@ -154,6 +154,7 @@ async def test_subscription_lifecycle(gateway: Gateway, http: aiohttp.ClientSess
         "monthly_cost": 1000.0,
         "minute_cost": 0.0,
         "action_url": None,
+        "webhook_format": "xoxzo",
     }
     # Taken numbers leave the available list (for everybody).
     code, listing = await api.get_list("prefix=813")
@@ -180,6 +181,7 @@ async def test_subscription_lifecycle(gateway: Gateway, http: aiohttp.ClientSess
         creds.account.id,
         "https://example.com/mo?x=1",
         target.number_id,
+        "xoxzo",
     )
     assert await gateway.app[NUMBERS].subscription_for_number("81312345678", "sin") == target
     assert await gateway.app[NUMBERS].subscription_for_number("+81312345678", "din") is None

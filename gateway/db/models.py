@@ -169,6 +169,14 @@ class Message(Base):
     __table_args__ = (
         Index("ix_messages_account_created", "account_id", "created_at"),
         Index("ix_messages_status_next", "status", "next_attempt_at"),
+        # A batch's messages by recipient: which batch an MO from that number answers.
+        Index(
+            "ix_messages_batch_recipient",
+            "recipient",
+            "created_at",
+            postgresql_where=text("batch_id IS NOT NULL"),
+            sqlite_where=text("batch_id IS NOT NULL"),
+        ),
         # Queued messages with an expiry, for the sweep that fails them once it has passed.
         Index(
             "ix_messages_queued_expiry",
@@ -271,6 +279,8 @@ class NumberSubscription(Base):
     kind: Mapped[str] = mapped_column(String(8))  # "sin" | "din"
     action_url: Mapped[str | None] = mapped_column(Text)
     voicemail_url: Mapped[str | None] = mapped_column(Text)  # DIN: webhook for new voicemails
+    # SIN: the MO webhook's shape, "xoxzo" (form-encoded) or "sinch" (mo_text JSON).
+    webhook_format: Mapped[str] = mapped_column(String(8), default="xoxzo", server_default="xoxzo")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("number_id", "kind"),)

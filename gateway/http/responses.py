@@ -289,6 +289,9 @@ class DinNumber(_Number):
 
 class SinSubscription(SinNumber):
     action_url: str | None
+    webhook_format: Literal["xoxzo", "sinch"] = Field(
+        description="How MOs are POSTed: form-encoded (xoxzo) or Sinch's mo_text JSON (sinch)."
+    )
     subscribed_at: Time
 
 

@@ -32,6 +32,7 @@ from smpp.encoding import DC_DEFAULT, GSM_SINGLE_MAX, UCS2_SINGLE_MAX, gsm7_leng
 log = logging.getLogger(__name__)
 
 MAX_VALIDITY = timedelta(days=3)  # Sinch's default and longest expire_at after send_at
+REPLY_WINDOW = timedelta(days=30)  # an MO answers a batch message sent at most this long before
 _CHUNK = 500  # numbers per IN (...) query
 
 
@@ -462,3 +463,28 @@ async def fail_unclaimed(
         .returning(Message.id)
     )
     return list(res.scalars())
+
+
+async def link_replies(s: AsyncSession, mos: Sequence[dict[str, Any]]) -> None:
+    """Sets `client_reference` on inbound rows (as about to be inserted) that answer a batch:
+    the reference of the latest batch message the account sent from the MO's SIN to its
+    sender. One query for all of them."""
+    owned = [m for m in mos if m["account_id"] is not None and m["sender"].startswith("+")]
+    if not owned:
+        return
+    since = datetime.now(UTC) - REPLY_WINDOW
+    q = (
+        select(Message.account_id, Message.recipient, Message.sender, Batch.client_reference)
+        .join(Batch, Batch.id == Message.batch_id)
+        .where(
+            Message.batch_id.is_not(None),
+            Message.recipient.in_({m["sender"] for m in owned}),
+            Message.created_at >= since,
+        )
+        .order_by(Message.created_at, Message.id)
+    )
+    latest: dict[tuple[int, str, str], str | None] = {}
+    for account_id, recipient, sender, reference in await s.execute(q):
+        latest[(account_id, recipient, "+" + sender.removeprefix("+"))] = reference  # the later wins
+    for m in owned:
+        m["client_reference"] = latest.get((m["account_id"], m["sender"], m["recipient"]))

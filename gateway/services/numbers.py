@@ -28,6 +28,7 @@ from gateway.services.number_import import NumberImportError, NumberRow
 from gateway.services.views import fmt_time
 
 Kind = Literal["sin", "din"]
+WEBHOOK_FORMATS = ("xoxzo", "sinch")
 KINDS: tuple[Kind, ...] = ("sin", "din")
 _LABEL = {"sin": "SIN", "din": "DIN"}
 _CAPABILITY = {"sin": "SMS", "din": "voice"}
@@ -95,6 +96,7 @@ class SubscriptionTarget(NamedTuple):
     account_id: int
     action_url: str | None
     number_id: int
+    webhook_format: str = "xoxzo"  # SIN: "xoxzo" (form-encoded) or "sinch" (mo_text JSON)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ def subscription_json(kind: Kind, n: Number, sub: NumberSubscription) -> dict[st
     out["action_url"] = sub.action_url
     if kind == "din":
         out["voicemail_url"] = sub.voicemail_url
+    else:
+        out["webhook_format"] = sub.webhook_format or "xoxzo"
     out["subscribed_at"] = fmt_time(sub.created_at)
     return out
 
@@ -426,9 +430,11 @@ class NumberService:
         uid: str,
         action_url: str | None,
         voicemail_url: str | None = None,
+        webhook_format: str | None = None,
     ) -> dict[str, Any]:
-        """Sets action_url and, for a DIN, voicemail_url (where new voicemails are POSTed); None
-        leaves one as it is. The URLs as the API checked them against the outbound policy."""
+        """Sets action_url and, for a DIN, voicemail_url (where new voicemails are POSTed), for
+        a SIN the webhook format; None leaves one as it is. The URLs as the API checked them
+        against the outbound policy."""
         kind = _check_kind(kind)
         async with self._sessions.begin() as s:
             sub, n = await self._own(s, account_id, kind, uid)
@@ -436,6 +442,8 @@ class NumberService:
                 sub.action_url = action_url
             if voicemail_url is not None:
                 sub.voicemail_url = voicemail_url
+            if webhook_format is not None:
+                sub.webhook_format = webhook_format
         return subscription_json(kind, n, sub)
 
     async def unsubscribe(self, account_id: int, kind: Kind, uid: str) -> None:
@@ -461,7 +469,7 @@ class NumberService:
         else:
             async with self._sessions() as s:
                 row = (await s.execute(q)).one_or_none()
-        return None if row is None else SubscriptionTarget(row[0], row[1], row[2], row[3])
+        return None if row is None else SubscriptionTarget(*row[:5])
 
     async def subscriptions_for_numbers(
         self, numbers: Iterable[str], kind: Kind, session: AsyncSession
@@ -474,7 +482,7 @@ class NumberService:
         for i in range(0, len(wanted), _CHUNK):
             q = _targets_query(kind, Number.number).where(Number.number.in_(wanted[i : i + _CHUNK]))
             for row in await session.execute(q):
-                found[row[4]] = SubscriptionTarget(row[0], row[1], row[2], row[3])
+                found[row[5]] = SubscriptionTarget(*row[:5])
         return found
 
     # -- SIN auto-reply rules ----------------------------------------------------------------
@@ -543,14 +551,15 @@ async def _rules(s: AsyncSession, subscription_id: int) -> list[AutoReplyRule]:
 
 
 def _targets_query(kind: Kind, *extra: Any) -> Select[Any]:
-    """Subscription id, account id, action_url and number id of `kind` subscriptions (then the
-    `extra` columns); the caller adds which numbers."""
+    """Subscription id, account id, action_url, number id and webhook format of `kind`
+    subscriptions (then the `extra` columns); the caller adds which numbers."""
     return (
         select(
             NumberSubscription.id,
             NumberSubscription.account_id,
             NumberSubscription.action_url,
             Number.id,
+            NumberSubscription.webhook_format,
             *extra,
         )
         .join(Number, Number.id == NumberSubscription.number_id)

@@ -174,16 +174,31 @@ def batch_report(
 
 
 def inbound_json(row: InboundMessage) -> dict[str, Any]:
+    return mo_text(
+        row.uid, row.sender, row.recipient, row.body, row.received_at, row.operator_id, row.client_reference
+    )
+
+
+def mo_text(
+    uid: str,
+    sender: str,
+    recipient: str,
+    body: str,
+    received_at: datetime,
+    operator_id: str | None,
+    client_reference: str | None,
+) -> dict[str, Any]:
+    """An inbound SMS as Sinch lists it and POSTs it (`mo_text`)."""
     return {
         "type": "mo_text",
-        "id": row.uid,
-        "from": digits(row.sender),
-        "to": digits(row.recipient),
-        "body": row.body,
-        "received_at": iso(row.received_at),
-        "sent_at": iso(row.received_at),
-        "operator_id": row.operator_id,
-        "client_reference": row.client_reference,
+        "id": uid,
+        "from": digits(sender),
+        "to": digits(recipient),
+        "body": body,
+        "received_at": iso(received_at),
+        "sent_at": iso(received_at),
+        "operator_id": operator_id,
+        "client_reference": client_reference,
     }
 
 
