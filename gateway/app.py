@@ -23,6 +23,7 @@ from gateway.egress.policy import SsrfPolicy
 from gateway.http import (
     metrics,
     openapi,
+    routes_batches,
     routes_dins,
     routes_inbound,
     routes_outbound,
@@ -47,6 +48,7 @@ from gateway.http.ratelimit import (
 from gateway.http.request_log import request_id_middleware
 from gateway.keys import (
     ACCOUNTS,
+    BATCHES,
     CONFIG,
     ENGINE,
     INBOUND,
@@ -62,6 +64,7 @@ from gateway.net.listening import listening
 from gateway.routing.rules import RulesError
 from gateway.routing.source import RouteFile
 from gateway.services.accounts import AccountService
+from gateway.services.batches import BatchService
 from gateway.services.dialing import DialPolicy
 from gateway.services.inbound import InboundService, KeywordReplies
 from gateway.services.messages import MessageService
@@ -80,6 +83,7 @@ from gateway.voice.outbound import (
     price_table_problem,
 )
 from gateway.workers import connectors as smsc
+from gateway.workers.batch_sweep import BatchSweep
 from gateway.workers.connectors import ConnectorPlan, Connectors
 from gateway.workers.dispatcher import Dispatcher
 from gateway.workers.lifecycle import Lifecycle
@@ -156,6 +160,7 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(routes_templates.routes)
     app.add_routes(routes_sins.routes)
     app.add_routes(routes_inbound.routes)
+    app.add_routes(routes_batches.routes)
     app.add_routes(routes_dins.routes)
     app.add_routes(routes_voice.routes)
     app.add_routes(routes_outbound.routes)  # 503 while outbound calls are off
@@ -362,6 +367,7 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
     app[WEBHOOKS] = webhooks
     app[MESSAGES] = messages
     app[INBOUND] = inbound
+    app[BATCHES] = BatchService(sessions, messages, cfg.sms.max_parts, wake_dispatcher, wake_webhooks)
     housekeeping = Lifecycle()
     db = app[DB_OUTAGE]
     workers = [
@@ -372,6 +378,10 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
         ),
         asyncio.create_task(
             _every(db, housekeeping, 10.0, "stale MO parts", inbound.flush_stale), name="mo-parts"
+        ),
+        asyncio.create_task(
+            _every(db, housekeeping, 1.0, "batch sweep", BatchSweep(sessions, wake_webhooks).run),
+            name="batch-sweep",
         ),
     ]
     if routes.path is not None:

@@ -449,8 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     num_sub = num.add_subparsers(dest="action", required=True)
     imp = num_sub.add_parser(
         "import",
-        help="upsert numbers from CSV (header: number,country_code,prefix,sms,voice,monthly_cost,"
-        "minute_cost); any bad row imports nothing",
+        help="upsert numbers from CSV (header: number,country_code,sms,voice,monthly_cost,minute_cost"
+        " and optionally prefix, the local area prefix, derived when empty); any bad row imports nothing",
     )
     imp.add_argument("file", help="CSV file, or - for stdin")
     imp.set_defaults(fn=cmd_numbers)

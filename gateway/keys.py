@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from gateway.config import Config
 from gateway.egress.policy import SsrfPolicy
 from gateway.services.accounts import AccountInfo, AccountService
+from gateway.services.batches import BatchService
 from gateway.services.inbound import InboundService
 from gateway.services.messages import MessageService
 from gateway.services.numbers import NumberService
@@ -23,6 +24,7 @@ TEMPLATES = web.AppKey("templates", TemplateService)
 LINKS = web.AppKey("links", LinkTracker)
 NUMBERS = web.AppKey("numbers", NumberService)
 INBOUND = web.AppKey("inbound", InboundService)
+BATCHES = web.AppKey("batches", BatchService)
 URL_POLICY = web.AppKey("url_policy", SsrfPolicy)  # where customer URLs may point
 
 ACCOUNT = web.RequestKey("account", AccountInfo)

@@ -47,6 +47,7 @@ TABLES = [
     "smpp_rate_windows",
     "webhook_deliveries",
     "messages",
+    "batches",
     "templates",
     "accounts",
 ]

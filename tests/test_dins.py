@@ -36,21 +36,29 @@ async def test_din_calls_of_the_xoxzo_client(gateway: Gateway) -> None:
     listing = await call(alice.get_din_list)
     assert listing.errors is None
     dins = {d["din"]: d for d in listing.messages}
-    assert set(dins) == {"+81312345678", "+81312345679", "+81612345678", "+14155550123"}  # voice only
-    assert dins["+14155550123"]["minute_cost"] == 1.25 and dins["+14155550123"]["country_code"] == "US"
+    assert set(dins) == {"81312345678", "81312345679", "81612345678", "14155550123"}  # voice only
+    assert dins["14155550123"] == {
+        "din": "14155550123",
+        "din_uid": dins["14155550123"]["din_uid"],
+        "country_code": "1",
+        "prefix": "415",
+        "monthly_cost": 200.0,
+        "minute_cost": 1.25,
+    }
+    assert (dins["81612345678"]["country_code"], dins["81612345678"]["prefix"]) == ("81", "6")
     jp = await call(alice.get_din_list, "country=JP")
-    assert {d["din"] for d in jp.messages} == {"+81312345678", "+81312345679", "+81612345678"}
+    assert {d["din"] for d in jp.messages} == {"81312345678", "81312345679", "81612345678"}
     tokyo = await call(alice.get_din_list, "prefix=813")
-    assert {d["din"] for d in tokyo.messages} == {"+81312345678", "+81312345679"}
+    assert {d["din"] for d in tokyo.messages} == {"81312345678", "81312345679"}
     bad = await call(alice.get_din_list, "colour=red")
     assert bad.errors == 400 and "colour" in bad.message
 
-    uid = dins["+81312345678"]["din_uid"]
+    uid = dins["81312345678"]["din_uid"]
     sub = await call(alice.subscribe_din, uid)
-    assert sub.errors is None and sub.message["din"] == "+81312345678"
+    assert sub.errors is None and sub.message["din"] == "81312345678" and sub.message["prefix"] == "3"
     assert (await call(alice.subscribe_din, "nope")).errors == 400
     assert (await call(bob.subscribe_din, uid)).errors == 400  # taken
-    assert "+81312345678" not in {d["din"] for d in (await call(bob.get_din_list)).messages}
+    assert "81312345678" not in {d["din"] for d in (await call(bob.get_din_list)).messages}
 
     set_url = await call(alice.set_action_url, uid, "https://example.com/actions")
     assert set_url.errors is None and set_url.message["action_url"] == "https://example.com/actions"

@@ -865,7 +865,7 @@ async def subscribe_dins(api: Api, action_urls: dict[str, str]) -> None:
     auth = api.gw.auth(api.creds)
     base = api.gw.base_url
     async with api.http.get(f"{base}/voice/dins/?prefix=813", headers=auth) as r:
-        uids = {d["din"]: d["din_uid"] for d in await r.json()}
+        uids = {"+" + d["din"]: d["din_uid"] for d in await r.json()}
     for din, url in action_urls.items():
         async with api.http.post(
             f"{base}/voice/dins/subscriptions/", data={"din_uid": uids[din]}, headers=auth

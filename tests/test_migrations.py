@@ -147,6 +147,46 @@ def test_messages_sent_before_connectors_are_the_connector_default(engine: str, 
             asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_number_prefixes_become_local_area_prefixes(engine: str, tmp_path: Path) -> None:
+    """0009: the inventory's leading digits ("813") become the local prefix Xoxzo lists ("3"),
+    and back on downgrade."""
+    name = f"gw_mig_{uuid.uuid4().hex[:10]}"
+    if engine == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/m.sqlite3"
+    else:
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+        url = _pg_url(name)
+    try:
+        cfg = migrate.alembic_config(url)
+        command.upgrade(cfg, "0006")
+        numbers = {"+81312345678": "813", "+815012345678": "8150", "+14155550100": "1415"}
+        rows = ", ".join(
+            f"('u{i}', '{n}', 'JP', '{p}', true, true, 1, 1, '2026-01-01 00:00:00')"
+            for i, (n, p) in enumerate(numbers.items())
+        )
+        asyncio.run(
+            _sql(
+                url,
+                "INSERT INTO numbers (uid, number, country_code, prefix, sms, voice, monthly_cost,"
+                f" minute_cost, created_at) VALUES {rows}",
+            )
+        )
+        command.upgrade(cfg, "head")
+        got = asyncio.run(_sql(url, "SELECT number, prefix FROM numbers ORDER BY number"))
+        assert [tuple(r) for r in got] == [
+            ("+14155550100", "415"),
+            ("+81312345678", "3"),
+            ("+815012345678", "50"),
+        ]
+        command.downgrade(cfg, "0006")
+        got = asyncio.run(_sql(url, "SELECT number, prefix FROM numbers ORDER BY number"))
+        assert dict(tuple(r) for r in got) == numbers
+    finally:
+        if engine != "sqlite":
+            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.mark.skipif("postgresql" not in ENGINES, reason="PostgreSQL not in GWTEST_ENGINES")
 async def test_nodes_starting_at_once_migrate_one_after_another(tmp_path: Path) -> None:
     """Several `gateway migrate` (or `run`) processes on one fresh PostgreSQL database ran the

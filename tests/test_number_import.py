@@ -31,11 +31,40 @@ def errors_of(text: str | bytes) -> list[str]:
 
 def test_parse_good_file() -> None:
     rows = parse_numbers_csv(GOOD)
+    # The older form of prefix (the leading digits, country code included) is read as the
+    # local area prefix after the country code.
     assert rows == [
-        NumberRow(2, "+81312345678", "JP", "813", True, True, Decimal(1000), Decimal(0)),
-        NumberRow(3, "+81312345679", "JP", "813", True, False, Decimal("1000.5"), Decimal("0.25")),
-        NumberRow(4, "+14155550100", "US", "1415", False, True, Decimal(2), Decimal("0.0100")),
+        NumberRow(2, "+81312345678", "JP", "3", True, True, Decimal(1000), Decimal(0)),
+        NumberRow(3, "+81312345679", "JP", "3", True, False, Decimal("1000.5"), Decimal("0.25")),
+        NumberRow(4, "+14155550100", "US", "415", False, True, Decimal(2), Decimal("0.0100")),
     ]
+
+
+@pytest.mark.parametrize(
+    ("number", "prefix", "local"),
+    [
+        ("+81312345678", "", "3"),  # derived: Tokyo
+        ("+815012345678", "", "50"),  # 050 IP phone
+        ("+818012345678", "", "80"),  # mobile
+        ("+81612345678", "", "6"),  # Osaka
+        ("+14155550100", "", "415"),
+        ("+442071838750", "", "20"),
+        ("+815012345678", "50", "50"),  # the local form, as given
+        ("+815012345678", "5", "5"),  # a shorter one the operator prefers
+        ("+815012345678", "8150", "50"),  # the older form
+        ("+815012345678", "81", "50"),  # only the country code: derived
+    ],
+)
+def test_the_local_prefix_is_derived_or_read(number: str, prefix: str, local: str) -> None:
+    (row,) = parse_numbers_csv(f"{HEADER}\n{number},JP,{prefix},true,true,1,1\n")
+    assert row.prefix == local
+
+
+def test_the_prefix_column_may_be_left_out() -> None:
+    (row,) = parse_numbers_csv(
+        "number,country_code,sms,voice,monthly_cost,minute_cost\n+815012345678,JP,1,1,1,1\n"
+    )
+    assert row.prefix == "50"
 
 
 def test_parse_accepts_bom_blank_lines_spaces_and_any_column_order() -> None:
@@ -45,7 +74,7 @@ def test_parse_accepts_bom_blank_lines_spaces_and_any_column_order() -> None:
         "0.5, +81312345678 ,813,jp,no,yes,10\r\n"
     )
     (row,) = parse_numbers_csv(text.encode("utf-8"))
-    assert row == NumberRow(3, "+81312345678", "JP", "813", True, False, Decimal(10), Decimal("0.5"))
+    assert row == NumberRow(3, "+81312345678", "JP", "3", True, False, Decimal(10), Decimal("0.5"))
     assert parse_numbers_csv(HEADER + "\n") == []
 
 
@@ -84,6 +113,7 @@ def test_every_bad_row_is_reported_with_its_line() -> None:
     [
         ("", "line 1: empty file"),
         ("number,country_code,prefix,sms,voice,monthly_cost\n", "missing minute_cost"),
+        ("number,country_code,sms,voice,monthly_cost\n", "missing minute_cost (expected"),
         (HEADER + ",notes\n", "unknown 'notes'"),
         (HEADER + ",sms\n", "repeated sms"),
         (b"\xff\xfe" + HEADER.encode("utf-16-le"), "not UTF-8"),
@@ -107,7 +137,7 @@ async def test_import_upserts_in_one_transaction(clean_db: str) -> None:
             "number": "+81312345679",
             "uid": before["+81312345679"]["uid"],
             "country_code": "JP",
-            "prefix": "813",
+            "prefix": "3",
             "sms": True,
             "voice": False,
             "monthly_cost": 1000.5,
@@ -135,7 +165,9 @@ async def test_import_upserts_in_one_transaction(clean_db: str) -> None:
         assert after["+81312345679"]["voice"] is True and after["+81312345679"]["monthly_cost"] == 900.0
         assert after["+81312345679"]["sin_subscriber"] == acct.account.sid
         assert after["+81312345678"]["sms"] is False
-        assert await numbers.list_subscriptions(acct.account.id, "sin") == [{**sub, "monthly_cost": 900.0}]
+        assert await numbers.list_subscriptions(acct.account.id, "sin") == [
+            {**sub, "monthly_cost": 900.0, "minute_cost": 0.3}
+        ]
 
         # Removing SMS from a number someone holds as SIN refuses the whole file.
         drop = f"""{HEADER}

@@ -272,6 +272,21 @@ async def test_tts_playback_with_xoxzo_cloudpy(rig: Rig, agi_first: bool) -> Non
     assert originate_of(rig, callid).get("Channel") == f"PJSIP/{RECIPIENT}@trunk"
 
 
+async def test_digits_without_plus_as_the_client_readme_sends_them(rig: Rig) -> None:
+    """xoxzo-cloudpy's README writes caller="818011112222": read as E.164, +digits everywhere."""
+    res = await asyncio.to_thread(rig.client.call_tts_playback, CALLER[1:], RECIPIENT[1:], "Hello", "en")
+    assert res.errors is None, res.message
+    callid = res.messages[0]["callid"]
+    await rig.ami.finished_calls(1)
+    action = originate_of(rig, callid)
+    assert action.get("Channel") == f"PJSIP/{RECIPIENT}@trunk" and action.get("CallerID") == CALLER
+    st = await rig.final_status(callid)
+    assert (st["caller"], st["recipient"], st["status"]) == (CALLER, RECIPIENT, "COMPLETED")
+    # Digits are read as E.164, so the national trunk 0 is as wrong without + as with it.
+    refused = await asyncio.to_thread(rig.client.call_tts_playback, CALLER[1:], "8108012345678", "Hi", "en")
+    assert refused.errors == 400 and set(refused.message) == {"recipient"}
+
+
 async def test_caller_hanging_up_mid_message_completes_the_call(rig: Rig) -> None:
     rig.ami.plan(Plan(scenario={"hangup_after": 2, "hangup_during": True}))
     status, body = await rig.post(

@@ -19,11 +19,13 @@ from gateway.services.number_import import COLUMNS, parse_numbers_csv
 from gateway.services.numbers import AutoReply, SubscriptionTarget, first_auto_reply
 from tests.conftest import Gateway
 
+# The prefix column in its three forms: the older leading digits (813), the local area prefix
+# (50), none (derived).
 INVENTORY = f"""{",".join(COLUMNS)}
 +81312345678,JP,813,true,true,1000,0
-+81312345679,JP,813,true,false,1000,0
-+815012345678,JP,8150,true,false,500.25,0
-+14155550100,US,1415,true,true,2,0.01
++81312345679,JP,,true,false,1000,0.5
++815012345678,JP,50,true,false,500.25,0
++14155550100,US,,true,true,2,0.01
 +14155550101,US,1415,false,true,2,0.01
 """
 TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
@@ -76,7 +78,8 @@ class Sins:
 
 
 def numbers_of(listing: list[dict[str, Any]]) -> list[str]:
-    return [n["sin"] for n in listing]
+    """E.164 of the listed SINs (answered as digits, without +)."""
+    return ["+" + n["sin"] for n in listing]
 
 
 async def test_available_sins_and_filters(gateway: Gateway, http: aiohttp.ClientSession) -> None:
@@ -87,14 +90,16 @@ async def test_available_sins_and_filters(gateway: Gateway, http: aiohttp.Client
     assert code == 200
     # Only SMS-capable numbers, ordered by number; the voice-only +14155550101 is not a SIN.
     assert numbers_of(listing) == ["+14155550100", "+81312345678", "+81312345679", "+815012345678"]
+    # As Xoxzo answers: digits without +, the dialling code, the local area prefix (no trunk 0).
     assert listing[3] == {
-        "sin": "+815012345678",
+        "sin": "815012345678",
         "sin_uid": uids["+815012345678"],
-        "country_code": "JP",
-        "prefix": "8150",
+        "country_code": "81",
+        "prefix": "50",
         "monthly_cost": 500.25,
         "minute_cost": 0.0,
     }
+    assert [(n["country_code"], n["prefix"]) for n in listing[:3]] == [("1", "415"), ("81", "3"), ("81", "3")]
     for query, expected in (
         ("country=JP", ["+81312345678", "+81312345679", "+815012345678"]),
         ("country=us", ["+14155550100"]),
@@ -142,12 +147,14 @@ async def test_subscription_lifecycle(gateway: Gateway, http: aiohttp.ClientSess
     assert code == 201, sub
     assert TIME.fullmatch(sub.pop("subscribed_at"))
     assert sub == {
-        "sin": "+81312345678",
+        "sin": "81312345678",
         "sin_uid": uid,
-        "country_code": "JP",
-        "prefix": "813",
+        "country_code": "81",
+        "prefix": "3",
         "monthly_cost": 1000.0,
+        "minute_cost": 0.0,
         "action_url": None,
+        "webhook_format": "xoxzo",
     }
     # Taken numbers leave the available list (for everybody).
     code, listing = await api.get_list("prefix=813")
@@ -174,6 +181,7 @@ async def test_subscription_lifecycle(gateway: Gateway, http: aiohttp.ClientSess
         creds.account.id,
         "https://example.com/mo?x=1",
         target.number_id,
+        "xoxzo",
     )
     assert await gateway.app[NUMBERS].subscription_for_number("81312345678", "sin") == target
     assert await gateway.app[NUMBERS].subscription_for_number("+81312345678", "din") is None
@@ -376,9 +384,9 @@ async def test_din_kind_is_independent(gateway: Gateway) -> None:
 
     await numbers.subscribe(alice.account.id, "sin", both)
     din = await numbers.subscribe(bob.account.id, "din", both)  # same number, other kind: allowed
-    assert din["din"] == "+81312345678" and din["din_uid"] == both and din["minute_cost"] == 0.0
+    assert din["din"] == "81312345678" and din["din_uid"] == both and din["minute_cost"] == 0.0
     assert "sin" not in din
-    assert [n["din"] for n in await numbers.list_available("din")] == ["+14155550100", "+14155550101"]
+    assert [n["din"] for n in await numbers.list_available("din")] == ["14155550100", "14155550101"]
     with pytest.raises(FieldErrors) as exc:
         await numbers.subscribe(alice.account.id, "din", uids["+81312345679"])  # no voice
     assert exc.value.body == {"din_uid": ["This number does not support voice."]}

@@ -64,6 +64,7 @@ A_DIN, B_DIN, SPARE_DIN = "+81322220001", "+81322220002", "+81322220009"
 CUSTOMER = "+819011112222"  # writes to both SINs
 OPTED = "+819033334444"  # sends STOP to A's SIN, then writes to B's
 CALLER = "+819012345678"
+A_BATCH_TO, B_BATCH_TO = "+819055556666", "+819077778888"  # each tenant's batch recipient
 MARK = "ALPHA7F3"  # in A's texts only: must never show up in anything B reads
 INVENTORY = f"""number,country_code,prefix,sms,voice,monthly_cost,minute_cost
 {A_SIN},JP,813,true,false,100,0
@@ -92,6 +93,7 @@ class Owned:
 
 
 _TEMPLATE_SEND = {"sender": "SENDER", "recipient": CUSTOMER, "variables": {"name": "x"}}
+_BATCH = {"from": "SENDER", "to": [CUSTOMER], "body": "taken", "send_at": "2099-01-01T00:00:00Z"}
 OWNED: dict[str, Owned] = {
     "/sms/messages/{msgid}": Owned({"msgid": "message"}),
     "/sms/messages/{msgid}/": Owned({"msgid": "message"}),
@@ -114,6 +116,16 @@ OWNED: dict[str, Owned] = {
     "/sms/inbounds/{uid}/reply/": Owned({"uid": "inbound"}, {"POST": {"message": "taken"}}),
     "/xms/v1/{plan}/inbounds": Owned({"plan": "plan"}),
     "/xms/v1/{plan}/inbounds/{uid}": Owned({"plan": "plan", "uid": "inbound"}),
+    "/xms/v1/{plan}/batches": Owned({"plan": "plan"}, {"POST": _BATCH}),
+    "/xms/v1/{plan}/batches/dry_run": Owned({"plan": "plan"}, {"POST": _BATCH}),
+    "/xms/v1/{plan}/batches/{batch_id}": Owned(
+        {"plan": "plan", "batch_id": "batch"}, {"POST": {"body": "taken"}, "PUT": _BATCH}
+    ),
+    "/xms/v1/{plan}/batches/{batch_id}/delivery_report": Owned({"plan": "plan", "batch_id": "batch"}),
+    "/xms/v1/{plan}/batches/{batch_id}/delivery_report/{recipient}": Owned(
+        {"plan": "plan", "batch_id": "batch", "recipient": "batch_recipient"}
+    ),
+    "/xms/v1/{plan}/delivery_reports": Owned({"plan": "plan"}),
     "/voice/dins/subscriptions/{uid}": Owned({"uid": "din"}),
     "/voice/dins/subscriptions/{uid}/": Owned(
         {"uid": "din"}, {"POST": {"action_url": HIJACK, "voicemail_url": HIJACK}}
@@ -326,7 +338,7 @@ async def rig(clean_db: str, sim_smsc: Any) -> AsyncIterator[tuple[Gateway, AmiS
 async def subscribe(api: Api, t: Tenant, kind: str, number: str, **urls: str) -> str:
     base = "/sms/sins" if kind == "sin" else "/voice/dins"
     offered = await api.ok(t, "GET", f"{base}/?prefix=813")
-    uid: str = next(n[f"{kind}_uid"] for n in offered if n[kind] == number)
+    uid: str = next(n[f"{kind}_uid"] for n in offered if "+" + n[kind] == number)
     await api.ok(t, "POST", f"{base}/subscriptions/", {f"{kind}_uid": uid}, status=201)
     if urls:
         await api.ok(t, "POST", f"{base}/subscriptions/{uid}/", urls)
@@ -424,6 +436,14 @@ async def set_up_a(api: Api, a: Tenant, peer: Any, ami: AmiServer, action_url: s
             a.add("message", m["msgid"])
     assert len(a.ids["message"]) == 4 and len(a.ids["call"]) == 2
     a.add("plan", a.sid)
+    await send_batch(api, a, f"Later {MARK}", A_BATCH_TO)
+
+
+async def send_batch(api: Api, t: Tenant, text: str, to: str) -> None:
+    """A Sinch batch due much later: it can still be updated, replaced and cancelled."""
+    batch = {"from": "SINCH", "to": [to], "body": text, "send_at": "2099-01-01T00:00:00Z"}
+    t.add("batch", (await api.ok(t, "POST", f"/xms/v1/{t.sid}/batches", batch, 201))["id"])
+    t.add("batch_recipient", to[1:])
 
 
 async def set_up_b(api: Api, b: Tenant, peer: Any) -> None:
@@ -435,6 +455,7 @@ async def set_up_b(api: Api, b: Tenant, peer: Any) -> None:
     await mo(peer, OPTED, B_SIN, "hello beta")
     b.add("inbound", form(await nth_hit(rcv, "/b-mo", 1))["id"])
     b.add("plan", b.sid)
+    await send_batch(api, b, "beta later", B_BATCH_TO)
 
 
 # -- snapshots of A's view --------------------------------------------------------------------
@@ -552,14 +573,26 @@ async def test_tenants_are_isolated_on_every_route(
         for h in auths("/xms/", b):
             r = await api.call("GET", f"/xms/v1/{b.sid}/inbounds{q}", h)
             assert r.status == 200 and not leaked(r.body, marks), (q, leaked(r.body, marks))
+    for q in ("", "?from=ALPHA", "?start_date=2000-01-01T00:00:00Z&page_size=100"):
+        for h in auths("/xms/", b):
+            r = await api.call("GET", f"/xms/v1/{b.sid}/batches{q}", h)
+            assert r.status == 200 and not leaked(r.body, marks), (q, leaked(r.body, marks))
+            assert [x["id"] for x in r.json()["batches"]] == ([] if q == "?from=ALPHA" else b.ids["batch"])
+    r = await api.call("GET", f"/xms/v1/{b.sid}/batches?from=SINCH", gw.auth(b.creds))
+    assert [x["id"] for x in r.json()["batches"]] == b.ids["batch"]
+    for q in ("", "?status=Queued", "?start_date=2000-01-01T00:00:00Z&page_size=100"):
+        r = await api.call("GET", f"/xms/v1/{b.sid}/delivery_reports{q}", gw.auth(b.creds))
+        assert r.status == 200 and not leaked(r.body, marks), (q, leaked(r.body, marks))
+        assert [x["batch_id"] for x in r.json()["delivery_reports"]] == b.ids["batch"]
     for path in NOT_TENANT:
         r = await api.call("GET", path, gw.auth(b.creds))
         assert r.status == 200 and not leaked(r.body, marks), (path, leaked(r.body, marks))
     # B's own lists do show B's rows (the lists above were not simply empty).
-    assert [m["msgid"] for m in await api.ok(b, "GET", "/sms/messages/")] == b.ids["message"]
+    listed = await api.ok(b, "GET", "/sms/messages/")  # the batch's recipient too
+    assert [m["msgid"] for m in listed if m["sender"] != "SINCH"] == b.ids["message"]
     assert [i["id"] for i in await api.ok(b, "GET", "/sms/inbounds/")] == b.ids["inbound"]
     offered = await api.ok(b, "GET", "/sms/sins/")
-    assert [n["sin"] for n in offered] == [SPARE_SIN]
+    assert ["+" + n["sin"] for n in offered] == [SPARE_SIN]
 
     # 4. A's SIN and DIN cannot be taken.
     for kind, base in (("sin", "/sms/sins"), ("din", "/voice/dins")):

@@ -93,7 +93,7 @@ async def subscribe(gw: Gateway, http: aiohttp.ClientSession, action_url: str) -
     creds = await gw.account(name="voice")
     auth = gw.auth(creds)
     async with http.get(f"{gw.base_url}/voice/dins/?prefix=813", headers=auth) as r:
-        uid = next(d["din_uid"] for d in await r.json() if d["din"] == DIN)
+        uid = next(d["din_uid"] for d in await r.json() if "+" + d["din"] == DIN)
     async with http.post(
         f"{gw.base_url}/voice/dins/subscriptions/", data={"din_uid": uid}, headers=auth
     ) as r:

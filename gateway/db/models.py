@@ -95,6 +95,45 @@ class Template(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Batch(Base):
+    """A Sinch-style batch: one text to up to 1,000 recipients, each of them a messages row
+    (batch_id) sent like any other message."""
+
+    __tablename__ = "batches"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True)  # the batch id in the API
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    sender: Mapped[str] = mapped_column(String(20))
+    recipients: Mapped[str] = mapped_column(Text)  # JSON list of E.164 numbers, as given (deduplicated)
+    body: Mapped[str] = mapped_column(Text)  # with its ${parameter}s
+    parameters: Mapped[str | None] = mapped_column(Text)  # JSON {name: {recipient | "default": value}}
+    delivery_report: Mapped[str] = mapped_column(String(24), default="none")
+    send_at: Mapped[datetime | None] = mapped_column()
+    expire_at: Mapped[datetime] = mapped_column()
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    client_reference: Mapped[str | None] = mapped_column(String(128))
+    flash_message: Mapped[bool] = mapped_column(Boolean, default=False)
+    feedback_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    truncate_concat: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_parts: Mapped[int | None] = mapped_column(Integer)  # max_number_of_message_parts
+    canceled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    modified_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the batch's summary/full delivery report was written to the outbox (once).
+    reported_at: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (
+        Index("ix_batches_account_created", "account_id", "created_at"),
+        # The batches whose summary report is still to be written, for the batch sweep.
+        Index(
+            "ix_batches_unreported",
+            "expire_at",
+            postgresql_where=text("reported_at IS NULL"),
+            sqlite_where=text("reported_at IS NULL"),
+        ),
+    )
+
+
 class Message(Base):
     __tablename__ = "messages"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -122,10 +161,31 @@ class Message(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # The connector (smpp.connectors id) that took the message, or refused it for good.
     smsc: Mapped[str | None] = mapped_column(String(32))
+    # A batch's recipient: its batch, when it stops being worth sending (QUEUED after it: FAIL),
+    # and the Sinch delivery report code of a FAIL the gateway decided itself (cancelled,
+    # expired, opted out, ...; NULL when the SMSC did).
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"), index=True)
+    expire_at: Mapped[datetime | None] = mapped_column()
+    fail_code: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         Index("ix_messages_account_created", "account_id", "created_at"),
         Index("ix_messages_status_next", "status", "next_attempt_at"),
+        # A batch's messages by recipient: which batch an MO from that number answers.
+        Index(
+            "ix_messages_batch_recipient",
+            "recipient",
+            "created_at",
+            postgresql_where=text("batch_id IS NOT NULL"),
+            sqlite_where=text("batch_id IS NOT NULL"),
+        ),
+        # Queued messages with an expiry, for the sweep that fails them once it has passed.
+        Index(
+            "ix_messages_queued_expiry",
+            "expire_at",
+            postgresql_where=text("status = 'QUEUED' AND expire_at IS NOT NULL"),
+            sqlite_where=text("status = 'QUEUED' AND expire_at IS NOT NULL"),
+        ),
     )
 
 
@@ -243,6 +303,8 @@ class NumberSubscription(Base):
     kind: Mapped[str] = mapped_column(String(8))  # "sin" | "din"
     action_url: Mapped[str | None] = mapped_column(Text)
     voicemail_url: Mapped[str | None] = mapped_column(Text)  # DIN: webhook for new voicemails
+    # SIN: the MO webhook's shape, "xoxzo" (form-encoded) or "sinch" (mo_text JSON).
+    webhook_format: Mapped[str] = mapped_column(String(8), default="xoxzo", server_default="xoxzo")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("number_id", "kind"),)

@@ -30,7 +30,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from gateway.http.errors import json_response
+from gateway.http.errors import SINCH_PREFIX, json_response, sinch_error
 from gateway.http.fields import REQUIRED
 from gateway.http.params import read_params
 from gateway.services.errors import FieldErrors
@@ -86,6 +86,9 @@ class Operation:
     errors: Collection[int] = ()  # besides those implied: auth, body, query, path parameters
     headers: Mapping[str, JsonSchema] = field(default_factory=dict)  # of the success answer
     path_params: Mapping[str, JsonSchema] = field(default_factory=dict)
+    # The Sinch XMS routes (/xms/) answer 400, 403 and 404 with Sinch's `{"code", "text"}`
+    # (errors.sinch_error, applied by the error middleware).
+    sinch_errors: bool = False
 
 
 def array_of(model: type[BaseModel]) -> Any:
@@ -199,6 +202,7 @@ class Routes:
                 "body": hints.get("body"),
                 "query": hints.get("query"),
                 "path_params": {n: self._path_params.get(n, {"type": "string"}) for n in path_names(path)},
+                "sinch_errors": path.startswith(SINCH_PREFIX),
             }
             op = Operation(method=method, path=path, **{**defaults, **options})
             endpoint = _endpoint(op, handler, guard)
@@ -226,7 +230,10 @@ def _endpoint(
             values, refused = op.query.read(request)
             inputs["query"] = validated(op.query, values, request, refused)
         if op.body is not None:
-            data = await read_params(request)
+            try:
+                data = await read_params(request)
+            except FieldErrors as exc:  # the body as a whole, or a NUL in one of its fields
+                raise sinch_error(exc, "syntax_invalid_json") if op.sinch_errors else exc from None
             if guard is not None:
                 guard(request)
             inputs["body"] = validated(op.body, data, request)

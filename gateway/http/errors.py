@@ -31,22 +31,31 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await _answered(request, handler)
+    except ApiError as exc:
+        if request.path.startswith(SINCH_PREFIX):
+            exc = sinch_error(exc)
+        return json_response(exc.body, status=exc.status)
+
+
+async def _answered(request: web.Request, handler: Handler) -> web.StreamResponse:
     # No id or filter contains NUL, and PostgreSQL would refuse it as a parameter.
     if "\x00" in request.path:  # so there is nothing at such a path (404 is documented on ids)
-        return json_response({"detail": "Not found."}, status=404)
+        raise ApiError(404, {"detail": "Not found."})
     if "%00" in request.query_string or "\x00" in request.query_string:
-        return json_response({"detail": "NUL characters are not allowed in the URL."}, status=400)
+        raise ApiError(400, {"detail": "NUL characters are not allowed in the URL."})
     try:
         return await handler(request)
-    except ApiError as exc:
-        return json_response(exc.body, status=exc.status)
+    except ApiError:
+        raise
     except web.HTTPRequestEntityTooLarge:
         limit = request.app._client_max_size  # the configured http.max_body_bytes
-        return json_response({"detail": f"Request body too large (max {limit} bytes)."}, 413)
+        raise ApiError(413, {"detail": f"Request body too large (max {limit} bytes)."}) from None
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return json_response({"detail": exc.reason}, status=exc.status)
+        raise ApiError(exc.status, {"detail": exc.reason}) from None
     except Exception as exc:
         outage = request.app.get(DB_OUTAGE)
         if outage is not None and is_outage(exc):
@@ -57,6 +66,28 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # A bug must not leak internals; it is logged with the request for the operator.
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_response({"detail": "Internal error; it has been logged."}, status=500)
+
+
+# The Sinch XMS routes: their 400, 403 and 404 answers are Sinch's error body.
+SINCH_PREFIX = "/xms/"
+# Sinch's codes for what its 400/403/404 refuse; the text says which field and why.
+_SINCH_CODES = {400: "syntax_constraint_violation", 403: "forbidden", 404: "not_found"}
+
+
+def sinch_error(exc: ApiError, code: str | None = None) -> ApiError:
+    """An error as the Sinch XMS API answers it: `{"code": "...", "text": "..."}` for 400, 403
+    and 404 (`text` names each bad field: "to: reason; from: reason"); other statuses as they
+    are. `code`: Sinch's code when it is not the status's usual one."""
+    code = code or _SINCH_CODES.get(exc.status)
+    if code is None or set(exc.body) == {"code", "text"}:
+        return exc
+    detail = exc.body.get("detail")
+    if isinstance(detail, str):
+        return ApiError(exc.status, {"code": code, "text": detail})
+    reasons = "; ".join(
+        f"{name}: {why[0] if isinstance(why, list) and why else why}" for name, why in exc.body.items()
+    )
+    return ApiError(exc.status, {"code": code, "text": reasons})
 
 
 def db_unavailable(retry_after: int) -> web.Response:

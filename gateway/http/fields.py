@@ -63,6 +63,16 @@ def _e164(value: Any) -> str:
     return reason(lambda: validation.e164("", None if value is None else string(value)))
 
 
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def e164_or_digits(value: Any) -> str:
+    text = None if value is None else string(value)
+    if text is not None and _DIGITS.fullmatch(text):  # xoxzo-cloudpy's README sends 8180...
+        text = "+" + text
+    return _e164(text)
+
+
 _ALNUM_SENDER = re.compile(r"[A-Za-z0-9]{1,10}")
 _NUMERIC_SENDER = re.compile(r"\+?[0-9]{1,15}")
 
@@ -179,6 +189,12 @@ MAX_URL = validation.MAX_URL
 Text = Annotated[str, BeforeValidator(required)]
 OptionalText = Annotated[str | SkipJsonSchema[None], BeforeValidator(optional)]
 E164 = Annotated[str, BeforeValidator(_e164), documented(pattern=E164_PATTERN, examples=["+818012345678"])]
+# E.164, or its digits without the + (read as +digits), as SMS senders may be written.
+E164OrDigits = Annotated[
+    str,
+    BeforeValidator(e164_or_digits),
+    documented(pattern=r"^\+?[1-9][0-9]{6,14}$", examples=["+818012345678", "818012345678"]),
+]
 Sender = Annotated[
     str,
     BeforeValidator(_sender),

@@ -50,6 +50,13 @@ ERRORS: dict[int, tuple[type[BaseModel], str]] = {
         "is not available on this gateway right now; see the Retry-After header when present.",
     ),
 }
+# The Sinch XMS routes' 400, 403 and 404 (Operation.sinch_errors).
+SINCH_ERRORS: dict[int, str] = {
+    400: "Invalid input, Sinch style: `code` syntax_constraint_violation (or syntax_invalid_json for"
+    " the body as a whole) and `text` naming every bad field (`to: reason; from: reason`).",
+    403: "The account may not do this (freeform SMS not enabled), Sinch style: `code` forbidden.",
+    404: "Unknown or another account's resource, Sinch style: `code` not_found.",
+}
 BODY_ERRORS = (400, 413, 415)
 # Every authenticated route looks the credentials up in the database: 503 while it is away.
 AUTH_ERRORS = (401, 429, 503)
@@ -77,7 +84,9 @@ SID as the service plan id.
 
 **Errors** are JSON: 400 `{"field": ["reason", ...]}` naming every bad field at once; 401, 403,
 404, 413, 415 and 429 `{"detail": "..."}`; 422 `{"variables": {"name": ["reason"]}}` for
-template variables. Nothing is written when a request is refused.
+template variables. The Sinch-style `/xms/` routes answer 400, 403 and 404 as Sinch does,
+`{"code": "...", "text": "..."}`, the text naming every bad field. Nothing is written when a
+request is refused.
 
 **Rate limit**: when enabled, each account has a token bucket (a sustained rate and a burst).
 Over it the answer is 429 with a `Retry-After` header in seconds. The buckets are kept per
@@ -137,6 +146,7 @@ def _schemas(ops: list[Operation]) -> tuple[dict[tuple[str, str], JsonSchema], J
     inputs: list[tuple[tuple[str, str], Any, TypeAdapter[Any]]] = [
         (("error", str(code)), "validation", TypeAdapter(model)) for code, (model, _) in ERRORS.items()
     ]
+    inputs.append((("sinch", "error"), "validation", TypeAdapter(responses.SinchError)))
     for op in ops:
         if op.body is not None:
             inputs.append((("body", op.operation_id), "validation", TypeAdapter(op.body)))
@@ -181,6 +191,10 @@ def _responses(op: Operation, schemas: dict[tuple[str, str], JsonSchema]) -> Jso
     if op.path_params and op.security != "metrics":
         codes.add(404)
     for code in sorted(codes):
+        if op.sinch_errors and code in SINCH_ERRORS:
+            json = {"application/json": {"schema": schemas[("sinch", "error")]}}
+            out[str(code)] = {"description": SINCH_ERRORS[code], "content": json}
+            continue
         json = {"application/json": {"schema": schemas[("error", str(code))]}}
         out[str(code)] = {"description": ERRORS[code][1], "content": json}
         if code in (429, 503):

@@ -32,6 +32,11 @@ class BadRequest(RootModel[FieldErrors | Detail]):
     pass
 
 
+class SinchError(BaseModel):
+    code: str = Field(examples=["syntax_constraint_violation"])
+    text: str = Field(description="What went wrong; for bad input, `field: reason; ...`.")
+
+
 class VariableErrors(BaseModel):
     variables: dict[str, list[str]] = Field(
         description="Template variable name -> reasons (missing or not in the template).",
@@ -128,6 +133,101 @@ class SinchInboundList(BaseModel):
     inbounds: list[SinchInbound]
 
 
+IsoTime = Annotated[
+    str, Field(description="ISO-8601 UTC with milliseconds.", examples=["2026-11-23T10:44:27.123Z"])
+]
+SinchStatus = Literal[
+    "Queued",
+    "Dispatched",
+    "Aborted",
+    "Cancelled",
+    "Rejected",
+    "Deleted",
+    "Delivered",
+    "Failed",
+    "Expired",
+    "Unknown",
+]
+
+
+class SinchBatch(BaseModel):
+    id: str
+    type: Literal["mt_text"]
+    to: list[NoPlus]
+    from_: str = Field(alias="from", description="The sender; a number without +.")
+    body: str = Field(description="As given, with its `${parameter}`s.")
+    parameters: dict[str, dict[str, str]] | SkipJsonSchema[None] = None
+    canceled: bool
+    created_at: IsoTime
+    modified_at: IsoTime
+    delivery_report: Literal["none", "summary", "full", "per_recipient", "per_recipient_final"]
+    send_at: IsoTime | SkipJsonSchema[None] = None
+    expire_at: IsoTime
+    callback_url: str | SkipJsonSchema[None] = None
+    client_reference: str | SkipJsonSchema[None] = None
+    flash_message: bool
+    feedback_enabled: bool
+    truncate_concat: bool
+    max_number_of_message_parts: int | SkipJsonSchema[None] = None
+
+
+class SinchBatchList(BaseModel):
+    count: int = Field(description="Batches matching the filters, over all pages.")
+    page: int
+    page_size: int
+    batches: list[SinchBatch]
+
+
+class DryRunRecipient(BaseModel):
+    recipient: NoPlus
+    body: str = Field(description="The text this recipient would get.")
+    number_of_parts: int
+    encoding: Literal["text", "unicode"]
+
+
+class SinchDryRun(BaseModel):
+    number_of_recipients: int
+    number_of_messages: int = Field(description="SMS parts all the recipients' messages would take.")
+    per_recipient: list[DryRunRecipient] | SkipJsonSchema[None] = None
+
+
+class StatusCount(BaseModel):
+    code: int = Field(
+        description="Sinch's delivery report code: 0 delivered, 400 queued, 401 dispatched, ..."
+    )
+    status: SinchStatus
+    count: int
+    recipients: list[NoPlus] | SkipJsonSchema[None] = Field(None, description="In a full report.")
+
+
+class SinchBatchReport(BaseModel):
+    type: Literal["delivery_report_sms"]
+    batch_id: str
+    total_message_count: int
+    statuses: list[StatusCount] = Field(description="One entry per status and code that has recipients.")
+    client_reference: str | SkipJsonSchema[None] = None
+
+
+class SinchRecipientReport(BaseModel):
+    type: Literal["recipient_delivery_report_sms"]
+    batch_id: str
+    recipient: NoPlus
+    code: int
+    status: SinchStatus
+    at: IsoTime = Field(description="When the message reached this status.")
+    client_reference: str | SkipJsonSchema[None] = None
+    number_of_message_parts: int | SkipJsonSchema[None] = Field(
+        None, description="When the batch set max_number_of_message_parts."
+    )
+
+
+class SinchReportList(BaseModel):
+    count: int = Field(description="Reports matching the filters, over all pages.")
+    page: int
+    page_size: int
+    delivery_reports: list[SinchRecipientReport]
+
+
 class Call(BaseModel):
     callid: str
     direction: Literal["inbound", "outbound"]
@@ -171,34 +271,34 @@ class Voicemail(BaseModel):
 
 
 class _Number(BaseModel):
-    country_code: str = Field(description="ISO 3166-1 alpha-2.")
-    prefix: str = Field(description="Digits.")
+    country_code: str = Field(description="The country's dialling code, e.g. 81.", examples=["81"])
+    prefix: str = Field(
+        description="Local area prefix, without the trunk 0 (3 for Tokyo, 50 for 050 numbers).",
+        examples=["3"],
+    )
     monthly_cost: float
+    minute_cost: float
 
 
 class SinNumber(_Number):
-    sin: str = Field(description="The number, E.164.")
+    sin: NoPlus = Field(examples=["81312345678"])
     sin_uid: str
-    minute_cost: float
 
 
 class DinNumber(_Number):
-    din: str = Field(description="The number, E.164.")
+    din: NoPlus = Field(examples=["81312345678"])
     din_uid: str
-    minute_cost: float
 
 
-class SinSubscription(_Number):
-    sin: str = Field(description="The number, E.164.")
-    sin_uid: str
+class SinSubscription(SinNumber):
     action_url: str | None
+    webhook_format: Literal["xoxzo", "sinch"] = Field(
+        description="How MOs are POSTed: form-encoded (xoxzo) or Sinch's mo_text JSON (sinch)."
+    )
     subscribed_at: Time
 
 
-class DinSubscription(_Number):
-    din: str = Field(description="The number, E.164.")
-    din_uid: str
-    minute_cost: float
+class DinSubscription(DinNumber):
     action_url: str | None
     voicemail_url: str | None
     subscribed_at: Time

@@ -15,6 +15,7 @@ from gateway.http.api import Json, Query, Routes, refusal
 from gateway.http.fields import MessageText, When, optional, whole
 from gateway.http.responses import Inbound, Msgid, SinchInbound, SinchInboundList
 from gateway.keys import ACCOUNT, INBOUND
+from gateway.services import sinch
 from gateway.services.views import fmt_time
 
 PLAN = {"type": "string", "description": "Your SID (Sinch `service_plan_id`)."}
@@ -42,17 +43,14 @@ def _day_ago() -> datetime:
     return datetime.now(UTC) - timedelta(hours=24)
 
 
-class InboundFilters(Query):
-    to: Annotated[tuple[str, ...], BeforeValidator(_to_list), WithJsonSchema({"type": "string"})] = Field(
-        (), description="Comma-separated list of your numbers (E.164, + optional)."
-    )
+class Window(Query):
+    """Paging through what was created (or received) in a time window: the Sinch listings."""
+
     start_date: When = Field(
         default_factory=_day_ago,
         description="ISO-8601 date or date-time (UTC if no offset); default 24 hours ago.",
     )
-    end_date: When | None = Field(
-        None, description="ISO-8601 date or date-time; must be after start_date."
-    )
+    end_date: When | None = Field(None, description="ISO-8601 date or date-time; must be after start_date.")
     client_reference: str | SkipJsonSchema[None] = Field(None, description="Exact match.")
     page: Annotated[int, whole(0, MAX_PAGE, 0), Field(ge=0, le=MAX_PAGE)] = Field(
         0, description="Page number, from 0."
@@ -66,6 +64,12 @@ class InboundFilters(Query):
         if self.end_date is not None and self.end_date <= self.start_date:
             raise refusal(type(self), {"end_date": "Must be after start_date."})
         return self
+
+
+class InboundFilters(Window):
+    to: Annotated[tuple[str, ...], BeforeValidator(_to_list), WithJsonSchema({"type": "string"})] = Field(
+        (), description="Comma-separated list of your numbers (E.164, + optional)."
+    )
 
 
 async def _list(request: web.Request, q: InboundFilters) -> tuple[int, list[InboundMessage]]:
@@ -91,24 +95,6 @@ def xoxzo_json(row: InboundMessage) -> dict[str, Any]:
         "recipient": row.recipient,
         "message": row.body,
         "recv_time": fmt_time(row.received_at),
-    }
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
-
-
-def sinch_json(row: InboundMessage) -> dict[str, Any]:
-    return {
-        "type": "mo_text",
-        "id": row.uid,
-        "from": row.sender.lstrip("+"),
-        "to": row.recipient.lstrip("+"),
-        "body": row.body,
-        "received_at": _iso(row.received_at),
-        "sent_at": _iso(row.received_at),
-        "operator_id": row.operator_id,
-        "client_reference": row.client_reference,
     }
 
 
@@ -138,11 +124,11 @@ async def reply_inbound(request: web.Request, body: Reply) -> Json:
 async def sinch_list_inbounds(request: web.Request, query: InboundFilters) -> Json:
     """Received SMS (Sinch XMS style)"""
     count, rows = await _list(request, query)
-    inbounds = [sinch_json(r) for r in rows]
+    inbounds = [sinch.inbound_json(r) for r in rows]
     return {"count": count, "page": query.page, "page_size": query.page_size, "inbounds": inbounds}
 
 
 @routes.get("/xms/v1/{plan}/inbounds/{uid}", returns=SinchInbound, security="basic+bearer")
 async def sinch_get_inbound(request: web.Request) -> Json:
     """A received SMS (Sinch XMS style)"""
-    return sinch_json(await request.app[INBOUND].get(request[ACCOUNT].id, request.match_info["uid"]))
+    return sinch.inbound_json(await request.app[INBOUND].get(request[ACCOUNT].id, request.match_info["uid"]))

@@ -23,7 +23,16 @@ from actions_dsl.values import lang_problem, text_problem, url_problem
 from gateway.egress.policy import SsrfPolicy
 from gateway.http.api import Json, Routes, refusal
 from gateway.http.errors import json_response
-from gateway.http.fields import E164, MAX_URL, REQUIRED, OptionalText, Url, optional, reason, request_of
+from gateway.http.fields import (
+    MAX_URL,
+    REQUIRED,
+    E164OrDigits,
+    OptionalText,
+    Url,
+    optional,
+    reason,
+    request_of,
+)
 from gateway.http.responses import Callid
 from gateway.keys import ACCOUNT, URL_POLICY
 from gateway.services import validation
@@ -79,8 +88,12 @@ def _media(p: Mapping[str, Any], policy: SsrfPolicy) -> tuple[Media | None, dict
 
 
 class Playback(BaseModel):
-    caller: E164 = Field(description="E.164: one of your DINs, or a caller id verified for you.")
-    recipient: E164 = Field(description="E.164, under a prefix your account may call.")
+    caller: E164OrDigits = Field(
+        description="E.164 (the + may be left out): one of your DINs, or a caller id verified for you."
+    )
+    recipient: E164OrDigits = Field(
+        description="E.164 (the + may be left out), under a prefix your account may call."
+    )
     recording_url: OptionalText = Field(
         None, description="mp3 or wav to play.", json_schema_extra={"format": "uri", "maxLength": MAX_URL}
     )

@@ -26,7 +26,14 @@ from gateway.http.fields import (
 )
 from gateway.http.responses import AutoReply, Empty, SinNumber, SinSubscription
 from gateway.keys import ACCOUNT, NUMBERS
-from gateway.services.numbers import MATCHES, MAX_REPLY, Kind, parse_filters, pattern_problem
+from gateway.services.numbers import (
+    MATCHES,
+    MAX_REPLY,
+    WEBHOOK_FORMATS,
+    Kind,
+    parse_filters,
+    pattern_problem,
+)
 
 
 def _country(value: Any) -> str | None:
@@ -52,24 +59,51 @@ class Filters(Query):
     ] = Field(None, description="Digits the number starts with (after +), e.g. 813.")
 
 
-class DinUrls(BaseModel):
-    action_url: Url = Field(None, description="Webhook for this number.")
-    voicemail_url: Url = Field(None, description="Receives a signed POST on each new voicemail.")
-
-    @model_validator(mode="after")
-    def _one_at_least(self) -> Self:
-        if self.action_url is None and self.voicemail_url is None:
-            raise refusal(type(self), {"action_url": REQUIRED})
-        return self
-
-
 def _din_only(value: Any) -> None:
     if value is not None:
         raise ValueError("Only DIN subscriptions take a voicemail_url.")
 
 
-class SinUrls(DinUrls):
+def _sin_only(value: Any) -> None:
+    if value is not None:
+        raise ValueError("Only SIN subscriptions take a webhook_format.")
+
+
+class NumberUrls(BaseModel):
+    """What POST /subscriptions/<uid>/ sets; each kind's model says which fields it takes."""
+
+    action_url: Url = Field(None, description="Webhook for this number.")
+    voicemail_url: str | None = None
+    webhook_format: str | None = None
+
+    @model_validator(mode="after")
+    def _one_at_least(self) -> Self:
+        if self.action_url is None and self.voicemail_url is None and self.webhook_format is None:
+            raise refusal(type(self), {"action_url": REQUIRED})
+        return self
+
+
+class DinUrls(NumberUrls):
+    voicemail_url: Url = Field(None, description="Receives a signed POST on each new voicemail.")
+    webhook_format: SkipJsonSchema[Annotated[None, BeforeValidator(_sin_only)]] = None
+
+
+def _format(value: Any) -> str | None:
+    text = optional(value)
+    if text is not None and text not in WEBHOOK_FORMATS:
+        raise ValueError('Expected "xoxzo" or "sinch".')
+    return text
+
+
+class SinUrls(NumberUrls):
     voicemail_url: SkipJsonSchema[Annotated[None, BeforeValidator(_din_only)]] = None
+    webhook_format: Annotated[
+        Literal["xoxzo", "sinch"] | SkipJsonSchema[None], BeforeValidator(_format)
+    ] = Field(
+        None,
+        description="How MOs are POSTed to action_url: `xoxzo` (form-encoded, the default) or"
+        " `sinch` (Sinch's mo_text JSON).",
+    )
 
 
 class Subscribe(BaseModel):
@@ -87,7 +121,7 @@ def number_routes(
     base: str,
     *,
     subscribe: type[Subscribe],
-    urls: type[DinUrls],
+    urls: type[NumberUrls],
     number: type[BaseModel],
     subscription: type[BaseModel],
 ) -> Routes:
@@ -120,11 +154,11 @@ def number_routes(
         )
 
     @routes.post(subs + "{uid}/", returns=subscription, body=urls, operation_id=f"set{cap}Urls")
-    async def set_urls(request: web.Request, body: DinUrls) -> Json:
+    async def set_urls(request: web.Request, body: NumberUrls) -> Json:
         """Set the subscription's webhook URL(s)"""
         uid = request.match_info["uid"]
         return await request.app[NUMBERS].set_action_url(
-            request[ACCOUNT].id, kind, uid, body.action_url, body.voicemail_url
+            request[ACCOUNT].id, kind, uid, body.action_url, body.voicemail_url, body.webhook_format
         )
 
     @routes.delete(subs + "{uid}/", returns=Empty, operation_id=f"unsubscribe{cap}")

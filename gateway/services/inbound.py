@@ -28,7 +28,8 @@ from gateway.db.models import (
     OptOut,
     WebhookDelivery,
 )
-from gateway.services import outbox
+from gateway.services import outbox, sinch
+from gateway.services.batches import link_replies
 from gateway.services.errors import forbidden, not_found
 from gateway.services.keywords import HELP_WORDS, START_WORDS, STOP_WORDS
 from gateway.services.messages import MessageService, OutboundRequest
@@ -104,6 +105,9 @@ class _BatchCache:
     inbound: list[dict[str, Any]] = field(default_factory=list)
     webhooks: list[dict[str, Any]] = field(default_factory=list)
     rules: dict[int, list[AutoReply]] = field(default_factory=dict)
+    # Webhooks in Sinch's JSON, built before the insert once the batch each MO answers is known
+    # (its client_reference): (index of the MO in `inbound`, the SIN's action_url).
+    sinch_hooks: list[tuple[int, str]] = field(default_factory=list)
     # One log line each, once committed.
     stored: list[dict[str, object]] = field(default_factory=list)
 
@@ -150,6 +154,9 @@ class InboundService:
 
     async def _before_commit(self, s: AsyncSession, cache: _BatchCache) -> None:
         if cache.inbound:
+            await link_replies(s, cache.inbound)
+            for i, url in cache.sinch_hooks:
+                cache.webhooks.append(self._sinch_hook(s, cache.inbound[i], url))
             await s.execute(insert(_INBOUND), cache.inbound)
         if not cache.webhooks:
             return
@@ -290,7 +297,9 @@ class InboundService:
             fields["keyword"] = keyword
         if reply:
             fields["reply_msgid"] = await self._send_reply(s, owner.account_id, dest, source, reply)
-        if owner.action_url:
+        if owner.action_url and owner.webhook_format == "sinch":
+            cache.sinch_hooks.append((len(cache.inbound) - 1, owner.action_url))
+        elif owner.action_url:
             row = outbox.form_row(
                 account_id=owner.account_id,
                 kind="sms.inbound",
@@ -308,6 +317,28 @@ class InboundService:
             if self._fast_path is None:
                 outbox.count(s)
             cache.webhooks.append(row)
+
+    def _sinch_hook(self, s: AsyncSession, mo: dict[str, Any], url: str) -> dict[str, Any]:
+        payload = sinch.mo_text(
+            mo["uid"],
+            mo["sender"],
+            mo["recipient"],
+            mo["body"],
+            mo["received_at"],
+            None,
+            mo["client_reference"],
+        )
+        lease = self._fast_path.lease() if self._fast_path is not None else None
+        if self._fast_path is None:
+            outbox.count(s)
+        return outbox.json_row(
+            account_id=mo["account_id"],
+            kind="sms.inbound",
+            ref=mo["uid"],
+            url=url,
+            payload=payload,
+            lease=lease,
+        )
 
     async def _keyword(self, s: AsyncSession, owner: SubscriptionTarget, sender: str, keyword: str) -> str:
         if keyword in STOP_WORDS:

@@ -1,7 +1,13 @@
 """Number inventory CSV: parsed and validated in full before anything touches the database.
 
-Header (any column order): number,country_code,prefix,sms,voice,monthly_cost,minute_cost.
-Every bad row is reported with its line number; a file with any error imports nothing.
+Header (any column order): number,country_code,sms,voice,monthly_cost,minute_cost, and
+optionally prefix. Every bad row is reported with its line number; a file with any error
+imports nothing.
+
+`prefix` is the local area prefix the listings show (Xoxzo's: "3" for +81 3..., "50" for
++81 50..., without the trunk 0). Left out or empty, it is derived from the number
+(phonenumbers' national destination code); the older form, the number's leading digits with
+the country code ("813"), is read as the local prefix after it.
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TypeVar
 
+import phonenumbers
+
 from gateway.services import validation as v
 from gateway.services.errors import FieldErrors
 
 COLUMNS = ("number", "country_code", "prefix", "sms", "voice", "monthly_cost", "minute_cost")
+OPTIONAL = frozenset({"prefix"})
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
 _COUNTRY = re.compile(r"[A-Za-z]{2}")
@@ -33,7 +42,7 @@ class NumberRow:
     line: int  # where the row ends in the file, for error messages
     number: str  # E.164 with +
     country_code: str  # upper-case ISO 3166-1 alpha-2
-    prefix: str  # digits the number (without +) starts with
+    prefix: str  # local area prefix, without the trunk 0 ("3" for +81312345678); may be empty
     sms: bool
     voice: bool
     monthly_cost: Decimal
@@ -98,20 +107,37 @@ def _row(line: int, raw: dict[str, str], errors: list[str], seen: dict[str, int]
 
     number = check("number", _number, "")
     country = check("country_code", _country, "")
-    prefix = check("prefix", _prefix, "")
+    given: str | None = check("prefix", _prefix, None) if cells["prefix"] else ""
     sms = check("sms", _bool, False)
     voice = check("voice", _bool, False)
     monthly = check("monthly_cost", _cost, Decimal(0))
     minute = check("minute_cost", _cost, Decimal(0))
-    if number and prefix and not number[1:].startswith(prefix):
-        errors.append(f"line {line}: prefix: {number} does not start with {prefix}")
+    prefix = None if not number or given is None else local_prefix(number, given)
+    if number and given and prefix is None:
+        errors.append(f"line {line}: prefix: {number} does not start with {given}")
     if number in seen:
         errors.append(f"line {line}: number: {number} already on line {seen[number]}")
     elif number:
         seen[number] = line
     if len(errors) > before:
         return None
+    assert prefix is not None  # no error: the number and the prefix given are good
     return NumberRow(line, number, country, prefix, sms, voice, monthly, minute)
+
+
+def local_prefix(number: str, given: str = "") -> str | None:
+    """The local area prefix of `number` (E.164): `given` when the national number starts with
+    it, `given` without the country code when that is how the number starts (the older form),
+    else None; derived when nothing (or only the country code) is given."""
+    parsed = phonenumbers.parse(number, None)
+    national = phonenumbers.national_significant_number(parsed)
+    country = str(parsed.country_code)
+    if given and national.startswith(given):
+        return given
+    if given and not number[1:].startswith(given):
+        return None
+    given = given[len(country) :] if given.startswith(country) else ""
+    return given or national[: phonenumbers.length_of_national_destination_code(parsed)]
 
 
 def _country(value: str) -> str:
@@ -143,7 +169,7 @@ def parse_numbers_csv(data: bytes | str) -> list[NumberRow]:
         if header is None:
             raise NumberImportError(["line 1: empty file; expected the header " + ",".join(COLUMNS)])
         names = [h.strip().lower() for h in header]
-        missing = [c for c in COLUMNS if c not in names]
+        missing = [c for c in COLUMNS if c not in names and c not in OPTIONAL]
         unknown = [h for h in names if h not in COLUMNS]
         dupes = sorted({h for h in names if names.count(h) > 1})
         if missing or unknown or dupes:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple, Protocol
 
+import phonenumbers
 import re2
 from sqlalchemy import ColumnElement, Select, delete, select
 from sqlalchemy.exc import IntegrityError
@@ -27,6 +28,7 @@ from gateway.services.number_import import NumberImportError, NumberRow
 from gateway.services.views import fmt_time
 
 Kind = Literal["sin", "din"]
+WEBHOOK_FORMATS = ("xoxzo", "sinch")
 KINDS: tuple[Kind, ...] = ("sin", "din")
 _LABEL = {"sin": "SIN", "din": "DIN"}
 _CAPABILITY = {"sin": "SMS", "din": "voice"}
@@ -94,6 +96,7 @@ class SubscriptionTarget(NamedTuple):
     account_id: int
     action_url: str | None
     number_id: int
+    webhook_format: str = "xoxzo"  # SIN: "xoxzo" (form-encoded) or "sinch" (mo_text JSON)
 
 
 @dataclass(frozen=True)
@@ -131,11 +134,13 @@ def _money(value: Decimal) -> float:
     return float(value)
 
 
-def available_json(kind: Kind, n: Number) -> dict[str, Any]:
+def number_json(kind: Kind, n: Number) -> dict[str, Any]:
+    """A number as Xoxzo lists it: digits without +, the dialling code as `country_code`
+    ("81"), the local area prefix without the trunk 0 ("3"), and its costs."""
     return {
-        kind: n.number,
+        kind: n.number.removeprefix("+"),
         f"{kind}_uid": n.uid,
-        "country_code": n.country_code,
+        "country_code": str(phonenumbers.parse(n.number, None).country_code),
         "prefix": n.prefix,
         "monthly_cost": _money(n.monthly_cost),
         "minute_cost": _money(n.minute_cost),
@@ -143,18 +148,12 @@ def available_json(kind: Kind, n: Number) -> dict[str, Any]:
 
 
 def subscription_json(kind: Kind, n: Number, sub: NumberSubscription) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        kind: n.number,
-        f"{kind}_uid": n.uid,
-        "country_code": n.country_code,
-        "prefix": n.prefix,
-        "monthly_cost": _money(n.monthly_cost),
-    }
-    if kind == "din":
-        out["minute_cost"] = _money(n.minute_cost)  # calls are billed by the minute
+    out = number_json(kind, n)
     out["action_url"] = sub.action_url
     if kind == "din":
         out["voicemail_url"] = sub.voicemail_url
+    else:
+        out["webhook_format"] = sub.webhook_format or "xoxzo"
     out["subscribed_at"] = fmt_time(sub.created_at)
     return out
 
@@ -354,7 +353,7 @@ class NumberService:
         q = select(Number).where(_capability_column(kind).is_(True), ~taken).order_by(Number.number)
         async with self._sessions() as s:
             rows = (await s.execute(q.where(*_filters(country, prefix)))).scalars()
-            return [available_json(kind, n) for n in rows]
+            return [number_json(kind, n) for n in rows]
 
     async def subscribe(self, account_id: int, kind: Kind, uid: str | None) -> dict[str, Any]:
         kind = _check_kind(kind)
@@ -431,9 +430,11 @@ class NumberService:
         uid: str,
         action_url: str | None,
         voicemail_url: str | None = None,
+        webhook_format: str | None = None,
     ) -> dict[str, Any]:
-        """Sets action_url and, for a DIN, voicemail_url (where new voicemails are POSTed); None
-        leaves one as it is. The URLs as the API checked them against the outbound policy."""
+        """Sets action_url and, for a DIN, voicemail_url (where new voicemails are POSTed), for
+        a SIN the webhook format; None leaves one as it is. The URLs as the API checked them
+        against the outbound policy."""
         kind = _check_kind(kind)
         async with self._sessions.begin() as s:
             sub, n = await self._own(s, account_id, kind, uid)
@@ -441,6 +442,8 @@ class NumberService:
                 sub.action_url = action_url
             if voicemail_url is not None:
                 sub.voicemail_url = voicemail_url
+            if webhook_format is not None:
+                sub.webhook_format = webhook_format
         return subscription_json(kind, n, sub)
 
     async def unsubscribe(self, account_id: int, kind: Kind, uid: str) -> None:
@@ -466,7 +469,7 @@ class NumberService:
         else:
             async with self._sessions() as s:
                 row = (await s.execute(q)).one_or_none()
-        return None if row is None else SubscriptionTarget(row[0], row[1], row[2], row[3])
+        return None if row is None else SubscriptionTarget(*row[:5])
 
     async def subscriptions_for_numbers(
         self, numbers: Iterable[str], kind: Kind, session: AsyncSession
@@ -479,7 +482,7 @@ class NumberService:
         for i in range(0, len(wanted), _CHUNK):
             q = _targets_query(kind, Number.number).where(Number.number.in_(wanted[i : i + _CHUNK]))
             for row in await session.execute(q):
-                found[row[4]] = SubscriptionTarget(row[0], row[1], row[2], row[3])
+                found[row[5]] = SubscriptionTarget(*row[:5])
         return found
 
     # -- SIN auto-reply rules ----------------------------------------------------------------
@@ -548,14 +551,15 @@ async def _rules(s: AsyncSession, subscription_id: int) -> list[AutoReplyRule]:
 
 
 def _targets_query(kind: Kind, *extra: Any) -> Select[Any]:
-    """Subscription id, account id, action_url and number id of `kind` subscriptions (then the
-    `extra` columns); the caller adds which numbers."""
+    """Subscription id, account id, action_url, number id and webhook format of `kind`
+    subscriptions (then the `extra` columns); the caller adds which numbers."""
     return (
         select(
             NumberSubscription.id,
             NumberSubscription.account_id,
             NumberSubscription.action_url,
             Number.id,
+            NumberSubscription.webhook_format,
             *extra,
         )
         .join(Number, Number.id == NumberSubscription.number_id)

@@ -87,6 +87,33 @@ def form_row(
     """A form-encoded delivery (as Xoxzo posts inbound SMS to action_url), as the row to insert:
     every column set, so the caller knows the whole row without reading it back. A leased row
     goes to the FastPath after the commit; any other, the caller counts (count())."""
+    body = urlencode(fields)
+    return _row(account_id, kind, ref, url, body, "application/x-www-form-urlencoded", lease)
+
+
+def json_row(
+    *,
+    account_id: int,
+    kind: str,
+    ref: str,
+    url: str,
+    payload: dict[str, Any],
+    lease: tuple[datetime, str] | None = None,
+) -> dict[str, Any]:
+    """`form_row` for a JSON delivery (Sinch's mo_text)."""
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return _row(account_id, kind, ref, url, body, "application/json", lease)
+
+
+def _row(
+    account_id: int,
+    kind: str,
+    ref: str,
+    url: str,
+    body: str,
+    content_type: str,
+    lease: tuple[datetime, str] | None,
+) -> dict[str, Any]:
     now = utcnow()
     return {
         "uid": uuid.uuid4().hex,
@@ -95,8 +122,8 @@ def form_row(
         "ref": ref,
         "url": url,
         "receiver_host": receiver_host(url),
-        "body": urlencode(fields),
-        "content_type": "application/x-www-form-urlencoded",
+        "body": body,
+        "content_type": content_type,
         "status": "PENDING",
         "attempts": 0,
         "next_attempt_at": now,

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import leases
@@ -244,6 +244,8 @@ class Dispatcher:
                 extra=(
                     Message.account_id.not_in(select(Account.id).where(Account.disabled.is_(True))),
                     Message.id.not_in(list(self._in_flight)),
+                    # A batch message past its expire_at is the batch sweep's to fail, not to send.
+                    or_(Message.expire_at.is_(None), Message.expire_at > now),
                 ),
                 values={"attempts": Message.attempts + 1},
             )

@@ -6,12 +6,15 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.models import Message, TrackedLink
-from gateway.services import outbox
+from gateway.services import batch_reports, outbox
 from gateway.services.views import message_json
 
 
 async def enqueue_status_callback(s: AsyncSession, msg: Message, base_url: str) -> None:
     if not msg.callbackurl:
+        return
+    if msg.batch_id is not None:  # a Sinch batch's recipient: its delivery report instead
+        await batch_reports.recipient_callback(s, msg)
         return
     links: list[TrackedLink] = []
     if msg.track_link:
