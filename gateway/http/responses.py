@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 from pydantic.json_schema import SkipJsonSchema
 
+from gateway.services.sinch import SinchStatus
+
 Time = Annotated[
     str | None, Field(description="UTC, `YYYY-mm-dd HH:MM:SS`.", examples=["2026-11-23 10:44:27"])
 ]
@@ -135,18 +137,6 @@ class SinchInboundList(BaseModel):
 
 IsoTime = Annotated[
     str, Field(description="ISO-8601 UTC with milliseconds.", examples=["2026-11-23T10:44:27.123Z"])
-]
-SinchStatus = Literal[
-    "Queued",
-    "Dispatched",
-    "Aborted",
-    "Cancelled",
-    "Rejected",
-    "Deleted",
-    "Delivered",
-    "Failed",
-    "Expired",
-    "Unknown",
 ]
 
 

@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 from gateway.db.models import Batch, InboundMessage, Message
 
@@ -41,7 +41,7 @@ _OWN_FAILURES = {
 }
 # A FAIL the SMSC's receipt decided, by the receipt's stat word.
 _RECEIPT_FAILURES = {"EXPIRED": "Expired", "REJECTD": "Rejected", "DELETED": "Deleted", "UNKNOWN": "Unknown"}
-STATUSES = (
+SinchStatus = Literal[
     "Queued",
     "Dispatched",
     "Aborted",
@@ -52,7 +52,8 @@ STATUSES = (
     "Failed",
     "Expired",
     "Unknown",
-)
+]
+STATUSES: tuple[str, ...] = get_args(SinchStatus)
 FINAL_STATUSES = frozenset(STATUSES) - {"Queued", "Dispatched"}
 
 
