@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from sqlalchemy import update
 
-from gateway.app import DISPATCHER, SMPP_CLIENT
+from gateway.app import CONNECTORS, DISPATCHER
 from gateway.db.models import Message
 from gateway.keys import SESSIONS
 from gateway.services.accounts import NewCredentials
@@ -149,7 +149,7 @@ async def test_what_is_not_sent_by_expire_at_fails_and_is_never_sent(
         smsc = SimulatorPeer(simulator)
 
         async def bound() -> bool:
-            return gw.app[SMPP_CLIENT].bound
+            return gw.app[CONNECTORS]["default"].bound
 
         await wait_for(bound, timeout=40)
         await asyncio.sleep(1)

@@ -37,11 +37,21 @@ def _do_run(connection: Connection) -> None:
     if locked:
         connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PG_LOCK_KEY})
         connection.commit()  # the lock is the session's: alembic's own transaction follows
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # Batch mode rebuilds a table (copy, drop, rename) to add a foreign key or alter a column;
+        # with foreign keys enforced, dropping `messages` fails once `message_parts` has rows.
+        # SQLite's own recipe for such changes: enforcement off (it cannot change inside a
+        # transaction), the changes, then a check that every reference still holds.
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.commit()
     try:
         # Batch mode lets ALTERs work on SQLite, which cannot alter most column properties in place.
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()
+            if sqlite and (broken := connection.exec_driver_sql("PRAGMA foreign_key_check").first()):
+                raise RuntimeError(f"migration left a broken reference: {tuple(broken)}")
     finally:
         if locked:
             connection.rollback()  # after a failed migration, so that the unlock can run
