@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,20 @@ from gateway.db.models import Base
 from tests.conftest import ENGINES, ROOT, _pg_admin, _pg_url
 
 
+@contextlib.contextmanager
+def _empty_database(engine: str, tmp_path: Path) -> Iterator[str]:
+    """A database of its own for one test: a SQLite file, or a PostgreSQL database dropped after."""
+    if engine == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/m.sqlite3"
+        return
+    name = f"gw_mig_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield _pg_url(name)
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 async def _diff(url: str) -> list[object]:
     engine = create_engine(url)
     async with engine.connect() as conn:
@@ -32,22 +48,13 @@ async def _diff(url: str) -> list[object]:
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_down_and_up_again(engine: str, tmp_path: Path) -> None:
-    name = f"gw_mig_{uuid.uuid4().hex[:10]}"
-    if engine == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/m.sqlite3"
-    else:
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-        url = _pg_url(name)
-    try:
+    with _empty_database(engine, tmp_path) as url:
         cfg = migrate.alembic_config(url)
         command.upgrade(cfg, "head")
         assert asyncio.run(_diff(url)) == []
         command.downgrade(cfg, "base")
         command.upgrade(cfg, "head")
         assert asyncio.run(_diff(url)) == []
-    finally:
-        if engine != "sqlite":
-            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def _sql(url: str, *statements: str) -> list[Any]:
@@ -67,13 +74,7 @@ async def _sql(url: str, *statements: str) -> list[Any]:
 def test_webhook_receiver_host_and_uid_backfilled(engine: str, tmp_path: Path) -> None:
     """Deliveries written before 0005 are claimed by receiver host like new ones, and each gets
     its own delivery id."""
-    name = f"gw_mig_{uuid.uuid4().hex[:10]}"
-    if engine == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/m.sqlite3"
-    else:
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-        url = _pg_url(name)
-    try:
+    with _empty_database(engine, tmp_path) as url:
         cfg = migrate.alembic_config(url)
         command.upgrade(cfg, "0003")
         urls = ["https://Hooks.Example.com/a?x=1", "http://10.0.0.5:8080/b", "http://[::1]/c"]
@@ -97,22 +98,13 @@ def test_webhook_receiver_host_and_uid_backfilled(engine: str, tmp_path: Path) -
         assert [r[0] for r in got] == ["hooks.example.com:443", "10.0.0.5:8080", "[::1]:80"]
         uids = [r[1] for r in got]
         assert len(set(uids)) == 3 and all(len(u) == 32 and int(u, 16) >= 0 for u in uids)
-    finally:
-        if engine != "sqlite":
-            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_messages_sent_before_connectors_are_the_connector_default(engine: str, tmp_path: Path) -> None:
     """Before 0007 there was one SMSC: what was sent went over `default`, and its receipts,
     orphans included, keep matching there; a message never sent has no connector."""
-    name = f"gw_mig_{uuid.uuid4().hex[:10]}"
-    if engine == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/m.sqlite3"
-    else:
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-        url = _pg_url(name)
-    try:
+    with _empty_database(engine, tmp_path) as url:
         cfg = migrate.alembic_config(url)
         command.upgrade(cfg, "0006")
         message = (
@@ -142,22 +134,13 @@ def test_messages_sent_before_connectors_are_the_connector_default(engine: str, 
         ]
         assert asyncio.run(_sql(url, "SELECT connector FROM message_parts")) == [("default",)]
         assert asyncio.run(_sql(url, "SELECT connector FROM orphan_receipts")) == [("default",)]
-    finally:
-        if engine != "sqlite":
-            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_number_prefixes_become_local_area_prefixes(engine: str, tmp_path: Path) -> None:
     """0009: the inventory's leading digits ("813") become the local prefix Xoxzo lists ("3"),
     and back on downgrade."""
-    name = f"gw_mig_{uuid.uuid4().hex[:10]}"
-    if engine == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/m.sqlite3"
-    else:
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-        url = _pg_url(name)
-    try:
+    with _empty_database(engine, tmp_path) as url:
         cfg = migrate.alembic_config(url)
         command.upgrade(cfg, "0006")
         numbers = {"+81312345678": "813", "+815012345678": "8150", "+14155550100": "1415"}
@@ -182,9 +165,6 @@ def test_number_prefixes_become_local_area_prefixes(engine: str, tmp_path: Path)
         command.downgrade(cfg, "0006")
         got = asyncio.run(_sql(url, "SELECT number, prefix FROM numbers ORDER BY number"))
         assert dict(tuple(r) for r in got) == numbers
-    finally:
-        if engine != "sqlite":
-            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.mark.skipif("postgresql" not in ENGINES, reason="PostgreSQL not in GWTEST_ENGINES")
