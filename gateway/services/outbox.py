@@ -49,16 +49,8 @@ def enqueue(
     session: AsyncSession, *, account_id: int, kind: str, ref: str, url: str, payload: dict[str, Any]
 ) -> None:
     count(session)
-    session.add(
-        WebhookDelivery(
-            account_id=account_id,
-            kind=kind,
-            ref=ref,
-            url=url,
-            receiver_host=receiver_host(url),
-            body=json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
-        )
-    )
+    row = json_row(account_id=account_id, kind=kind, ref=ref, url=url, payload=payload)
+    session.add(WebhookDelivery(**row))
 
 
 class FastPath(Protocol):
