@@ -139,10 +139,12 @@ class Dispatcher:
         observer: Observer | None = None,
         db: DbOutage | None = None,
         routes: Callable[[], RouteTable] | None = None,
+        fast_path: outbox.FastPath | None = None,
     ) -> None:
         if not connectors:
             raise ValueError("the dispatcher needs at least one connector")
         self._db = db or DbOutage()
+        self._fast_path = fast_path
         self._wake_webhooks = wake_webhooks
         self._observer = observer or NullObserver()
         self._sessions = sessions
@@ -354,6 +356,9 @@ class Dispatcher:
             try:
                 async with self._sessions.begin() as s:
                     await self._write(s, outcomes, now)
+                    leased = await outbox.lease_fast(s, self._fast_path)
+                if leased and self._fast_path is not None:
+                    self._fast_path.offer(leased)
                 if outbox.written(s):
                     self._wake_webhooks()
                 _log_outcomes(outcomes)

@@ -19,7 +19,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.group_commit import GroupCommitter
-from gateway.db.models import Message, MessagePart, OrphanReceipt
+from gateway.db.models import Message, MessagePart, OrphanReceipt, WebhookDelivery
 from gateway.services import outbox
 from gateway.workers.observer import NullObserver, Observer
 from gateway.workers.status import enqueue_status_callback
@@ -57,8 +57,10 @@ class ReceiptApplier:
         base_url: str,
         wake_webhooks: Callable[[], None] = lambda: None,
         observer: Observer | None = None,
+        fast_path: outbox.FastPath | None = None,
     ) -> None:
         self.observer: Observer = observer or NullObserver()
+        self._fast_path = fast_path
         self._sessions = sessions
         self._base_url = base_url
         self._wake_webhooks = wake_webhooks
@@ -85,6 +87,12 @@ class ReceiptApplier:
                 )
                 for p in unmatched
             )
+            leased = await outbox.lease_fast(s, self._fast_path)
+        self._committed(s, leased)
+
+    def _committed(self, s: AsyncSession, leased: list[tuple[WebhookDelivery, str]]) -> None:
+        if leased and self._fast_path is not None:
+            self._fast_path.offer(leased)
         if outbox.written(s):
             self._wake_webhooks()
         log_settled(s, self.observer)
@@ -196,9 +204,8 @@ class ReceiptApplier:
             newest = select(OrphanReceipt).order_by(OrphanReceipt.id.desc()).limit(SWEEP_BATCH)
             await self._adopt(s, newest, now)
             await s.execute(delete(OrphanReceipt).where(OrphanReceipt.received_at < now - ORPHAN_MAX_AGE))
-        if outbox.written(s):
-            self._wake_webhooks()
-        log_settled(s, self.observer)
+            leased = await outbox.lease_fast(s, self._fast_path)
+        self._committed(s, leased)
 
     async def _adopt(self, s: AsyncSession, query: Any, now: datetime) -> None:
         orphans = [

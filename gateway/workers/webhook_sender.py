@@ -60,6 +60,8 @@ REFUSED_ERROR = "receiver address not allowed"
 _CLAIM_PASSES = 3
 # Fast-path jobs looked at per round, at most, to find ones whose host and account have a slot.
 _MAX_SCAN = 500
+# (ref, url) keys remembered for wait_behind; past this, forgotten (their rows wait for a poll).
+_MAX_BEHIND = 10_000
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
@@ -94,7 +96,6 @@ class Job:
     attempts: int
     created_at: datetime
     from_table: bool = False  # claimed, not offered: later rows of its ref may wait on it
-
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,8 @@ class WebhookSender:
         self._table_gen = 1  # bumped by wake()
         self._claimed_gen = 0  # the last generation a claim saw through to an empty table
         self._last_claim = 0.0
+        # (ref, url) of fast-path deliveries that table rows wait behind (outbox.lease_fast).
+        self._behind: set[tuple[str, str]] = set()
         self.lifecycle = Lifecycle()
 
     def wake(self) -> None:
@@ -246,6 +249,11 @@ class WebhookSender:
         for d, secret in rows:
             self._ready.append((time.monotonic(), _job(d, secret)))
         self.lifecycle.wake()
+
+    def wait_behind(self, keys: list[tuple[str, str]]) -> None:
+        if len(self._behind) + len(keys) > _MAX_BEHIND:
+            self._behind.clear()
+        self._behind.update(keys)
 
     def _take_ready(self, limit: int) -> tuple[list[Job], list[Job]]:
         """Up to `limit` offered jobs whose host and account have a free slot, in order, and the
@@ -334,7 +342,9 @@ class WebhookSender:
                 continue
             in_flight.difference_update(finished)
             results = [t.result() for t in finished]
-            if any(r.job.from_table for r in results):
+            freed = [key for r in results if (key := (r.job.ref, r.job.url)) in self._behind]
+            self._behind.difference_update(freed)
+            if freed or any(r.job.from_table for r in results):
                 self._table_gen += 1  # the next delivery of the same ref may be due now (_in_order)
             try:
                 await self._record(results)
