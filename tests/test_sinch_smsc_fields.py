@@ -77,8 +77,10 @@ async def test_flash_and_validity_reach_the_smsc(api: Sinch, node_smsc: Any) -> 
     [ann], [shibuya] = by_text["Alert Ann"], by_text["Alert 渋谷"]
     assert (ann["data_coding"], shibuya["data_coding"]) == (0x10, 0x18)
     # node-smpp reads the validity_period as an instant: expire_at, to the tenth of a second.
-    assert ann["validity_period"] == shibuya["validity_period"] == "{}.400Z".format(
-        expire.strftime("%Y-%m-%dT%H:%M:%S")
+    assert (
+        ann["validity_period"]
+        == shibuya["validity_period"]
+        == "{}.400Z".format(expire.strftime("%Y-%m-%dT%H:%M:%S"))
     )
     parts = by_text["x" * 153] + by_text["x" * 47]
     assert {p["data_coding"] for p in parts} == {DC_DEFAULT}
