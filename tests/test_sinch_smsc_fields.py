@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.services import sinch
 from smpp.client_wire import absolute_time
 from smpp.encoding import DC_DEFAULT, decode_short_message, flash, plan
 from tests.conftest import Gateway, gateway_config, start_gateway, wait_for
@@ -34,6 +35,22 @@ def test_class_0_data_coding_and_smpp_absolute_time() -> None:
     at = datetime(2026, 12, 5, 10, 15, 30, 345_000, tzinfo=UTC)
     assert absolute_time(at) == "261205101530300+"
     assert absolute_time(at.astimezone(timezone(timedelta(hours=9)))) == "261205101530300+"
+
+
+def test_a_receipts_error_code_is_read_as_a_number_or_not_at_all() -> None:
+    read = [
+        ("UNDELIV", "011", ("Failed", 11)),
+        ("UNDELIV", "3:1234", ("Failed", 1234)),  # the network_error_code TLV, as the parser writes it
+        ("UNDELIV", None, ("Failed", 402)),
+        ("UNDELIV", "1e3", ("Failed", 402)),
+        ("UNDELIV", "-5", ("Failed", 402)),
+        ("UNDELIV", "9" * 10, ("Failed", 402)),
+        ("REJECTD", "<b>x</b>", ("Rejected", 408)),
+        ("EXPIRED", "000", ("Expired", 406)),
+        ("SKIPPED", "45", ("Failed", 45)),
+    ]
+    for stat, err, want in read:
+        assert sinch.receipt_outcome(sinch.Receipt(stat, err)) == want, (stat, err)
 
 
 @pytest.fixture
