@@ -159,11 +159,13 @@ class NewBatch(BaseModel):
     delivery_report: ReportType = Field("none", description="Which delivery report callbacks to send.")
     send_at: When | None = Field(None, description="Sent from then on (now when absent or past).")
     expire_at: When | None = Field(
-        None, description="Not sent after; after send_at, at most (and by default) 3 days after it."
+        None,
+        description="Not sent after, nor delivered by the SMSC after (its validity period); after"
+        " send_at, at most (and by default) 3 days after it.",
     )
     callback_url: Url = Field(None, description="Receives the delivery reports.")
     client_reference: ClientReference = None
-    flash_message: Flag = False
+    flash_message: Flag = Field(False, description="`true`: a flash SMS (message class 0), shown at once.")
     feedback_enabled: Flag = False
     truncate_concat: Flag = Field(False, description="`true`: a longer text is cut to one SMS.")
     max_number_of_message_parts: MaxParts = Field(
