@@ -39,7 +39,7 @@ from gateway.db.group_commit import GroupCommitter
 from gateway.db.models import Account, WebhookDelivery
 from gateway.egress.client import session_policy
 from gateway.egress.policy import AddressRefused
-from gateway.services.outbox import sign, sign_legacy
+from gateway.services.outbox import sign_legacy, signature_headers
 from gateway.workers.fair_share import FairShare
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.observer import NullObserver, Observer
@@ -126,6 +126,8 @@ _SUBJECT_FIELD = {
     "sms.inbound": "inbound_id",
     "voice.status": "callid",
     "voice.voicemail": "voicemail_id",
+    "voice.event": "callid",
+    "voice.recording": "recording_id",
 }
 
 
@@ -447,14 +449,12 @@ class WebhookSender:
 
     async def _post(self, job: Job) -> Result:
         body = job.body.encode()
-        ts = str(int(time.time()))
+        signed = signature_headers(job.secret, job.uid, body)
         headers = {
             "Content-Type": job.content_type,
-            "X-Gateway-Timestamp": ts,
-            "X-Gateway-Delivery-Id": job.uid,
-            "X-Gateway-Signature-256": sign(job.secret, ts, job.uid, body),
+            **signed,
             # Deprecated (no separator between timestamp and body): dropped next release.
-            "X-Gateway-Signature": sign_legacy(job.secret, ts, body),
+            "X-Gateway-Signature": sign_legacy(job.secret, signed["X-Gateway-Timestamp"], body),
             "User-Agent": "sms-voice-gateway/1",
         }
         try:
