@@ -276,3 +276,52 @@ async def test_record_posts_the_recording_and_the_script_goes_on(
 
 async def _hits(receiver: Receiver, path: str) -> list[Any]:
     return receiver.on(path)
+
+
+async def test_status_url_gets_signed_call_events_in_order(
+    gw: Gateway, http: aiohttp.ClientSession, scripts: Scripts, receiver: Receiver
+) -> None:
+    din = await setup(gw, http, scripts, f"gather --digits=1 --action={scripts.url('/menu')}\n  pause 2\n")
+    scripts.scripts["/menu"] = 'say en "One."'
+    async with http.post(
+        f"{gw.base_url}/voice/dins/subscriptions/{din.uid}/",
+        data={"status_url": receiver.url("/events")},
+        headers=gw.auth(din.creds),
+    ) as r:
+        body = await r.json()
+        assert r.status == 200 and body["status_url"] == receiver.url("/events")
+        assert body["action_url"] == scripts.url("/start")  # untouched
+    await call(gw, keys=[(1.0, "1")])
+    hits = await wait_for(lambda: _at_least(receiver, "/events", 3))
+    seen: dict[str, float] = {}
+    assert all(genuine(din.creds.account.webhook_secret, h.headers, h.body, seen) for h in hits)
+    events = [json.loads(h.body) for h in hits]
+    assert [e["event"] for e in events] == ["ringing", "answered", "completed"]
+    [rec] = await records(gw, http, din.creds)
+    assert all(
+        e["callid"] == rec["callid"] and e["caller"] == CALLER and e["recipient"] == DIN for e in events
+    )
+    done = events[2]
+    assert done["duration"] == rec["duration"] and done["result"] == "completed"
+    assert done["actions"] == [f"gather {scripts.url('/menu')}", "say en"]
+    assert [s["digits"] for s in done["steps"]] == [None, "1"]
+    # A refused call never rings through to an answer.
+    scripts.scripts["/start"] = "reject"
+    await call(gw)
+    hits = await wait_for(lambda: _at_least(receiver, "/events", 5))
+    assert [json.loads(h.body)["event"] for h in hits[3:]] == ["ringing", "completed"]
+    assert json.loads(hits[4].body)["status"] == "REJECTED"
+    # Only a DIN takes a status_url.
+    async with http.post(
+        f"{gw.base_url}/sms/sins/subscriptions/{din.uid}/",
+        data={"status_url": receiver.url("/events")},
+        headers=gw.auth(din.creds),
+    ) as r:
+        assert r.status == 400 and await r.json() == {
+            "status_url": ["Only DIN subscriptions take a status_url."]
+        }
+
+
+async def _at_least(receiver: Receiver, path: str, n: int) -> list[Any]:
+    hits = receiver.on(path)
+    return hits if len(hits) >= n else []

@@ -128,7 +128,7 @@ OWNED: dict[str, Owned] = {
     "/xms/v1/{plan}/delivery_reports": Owned({"plan": "plan"}),
     "/voice/dins/subscriptions/{uid}": Owned({"uid": "din"}),
     "/voice/dins/subscriptions/{uid}/": Owned(
-        {"uid": "din"}, {"POST": {"action_url": HIJACK, "voicemail_url": HIJACK}}
+        {"uid": "din"}, {"POST": {"action_url": HIJACK, "voicemail_url": HIJACK, "status_url": HIJACK}}
     ),
     "/voice/calls/{callid}": Owned({"callid": "call"}),  # inbound calls and outbound call status
     "/voice/calls/{callid}/": Owned({"callid": "call"}),

@@ -315,6 +315,7 @@ class SinSubscription(SinNumber):
 class DinSubscription(DinNumber):
     action_url: str | None
     voicemail_url: str | None
+    status_url: str | None
     subscribed_at: Time
 
 

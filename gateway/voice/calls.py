@@ -26,7 +26,7 @@ from gateway.logs import log_context
 from gateway.services import outbox
 from gateway.services.dialing import DialRights, load_rights
 from gateway.services.numbers import NumberService
-from gateway.services.views import fmt_time, recording_json
+from gateway.services.views import call_json, fmt_time, recording_json
 from gateway.voice.call_starts import CallStarts
 from gateway.voice.executor import Executor
 from gateway.voice.interfaces import (
@@ -136,6 +136,8 @@ class CallService:
                 script.cancel()
                 await asyncio.gather(script, return_exceptions=True)
                 raise
+            status_url = target.status_url if target else None
+            await self.call_event(call, status_url, "ringing")
             log.info("call answered", extra={"caller": call.caller})
             self.in_progress += 1
             self._active.add(call.uid)
@@ -156,7 +158,7 @@ class CallService:
                 if actions:
                     self._prepare(actions[0])  # while ANSWER is under way
                 rights = await self._rights(target.account_id if target else None, actions)
-                hooks = _CallHooks(self, call, caller, din)
+                hooks = _CallHooks(self, call, caller, din, status_url)
                 outcome = await self._executor.run(channel, actions, rights, hooks)
                 if outcome.result not in ("hangup", "transferred", "rejected"):
                     await _hang_up(channel)
@@ -172,7 +174,7 @@ class CallService:
                 self._observer.call_ended()
                 if first is not None:
                     outcome.steps.insert(0, first)
-                await asyncio.shield(self._finish(call, outcome, script_error))
+                await asyncio.shield(self._finish(call, outcome, script_error, status_url))
 
     async def _rights(self, account_id: int | None, actions: list[Action]) -> DialRights | None:
         """The DIN holder's dialing rights, read only for a script that transfers (or gathers:
@@ -299,7 +301,9 @@ class CallService:
         if action_url:
             self._wake_webhooks()
 
-    async def _finish(self, call: Call, outcome: CallOutcome, script_error: str | None) -> None:
+    async def _finish(
+        self, call: Call, outcome: CallOutcome, script_error: str | None, status_url: str | None = None
+    ) -> None:
         ended = datetime.now(UTC)
         duration = max(0, math.ceil((ended - call.started_at).total_seconds()))
         errors = "; ".join(e for e in (script_error, outcome.error) if e) or None
@@ -313,27 +317,29 @@ class CallService:
                     minute_cost = await s.scalar(
                         select(Number.minute_cost).where(Number.id == call.number_id)
                     )
-                await s.execute(
-                    update(Call)
-                    .where(Call.id == call.id)
-                    .values(
-                        # The customer's flow did not run (the fallback did): FAILED, with the reason.
-                        status=_status(script_error, outcome),
-                        answered_at=call.started_at if answered else None,
-                        ended_at=ended,
-                        # A call refused unanswered lasted nothing the caller pays for.
-                        duration=duration if answered else 0,
-                        cost=(minute_cost or Decimal(0)) * math.ceil(duration / 60)
-                        if answered
-                        else Decimal(0),
-                        actions=json.dumps(outcome.actions_run, ensure_ascii=False),
-                        steps=json.dumps(outcome.steps, ensure_ascii=False) if outcome.steps else None,
-                        result=outcome.result,
-                        transfer_status=outcome.transfer_status,
-                        transfer_seconds=_decimal(outcome.transfer_seconds),
-                        error=errors,
-                    )
-                )
+                values: dict[str, Any] = {
+                    # The customer's flow did not run (the fallback did): FAILED, with the reason.
+                    "status": _status(script_error, outcome),
+                    "answered_at": call.started_at if answered else None,
+                    "ended_at": ended,
+                    # A call refused unanswered lasted nothing the caller pays for.
+                    "duration": duration if answered else 0,
+                    "cost": (minute_cost or Decimal(0)) * math.ceil(duration / 60)
+                    if answered
+                    else Decimal(0),
+                    "actions": json.dumps(outcome.actions_run, ensure_ascii=False),
+                    "steps": json.dumps(outcome.steps, ensure_ascii=False) if outcome.steps else None,
+                    "result": outcome.result,
+                    "transfer_status": outcome.transfer_status,
+                    "transfer_seconds": _decimal(outcome.transfer_seconds),
+                    "error": errors,
+                }
+                await s.execute(update(Call).where(Call.id == call.id).values(**values))
+                if status_url and call.account_id is not None:
+                    for name, value in values.items():
+                        setattr(call, name, value)
+                    # In the transaction that ends the call: a completed call always gets its event.
+                    self._enqueue_event(s, call, status_url, "completed", call_json(call))
                 if recording and call.account_id is not None:
                     vm = Voicemail(
                         uid=uuid.uuid4().hex,
@@ -356,8 +362,37 @@ class CallService:
             outcome.result,
             extra={"duration": duration, "error": errors, "voicemail": recording is not None},
         )
-        if recording:
+        if recording or status_url:
             self._wake_webhooks()
+
+    def _enqueue_event(
+        self, s: AsyncSession, call: Call, url: str, event: str, fields: dict[str, Any] | None = None
+    ) -> None:
+        assert call.account_id is not None
+        payload = {
+            "event": event,
+            "callid": call.uid,
+            "caller": call.caller,
+            "recipient": call.recipient,
+            "timestamp": fmt_time(datetime.now(UTC)),
+            **(fields or {}),
+        }
+        outbox.enqueue(
+            s, account_id=call.account_id, kind="voice.event", ref=call.uid, url=url, payload=payload
+        )
+
+    async def call_event(self, call: Call, status_url: str | None, event: str) -> None:
+        """POST `event` to the DIN's status_url (through the outbox: durable, signed, retried in
+        order per call). A failure to write it is logged: the call goes on."""
+        if not status_url or call.account_id is None:
+            return
+        try:
+            async with self._sessions.begin() as s:
+                self._enqueue_event(s, call, status_url, event)
+        except Exception:
+            log.exception("writing the %s event failed", event)
+            return
+        self._wake_webhooks()
 
     async def _notify_voicemail(self, s: AsyncSession, call: Call, vm: Voicemail) -> None:
         """POST the new voicemail to the DIN subscription's voicemail_url, if it has one. The
@@ -393,8 +428,11 @@ class CallService:
 class _CallHooks:
     """The executor's view of one inbound call: its gathers' fetches, its recordings."""
 
-    def __init__(self, service: CallService, call: Call, caller: str, din: str) -> None:
+    def __init__(
+        self, service: CallService, call: Call, caller: str, din: str, status_url: str | None
+    ) -> None:
         self._service = service
+        self._status_url = status_url
         self._call = call
         self._caller = caller
         self._din = din
@@ -402,7 +440,7 @@ class _CallHooks:
         self._secret: str | None = None
 
     async def answered(self) -> None:
-        return None
+        await self._service.call_event(self._call, self._status_url, "answered")
 
     async def next_script(self, url: str, digits: str) -> NextScript:
         service, call = self._service, self._call
