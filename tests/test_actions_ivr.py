@@ -4,6 +4,9 @@ around them (indentation only means something under a gather)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -203,3 +206,16 @@ def test_soup_of_new_words_never_crashes(script: str) -> None:
                 isinstance(p, Say | Playback | Pause) for p in action.prompts
             )
             assert is_safe_agi_text(action.action) and action.finish in ("", *"0123456789*#")
+
+
+def test_the_menu_example_of_the_docs_parses() -> None:
+    """docs/action-language.md's menu is meant to be copied: every script it serves is valid."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "action-language.md").read_text()
+    code = doc.split("## A menu to copy", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(code.replace("web.run_app(app, port=8080)", ""), namespace)  # the module, not the server
+    menu = parse(namespace["MENU"])
+    assert isinstance(menu[0], Gather) and len(menu[0].prompts) == 2 and menu[0].no_input
+    for script in namespace["CHOICES"].values():
+        assert parse(script)
+    assert any(isinstance(a, Record) for a in parse(namespace["CHOICES"]["3"]))
