@@ -39,7 +39,7 @@ from gateway.db.group_commit import GroupCommitter
 from gateway.db.models import Account, WebhookDelivery
 from gateway.egress.client import session_policy
 from gateway.egress.policy import AddressRefused
-from gateway.services.outbox import sign_legacy, signature_headers
+from gateway.services.outbox import sign, sign_legacy
 from gateway.workers.fair_share import FairShare
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.observer import NullObserver, Observer
@@ -97,6 +97,7 @@ class Job:
     attempts: int
     created_at: datetime
     from_table: bool = False  # claimed, not offered: later rows of its ref may wait on it
+
 
 
 @dataclass(frozen=True)
@@ -449,12 +450,14 @@ class WebhookSender:
 
     async def _post(self, job: Job) -> Result:
         body = job.body.encode()
-        signed = signature_headers(job.secret, job.uid, body)
+        ts = str(int(time.time()))
         headers = {
             "Content-Type": job.content_type,
-            **signed,
+            "X-Gateway-Timestamp": ts,
+            "X-Gateway-Delivery-Id": job.uid,
+            "X-Gateway-Signature-256": sign(job.secret, ts, job.uid, body),
             # Deprecated (no separator between timestamp and body): dropped next release.
-            "X-Gateway-Signature": sign_legacy(job.secret, signed["X-Gateway-Timestamp"], body),
+            "X-Gateway-Signature": sign_legacy(job.secret, ts, body),
             "User-Agent": "sms-voice-gateway/1",
         }
         try:
