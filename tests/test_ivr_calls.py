@@ -211,6 +211,10 @@ async def test_hangup_while_keys_are_awaited_ends_cleanly(
     assert rec["result"] == "hangup" and rec["status"] == "COMPLETED" and rec["error"] is None
     assert rec["actions"] == [f"gather {scripts.url('/menu')}"]
     assert scripts.on("/menu") == []
+    # An Asterisk answering with something that is no key: no input, not a loop.
+    t = await call(gw, replies={"WAIT FOR DIGIT": ["200 result=10"]})
+    assert t.verbs == ["ANSWER", "WAIT FOR DIGIT", "WAIT FOR DIGIT", "STREAM FILE", "HANGUP"]
+    assert scripts.on("/menu") == []
 
 
 async def test_reject_refuses_before_answer_and_pause_hangup(
@@ -268,6 +272,13 @@ async def test_record_posts_the_recording_and_the_script_goes_on(
     assert genuine(din.creds.account.webhook_secret, hit.headers, hit.body, {})
     note = json.loads(hit.body)
     assert note == {**recording, "audio_url": f"{gw.base_url}{recording['audio_url']}"}
+    # The caller hangs up while recording: what was said is kept, the script ends there.
+    t = await call(gw, record_seconds=1.0, hangup_after=3, hangup_during=True)
+    assert t.verbs == ["ANSWER", "STREAM FILE", "RECORD FILE"]
+    rows = await records(gw, http, din.creds)
+    assert rows[0]["result"] == "hangup" and rows[0]["actions"][-1] == f"record {receiver.url('/rec')}"
+    async with http.get(f"{gw.base_url}/voice/recordings/", headers=auth) as r:
+        assert [x["callid"] for x in await r.json()] == [rows[0]["callid"], rec["callid"]]
     other = await gw.account(name="other")
     for path in (f"/voice/recordings/{recording['recording_id']}/", recording["audio_url"]):
         async with http.get(f"{gw.base_url}{path}", headers=gw.auth(other)) as r:

@@ -100,7 +100,6 @@ class _EndOfScript(Exception):
 
 # The keys a gather listens for: every one a caller can press on a phone's keypad.
 KEYS = "0123456789*#"
-_MAX_KEY_EVENTS = 64  # answers to WAIT FOR DIGIT per gather: a peer answering junk cannot loop
 # Hangup's cause codes, which chan_pjsip answers an unanswered INVITE with: 17 (user busy) is
 # 486 Busy Here, 21 (call rejected) 403 Forbidden.
 _BUSY_CAUSE, _REJECTED_CAUSE = 17, 21
@@ -304,8 +303,7 @@ class Executor:
             if key is not None:
                 break
         digits = ""
-        limit = gather.digits or _MAX_DIGITS
-        for _ in range(_MAX_KEY_EVENTS):
+        while len(digits) < (gather.digits or _MAX_DIGITS):
             if key is None:
                 key = await _wait_key(channel, gather.timeout * 1000)
                 if key is None:
@@ -314,8 +312,6 @@ class Executor:
                 break
             digits += key
             key = None
-            if len(digits) >= limit:
-                break
         url = gather.action if digits else gather.no_input
         if url is None:
             outcome.steps.append({"digits": "", "url": None, "status": None, "error": None})
@@ -470,7 +466,8 @@ def _key(result: int) -> str | None:
 
 
 async def _wait_key(channel: AgiChannel, timeout_ms: int) -> str | None:
-    """The next key pressed within `timeout_ms`, None when none was (or one no gather takes)."""
+    """The next key pressed within `timeout_ms`, None when none was; an answer that is no keypad
+    key counts as none, so a confused peer ends the input rather than feeding it."""
     response = await channel.command(format_command("WAIT FOR DIGIT", safe_int(timeout_ms)))
     if response.result < 0:
         # res_agi: -1 when the channel went away while waiting; its HANGUP line follows.
