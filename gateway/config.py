@@ -273,6 +273,9 @@ class VoiceConfig(_Section):
     deny_number_types: str = "PREMIUM_RATE,SHARED_COST,UAN,PERSONAL_NUMBER,PAGER,UNKNOWN"
     voicemail_max_seconds: Int = 120
     voicemail_silence_seconds: Int = 5
+    # Scripts fetched on one call, the action_url's included: a menu that loops (gather whose
+    # action answers the same menu) ends with the fallback after this many.
+    max_fetches_per_call: Int = 20
     # A call still IN_PROGRESS this long after it started, and not handled by a live process of
     # this node, is ended FAILED with an unknown duration (its node died mid-call).
     max_call_seconds: Float = 4 * 3600.0

@@ -305,6 +305,7 @@ class NumberSubscription(Base):
     kind: Mapped[str] = mapped_column(String(8))  # "sin" | "din"
     action_url: Mapped[str | None] = mapped_column(Text)
     voicemail_url: Mapped[str | None] = mapped_column(Text)  # DIN: webhook for new voicemails
+    status_url: Mapped[str | None] = mapped_column(Text)  # DIN: webhook for call events
     # SIN: the MO webhook's shape, "xoxzo" (form-encoded) or "sinch" (mo_text JSON).
     webhook_format: Mapped[str] = mapped_column(String(8), default="xoxzo", server_default="xoxzo")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -400,6 +401,8 @@ class Call(Base):
     transfer_status: Mapped[str | None] = mapped_column(String(16))
     transfer_seconds: Mapped[Decimal | None] = mapped_column(Numeric(10, 3))
     error: Mapped[str | None] = mapped_column(Text)  # why the fallback ran, if it did
+    # Inbound: JSON list, one object per gather: digits, and the script fetched (url, status, error).
+    steps: Mapped[str | None] = mapped_column(Text)
     # Outbound calls: what to play, and where to report.
     recording_url: Mapped[str | None] = mapped_column(Text)
     tts_message: Mapped[str | None] = mapped_column(Text)
@@ -428,5 +431,21 @@ class Voicemail(Base):
     recipient: Mapped[str] = mapped_column(String(32))
     duration: Mapped[float] = mapped_column(Numeric(10, 2), default=0)
     path: Mapped[str] = mapped_column(Text)  # WAV file in the voicemail store
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Recording(Base):
+    """What a script's `record` command took: kept like a voicemail, counted apart from them."""
+
+    __tablename__ = "recordings"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    caller: Mapped[str] = mapped_column(String(32))
+    recipient: Mapped[str] = mapped_column(String(32))
+    duration: Mapped[float] = mapped_column(Numeric(10, 2), default=0)
+    path: Mapped[str] = mapped_column(Text)  # WAV file in the recordings store
     size: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

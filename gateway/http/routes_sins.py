@@ -64,6 +64,11 @@ def _din_only(value: Any) -> None:
         raise ValueError("Only DIN subscriptions take a voicemail_url.")
 
 
+def _status_din_only(value: Any) -> None:
+    if value is not None:
+        raise ValueError("Only DIN subscriptions take a status_url.")
+
+
 def _sin_only(value: Any) -> None:
     if value is not None:
         raise ValueError("Only SIN subscriptions take a webhook_format.")
@@ -74,17 +79,22 @@ class NumberUrls(BaseModel):
 
     action_url: Url = Field(None, description="Webhook for this number.")
     voicemail_url: str | None = None
+    status_url: str | None = None
     webhook_format: str | None = None
 
     @model_validator(mode="after")
     def _one_at_least(self) -> Self:
-        if self.action_url is None and self.voicemail_url is None and self.webhook_format is None:
+        fields = (self.action_url, self.voicemail_url, self.status_url, self.webhook_format)
+        if all(value is None for value in fields):
             raise refusal(type(self), {"action_url": REQUIRED})
         return self
 
 
 class DinUrls(NumberUrls):
     voicemail_url: Url = Field(None, description="Receives a signed POST on each new voicemail.")
+    status_url: Url = Field(
+        None, description="Receives a signed POST on each call event: ringing, answered, completed."
+    )
     webhook_format: SkipJsonSchema[Annotated[None, BeforeValidator(_sin_only)]] = None
 
 
@@ -97,6 +107,7 @@ def _format(value: Any) -> str | None:
 
 class SinUrls(NumberUrls):
     voicemail_url: SkipJsonSchema[Annotated[None, BeforeValidator(_din_only)]] = None
+    status_url: SkipJsonSchema[Annotated[None, BeforeValidator(_status_din_only)]] = None
     webhook_format: Annotated[
         Literal["xoxzo", "sinch"] | SkipJsonSchema[None], BeforeValidator(_format)
     ] = Field(
@@ -158,7 +169,13 @@ def number_routes(
         """Set the subscription's webhook URL(s)"""
         uid = request.match_info["uid"]
         return await request.app[NUMBERS].set_action_url(
-            request[ACCOUNT].id, kind, uid, body.action_url, body.voicemail_url, body.webhook_format
+            request[ACCOUNT].id,
+            kind,
+            uid,
+            body.action_url,
+            body.voicemail_url,
+            body.webhook_format,
+            status_url=body.status_url,
         )
 
     @routes.delete(subs + "{uid}/", returns=Empty, operation_id=f"unsubscribe{cap}")

@@ -1,4 +1,5 @@
-"""Call records and voicemails: /voice/calls/, /voice/voicemails/ (per account)."""
+"""Call records, voicemails and recordings: /voice/calls/, /voice/voicemails/,
+/voice/recordings/ (per account)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import os
 from aiohttp import web
 from sqlalchemy import select
 
-from gateway.db.models import Call, Voicemail
+from gateway.db.models import Call, Recording, Voicemail
 from gateway.http import responses
 from gateway.http.api import Content, Json, Routes
 from gateway.keys import ACCOUNT, SESSIONS
 from gateway.services.errors import not_found
-from gateway.services.views import call_json, voicemail_json
+from gateway.services.views import call_json, recording_json, voicemail_json
 
 routes = Routes("Voice")
 LIST_LIMIT = 1000
@@ -95,3 +96,49 @@ async def get_voicemail_audio(request: web.Request) -> Json:
     if not await asyncio.to_thread(os.path.isfile, v.path):
         raise not_found("The recording is no longer stored.")
     return web.FileResponse(v.path, headers={"Content-Type": "audio/wav"})
+
+
+async def _recording(request: web.Request) -> tuple[Recording, str]:
+    async with request.app[SESSIONS]() as s:
+        row = (
+            await s.execute(
+                select(Recording, Call.uid)
+                .join(Call, Call.id == Recording.call_id)
+                .where(
+                    Recording.uid == request.match_info["rid"], Recording.account_id == request[ACCOUNT].id
+                )
+            )
+        ).one_or_none()
+    if row is None:
+        raise not_found("No such recording.")
+    return row[0], row[1]
+
+
+@routes.get("/voice/recordings/", returns=list[responses.Recording])
+async def list_recordings(request: web.Request) -> Json:
+    """Recordings made by scripts' `record` command, newest first (at most 1000)"""
+    async with request.app[SESSIONS]() as s:
+        rows = await s.execute(
+            select(Recording, Call.uid)
+            .join(Call, Call.id == Recording.call_id)
+            .where(Recording.account_id == request[ACCOUNT].id)
+            .order_by(Recording.created_at.desc(), Recording.id.desc())
+            .limit(LIST_LIMIT)
+        )
+        return [recording_json(r, uid) for r, uid in rows]
+
+
+@routes.get("/voice/recordings/{rid}/", returns=responses.Recording, no_slash=True)
+async def get_recording(request: web.Request) -> Json:
+    """A recording's metadata"""
+    r, uid = await _recording(request)
+    return recording_json(r, uid)
+
+
+@routes.get("/voice/recordings/{rid}/audio", returns=Content({"audio/wav": AUDIO}))
+async def get_recording_audio(request: web.Request) -> Json:
+    """A recording (WAV)"""
+    r, _ = await _recording(request)
+    if not await asyncio.to_thread(os.path.isfile, r.path):
+        raise not_found("The recording is no longer stored.")
+    return web.FileResponse(r.path, headers={"Content-Type": "audio/wav"})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 import uuid
 from datetime import datetime
 from typing import Any, Protocol
@@ -199,6 +200,16 @@ def sign(secret: str, timestamp: str, delivery_id: str, body: bytes) -> str:
     signed so that a receiver deduplicating by it also rejects a replay under a fresh id."""
     signed = b".".join((timestamp.encode(), delivery_id.encode(), body))
     return "v1=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def signature_headers(secret: str, delivery_id: str, body: bytes) -> dict[str, str]:
+    """X-Gateway-Timestamp (now), X-Gateway-Delivery-Id and X-Gateway-Signature-256 for `body`."""
+    ts = str(int(time.time()))
+    return {
+        "X-Gateway-Timestamp": ts,
+        "X-Gateway-Delivery-Id": delivery_id,
+        "X-Gateway-Signature-256": sign(secret, ts, delivery_id, body),
+    }
 
 
 def sign_legacy(secret: str, timestamp: str, body: bytes) -> str:

@@ -99,6 +99,7 @@ class Job:
     from_table: bool = False  # claimed, not offered: later rows of its ref may wait on it
 
 
+
 @dataclass(frozen=True)
 class Result:
     job: Job
@@ -126,6 +127,8 @@ _SUBJECT_FIELD = {
     "sms.inbound": "inbound_id",
     "voice.status": "callid",
     "voice.voicemail": "voicemail_id",
+    "voice.event": "callid",
+    "voice.recording": "recording_id",
 }
 
 
