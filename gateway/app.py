@@ -82,6 +82,7 @@ from gateway.voice.outbound import (
     outbound_cleanup_ctx,
     price_table_problem,
 )
+from gateway.voice.retention import VoiceRetention
 from gateway.workers import connectors as smsc
 from gateway.workers.batch_sweep import BatchSweep
 from gateway.workers.connectors import ConnectorPlan, Connectors
@@ -451,19 +452,31 @@ async def _voice(fastagi_peers: tuple[IPNetwork, ...], app: web.Application) -> 
                 await server.start()
             app[FASTAGI] = server  # the server logs where it listens
         sweeps = Lifecycle()
-        sweeper = asyncio.create_task(
-            _every(
-                app[DB_OUTAGE],
-                sweeps,
-                60.0,
-                "call sweep",
-                partial(calls.sweep_abandoned, cfg.max_call_seconds),
+        sweepers = [
+            asyncio.create_task(
+                _every(
+                    app[DB_OUTAGE],
+                    sweeps,
+                    60.0,
+                    "call sweep",
+                    partial(calls.sweep_abandoned, cfg.max_call_seconds),
+                ),
+                name="call-sweep",
             ),
-            name="call-sweep",
-        )
+            asyncio.create_task(
+                _every(
+                    app[DB_OUTAGE],
+                    sweeps,
+                    600.0,
+                    "call retention",
+                    VoiceRetention(app[SESSIONS], cfg.retention_days).sweep,
+                ),
+                name="call-retention",
+            ),
+        ]
         yield
         sweeps.request_stop()
-        await sweeper
+        await asyncio.gather(*sweepers)
         if server is not None:
             await server.stop()
 

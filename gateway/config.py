@@ -279,6 +279,9 @@ class VoiceConfig(_Section):
     # A call still IN_PROGRESS this long after it started, and not handled by a live process of
     # this node, is ended FAILED with an unknown duration (its node died mid-call).
     max_call_seconds: Float = 4 * 3600.0
+    # Call records, their voicemails and recordings (rows and WAV files) are deleted this many
+    # days after the call ended; 0 keeps them forever.
+    retention_days: Int = 90
     fallback_lang: str = "en"
     fallback_text: str = "Sorry, this number cannot take your call right now. Goodbye."
     # Outbound calls (POST /voice/simple/playbacks/) are originated over Asterisk's AMI.
