@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from actions_dsl import Action, ParseErrors, Say, Transfer, parse
+from actions_dsl import Action, ActionSyntaxError, ParseErrors, Say, Transfer, parse
 from gateway.db.models import Call, Number, NumberSubscription, Voicemail
 from gateway.logs import log_context
 from gateway.services import outbox
@@ -48,6 +48,16 @@ def e164_from_agi(value: str | None) -> str:
 class ScriptLimits:
     timeout: float
     max_bytes: int
+
+
+@dataclass(frozen=True)
+class ScriptCheck:
+    """An action_url fetched and parsed: the actions, or the reason a call would not run them
+    (and the script's syntax errors, each with its line and column, when it is the script)."""
+
+    actions: list[Action] | None
+    reason: str | None
+    errors: tuple[ActionSyntaxError, ...] = ()
 
 
 class CallService:
@@ -195,8 +205,15 @@ class CallService:
         """The script's actions, or None and why not. The reason is what the call record (the
         tenant) sees: generic, never what the URL answered nor which way the connection failed
         (a port scanner with read-back otherwise); the detail goes to the log."""
+        check = await self.check_script(action_url, caller, din)
+        return check.actions, check.reason
+
+    async def check_script(self, action_url: str | None, caller: str, din: str) -> ScriptCheck:
+        """Fetch and parse an action_url as a call to `din` from `caller` would: through the
+        same URL policy, limits and query. Also what the console's "test this action_url" shows,
+        with the parse errors (the script is the customer's own text)."""
         if not action_url:
-            return None, "no DIN subscription with an action_url for this number"
+            return ScriptCheck(None, "no DIN subscription with an action_url for this number")
         url = (
             action_url + ("&" if "?" in action_url else "?") + urlencode({"caller": caller, "recipient": din})
         )
@@ -204,20 +221,20 @@ class CallService:
             res = await self._fetcher.get(url, max_bytes=self._limits.max_bytes, timeout=self._limits.timeout)
         except MediaError as exc:
             log.warning("action_url fetch failed: %s", exc)
-            return None, "action_url fetch failed"
+            return ScriptCheck(None, "action_url fetch failed")
         if res.status != 200:
             log.warning("action_url answered HTTP %d", res.status)
-            return None, f"action_url fetch failed: HTTP {res.status}"
+            return ScriptCheck(None, f"action_url fetch failed: HTTP {res.status}")
         try:
             text = res.body.decode("utf-8")
         except UnicodeDecodeError:
             log.warning("action_url script is not UTF-8")
-            return None, "invalid script: not UTF-8"
+            return ScriptCheck(None, "invalid script: not UTF-8")
         try:
-            return parse(text), None
+            return ScriptCheck(parse(text), None)
         except ParseErrors as exc:
             log.warning("invalid script from action_url: %s", "; ".join(map(str, exc.errors)))
-            return None, f"invalid script at line {exc.line}, column {exc.column}"
+            return ScriptCheck(None, f"invalid script at line {exc.line}, column {exc.column}", exc.errors)
 
     async def _finish(self, call: Call, outcome: CallOutcome, script_error: str | None) -> None:
         ended = datetime.now(UTC)
