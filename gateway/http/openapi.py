@@ -23,7 +23,7 @@ from pydantic_core import core_schema
 
 from gateway.http import responses
 from gateway.http.api import Content, Json, JsonSchema, Operation, Routes, operation_of, path_names
-from gateway.http.console.web import is_console
+from gateway.http.console.shared import is_console
 from gateway.http.docs_page import DOCS_CSP, render_docs
 from gateway.keys import CONFIG
 

@@ -429,7 +429,7 @@ class Reports:
             statuses = await s.execute(
                 select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status)
             )
-            totals = dict(statuses.tuples().all())
+            totals: dict[str, int] = {status: n for status, n in statuses}
         return [{"totals": totals}, *out]
 
     async def usage(self, month: str) -> list[UsageRow]:
@@ -446,21 +446,18 @@ class Reports:
                     .group_by(Message.account_id)
                 )
             }
-            mo = dict(
-                (
-                    await s.execute(
-                        select(InboundMessage.account_id, func.count())
-                        .where(
-                            InboundMessage.account_id.is_not(None),
-                            InboundMessage.received_at >= start,
-                            InboundMessage.received_at < end,
-                        )
-                        .group_by(InboundMessage.account_id)
+            mo: dict[int, int] = {
+                a: n
+                for a, n in await s.execute(
+                    select(InboundMessage.account_id, func.count())
+                    .where(
+                        InboundMessage.account_id.is_not(None),
+                        InboundMessage.received_at >= start,
+                        InboundMessage.received_at < end,
                     )
+                    .group_by(InboundMessage.account_id)
                 )
-                .tuples()
-                .all()
-            )
+            }
             calls = {
                 a: (n, d, c)
                 for a, n, d, c in await s.execute(

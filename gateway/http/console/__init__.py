@@ -19,7 +19,7 @@ from gateway.config import Config, ConfigError
 from gateway.http.console import customer, operator
 from gateway.http.console.passwords import parse_hash
 from gateway.http.console.sessions import ConsoleSessions
-from gateway.http.console.web import CONSOLE, PREFIX, Console, Pages, console_middleware, is_console
+from gateway.http.console.shared import CONSOLE, PREFIX, Console, Pages, console_middleware, is_console
 from gateway.keys import CONFIG, SESSIONS
 
 __all__ = ["PAGES", "console_middleware", "install", "is_console"]

@@ -15,7 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from gateway.http.api import validated
-from gateway.http.console.web import (
+from gateway.http.console.shared import (
     CONSOLE,
     Pages,
     clear_session_cookie,

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.http.console.customer import _form, failed_attempt, login_page_with, throttled
 from gateway.http.console.passwords import verify_password
-from gateway.http.console.web import (
+from gateway.http.console.shared import (
     CONSOLE,
     Pages,
     clear_session_cookie,
