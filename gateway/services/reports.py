@@ -446,7 +446,7 @@ class Reports:
                     .group_by(Message.account_id)
                 )
             }
-            mo: dict[int, int] = {
+            mo: dict[int | None, int] = {
                 a: n
                 for a, n in await s.execute(
                     select(InboundMessage.account_id, func.count())
