@@ -24,7 +24,7 @@ from sqlalchemy import update
 from yarl import URL
 
 from gateway.app import create_app
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from gateway.db.models import Call, ConsoleSession, Voicemail
 from gateway.http.console import PAGES
 from gateway.http.console.passwords import hash_password, parse_hash, verify_password
@@ -538,3 +538,20 @@ async def test_testing_an_action_url_shows_the_script_or_its_errors(
             "/console/numbers", f"/console/numbers/din/{uid}", {"action_url": "http://10.1.2.3/x"}
         )
         assert page.status == 400 and "action_url" in page.text
+
+
+def test_the_operator_password_hash_comes_from_the_command_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long operator password\n"))
+    assert main(["console", "hash-password"]) == 0
+    stored = capsys.readouterr().out.strip()
+    assert verify_password("a long operator password", stored)
+    cfg = Config()
+    cfg.console.operator_password_hash = stored
+    create_app(cfg)
+    cfg.console.operator_password_hash = "hunter2"  # a password where its hash belongs
+    with pytest.raises(ConfigError, match="console.operator_password_hash"):
+        create_app(cfg)
