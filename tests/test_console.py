@@ -553,5 +553,5 @@ def test_the_operator_password_hash_comes_from_the_command_line(
     cfg.console.operator_password_hash = stored
     create_app(cfg)
     cfg.console.operator_password_hash = "hunter2"  # a password where its hash belongs
-    with pytest.raises(ConfigError, match="console.operator_password_hash"):
+    with pytest.raises(ConfigError, match=r"console\.operator_password_hash"):
         create_app(cfg)
