@@ -50,6 +50,8 @@ OWNED: dict[str, dict[str, str]] = {
     "/console/inbound/{uid}/reply": {"uid": "inbound"},
     "/console/numbers/{kind}/{uid}": {"kind": "kind", "uid": "number"},
     "/console/numbers/din/{uid}/test": {"uid": "din"},
+    "/console/numbers/sin/{uid}/autoreplies": {"uid": "sin"},
+    "/console/numbers/sin/{uid}/autoreplies/{rule_id}/delete": {"uid": "sin", "rule_id": "rule"},
     "/console/voicemails/{vid}/audio": {"vid": "voicemail"},
 }
 # Operator pages with parameters: accounts and templates of every tenant, by design.
@@ -140,6 +142,8 @@ async def tenant_a(gw: Gateway, sim: Any, tmp: Path) -> dict[str, str]:
     )
     ids["number"] = ids["sin"] = await take_number(gw, a, A_SIN, "sin")
     ids["din"] = await take_number(gw, a, A_DIN, "din")
+    rule = await gw.app[NUMBERS].add_rule(a.account.id, ids["sin"], "keyword", "HOURS", f"{MARK} 9-5")
+    ids["rule"] = rule["rule_id"]
     await sim.inject_mo(CUSTOMER[1:], A_SIN[1:], encode_gsm7(f"{MARK} question"), data_coding=0)
     await sim.inject_mo(OPTED[1:], A_SIN[1:], encode_gsm7("STOP"), data_coding=0)
     rows = await wait_for(
@@ -218,6 +222,9 @@ async def test_a_customer_never_sees_or_touches_another_accounts_data(
                     "recipient": CUSTOMER,
                     "sender": "SENDER",
                     "var_name": "taken",
+                    "match": "keyword",
+                    "pattern": "TAKEN",
+                    "reply": "taken",
                 }
                 got, none = await client.post(theirs, body), await client.post(nobody, body)
             assert got.status == 404, (method, theirs, got.status)
@@ -238,7 +245,9 @@ async def test_a_customer_never_sees_or_touches_another_accounts_data(
     ]:
         page = await client.get(path)  # (a search form shows what was searched for)
         assert page.status == 200 and not [x for x in marks if x in page.text and x not in path], path
-    # A's rows are untouched: no reply or template message sent, the SIN's URL unset.
+    # A's rows are untouched: no reply or template message sent, the SIN's URL unset, its
+    # auto-reply rule still the only one.
+    assert await gw.sql("SELECT pattern FROM auto_reply_rules") == [("HOURS",)]
     assert await gw.sql("SELECT COUNT(*) FROM messages WHERE body LIKE '%taken%'") == [(0,)]
     assert await gw.sql(
         "SELECT action_url FROM number_subscriptions WHERE account_id != :b", b=b.account.id
@@ -264,7 +273,7 @@ async def test_the_owner_sees_every_page(gw: Gateway, sim_smsc: Any, tmp_path: P
             "/console/inbound": [f"/console/inbound/{ids['inbound']}", CUSTOMER],
             f"/console/inbound/{ids['inbound']}": [f"{MARK} question"],
             "/console/optouts": [OPTED, "sent STOP to " + A_SIN],
-            "/console/numbers": [A_SIN[1:], A_DIN[1:]],
+            "/console/numbers": [A_SIN[1:], A_DIN[1:], f"{MARK} 9-5"],
             "/console/calls": [f"/console/voicemails/{ids['voicemail']}/audio", "voicemail"],
         }
         for path, needles in expect.items():
@@ -332,9 +341,7 @@ async def test_sessions_end_on_logout_expiry_idleness_disabling_and_rotation(
     assert not await signed_in(client)
     # The old cookie, replayed after logout, is nobody.
     replay = ConsoleClient(gw)
-    replay.http.cookie_jar.update_cookies(
-        {"gw_console": cookie}, URL(gw.base_url + "/console/")
-    )
+    replay.http.cookie_jar.update_cookies({"gw_console": cookie}, URL(gw.base_url + "/console/"))
     try:
         assert not await signed_in(replay)
         page = await replay.post(

@@ -28,7 +28,7 @@ from gateway.http.console.shared import (
 )
 from gateway.http.ratelimit import AUTH_FAILURES, client_key, retry_after_seconds
 from gateway.http.routes_inbound import Reply
-from gateway.http.routes_sins import DinUrls, SinUrls
+from gateway.http.routes_sins import DinUrls, NewAutoReply, SinUrls
 from gateway.http.routes_templates import NewTemplate, SendTemplate
 from gateway.keys import ACCOUNTS, CALLS, INBOUND, MESSAGES, NUMBERS, REPORTS, TEMPLATES
 from gateway.services import validation
@@ -288,8 +288,10 @@ async def _numbers_page(
 ) -> web.Response:
     account_id = session_of(request).account_id
     numbers = request.app[NUMBERS]
+    sins = await numbers.list_subscriptions(account_id, "sin")
     context = {
-        "sins": await numbers.list_subscriptions(account_id, "sin"),
+        "sins": sins,
+        "rules": {s["sin_uid"]: await numbers.list_rules(account_id, s["sin_uid"]) for s in sins},
         "dins": await numbers.list_subscriptions(account_id, "din"),
         "errors": errors or {},
         "test": test,
@@ -338,6 +340,28 @@ async def set_urls(request: web.Request) -> web.StreamResponse:
         getattr(body, "voicemail_url", None),
         getattr(body, "webhook_format", None),
     )
+    return see_other(f"{P}/numbers")
+
+
+@pages.post(P + "/numbers/sin/{uid}/autoreplies", "customer")
+async def add_auto_reply(request: web.Request) -> web.StreamResponse:
+    uid = request.match_info["uid"]
+    account_id = session_of(request).account_id
+    await request.app[NUMBERS].get_subscription(account_id, "sin", uid)  # 404 before validation
+    f = _form(await request.post(), "match", "pattern", "reply")
+    try:
+        body = checked(NewAutoReply, f, request)
+        await request.app[NUMBERS].add_rule(account_id, uid, body.match, body.pattern, body.reply)
+    except FieldErrors as exc:
+        problems = "; ".join(f"{k}: {v}" for k, v in _errors(exc).items())
+        return await _numbers_page(request, errors={uid: problems})
+    return see_other(f"{P}/numbers")
+
+
+@pages.post(P + "/numbers/sin/{uid}/autoreplies/{rule_id}/delete", "customer")
+async def delete_auto_reply(request: web.Request) -> web.StreamResponse:
+    uid, rule_id = request.match_info["uid"], request.match_info["rule_id"]
+    await request.app[NUMBERS].delete_rule(session_of(request).account_id, uid, rule_id)
     return see_other(f"{P}/numbers")
 
 
