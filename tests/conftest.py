@@ -46,6 +46,7 @@ TABLES = [
     "message_parts",
     "orphan_receipts",
     "smpp_rate_windows",
+    "webhook_attempts",
     "webhook_deliveries",
     "messages",
     "batches",

@@ -32,8 +32,8 @@ from gateway.keys import ACCOUNTS, CONFIG, MESSAGES, NUMBERS, SESSIONS, TEMPLATE
 from gateway.services.messages import OutboundRequest
 from gateway.services.number_import import NumberImportError, parse_numbers_csv
 from smpp.encoding import encode_gsm7
-from tests.conftest import Gateway, gateway_config, serve_app, start_gateway, wait_for
-from tests.console_rig import ConsoleClient, take_number, with_operator
+from tests.conftest import Gateway, free_port, gateway_config, serve_app, start_gateway, wait_for
+from tests.console_rig import OPERATOR, ConsoleClient, take_number, with_operator
 
 A_SIN, A_DIN, B_SIN = "+81311110001", "+81322220001", "+81311110002"
 CUSTOMER, OPTED = "+819011112222", "+819033334444"
@@ -464,6 +464,10 @@ async def test_operator_pages(gw: Gateway, client: ConsoleClient) -> None:
     page = await client.operator_login()
     assert page.status == 200 and page.url.endswith("/console/operator/")
     assert (await client.get("/console/overview")).url.endswith("/console/login")  # no customer
+    gw.app[CONFIG].console.operator_username = "someone-else"  # the configuration changed
+    assert (await client.get("/console/operator/")).url.endswith("/console/operator/login")
+    gw.app[CONFIG].console.operator_username = OPERATOR
+    page = await client.operator_login()
     for path in ("/", "/templates", "/numbers", "/smsc", "/webhooks", "/usage"):
         page = await client.get("/console/operator" + path)
         assert page.status == 200, path
@@ -562,3 +566,33 @@ def test_the_operator_password_hash_comes_from_the_command_line(
     cfg.console.operator_password_hash = "hunter2"  # a password where its hash belongs
     with pytest.raises(ConfigError, match=r"console\.operator_password_hash"):
         create_app(cfg)
+
+
+async def test_a_messages_timeline_shows_each_callback_attempt(
+    gw: Gateway, client: ConsoleClient, receiver: Any
+) -> None:
+    """A receiver that fails once, then takes it: the failed attempt with its HTTP status and
+    next try, then the delivery. A receiver that never answers HTTP: no transport detail is
+    shown to the tenant (the operator log has it)."""
+    creds = await gw.account()
+    receiver.script["/status"] = [500]
+    closed = f"http://127.0.0.1:{free_port()}/status"
+    ok = await gw.app[MESSAGES].create(
+        OutboundRequest(creds.account.id, "SENDER", CUSTOMER, "hi", callbackurl=receiver.url("/status"))
+    )
+    down = await gw.app[MESSAGES].create(
+        OutboundRequest(creds.account.id, "SENDER", CUSTOMER, "hi", callbackurl=closed)
+    )
+
+    async def settled() -> bool:
+        rows = await gw.sql("SELECT status FROM webhook_deliveries WHERE ref = :r", r=ok)
+        tried = await gw.sql("SELECT attempts FROM webhook_deliveries WHERE ref = :r", r=down)
+        return bool(rows) and all(s == "DONE" for (s,) in rows) and bool(tried) and tried[0][0] >= 1
+
+    await wait_for(settled, timeout=20)
+    await client.login(creds)
+    text = (await client.get(f"/console/messages/{ok}")).text
+    assert re.search(r"Attempt 1: HTTP 500; next try at \d{4}-", text), text[-2000:]
+    assert "HTTP 200, delivered" in text
+    text = (await client.get(f"/console/messages/{down}")).text
+    assert "no HTTP answer" in text and "Error" not in text and "Connect" not in text

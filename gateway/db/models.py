@@ -267,6 +267,20 @@ class WebhookDelivery(Base):
     )
 
 
+class WebhookAttempt(Base):
+    """A webhook POST that did not succeed: when, the HTTP status (None: no HTTP answer) and when
+    the next try is due (None: given up). A successful attempt needs no row: the delivery's own
+    row records it, so the common path writes nothing here."""
+
+    __tablename__ = "webhook_attempts"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("webhook_deliveries.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column()
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
+
+
 class TrackedLink(Base):
     __tablename__ = "tracked_links"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -28,6 +28,7 @@ from gateway.db.models import (
     OptOut,
     Template,
     Voicemail,
+    WebhookAttempt,
     WebhookDelivery,
 )
 from gateway.services.errors import not_found
@@ -84,6 +85,8 @@ class Timeline:
     template_uid: str | None
     parts: list[MessagePart]
     callbacks: list[WebhookDelivery]
+    # Each callback's failed attempts, oldest first (a successful one is the delivery row).
+    attempts: dict[int, list[WebhookAttempt]]
     final: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -240,14 +243,25 @@ class Reports:
                     select(MessagePart).where(MessagePart.message_id == msg.id).order_by(MessagePart.seq)
                 )
             ).scalars()
-            callbacks = (
+            callbacks = list(
+                (
+                    await s.execute(
+                        select(WebhookDelivery)
+                        .where(WebhookDelivery.account_id == account_id, WebhookDelivery.ref == msgid)
+                        .order_by(WebhookDelivery.id)
+                    )
+                ).scalars()
+            )
+            attempts: dict[int, list[WebhookAttempt]] = {c.id: [] for c in callbacks}
+            for a in (
                 await s.execute(
-                    select(WebhookDelivery)
-                    .where(WebhookDelivery.account_id == account_id, WebhookDelivery.ref == msgid)
-                    .order_by(WebhookDelivery.id)
+                    select(WebhookAttempt)
+                    .where(WebhookAttempt.delivery_id.in_(list(attempts)))
+                    .order_by(WebhookAttempt.id)
                 )
-            ).scalars()
-            return Timeline(msg, template_uid, list(parts), list(callbacks))
+            ).scalars():
+                attempts[a.delivery_id].append(a)
+            return Timeline(msg, template_uid, list(parts), callbacks, attempts)
 
     async def conversations(self, account_id: int) -> list[Conversation]:
         last = func.max(InboundMessage.id)

@@ -104,7 +104,7 @@ def _guarded(access: Access, handler: PageHandler) -> PageHandler:
                 _check_token(request.cookies.get(LOGIN_COOKIE, ""), form.get("csrf"))
             return await handler(request)
         session = await current_session(request)
-        if session is None or session.role != access:
+        if session is None or session.role != access or not _operator_still_configured(request, session):
             if request.method == "GET":
                 return see_other(login_path(access))
             raise ApiError(403, {"detail": "Your session has ended: sign in again."})
@@ -115,6 +115,15 @@ def _guarded(access: Access, handler: PageHandler) -> PageHandler:
         return await handler(request)
 
     return endpoint
+
+
+def _operator_still_configured(request: web.Request, session: Session) -> bool:
+    """An operator session lasts only while its user is the configured one and operator
+    sign-in is on (a changed name or a removed hash ends it at the next restart)."""
+    if session.role != "operator":
+        return True
+    cfg = request.app[CONFIG].console
+    return bool(cfg.operator_password_hash) and session.operator == cfg.operator_username
 
 
 def login_path(access: Access) -> str:
