@@ -55,7 +55,12 @@ OWNED: dict[str, dict[str, str]] = {
     "/console/voicemails/{vid}/audio": {"vid": "voicemail"},
 }
 # Operator pages with parameters: accounts and templates of every tenant, by design.
-OPERATOR_PARAMS = {"/console/operator/accounts/{sid}/{action}", "/console/operator/templates/{uid}/{action}"}
+OPERATOR_PARAMS = {
+    "/console/operator/accounts/{sid}",
+    "/console/operator/accounts/{sid}/{action}",
+    "/console/operator/accounts/{sid}/dialing",
+    "/console/operator/templates/{uid}/{action}",
+}
 PUBLIC = {"/console", "/console/", "/console/login", "/console/operator/login", "/console/static/console.css"}
 
 
@@ -486,6 +491,24 @@ async def test_operator_pages(gw: Gateway, client: ConsoleClient) -> None:
         "/console/operator/", f"/console/operator/accounts/{customer.account.sid}/disable", {}
     )
     assert (await gw.sql("SELECT disabled FROM accounts WHERE id = :i", i=customer.account.id))[0][0]
+    # Dialing rights, as `gateway accounts set` takes them: "default" is the global setting.
+    account_page = f"/console/operator/accounts/{customer.account.sid}"
+    rights = {
+        "outbound_allow_prefixes": "+81, 1",
+        "outbound_max_concurrent": "2",
+        "outbound_max_per_minute": "default",
+        "verified_callers": "+81312345678\n",
+    }
+    page = await client.submit(account_page, account_page + "/dialing", rights)
+    assert page.status == 200 and 'value="+81,+1"' in page.text and "+81312345678</textarea>" in page.text
+    assert await gw.sql(
+        "SELECT outbound_allow_prefixes, outbound_max_concurrent, outbound_max_per_minute, verified_callers"
+        " FROM accounts WHERE id = :i",
+        i=customer.account.id,
+    ) == [("+81,+1", 2, None, "+81312345678")]
+    page = await client.submit(account_page, account_page + "/dialing", {**rights, "verified_callers": "12"})
+    assert page.status == 400 and "verified_callers" in page.text
+    assert (await client.get("/console/operator/accounts/" + "0" * 32)).status == 404
     # The CSV import: the CLI's per-line errors, nothing imported; then a good file.
     bad = b"number,country_code,prefix,sms,voice,monthly_cost,minute_cost\n+8131234,JP,813,maybe,false,1,1\n"
     with pytest.raises(NumberImportError) as cli:

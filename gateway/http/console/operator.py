@@ -21,7 +21,14 @@ from gateway.http.console.shared import (
     session_of,
     set_session_cookie,
 )
-from gateway.keys import ACCOUNTS, CONFIG, CONNECTORS, NUMBERS, REPORTS, TEMPLATES
+from gateway.keys import ACCOUNTS, CONFIG, CONNECTORS, NUMBERS, REPORTS, SESSIONS, TEMPLATES
+from gateway.services.dialing import (
+    RIGHTS_COLUMNS,
+    get_rights,
+    is_phone_number,
+    parse_prefixes,
+    update_rights,
+)
 from gateway.services.errors import not_found
 from gateway.services.number_import import NumberImportError, parse_numbers_csv
 from gateway.services.reports import usage_csv
@@ -103,7 +110,70 @@ async def create_account(request: web.Request) -> web.StreamResponse:
     return await _accounts_page(request, created=creds)
 
 
-@pages.post(P + "/accounts/{sid}/{action}", "operator")
+DEFAULT = "default"  # as `gateway accounts set`: back to the global setting
+
+
+def _rights_form(
+    values: dict[str, str], current: dict[str, object]
+) -> tuple[dict[str, object], list[str], list[str]]:
+    """The form's dialing rights as update_rights takes them (columns, callers to add and to
+    remove), or ValueError naming the first bad field."""
+    columns: dict[str, object] = {}
+    prefixes = values["outbound_allow_prefixes"].strip()
+    try:
+        columns["outbound_allow_prefixes"] = (
+            None if prefixes == DEFAULT else ",".join(parse_prefixes(prefixes))
+        )
+    except ValueError as exc:
+        raise ValueError(f"outbound_allow_prefixes: {exc}") from None
+    for name in ("outbound_max_concurrent", "outbound_max_per_minute"):
+        text = values[name].strip()
+        if text == DEFAULT:
+            columns[name] = None
+        elif text.isascii() and text.isdigit() and len(text) <= 6:
+            columns[name] = int(text)
+        else:
+            raise ValueError(f"{name}: a number >= 0, or {DEFAULT!r}")
+    callers = [c.strip() for c in values["verified_callers"].split() if c.strip()]
+    for caller in callers:
+        if not is_phone_number(caller):
+            raise ValueError(f"verified_callers: {caller[:32]!r} is not a valid E.164 number")
+    had = set(current["verified_callers"])  # type: ignore[call-overload]
+    return columns, sorted(set(callers) - had), sorted(had - set(callers))
+
+
+async def _account_page(request: web.Request, *, error: str = "") -> web.Response:
+    sid = request.match_info["sid"]
+    info = await request.app[ACCOUNTS].get(sid)
+    rights = await get_rights(request.app[SESSIONS], sid)
+    if info is None or rights is None:
+        raise not_found()
+    context = {"a": info, "rights": rights, "error": error, "DEFAULT": DEFAULT}
+    return render(request, "op_account.html", context, status=400 if error else 200)
+
+
+@pages.get(P + "/accounts/{sid}", "operator")
+async def account(request: web.Request) -> web.StreamResponse:
+    return await _account_page(request)
+
+
+@pages.post(P + "/accounts/{sid}/dialing", "operator")
+async def set_dialing(request: web.Request) -> web.StreamResponse:
+    """The account's toll-fraud overrides, as `gateway accounts set --outbound-...`."""
+    sid = request.match_info["sid"]
+    current = await get_rights(request.app[SESSIONS], sid)
+    if current is None:
+        raise not_found()
+    f = _form(await request.post(), *RIGHTS_COLUMNS, "verified_callers")
+    try:
+        columns, add, remove = _rights_form(f, current)
+    except ValueError as exc:
+        return await _account_page(request, error=str(exc))
+    await update_rights(request.app[SESSIONS], sid, columns, add, remove)  # type: ignore[arg-type]
+    return see_other(f"{P}/accounts/{sid}")
+
+
+@pages.post(P + "/accounts/{sid}/{action:disable|enable|freeform-on|freeform-off}", "operator")
 async def account_action(request: web.Request) -> web.StreamResponse:
     sid, action = request.match_info["sid"], request.match_info["action"]
     accounts_ = request.app[ACCOUNTS]
@@ -111,13 +181,11 @@ async def account_action(request: web.Request) -> web.StreamResponse:
         info = await accounts_.set_disabled(sid, action == "disable")
         if info is not None and info.disabled:
             await request.app[CONSOLE].sessions.end_account(info.id)
-    elif action in ("freeform-on", "freeform-off"):
-        info = await accounts_.update_flags(sid, freeform=action == "freeform-on")
     else:
-        raise not_found()
+        info = await accounts_.update_flags(sid, freeform=action == "freeform-on")
     if info is None:
         raise not_found()
-    return see_other(f"{P}/")
+    return see_other(f"{P}/accounts/{sid}" if request.query.get("back") == "account" else f"{P}/")
 
 
 # -- templates --------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -69,6 +70,9 @@ CONSOLE = web.AppKey("console", Console)
 SESSION = web.RequestKey("console_session", Session)
 
 
+_PATTERN = re.compile(r"\{(\w+):[^}]*\}")
+
+
 class Pages:
     """A route table (for `app.add_routes`) whose every route names its audience."""
 
@@ -88,7 +92,7 @@ class Pages:
     def route(self, method: str, path: str, access: Access) -> Callable[[H], H]:
         def register(handler: H) -> H:
             self._defs.append(web.RouteDef(method, path, _guarded(access, handler), {}))
-            self.access[(method, path)] = access
+            self.access[(method, _PATTERN.sub(r"{\1}", path))] = access  # as resource.canonical
             return handler
 
         return register
@@ -105,7 +109,7 @@ def _guarded(access: Access, handler: PageHandler) -> PageHandler:
             return await handler(request)
         session = await current_session(request)
         if session is None or session.role != access or not _operator_still_configured(request, session):
-            if request.method == "GET":
+            if request.method != "POST":  # GET or HEAD: to the sign-in page
                 return see_other(login_path(access))
             raise ApiError(403, {"detail": "Your session has ended: sign in again."})
         request[SESSION] = session
