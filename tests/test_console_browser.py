@@ -246,3 +246,32 @@ async def test_what_a_browser_must_not_get(rig: Rig, context: BrowserContext) ->
     await page.goto(f"{gw.base_url}/console/overview")
     await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     assert page.url.endswith("/console/login")
+
+
+async def test_keyboard_only_and_a_phone_screen(rig: Rig) -> None:
+    """Signing in with the keyboard alone, the skip link first in the tab order, and no page
+    wider than a 390 px phone screen (wide tables scroll inside their box)."""
+    gw = rig.gw
+    creds = await gw.account(name="Keyboard user")
+    ctx = await rig.browser.new_context(
+        viewport={"width": 390, "height": 780}, is_mobile=True, has_touch=True
+    )
+    try:
+        page = await ctx.new_page()
+        await page.goto(f"{gw.base_url}/console/login")
+        # The SID field has the focus on arrival.
+        await page.keyboard.type(creds.account.sid)
+        await page.keyboard.press("Tab")
+        await page.keyboard.type(creds.auth_token)
+        await page.keyboard.press("Enter")
+        await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        await page.keyboard.press("Tab")
+        assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
+        await page.keyboard.press("Enter")
+        assert await page.evaluate("document.activeElement.id") == "main"
+        for path in ("overview", "messages", "templates", "inbound", "numbers", "calls", "keys"):
+            await page.goto(f"{gw.base_url}/console/{path}")
+            overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, (path, overflow)
+    finally:
+        await ctx.close()
