@@ -281,6 +281,8 @@ async def test_the_owner_sees_every_page(gw: Gateway, sim_smsc: Any, tmp_path: P
             "/console/numbers": [A_SIN[1:], A_DIN[1:], f"{MARK} 9-5"],
             "/console/calls": [f"/console/voicemails/{ids['voicemail']}/audio", "voicemail"],
         }
+        expect["/console/messages?page=1"] = ["0 messages", "(page 2)"]
+        expect["/console/messages?page=x"] = ["A page number from 0 to"]
         for path, needles in expect.items():
             text = (await a.get(path)).text
             assert [n for n in needles if n not in text] == [], path
@@ -365,6 +367,12 @@ async def test_sessions_end_on_logout_expiry_idleness_disabling_and_rotation(
     await gw.app[ACCOUNTS].set_disabled(creds.account.sid, True)
     assert not await signed_in(client)
     await gw.app[ACCOUNTS].set_disabled(creds.account.sid, False)
+    # Signing in again in the same browser (as anyone) ends the session it had.
+    await client.login(creds)
+    before = await gw.sql("SELECT token_hash FROM console_sessions")
+    await client.login(await gw.account(name="second"))
+    after = await gw.sql("SELECT token_hash FROM console_sessions")
+    assert len(before) == len(after) == 1 and before != after
     await client.login(creds)
     other = ConsoleClient(gw)
     try:

@@ -77,6 +77,7 @@ class MessageSearch:
     day_to: date | None = None  # inclusive
     tag: str | None = None
     msgid: str | None = None
+    page: int = 0  # of SEARCH_LIMIT rows each, newest first
 
 
 @dataclass
@@ -222,6 +223,7 @@ class Reports:
                 select(Message)
                 .where(*conds)
                 .order_by(Message.created_at.desc(), Message.id.desc())
+                .offset(q.page * SEARCH_LIMIT)
                 .limit(SEARCH_LIMIT)
             )
             return list(rows.scalars())
@@ -333,32 +335,42 @@ class Reports:
         return mo, items
 
     async def opt_outs(self, account_id: int) -> list[OptOutRow]:
+        """The account's opt-outs, newest first, each with the STOP-word MO that made it (the
+        latest one from that number received by then), when there is one."""
         async with self._sessions() as s:
-            rows = (
-                await s.execute(
-                    select(OptOut)
-                    .where(OptOut.account_id == account_id)
-                    .order_by(OptOut.created_at.desc())
-                    .limit(LIST_LIMIT)
-                )
-            ).scalars()
-            out = []
-            for o in list(rows):
-                mo = (
+            rows = list(
+                (
                     await s.execute(
-                        select(InboundMessage.body, InboundMessage.recipient)
-                        .where(
-                            InboundMessage.account_id == account_id,
-                            InboundMessage.sender == o.number,
-                            InboundMessage.keyword.in_(sorted(STOP_WORDS)),
-                            InboundMessage.received_at <= o.created_at + timedelta(seconds=5),
-                        )
-                        .order_by(InboundMessage.received_at.desc())
-                        .limit(1)
+                        select(OptOut)
+                        .where(OptOut.account_id == account_id)
+                        .order_by(OptOut.created_at.desc())
+                        .limit(LIST_LIMIT)
                     )
-                ).one_or_none()
-                word = mo[0].split(maxsplit=1)[0].upper() if mo and mo[0].split() else None
-                out.append(OptOutRow(o.number, o.created_at, word, mo[1] if mo else None))
+                ).scalars()
+            )
+            stops = await s.execute(
+                select(
+                    InboundMessage.sender,
+                    InboundMessage.received_at,
+                    InboundMessage.body,
+                    InboundMessage.recipient,
+                )
+                .where(
+                    InboundMessage.account_id == account_id,
+                    InboundMessage.sender.in_([o.number for o in rows]),
+                    InboundMessage.keyword.in_(sorted(STOP_WORDS)),
+                )
+                .order_by(InboundMessage.received_at)
+            )
+            by_number: dict[str, list[tuple[datetime, str, str]]] = {}
+            for sender, at, body, via in stops:
+                by_number.setdefault(sender, []).append((at, body, via))
+        out = []
+        for o in rows:
+            # The opt-out row is written in the MO's transaction, a moment after its receipt time.
+            made = [m for m in by_number.get(o.number, []) if m[0] <= o.created_at + timedelta(seconds=5)]
+            word = made[-1][1].split()[0].upper() if made and made[-1][1].split() else None
+            out.append(OptOutRow(o.number, o.created_at, word, made[-1][2] if made else None))
         return out
 
     async def calls(self, account_id: int, limit: int = 1000) -> list[Call]:

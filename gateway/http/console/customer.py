@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from datetime import date
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -34,11 +35,12 @@ from gateway.keys import ACCOUNTS, CALLS, INBOUND, MESSAGES, NUMBERS, REPORTS, T
 from gateway.services import validation
 from gateway.services.errors import ApiError, FieldErrors, not_found
 from gateway.services.numbers import Kind
-from gateway.services.reports import MESSAGE_STATUSES, MessageSearch
+from gateway.services.reports import MESSAGE_STATUSES, SEARCH_LIMIT, MessageSearch
 from gateway.services.templates import placeholders
 
 pages = Pages()
 P = "/console"
+MAX_PAGE = 10_000
 
 
 def _form(form: Mapping[str, Any], *names: str) -> dict[str, str]:
@@ -69,6 +71,12 @@ async def throttled(request: web.Request) -> int:
 def failed_attempt(request: web.Request) -> None:
     if (failures := request.app.get(AUTH_FAILURES)) is not None:
         failures.take(client_key(request.remote))
+
+
+async def end_previous(request: web.Request) -> None:
+    """Signing in again in the same browser ends the session it had (whoever it was)."""
+    if (old := await current_session(request)) is not None:
+        await request.app[CONSOLE].sessions.end(old)
 
 
 def login_page_with(
@@ -108,6 +116,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     if account is None:
         failed_attempt(request)
         return login_page_with(request, "login.html", error="Unknown SID or auth token.", status=401)
+    await end_previous(request)
     token, _ = await request.app[CONSOLE].sessions.start("customer", account_id=account.id)
     response = see_other(f"{P}/overview")
     set_session_cookie(request, response, token)
@@ -153,6 +162,11 @@ def _search(query: Mapping[str, str]) -> tuple[MessageSearch, dict[str, str]]:
         values["tag"] = tag[:64]
     if msgid := query.get("msgid", "").strip():
         values["msgid"] = msgid[:64]
+    page = query.get("page", "0")
+    if page.isascii() and page.isdigit() and int(page) <= MAX_PAGE:
+        values["page"] = int(page)
+    else:
+        errors["page"] = f"A page number from 0 to {MAX_PAGE}."
     return MessageSearch(**values), errors
 
 
@@ -162,11 +176,17 @@ async def messages(request: web.Request) -> web.StreamResponse:
     rows = (
         [] if errors else await request.app[REPORTS].search_messages(session_of(request).account_id, search)
     )
-    return render(
-        request,
-        "messages.html",
-        {"rows": rows, "q": request.query, "errors": errors, "statuses": MESSAGE_STATUSES},
-    )
+    older = None
+    if len(rows) == SEARCH_LIMIT:
+        older = "?" + urlencode({**request.query, "page": str(search.page + 1)})
+    context = {
+        "rows": rows,
+        "q": request.query,
+        "errors": errors,
+        "statuses": MESSAGE_STATUSES,
+        "older": older,
+    }
+    return render(request, "messages.html", context)
 
 
 @pages.get(P + "/messages/{msgid}", "customer")

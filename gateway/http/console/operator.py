@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from gateway.http.console.customer import _form, failed_attempt, login_page_with, throttled
+from gateway.http.console.customer import _form, end_previous, failed_attempt, login_page_with, throttled
 from gateway.http.console.passwords import verify_password
 from gateway.http.console.shared import (
     CONSOLE,
@@ -69,6 +69,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         return login_page_with(
             request, "operator_login.html", error="Unknown user name or password.", status=401
         )
+    await end_previous(request)
     token, _ = await request.app[CONSOLE].sessions.start("operator", operator=cfg.operator_username)
     response = see_other(f"{P}/")
     set_session_cookie(request, response, token)
