@@ -57,7 +57,12 @@ class Rig:
     gw: Gateway
     sim: SimulatorPeer
     browser: Browser
-    actions_url: str
+    base: str  # the customer's server: action_url script and status callbacks
+    callbacks: list[int]  # status answers given, in order (the first is a 503)
+
+    @property
+    def actions_url(self) -> str:
+        return f"{self.base}/actions"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -69,13 +74,20 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
     async def actions(request: web.Request) -> web.Response:
         return web.Response(text='voicemail say en "Please leave a message."', content_type="text/plain")
 
+    answered: list[int] = []
+
+    async def status(request: web.Request) -> web.Response:
+        answered.append(503 if not answered else 200)  # the first callback fails, then they pass
+        return web.Response(status=answered[-1])
+
     app = web.Application()
     app.router.add_get("/actions", actions)
+    app.router.add_post("/status", status)
     async with serve_app(app) as base, async_playwright() as pw:
         gw = await start_gateway(with_operator(gateway_config(url, sim.host, sim.port)))
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
-            yield Rig(gw, sim, browser, f"{base}/actions")
+            yield Rig(gw, sim, browser, base, answered)
         finally:
             await browser.close()
             await gw.runner.cleanup()
@@ -143,6 +155,7 @@ async def test_a_template_is_approved_sent_and_delivered(rig: Rig, context: Brow
     await page.get_by_label("Recipient").fill(CUSTOMER)
     await page.get_by_label("Sender").fill("ACME")
     await page.get_by_label("{name}").fill("Ms Sato")
+    await page.get_by_label("Status callback URL").fill(f"{rig.base}/status")
     await page.get_by_role("button", name="Send").click()
     # The page reloads itself until the status is final: the simulator's receipt ends it.
     await expect(page.locator("#status")).to_have_text("DELIVERED", timeout=TIMEOUT)
@@ -150,6 +163,19 @@ async def test_a_template_is_approved_sent_and_delivered(rig: Rig, context: Brow
     await expect(timeline).to_contain_text("Queued")
     await expect(timeline).to_contain_text("SMSC id")
     await expect(timeline).to_contain_text("Final: DELIVERED")
+    # Its status callbacks: the receiver's first answer was a 503, retried; the page shows each
+    # attempt once they are through (the page stopped reloading itself at DELIVERED).
+    msgid = page.url.rsplit("/", 1)[1]
+
+    async def callbacks_done() -> bool:
+        rows = await gw.sql("SELECT status FROM webhook_deliveries WHERE ref = :m", m=msgid)
+        return len(rows) == 2 and all(s == "DONE" for (s,) in rows)  # DELIVERING, DELIVERED
+
+    await wait_for(callbacks_done, timeout=15)
+    await page.reload()
+    callbacks = page.locator("section.callback")
+    await expect(callbacks.first).to_contain_text("Attempt 1: HTTP 503; next try at")
+    await expect(callbacks.first).to_contain_text("Attempt 2: HTTP 200, delivered")
     await shot(page, "message")
     submits = [
         decode_short_message(s.data_coding, s.esm_class, s.short_message).text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -89,9 +90,19 @@ class Timeline:
     # Each callback's failed attempts, oldest first (a successful one is the delivery row).
     attempts: dict[int, list[WebhookAttempt]]
     final: bool = field(init=False)
+    reports: dict[int, str] = field(init=False)  # callback id -> the status it reports
 
     def __post_init__(self) -> None:
         self.final = self.message.status not in QUEUE
+        self.reports = {c.id: _reported(c) for c in self.callbacks}
+
+
+def _reported(c: WebhookDelivery) -> str:
+    try:
+        status = json.loads(c.body).get("status") if c.content_type == "application/json" else None
+    except (ValueError, AttributeError):
+        status = None
+    return status if isinstance(status, str) else ""
 
 
 @dataclass(frozen=True)
