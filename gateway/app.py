@@ -335,7 +335,7 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
         wake_webhooks,
         fast_path=webhooks,
     )
-    receipts = ReceiptApplier(sessions, base_url, wake_webhooks, observer=app[METRICS])
+    receipts = ReceiptApplier(sessions, base_url, wake_webhooks, observer=app[METRICS], fast_path=webhooks)
     if SMSC_PORT in app:
         # The built-in simulator took an ephemeral port: connectors at its address go there.
         at_simulator = (cfg.smpp.host, cfg.smpp.port)
@@ -367,6 +367,7 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
         observer=app[METRICS],
         db=app[DB_OUTAGE],
         routes=lambda: routes.table,
+        fast_path=webhooks,
     )
     app[RECEIPTS] = receipts
     app[CONNECTORS] = connectors

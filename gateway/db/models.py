@@ -200,6 +200,7 @@ class MessagePart(Base):
     connector: Mapped[str] = mapped_column(String(32), server_default="default")
     state: Mapped[str] = mapped_column(String(16), default="SUBMITTED")
     stat: Mapped[str | None] = mapped_column(String(16))
+    err: Mapped[str | None] = mapped_column(String(16))  # the receipt's error code, as it came
 
 
 class OrphanReceipt(Base):
@@ -211,6 +212,7 @@ class OrphanReceipt(Base):
     connector: Mapped[str] = mapped_column(String(32), server_default="default")  # where it came from
     state: Mapped[str] = mapped_column(String(16))
     stat: Mapped[str] = mapped_column(String(16))
+    err: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
