@@ -25,7 +25,7 @@ from yarl import URL
 
 from gateway.app import create_app
 from gateway.config import Config, ConfigError
-from gateway.db.models import Call, ConsoleSession, Voicemail
+from gateway.db.models import Call, ConsoleSession, Recording, Voicemail
 from gateway.http.console import PAGES
 from gateway.http.console.passwords import hash_password, parse_hash, verify_password
 from gateway.keys import ACCOUNTS, CONFIG, MESSAGES, NUMBERS, SESSIONS, TEMPLATES
@@ -53,6 +53,7 @@ OWNED: dict[str, dict[str, str]] = {
     "/console/numbers/sin/{uid}/autoreplies": {"uid": "sin"},
     "/console/numbers/sin/{uid}/autoreplies/{rule_id}/delete": {"uid": "sin", "rule_id": "rule"},
     "/console/voicemails/{vid}/audio": {"vid": "voicemail"},
+    "/console/recordings/{rid}/audio": {"rid": "recording"},
 }
 # Operator pages with parameters: accounts and templates of every tenant, by design.
 OPERATOR_PARAMS = {
@@ -183,7 +184,19 @@ async def tenant_a(gw: Gateway, sim: Any, tmp: Path) -> dict[str, str]:
                 size=audio.stat().st_size,
             )
         )
-    ids["call"], ids["voicemail"] = "c" * 32, "v" * 32
+        s.add(
+            Recording(
+                uid="r" * 32,
+                call_id=call.id,
+                account_id=a.account.id,
+                caller=CUSTOMER,
+                recipient=A_DIN,
+                duration=1.5,
+                path=str(audio),
+                size=audio.stat().st_size,
+            )
+        )
+    ids["call"], ids["voicemail"], ids["recording"] = "c" * 32, "v" * 32, "r" * 32
     return ids
 
 
@@ -279,7 +292,11 @@ async def test_the_owner_sees_every_page(gw: Gateway, sim_smsc: Any, tmp_path: P
             f"/console/inbound/{ids['inbound']}": [f"{MARK} question"],
             "/console/optouts": [OPTED, "sent STOP to " + A_SIN],
             "/console/numbers": [A_SIN[1:], A_DIN[1:], f"{MARK} 9-5"],
-            "/console/calls": [f"/console/voicemails/{ids['voicemail']}/audio", "voicemail"],
+            "/console/calls": [
+                f"/console/voicemails/{ids['voicemail']}/audio",
+                f"/console/recordings/{ids['recording']}/audio",
+                "voicemail",
+            ],
         }
         expect["/console/messages?page=1"] = ["0 messages", "(page 2)"]
         expect["/console/messages?page=x"] = ["A page number from 0 to"]
@@ -288,12 +305,14 @@ async def test_the_owner_sees_every_page(gw: Gateway, sim_smsc: Any, tmp_path: P
             assert [n for n in needles if n not in text] == [], path
         overview = (await a.get("/console/overview")).text
         assert re.search(r'id="queued">[01]<', overview)
-        async with a.http.get(f"{gw.base_url}/console/voicemails/{ids['voicemail']}/audio?download=1") as r:
-            body = await r.read()
-            assert r.status == 200 and r.headers["Content-Type"] == "audio/wav"
-            assert "attachment" in r.headers["Content-Disposition"]
-        with wave.open(io.BytesIO(body)) as w:
-            assert w.getnframes() == 12000
+        for kind in ("voicemail", "recording"):
+            url = f"{gw.base_url}/console/{kind}s/{ids[kind]}/audio?download=1"
+            async with a.http.get(url) as r:
+                body = await r.read()
+                assert r.status == 200 and r.headers["Content-Type"] == "audio/wav"
+                assert f'filename="{kind}-{ids[kind]}.wav"' in r.headers["Content-Disposition"]
+            with wave.open(io.BytesIO(body)) as w:
+                assert w.getnframes() == 12000
     finally:
         await a.close()
 
@@ -580,6 +599,16 @@ async def test_testing_an_action_url_shows_the_script_or_its_errors(
             "/console/numbers", f"/console/numbers/din/{uid}", {"action_url": "http://10.1.2.3/x"}
         )
         assert page.status == 400 and "action_url" in page.text
+        # Where call events go is set on the same form (an empty field leaves a URL as it is).
+        page = await client.submit(
+            "/console/numbers", f"/console/numbers/din/{uid}", {"status_url": f"{base}/events"}
+        )
+        assert page.status == 200 and f"{base}/events" in page.text
+        rows = await gw.sql(
+            "SELECT action_url, status_url FROM number_subscriptions WHERE account_id = :a",
+            a=creds.account.id,
+        )
+        assert rows == [(f"{base}/actions", f"{base}/events")]
 
 
 def test_the_operator_password_hash_comes_from_the_command_line(

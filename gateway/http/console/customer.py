@@ -340,7 +340,7 @@ async def set_urls(request: web.Request) -> web.StreamResponse:
     account_id = session_of(request).account_id
     post = await request.post()
     if kind == "din":
-        f = _form(post, "action_url", "voicemail_url")
+        f = _form(post, "action_url", "voicemail_url", "status_url")
         model: type[BaseModel] = DinUrls
     else:
         f = _form(post, "action_url", "webhook_format")
@@ -359,6 +359,7 @@ async def set_urls(request: web.Request) -> web.StreamResponse:
         body.action_url,
         getattr(body, "voicemail_url", None),
         getattr(body, "webhook_format", None),
+        status_url=getattr(body, "status_url", None),
     )
     return see_other(f"{P}/numbers")
 
@@ -396,7 +397,7 @@ async def test_action_url(request: web.Request) -> web.StreamResponse:
     return await _numbers_page(request, test=check, tested=uid)
 
 
-# -- calls and voicemails --------------------------------------------------------------------
+# -- calls, voicemails and recordings ----------------------------------------------------------------
 
 
 @pages.get(P + "/calls", "customer")
@@ -409,6 +410,7 @@ async def calls(request: web.Request) -> web.StreamResponse:
         {
             "calls": await reports.calls(account_id, 200),
             "voicemails": await reports.voicemails(account_id, 200),
+            "recordings": await reports.recordings(account_id, 200),
         },
     )
 
@@ -416,12 +418,22 @@ async def calls(request: web.Request) -> web.StreamResponse:
 @pages.get(P + "/voicemails/{vid}/audio", "customer")
 async def voicemail_audio(request: web.Request) -> web.StreamResponse:
     v, _ = await request.app[REPORTS].voicemail(session_of(request).account_id, request.match_info["vid"])
-    if not await asyncio.to_thread(os.path.isfile, v.path):
+    return await _audio(request, v.path, f"voicemail-{v.uid}.wav")
+
+
+@pages.get(P + "/recordings/{rid}/audio", "customer")
+async def recording_audio(request: web.Request) -> web.StreamResponse:
+    r, _ = await request.app[REPORTS].recording(session_of(request).account_id, request.match_info["rid"])
+    return await _audio(request, r.path, f"recording-{r.uid}.wav")
+
+
+async def _audio(request: web.Request, path: str, name: str) -> web.StreamResponse:
+    if not await asyncio.to_thread(os.path.isfile, path):
         raise not_found()
     headers = {"Content-Type": "audio/wav"}
     if request.query.get("download"):
-        headers["Content-Disposition"] = f'attachment; filename="voicemail-{v.uid}.wav"'
-    return web.FileResponse(v.path, headers=headers)
+        headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    return web.FileResponse(path, headers=headers)
 
 
 # -- keys -------------------------------------------------------------------------------------
