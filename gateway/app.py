@@ -21,6 +21,7 @@ from gateway.db.engine import create_engine, session_factory
 from gateway.egress.client import policy_session
 from gateway.egress.policy import SsrfPolicy
 from gateway.http import (
+    console,
     metrics,
     openapi,
     routes_batches,
@@ -49,12 +50,15 @@ from gateway.http.request_log import request_id_middleware
 from gateway.keys import (
     ACCOUNTS,
     BATCHES,
+    CALLS,
     CONFIG,
+    CONNECTORS,
     ENGINE,
     INBOUND,
     LINKS,
     MESSAGES,
     NUMBERS,
+    REPORTS,
     SESSIONS,
     TEMPLATES,
     URL_POLICY,
@@ -70,10 +74,10 @@ from gateway.services.inbound import InboundService, KeywordReplies
 from gateway.services.messages import MessageService
 from gateway.services.numbers import NumberService
 from gateway.services.pricing import PriceList
+from gateway.services.reports import Reports
 from gateway.services.templates import TemplateService
 from gateway.services.tracking import LinkTracker
 from gateway.voice.assembly import call_service
-from gateway.voice.calls import CallService
 from gateway.voice.fastagi import FastAgiServer
 from gateway.voice.outbound import (
     OUTBOUND,
@@ -85,7 +89,7 @@ from gateway.voice.outbound import (
 from gateway.voice.retention import VoiceRetention
 from gateway.workers import connectors as smsc
 from gateway.workers.batch_sweep import BatchSweep
-from gateway.workers.connectors import ConnectorPlan, Connectors
+from gateway.workers.connectors import ConnectorPlan
 from gateway.workers.dispatcher import Dispatcher
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.receipts import ReceiptApplier
@@ -95,13 +99,11 @@ from gateway.workers.webhook_sender import WebhookSender
 log = logging.getLogger(__name__)
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
-CONNECTORS = web.AppKey("smsc_connectors", Connectors)
 ROUTES = web.AppKey("routes", RouteFile)
 RECEIPTS = web.AppKey("receipts", ReceiptApplier)
 WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
 SMSC_PORT = web.AppKey("smsc_port", int)
-CALLS = web.AppKey("calls", CallService)
 FASTAGI = web.AppKey("fastagi", FastAgiServer)
 
 
@@ -109,10 +111,12 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(
         # metrics outermost (it sees the final status, 401/429/500 included); the rate limit
         # inside auth, since it counts per account.
+        # The console's middleware (HTML errors, security headers) only acts on /console/ paths.
         middlewares=[
             request_id_middleware,
             metrics_middleware,
             error_middleware,
+            *([console.console_middleware] if config.console.enabled else []),
             auth_middleware,
             ratelimit_middleware,
         ],
@@ -166,6 +170,8 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(routes_voice.routes)
     app.add_routes(routes_outbound.routes)  # 503 while outbound calls are off
     app.cleanup_ctx.append(_database)
+    if config.console.enabled:
+        console.install(app)  # its session store opens after the database
     app.cleanup_ctx.append(_http_client)
     if config.simulator.enabled:
         app.cleanup_ctx.append(_simulator)
@@ -233,6 +239,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[TEMPLATES] = TemplateService(sessions)
     app[LINKS] = LinkTracker(sessions, cfg.public_base_url)
     app[NUMBERS] = NumberService(sessions)
+    app[REPORTS] = Reports(sessions)
     yield
     await engine.dispose()
 

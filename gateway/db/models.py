@@ -269,6 +269,20 @@ class WebhookDelivery(Base):
     )
 
 
+class WebhookAttempt(Base):
+    """A webhook POST that did not succeed: when, the HTTP status (None: no HTTP answer) and when
+    the next try is due (None: given up). A successful attempt needs no row: the delivery's own
+    row records it, so the common path writes nothing here."""
+
+    __tablename__ = "webhook_attempts"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("webhook_deliveries.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column()
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
+
+
 class TrackedLink(Base):
     __tablename__ = "tracked_links"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -449,3 +463,19 @@ class Recording(Base):
     path: Mapped[str] = mapped_column(Text)  # WAV file in the recordings store
     size: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ConsoleSession(Base):
+    """A browser signed in to the web console (gateway/http/console). The cookie holds a random
+    token; only its SHA-256 is stored, so a copy of the table signs nobody in. A row that is
+    gone (logout, expiry, token rotation) is a session that no longer works, on every node."""
+
+    __tablename__ = "console_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # "customer" | "operator"
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)  # customer
+    operator: Mapped[str | None] = mapped_column(String(64))  # the operator's user name
+    csrf: Mapped[str] = mapped_column(String(64))  # every form POST carries it back
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)  # absolute end
+    idle_until: Mapped[datetime] = mapped_column()  # pushed forward while the browser is in use

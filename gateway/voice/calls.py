@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from yarl import URL
 
-from actions_dsl import Action, FetchMethod, Gather, ParseErrors, Say, Transfer, parse
+from actions_dsl import Action, ActionSyntaxError, FetchMethod, Gather, ParseErrors, Say, Transfer, parse
 from gateway.db.models import Account, Call, Number, NumberSubscription, Recording, Voicemail
 from gateway.logs import log_context
 from gateway.services import outbox
@@ -68,6 +68,8 @@ class Fetched:
     actions: list[Action] | None
     status: int | None = None
     error: str | None = None
+    # The script's syntax errors, each with its line and column (the console shows them all).
+    errors: tuple[ActionSyntaxError, ...] = ()
 
 
 def with_query(url: str, params: dict[str, str]) -> str:
@@ -129,7 +131,9 @@ class CallService:
             call.number_id = target.number_id if target else None
             # The action_url is fetched while the call's IN_PROGRESS row is written; the row is
             # in before ANSWER, so a node that dies once the call runs leaves it to the sweep.
-            script = asyncio.ensure_future(self._script(target.action_url if target else None, caller, din))
+            script = asyncio.ensure_future(
+                self.check_script(target.action_url if target else None, caller, din)
+            )
             try:
                 await self._starts.insert(call)
             except BaseException:
@@ -225,7 +229,9 @@ class CallService:
                     log.warning("abandoned call ended by the sweep", extra={"callid": uid})
         return ended
 
-    async def _script(self, action_url: str | None, caller: str, din: str) -> Fetched:
+    async def check_script(self, action_url: str | None, caller: str, din: str) -> Fetched:
+        """Fetch and parse a DIN's action_url as a call to `din` from `caller` does: through the
+        same URL policy, limits and query. Also what the console's "test this action_url" shows."""
         if not action_url:
             return Fetched(None, error="no DIN subscription with an action_url for this number")
         return await self.fetch_script(with_query(action_url, {"caller": caller, "recipient": din}))
@@ -260,7 +266,9 @@ class CallService:
             return Fetched(parse(text), res.status)
         except ParseErrors as exc:
             log.warning("invalid script from action_url: %s", "; ".join(map(str, exc.errors)))
-            return Fetched(None, res.status, f"invalid script at line {exc.line}, column {exc.column}")
+            return Fetched(
+                None, res.status, f"invalid script at line {exc.line}, column {exc.column}", tuple(exc.errors)
+            )
 
     @property
     def fallback(self) -> Say:

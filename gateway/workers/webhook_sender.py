@@ -29,14 +29,14 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import aiohttp
-from sqlalchemy import ColumnElement, exists, select, update
+from sqlalchemy import ColumnElement, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from gateway.db import leases
 from gateway.db.availability import DbOutage
 from gateway.db.group_commit import GroupCommitter
-from gateway.db.models import Account, WebhookDelivery
+from gateway.db.models import Account, WebhookAttempt, WebhookDelivery
 from gateway.egress.client import session_policy
 from gateway.egress.policy import AddressRefused
 from gateway.services.outbox import sign, sign_legacy
@@ -499,6 +499,7 @@ class WebhookSender:
         now = datetime.now(UTC)
         # Rows with the same outcome share one UPDATE: a batch of 2xx is a single statement.
         groups: dict[tuple[tuple[str, object], ...], list[int]] = {}
+        failed: list[dict[str, object]] = []  # the attempts history (WebhookAttempt)
         for r in results:
             self._observer.webhook(r.status_code)
             attempts = r.job.attempts + 1
@@ -524,7 +525,19 @@ class WebhookSender:
                 values.update(status="DROPPED", done_at=now)
             groups.setdefault(tuple(sorted(values.items())), []).append(r.job.id)
             _log_result(r, str(values.get("status", "RETRY")), attempts)
+            if not r.done:
+                failed.append(
+                    {
+                        "delivery_id": r.job.id,
+                        "attempt": attempts,
+                        "at": now,
+                        "status_code": r.status_code,
+                        "next_attempt_at": values.get("next_attempt_at"),
+                    }
+                )
         async with self._sessions.begin() as s:
+            if failed:
+                await s.execute(insert(WebhookAttempt), failed)
             for key, ids in groups.items():
                 await s.execute(
                     update(WebhookDelivery).where(WebhookDelivery.id.in_(ids)).values(**dict(key))
