@@ -5,6 +5,7 @@ Pure: standard library only, no I/O. See actions_dsl.parser for the language ref
 
 from .actions import (
     Action,
+    FetchMethod,
     Gather,
     HangupCall,
     Pause,
@@ -25,6 +26,7 @@ __all__ = [
     "COMMANDS",
     "Action",
     "ActionSyntaxError",
+    "FetchMethod",
     "Gather",
     "HangupCall",
     "ParseErrors",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Literal, TypeAlias
+
+FetchMethod: TypeAlias = Literal["GET", "POST"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +79,15 @@ class Gather:
 
     `digits`: stop after that many keys (None: only the finish key or the timeout ends it);
     `finish`: the key that ends the input ("" for none); `timeout`: seconds of waiting for the
-    next key once the prompts are over."""
+    next key once the prompts are over; `method`: how both URLs are requested (GET: the keys in
+    the query; POST: in a form body)."""
 
     action: str
     digits: int | None = None
     timeout: int = 5
     finish: str = "#"
     no_input: str | None = None
+    method: FetchMethod = "GET"
     prompts: tuple[Prompt, ...] = ()
     line: int = field(kw_only=True)
 

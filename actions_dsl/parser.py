@@ -32,14 +32,16 @@ Commands
 ``reject [busy]``
     Refuse the call without answering it; ``busy``: the caller hears busy. Only as the first
     command of a script.
-``gather --action=<url> [--digits=<n>] [--timeout=<s>] [--finish=<key>] [--no-input=<url>]``
+``gather --action=<url> [--digits=<n>] [--timeout=<s>] [--finish=<key>] [--no-input=<url>] [--method=<m>]``
     Collect keys. The lines after it indented deeper than it (only ``say``, ``playback`` and
     ``pause``, at most 10; blank and comment lines do not end them) are its prompts, played
     until a key is pressed. ``--digits`` (1-32, default none: until the finish key or the
     timeout), ``--timeout`` (1-60 s, default 5: waiting for each next key), ``--finish`` (one
-    key of ``0-9*#``, or ``none``; default ``#``). Keys pressed: ``--action`` is fetched and its
-    answer runs instead of the rest of the script; none: ``--no-input`` when given, else the
-    next line runs. Anywhere else, leading blanks mean nothing.
+    key of ``0-9*#``, or ``none``; default ``#``), ``--method`` (``GET`` or ``POST`` in any
+    case, default ``GET``: the keys in the URL's query or in a form body, for both URLs). Keys
+    pressed: ``--action`` is fetched and its answer runs instead of the rest of the script;
+    none: ``--no-input`` when given, else the next line runs. Anywhere else, leading blanks mean
+    nothing.
 ``record [--max=<s>] [--silence=<s>] [--no-beep] [--action=<url>]``
     Record the caller after a beep until ``#``, ``--silence`` seconds of silence (0-60, default
     5, 0: none) or ``--max`` seconds (1-3600, default 120); the recording is POSTed to
@@ -85,7 +87,8 @@ text
 
 Other rules
 -----------
-* Command names (including ``voicemail``'s sub-commands), ``busy`` and option names are case-insensitive:
+* Command names (including ``voicemail``'s sub-commands), ``busy``, option names and the words
+  ``none`` (``--finish``), ``GET`` and ``POST`` (``--method``) are case-insensitive:
   ``SAY``, ``Say`` and ``say`` are the same. Only ASCII letters count, so look-alike letters from
   other alphabets never match. Values keep their case.
 * Blank lines and lines whose first non-blank character is ``#`` are ignored. A ``#`` after a
@@ -466,15 +469,16 @@ def _reject_busy(words: _Words) -> bool:
 
 @dataclass(frozen=True)
 class _Option:
-    kind: str  # "int", "url", "key" or "flag"
+    kind: str  # "int", "url", "key", "word" (one of `words`, any case) or "flag"
     low: int = 0
     high: int = 0
+    words: tuple[str, ...] = ()
 
     def hint(self, name: str) -> str:
         if self.kind == "flag":
             return f"--{name}"
-        what = {"int": f"{self.low}-{self.high}", "url": "url", "key": "key"}[self.kind]
-        return f"--{name}=<{what}>"
+        what = {"int": f"{self.low}-{self.high}", "url": "url", "key": "key"}.get(self.kind)
+        return f"--{name}=<{what or '|'.join(self.words)}>"
 
 
 _GATHER_OPTIONS = {
@@ -483,6 +487,7 @@ _GATHER_OPTIONS = {
     "timeout": _Option("int", 1, GATHER_TIMEOUT_MAX),
     "finish": _Option("key"),
     "no-input": _Option("url"),
+    "method": _Option("word", words=("GET", "POST")),
 }
 _RECORD_OPTIONS = {
     "max": _Option("int", 1, RECORD_MAX),
@@ -541,6 +546,12 @@ def _option_value(words: _Words, key: str, option: _Option, token: Token) -> str
         if len(token.value) != 1 or token.value not in DTMF_KEYS:
             raise words.error(f"--{key} takes one key: 0-9, * or #, or none", token.column)
         return token.value
+    if option.kind == "word":
+        # ASCII only, as for command words: "ı".upper() is "I", and look-alikes must not match.
+        word = token.value.upper() if token.value.isascii() else ""
+        if word not in option.words:
+            raise words.error(f"--{key} takes {' or '.join(option.words)}", token.column)
+        return word
     number = _integer(token.value)
     if number is None or not option.low <= number <= option.high:
         raise words.error(f"--{key} must be a whole number from {option.low} to {option.high}", token.column)
@@ -563,6 +574,7 @@ def _gather(words: _Words, head: Token) -> Gather:
         timeout,
         str(options.get("finish", "#")),
         None if no_input is None else str(no_input),
+        "POST" if options.get("method") == "POST" else "GET",
         line=words.line,
     )
 

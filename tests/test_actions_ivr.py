@@ -43,6 +43,9 @@ MENU = "https://example.com/menu"
             [Gather(MENU, 4, 9, "*", f"{MENU}?again=1", line=1)],
         ),
         (f"gather --finish=none --action={MENU}", [Gather(MENU, finish="", line=1)]),
+        (f"gather --method=POST --action={MENU}", [Gather(MENU, method="POST", line=1)]),
+        (f"gather --action={MENU} --Method=post", [Gather(MENU, method="POST", line=1)]),
+        (f"gather --method=Get --action={MENU}", [Gather(MENU, line=1)]),
         ("record", [Record(line=1)]),
         (
             f"record --max=30 --silence=0 --no-beep --action={MENU}/rec",
@@ -119,6 +122,12 @@ ERRORS = [
     (f"gather --action={MENU} --finish=##", 1, 51, "--finish takes one key: 0-9, * or #, or none"),
     (f"gather --action={MENU} --finish=A", 1, 51, "--finish takes one key"),
     (f"gather --action={MENU} --digits=1 --digits=2", 1, 53, "--digits given more than once"),
+    (f"gather --action={MENU} --method=PUT", 1, 51, "--method takes GET or POST"),
+    (f"gather --action={MENU} --method=ＰＯＳＴ", 1, 51, "--method takes GET or POST"),
+    (f"gather --action={MENU} --method='POST'", 1, 51, "--method takes GET or POST"),
+    (f"gather --action={MENU} --method=", 1, 51, "expected a value after --method= (--method=<GET|POST>)"),
+    (f"gather --action={MENU} --method POST", 1, 42, "expected --method=<GET|POST>"),
+    (f"gather --method=GET --method=POST --action={MENU}", 1, 21, "--method given more than once"),
     (f"gather --action={MENU} --caller=+81312345678", 1, 42, "unknown option '--caller'; gather accepts"),
     (f"gather --action={MENU} --digits", 1, 42, "expected --digits=<1-32>"),
     ("gather --action = https://e.com", 1, 8, "write --action=<url> as one word"),
@@ -176,6 +185,8 @@ KEYWORDS = st.sampled_from(
         "--digits=",
         "--finish=",
         "--no-beep",
+        "--method=",
+        "post",
         "--max=",
         f"--action={MENU}",
         "  ",
@@ -206,6 +217,7 @@ def test_soup_of_new_words_never_crashes(script: str) -> None:
                 isinstance(p, Say | Playback | Pause) for p in action.prompts
             )
             assert is_safe_agi_text(action.action) and action.finish in ("", *"0123456789*#")
+            assert action.method in ("GET", "POST")
 
 
 def test_the_menu_example_of_the_docs_parses() -> None:

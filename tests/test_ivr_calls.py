@@ -2,7 +2,8 @@
 call's clock, or typed as each menu listens) over FastAGI; the customer's scripts come from a
 real HTTP server, which checks the signature of every fetch a gather makes; recordings are POSTed
 to a real receiver. Menus, barge-in, timeouts, a looping menu hitting the fetch bound, a bad
-script after a gather, a hangup while keys are awaited, reject before answer, record."""
+script after a gather, a gather POSTing a form, a hangup while keys are awaited, reject before
+answer, record."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 import aiohttp
 import pytest_asyncio
@@ -41,14 +43,18 @@ class Fetch:
     query: dict[str, str]
     raw_query: str
     headers: dict[str, str]
+    method: str = "GET"
+    body: bytes = b""
 
 
 @dataclass
 class Scripts:
-    """The customer's server: a script per path (or an HTTP status), and every fetch seen."""
+    """The customer's server: a script per path (or an HTTP status, or a 303 to another path),
+    and every fetch seen."""
 
     base_url: str = ""
     scripts: dict[str, str | int] = field(default_factory=dict)
+    moved: dict[str, str] = field(default_factory=dict)
     fetches: list[Fetch] = field(default_factory=list)
 
     def url(self, path: str) -> str:
@@ -64,15 +70,24 @@ async def scripts() -> AsyncIterator[Scripts]:
 
     async def answer(request: web.Request) -> web.Response:
         srv.fetches.append(
-            Fetch(request.path, dict(request.query), request.rel_url.raw_query_string, dict(request.headers))
+            Fetch(
+                request.path,
+                dict(request.query),
+                request.rel_url.raw_query_string,
+                dict(request.headers),
+                request.method,
+                await request.read(),
+            )
         )
+        if request.path in srv.moved:
+            raise web.HTTPSeeOther(srv.moved[request.path])
         script = srv.scripts.get(request.path, 404)
         if isinstance(script, int):
             return web.Response(status=script)
         return web.Response(text=script, content_type="text/plain")
 
     app = web.Application()
-    app.router.add_get("/{tail:.*}", answer)
+    app.router.add_route("*", "/{tail:.*}", answer)
     async with serve_app(app) as srv.base_url:
         yield srv
 
@@ -87,8 +102,11 @@ async def call(gw: Gateway, **scenario: Any) -> CallTranscript:
 
 
 def signed(secret: str, fetch: Fetch) -> bool:
-    """The webhook recipe (docs/security.md), over the raw query string: a GET has no body."""
-    return genuine(secret, fetch.headers, fetch.raw_query.encode(), {})
+    """The webhook recipe (docs/security.md), over a POST's body, or a GET's raw query string
+    (it has no body)."""
+    return genuine(
+        secret, fetch.headers, fetch.body if fetch.method == "POST" else fetch.raw_query.encode(), {}
+    )
 
 
 async def test_a_key_pressed_during_the_prompt_fetches_the_menu_signed_and_runs_it(
@@ -167,6 +185,69 @@ async def test_timeouts_finish_key_and_no_input(
     assert rows[0]["steps"][1] == {"digits": "", "url": None, "status": None, "error": None}
     assert rows[0]["actions"] == [f"gather {scripts.url('/menu')}", "say en"]
     assert rows[2]["actions"] == [f"gather {scripts.url('/menu')}", "hangup"]
+
+
+async def test_a_post_gather_sends_the_keys_as_a_signed_form(
+    gw: Gateway, http: aiohttp.ClientSession, scripts: Scripts
+) -> None:
+    din = await setup(
+        gw,
+        http,
+        scripts,
+        f"gather --method=post --digits=2 --timeout=1 --action={scripts.url('/menu')}?from=main "
+        f"--no-input={scripts.url('/again')}\n"
+        '  say en "Two keys, please."\n',
+    )
+    scripts.scripts["/menu"] = 'say en "Got them."'
+    scripts.scripts["/again"] = "hangup"
+    secret = din.creds.account.webhook_secret
+    t = await call(gw, key_groups=["4*"])
+    assert t.keys_heard == ["4", "*"] and t.verbs[-2:] == ["STREAM FILE", "HANGUP"]  # "Got them."
+    [fetch] = scripts.on("/menu")
+    [rec] = await records(gw, http, din.creds)
+    assert fetch.method == "POST" and fetch.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert fetch.query == {"from": "main"}  # the URL as written; the keys are in the form only
+    assert (
+        fetch.body
+        == f"caller=%2B{CALLER[1:]}&recipient=%2B{DIN[1:]}&digits=4%2A&callid={rec['callid']}".encode()
+    )
+    assert parse_qs(fetch.body.decode()) == {
+        "caller": [CALLER],
+        "recipient": [DIN],
+        "digits": ["4*"],
+        "callid": [rec["callid"]],
+    }
+    assert signed(secret, fetch) and not signed("another secret", fetch)
+    assert not genuine(secret, fetch.headers, fetch.raw_query.encode(), {})  # the body is what is signed
+    assert rec["status"] == "COMPLETED" and rec["actions"] == [
+        f"gather {scripts.url('/menu')}?from=main",
+        "say en",
+    ]
+    assert rec["steps"][1] == {
+        "digits": "4*",
+        "url": f"{scripts.url('/menu')}?from=main",
+        "status": 200,
+        "error": None,
+    }
+    # No key: the --no-input URL is POSTed too, with empty digits.
+    t = await call(gw)
+    [again] = scripts.on("/again")
+    assert again.method == "POST" and parse_qs(again.body.decode(), keep_blank_values=True)["digits"] == [""]
+    assert signed(secret, again) and t.verbs[-1] == "HANGUP"
+    # A POST's redirect is not followed (the form would go to a URL the script does not name):
+    # the 303 is the answer, and the fallback plays.
+    scripts.moved["/menu"] = "/elsewhere"
+    t = await call(gw, key_groups=["12"])
+    assert scripts.on("/elsewhere") == [] and t.verbs[-2:] == ["STREAM FILE", "HANGUP"]
+    moved = (await records(gw, http, din.creds))[0]
+    assert moved["status"] == "FAILED" and moved["error"] == "gather: action_url fetch failed: HTTP 303"
+    assert moved["steps"][1]["status"] == 303
+    # A method the language does not have: the script is refused before anything runs.
+    scripts.scripts["/start"] = f"gather --method=PUT --action={scripts.url('/menu')}\n"
+    t = await call(gw)
+    assert t.verbs == ["ANSWER", "STREAM FILE", "HANGUP"]  # the fallback only
+    refused = (await records(gw, http, din.creds))[0]
+    assert refused["status"] == "FAILED" and refused["error"] == "invalid script at line 1, column 17"
 
 
 async def test_a_looping_menu_ends_at_the_fetch_bound_and_bad_scripts_fall_back(

@@ -172,7 +172,7 @@ class MiniServer:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_route("GET", "/{tail:.*}", self.handle)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -442,6 +442,26 @@ async def test_allowed_redirect_is_followed(server: MiniServer, make_fetcher: Fe
     )
     assert result.body == b"hello"
     assert server.hits == ["/redirect", "/ok"]
+
+
+async def test_a_form_post_is_policed_and_never_redirected(
+    server: MiniServer, make_fetcher: FetcherFactory
+) -> None:
+    """A gather's --method=POST: the same policy, but a redirect is the answer, not followed (the
+    form would reach a URL the script does not name)."""
+    strict = await make_fetcher(allow_loopback=False)
+    with pytest.raises(FetchRefused, match="loopback"):
+        await strict.post_form(server.url("/ok"), b"digits=1", max_bytes=1000, timeout=5)
+    fetcher = await make_fetcher()
+    ok = await fetcher.post_form(server.url("/ok"), b"digits=1", max_bytes=1000, timeout=5)
+    assert (ok.status, ok.body) == (200, b"hello")
+    moved = await fetcher.post_form(
+        server.url(f"/redirect?to=http://localhost:{server.port}/ok"), b"digits=1", max_bytes=1000, timeout=5
+    )
+    assert moved.status == 302
+    assert server.hits == ["/ok", "/redirect"]
+    with pytest.raises(FetchRefused, match="cap"):
+        await fetcher.post_form(server.url("/bytes/1001"), b"digits=1", max_bytes=1000, timeout=5)
 
 
 @pytest.mark.parametrize("path", ["/bytes/2000", "/stream/2000"])

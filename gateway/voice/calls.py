@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from yarl import URL
 
-from actions_dsl import Action, ActionSyntaxError, Gather, ParseErrors, Say, Transfer, parse
+from actions_dsl import Action, ActionSyntaxError, FetchMethod, Gather, ParseErrors, Say, Transfer, parse
 from gateway.db.models import Account, Call, Number, NumberSubscription, Recording, Voicemail
 from gateway.logs import log_context
 from gateway.services import outbox
@@ -236,14 +236,21 @@ class CallService:
             return Fetched(None, error="no DIN subscription with an action_url for this number")
         return await self.fetch_script(with_query(action_url, {"caller": caller, "recipient": din}))
 
-    async def fetch_script(self, url: str, headers: dict[str, str] | None = None) -> Fetched:
-        """The script at `url`, or None and why not. The reason is what the call record (the
-        tenant) sees: generic, never what the URL answered nor which way the connection failed
-        (a port scanner with read-back otherwise); the detail goes to the log."""
+    async def fetch_script(
+        self, url: str, headers: dict[str, str] | None = None, form: bytes | None = None
+    ) -> Fetched:
+        """The script at `url` (POSTed `form` when given, else a GET), or None and why not. The
+        reason is what the call record (the tenant) sees: generic, never what the URL answered
+        nor which way the connection failed (a port scanner with read-back otherwise); the
+        detail goes to the log."""
+        max_bytes, timeout = self._limits.max_bytes, self._limits.timeout
         try:
-            res = await self._fetcher.get(
-                url, max_bytes=self._limits.max_bytes, timeout=self._limits.timeout, headers=headers
-            )
+            if form is None:
+                res = await self._fetcher.get(url, max_bytes=max_bytes, timeout=timeout, headers=headers)
+            else:
+                res = await self._fetcher.post_form(
+                    url, form, max_bytes=max_bytes, timeout=timeout, headers=headers
+                )
         except MediaError as exc:
             log.warning("action_url fetch failed: %s", exc)
             return Fetched(None, error="action_url fetch failed")
@@ -450,7 +457,7 @@ class _CallHooks:
     async def answered(self) -> None:
         await self._service.call_event(self._call, self._status_url, "answered")
 
-    async def next_script(self, url: str, digits: str) -> NextScript:
+    async def next_script(self, url: str, digits: str, method: FetchMethod = "GET") -> NextScript:
         service, call = self._service, self._call
         fallback = [service.fallback]
         self._fetches += 1
@@ -459,18 +466,21 @@ class _CallHooks:
             return NextScript(
                 fallback, url, error=f"more than {service.max_fetches} scripts fetched on this call"
             )
-        full = with_query(
-            url, {"caller": self._caller, "recipient": self._din, "digits": digits, "callid": call.uid}
-        )
+        params = {"caller": self._caller, "recipient": self._din, "digits": digits, "callid": call.uid}
+        if method == "POST":
+            full, form = url, urlencode(params).encode()
+            signed = form
+        else:
+            full, form = with_query(url, params), None
+            signed = URL(full).raw_query_string.encode()  # a GET has no body: its query is signed
         headers = None
         if call.account_id is not None:
             if self._secret is None:
                 self._secret = await service.webhook_secret(call.account_id)
             if self._secret:
-                # Signed as webhooks are, over the query string as sent (a GET has no body).
-                query = URL(full).raw_query_string.encode()
-                headers = outbox.signature_headers(self._secret, uuid.uuid4().hex, query)
-        fetched = await service.fetch_script(full, headers)
+                # Signed as webhooks are, over the bytes that carry the keys as sent.
+                headers = outbox.signature_headers(self._secret, uuid.uuid4().hex, signed)
+        fetched = await service.fetch_script(full, headers, form)
         return NextScript(fetched.actions or fallback, url, fetched.status, fetched.error)
 
     async def recorded(self, path: str, seconds: float, action_url: str | None) -> None:

@@ -316,7 +316,7 @@ class Executor:
         if url is None:
             outcome.steps.append({"digits": "", "url": None, "status": None, "error": None})
             return None
-        script = await hooks.next_script(url, digits)
+        script = await hooks.next_script(url, digits, gather.method)
         outcome.steps.append({"digits": digits, "url": url, "status": script.status, "error": script.error})
         if script.error is not None:
             outcome.fallback = True

@@ -1,13 +1,17 @@
-"""HTTP GET for customer URLs (action_url, media) over the shared policy session.
+"""HTTP GET for customer URLs (action_url, media), and a gather's form POST, over the shared
+policy session.
 
 The session (gateway/egress/client.py) decides which addresses may be reached; this adds what
 a fetch for the voice bridge needs on top:
 - only http and https; a host is required;
-- redirects are followed by hand (at most 3), each hop checked like the first;
+- a GET's redirects are followed by hand (at most 3), each hop checked like the first; a POST's
+  are not (its answer is the result): the form carries the caller's number and keys, which go
+  to the URL the customer wrote only, as a GET's query does;
 - the body is streamed and abandoned past max_bytes; one deadline covers every hop.
 
-`PolicyFetcher.get` raises only FetchRefused (policy) and FetchFailed (anything else); their
-messages are details for the operator log, their `public` text what a tenant may be shown.
+`PolicyFetcher.get` and `.post_form` raise only FetchRefused (policy) and FetchFailed (anything
+else); their messages are details for the operator log, their `public` text what a tenant may
+be shown.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from gateway.voice.interfaces import FetchFailed, FetchRefused, FetchResult
 MAX_REDIRECTS = 3
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
+FORM = "application/x-www-form-urlencoded"
 
 
 def _shown(url: URL) -> str:
@@ -45,13 +50,29 @@ class PolicyFetcher:
     async def get(
         self, url: str, *, max_bytes: int, timeout: float, headers: Mapping[str, str] | None = None
     ) -> FetchResult:
+        return await self._fetch(url, max_bytes, timeout, headers, None)
+
+    async def post_form(
+        self,
+        url: str,
+        form: bytes,
+        *,
+        max_bytes: int,
+        timeout: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> FetchResult:
+        return await self._fetch(url, max_bytes, timeout, {**(headers or {}), "Content-Type": FORM}, form)
+
+    async def _fetch(
+        self, url: str, max_bytes: int, timeout: float, headers: Mapping[str, str] | None, form: bytes | None
+    ) -> FetchResult:
         try:
             target = URL(url)
         except (ValueError, TypeError) as exc:
             raise FetchRefused(f"invalid URL: {exc}") from exc
         try:
             async with asyncio.timeout(timeout):
-                return await self._follow(target, max_bytes, headers)
+                return await self._follow(target, max_bytes, headers, form)
         except FetchFailed:
             raise
         except TimeoutError:
@@ -60,11 +81,13 @@ class PolicyFetcher:
             detail = str(exc) or type(exc).__name__
             raise FetchFailed(f"fetching {_shown(target)} failed: {detail}") from exc
 
-    async def _follow(self, url: URL, max_bytes: int, headers: Mapping[str, str] | None) -> FetchResult:
+    async def _follow(
+        self, url: URL, max_bytes: int, headers: Mapping[str, str] | None, form: bytes | None
+    ) -> FetchResult:
         for hop in range(MAX_REDIRECTS + 1):
             try:
                 # The signature headers are for the customer's server only, not a redirect's target.
-                next_url = await self._hop(url, max_bytes, None if hop else headers)
+                next_url = await self._hop(url, max_bytes, None if hop else headers, form)
             except FetchRefused as exc:
                 if hop:
                     raise FetchRefused(f"{exc} (redirect {hop})") from None
@@ -74,16 +97,22 @@ class PolicyFetcher:
             url = next_url
         raise FetchRefused(f"too many redirects (more than {MAX_REDIRECTS}) from {_shown(url)}")
 
-    async def _hop(self, url: URL, max_bytes: int, headers: Mapping[str, str] | None) -> FetchResult | URL:
-        """One request: the final result, or where a redirect points."""
+    async def _hop(
+        self, url: URL, max_bytes: int, headers: Mapping[str, str] | None, form: bytes | None
+    ) -> FetchResult | URL:
+        """One request (a POST of `form` when given): the final result, or where a GET's
+        redirect points."""
         if url.scheme not in ("http", "https"):
             raise FetchRefused(f"scheme {url.scheme or '(none)'!r} not allowed: only http and https")
         if not url.raw_host:
             raise FetchRefused(f"URL has no host: {_shown(url)}")
         try:
-            async with self._session.get(url, allow_redirects=False, headers=headers) as resp:
+            method = "GET" if form is None else "POST"
+            async with self._session.request(
+                method, url, data=form, allow_redirects=False, headers=headers
+            ) as resp:
                 location = resp.headers.get("Location")
-                if resp.status in _REDIRECT_STATUSES and location:
+                if form is None and resp.status in _REDIRECT_STATUSES and location:
                     try:
                         return url.join(URL(location))
                     except (ValueError, TypeError) as exc:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from actions_dsl import Action
+from actions_dsl import Action, FetchMethod
 
 
 class Hangup(Exception):
@@ -89,6 +89,18 @@ class Fetcher(Protocol):
         """GET honouring the URL policy (every redirect hop re-checked); raises FetchRefused
         or FetchFailed. `headers` go with the first request only, not to a redirect's target."""
 
+    async def post_form(
+        self,
+        url: str,
+        form: bytes,
+        *,
+        max_bytes: int,
+        timeout: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> FetchResult:
+        """POST `form` (application/x-www-form-urlencoded) as `get` does a GET, except that a
+        redirect is not followed: its answer is the result."""
+
 
 @dataclass(frozen=True)
 class NextScript:
@@ -107,7 +119,7 @@ class CallHooks(Protocol):
     async def answered(self) -> None:
         """The call was answered (ANSWER succeeded)."""
 
-    async def next_script(self, url: str, digits: str) -> NextScript:
+    async def next_script(self, url: str, digits: str, method: FetchMethod = "GET") -> NextScript:
         """Fetch the script a gather names with the keys pressed ("" for none)."""
 
     async def recorded(self, path: str, seconds: float, action_url: str | None) -> None:
@@ -120,7 +132,7 @@ class NoHooks:
     async def answered(self) -> None:
         return None
 
-    async def next_script(self, url: str, digits: str) -> NextScript:
+    async def next_script(self, url: str, digits: str, method: FetchMethod = "GET") -> NextScript:
         return NextScript((), url, error="gather is not available on this call")
 
     async def recorded(self, path: str, seconds: float, action_url: str | None) -> None:
