@@ -345,6 +345,10 @@ async def test_record_posts_the_recording_and_the_script_goes_on(
     assert recording["callid"] == rec["callid"] and 0.5 < recording["duration"] < 2
     async with http.get(f"{gw.base_url}/voice/voicemails/", headers=auth) as r:
         assert await r.json() == []  # counted apart from voicemail
+    async with http.get(f"{gw.base_url}/metrics") as r:
+        scraped = await r.text()
+    assert 'gateway_voice_audio_stored_total{kind="recording"} 1.0' in scraped
+    assert 'gateway_voice_audio_stored_total{kind="voicemail"} 0.0' in scraped
     async with http.get(f"{gw.base_url}{recording['audio_url']}", headers=auth) as r:
         assert r.status == 200 and r.headers["Content-Type"] == "audio/wav"
         with wave.open(io.BytesIO(await r.read())) as w:

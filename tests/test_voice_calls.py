@@ -210,6 +210,8 @@ async def test_voicemail_is_recorded_listed_and_downloadable(
     async with http.get(f"{gateway.base_url}/voice/voicemails/", headers=auth) as r:
         [vm] = await r.json()
     assert vm["callid"] == rec["callid"] and vm["caller"] == CALLER and 0.5 < vm["duration"] < 2
+    async with http.get(f"{gateway.base_url}/metrics") as r:
+        assert 'gateway_voice_audio_stored_total{kind="voicemail"} 1.0' in await r.text()
     async with http.get(f"{gateway.base_url}{vm['audio_url']}", headers=auth) as r:
         body = await r.read()
         assert r.status == 200 and r.headers["Content-Type"] == "audio/wav"

@@ -206,6 +206,14 @@ class Metrics:
             lambda: float(calls_now())
         )
         self.calls = Counter("gateway_calls_total", "AGI calls started.", registry=r)
+        self.audio = Counter(
+            "gateway_voice_audio_stored_total",
+            "Audio callers left: voicemails and scripts' recordings, counted apart.",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("voicemail", "recording"):
+            self.audio.labels(kind=kind)
         self.http = Counter(
             "gateway_http_requests_total",
             "HTTP requests by route template.",
@@ -256,6 +264,9 @@ class Metrics:
     def call_started(self) -> None:
         self._calls_now += 1
         self.calls.inc()
+
+    def left_audio(self, kind: str) -> None:
+        self.audio.labels(kind=kind).inc()
 
     def call_ended(self) -> None:
         self._calls_now = max(0, self._calls_now - 1)

@@ -313,6 +313,7 @@ class CallService:
                     url=action_url,
                     payload=recording_json(rec, call.uid, self._base_url),
                 )
+        self._observer.left_audio("recording")
         if action_url:
             self._wake_webhooks()
 
@@ -377,6 +378,8 @@ class CallService:
             outcome.result,
             extra={"duration": duration, "error": errors, "voicemail": recording is not None},
         )
+        if recording and call.account_id is not None:
+            self._observer.left_audio("voicemail")
         if recording or status_url:
             self._wake_webhooks()
 

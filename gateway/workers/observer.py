@@ -21,6 +21,9 @@ class Observer(Protocol):
 
     def call_ended(self) -> None: ...
 
+    def left_audio(self, kind: str) -> None:
+        """A caller's voicemail or a script's recording stored (kind: voicemail, recording)."""
+
 
 class NullObserver:
     def submit_done(self, seconds: float, ok: bool, account: str = "", connector: str = "") -> None:
@@ -42,4 +45,7 @@ class NullObserver:
         pass
 
     def call_ended(self) -> None:
+        pass
+
+    def left_audio(self, kind: str) -> None:
         pass
