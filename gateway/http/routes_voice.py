@@ -54,9 +54,7 @@ async def get_voicemail(request: web.Request) -> Json:
 async def get_voicemail_audio(request: web.Request) -> Json:
     """A voicemail's recording (WAV)"""
     v, _ = await _voicemail(request)
-    if not await asyncio.to_thread(os.path.isfile, v.path):
-        raise not_found("The recording is no longer stored.")
-    return web.FileResponse(v.path, headers={"Content-Type": "audio/wav"})
+    return await _wav(v.path)
 
 
 async def _recording(request: web.Request) -> tuple[Recording, str]:
@@ -81,6 +79,10 @@ async def get_recording(request: web.Request) -> Json:
 async def get_recording_audio(request: web.Request) -> Json:
     """A recording (WAV)"""
     r, _ = await _recording(request)
-    if not await asyncio.to_thread(os.path.isfile, r.path):
+    return await _wav(r.path)
+
+
+async def _wav(path: str) -> web.FileResponse:
+    if not await asyncio.to_thread(os.path.isfile, path):
         raise not_found("The recording is no longer stored.")
-    return web.FileResponse(r.path, headers={"Content-Type": "audio/wav"})
+    return web.FileResponse(path, headers={"Content-Type": "audio/wav"})

@@ -19,13 +19,13 @@ from gateway.http.api import validated
 from gateway.http.console.shared import (
     CONSOLE,
     Pages,
-    clear_session_cookie,
     current_session,
     login_form,
     render,
     see_other,
     session_of,
-    set_session_cookie,
+    signed_in,
+    signed_out,
 )
 from gateway.http.ratelimit import AUTH_FAILURES, client_key, retry_after_seconds
 from gateway.http.routes_inbound import Reply
@@ -73,12 +73,6 @@ def failed_attempt(request: web.Request) -> None:
         failures.take(client_key(request.remote))
 
 
-async def end_previous(request: web.Request) -> None:
-    """Signing in again in the same browser ends the session it had (whoever it was)."""
-    if (old := await current_session(request)) is not None:
-        await request.app[CONSOLE].sessions.end(old)
-
-
 def login_page_with(
     request: web.Request, template: str, *, error: str = "", status: int = 200
 ) -> web.Response:
@@ -116,19 +110,12 @@ async def login(request: web.Request) -> web.StreamResponse:
     if account is None:
         failed_attempt(request)
         return login_page_with(request, "login.html", error="Unknown SID or auth token.", status=401)
-    await end_previous(request)
-    token, _ = await request.app[CONSOLE].sessions.start("customer", account_id=account.id)
-    response = see_other(f"{P}/overview")
-    set_session_cookie(request, response, token)
-    return response
+    return await signed_in(request, f"{P}/overview", "customer", account_id=account.id)
 
 
 @pages.post(P + "/logout", "customer")
 async def logout(request: web.Request) -> web.StreamResponse:
-    await request.app[CONSOLE].sessions.end(session_of(request))
-    response = see_other(f"{P}/login")
-    clear_session_cookie(request, response)
-    return response
+    return await signed_out(request, f"{P}/login")
 
 
 # -- overview and messages ------------------------------------------------------------------

@@ -10,16 +10,15 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from gateway.http.console.customer import _form, end_previous, failed_attempt, login_page_with, throttled
+from gateway.http.console.customer import _form, failed_attempt, login_page_with, throttled
 from gateway.http.console.passwords import verify_password
 from gateway.http.console.shared import (
     CONSOLE,
     Pages,
-    clear_session_cookie,
     render,
     see_other,
-    session_of,
-    set_session_cookie,
+    signed_in,
+    signed_out,
 )
 from gateway.keys import ACCOUNTS, CONFIG, CONNECTORS, NUMBERS, REPORTS, SESSIONS, TEMPLATES
 from gateway.services.dialing import (
@@ -69,19 +68,12 @@ async def login(request: web.Request) -> web.StreamResponse:
         return login_page_with(
             request, "operator_login.html", error="Unknown user name or password.", status=401
         )
-    await end_previous(request)
-    token, _ = await request.app[CONSOLE].sessions.start("operator", operator=cfg.operator_username)
-    response = see_other(f"{P}/")
-    set_session_cookie(request, response, token)
-    return response
+    return await signed_in(request, f"{P}/", "operator", operator=cfg.operator_username)
 
 
 @pages.post(P + "/logout", "operator")
 async def logout(request: web.Request) -> web.StreamResponse:
-    await request.app[CONSOLE].sessions.end(session_of(request))
-    response = see_other(f"{P}/login")
-    clear_session_cookie(request, response)
-    return response
+    return await signed_out(request, f"{P}/login")
 
 
 # -- accounts ---------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import jinja2
 from aiohttp import web
 
 from gateway.db.availability import is_outage
-from gateway.http.console.sessions import ConsoleSessions, Session
+from gateway.http.console.sessions import ConsoleSessions, Role, Session
 from gateway.http.errors import DB_OUTAGE, Handler
 from gateway.keys import CONFIG
 from gateway.services.errors import ApiError
@@ -190,6 +190,23 @@ def login_form(
     response.set_cookie(
         LOGIN_COOKIE, token, path=f"{PREFIX}/", httponly=True, samesite="Strict", secure=secure(request)
     )
+    return response
+
+
+async def signed_in(request: web.Request, home: str, role: Role, **who: Any) -> web.Response:
+    """A new session for `role` (ending the one this browser had, whoever it was), and on to `home`."""
+    if (old := await current_session(request)) is not None:
+        await request.app[CONSOLE].sessions.end(old)
+    token, _ = await request.app[CONSOLE].sessions.start(role, **who)
+    response = see_other(home)
+    set_session_cookie(request, response, token)
+    return response
+
+
+async def signed_out(request: web.Request, login: str) -> web.Response:
+    await request.app[CONSOLE].sessions.end(session_of(request))
+    response = see_other(login)
+    clear_session_cookie(request, response)
     return response
 
 
