@@ -24,6 +24,11 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+
+# Imported here, at the top of the stack: schemathesis imports it lazily from deep inside a
+# hypothesis draw, where CPython 3.11.7's parser (run by pytest's assertion rewriting) failed
+# with "SystemError: AST constructor recursion depth mismatch" in a full run.
+import schemathesis.generation.jsonschema.strategy  # noqa: F401
 from aiohttp import web
 
 from gateway.app import CONNECTORS, create_app
