@@ -83,6 +83,21 @@ class Account(Base):
     verified_callers: Mapped[str | None] = mapped_column(Text)  # comma-separated E.164
 
 
+class SenderId(Base):
+    """A sender id an account may use besides the SINs it holds: operator-managed
+    (gateway/services/senders.py). Numeric ones are stored as E.164 with +."""
+
+    __tablename__ = "sender_ids"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    sender: Mapped[str] = mapped_column(String(20))
+    # "operator" (gateway accounts senders add) or "migration" (used before the lists existed).
+    origin: Mapped[str] = mapped_column(String(16), default="operator")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("account_id", "sender"),)
+
+
 class Template(Base):
     __tablename__ = "templates"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

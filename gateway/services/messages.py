@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.db.group_commit import GroupCommitter, Rejections
 from gateway.db.models import Message, OptOut, Template, TrackedLink
 from gateway.services import links as linksvc
+from gateway.services import senders
 from gateway.services.errors import FieldErrors, not_found
 from gateway.services.pricing import PriceList
 from gateway.services.views import message_json
@@ -105,15 +106,17 @@ class MessageService:
         await self._inserter.close()
 
     async def _insert_many(self, rows: Sequence[dict[str, Any]]) -> Rejections:
-        # The opt-out check shares the insert's transaction: no extra round trip per request,
-        # and no window between checking and queueing.
+        # The sender and opt-out checks share the insert's transaction: no extra round trip per
+        # request, and no window between checking and queueing.
         async with self._sessions.begin() as s:
+            refused = await senders.refused(s, [(r["account_id"], r["sender"]) for r in rows])
             opted = await _opted_out(s, [(r["account_id"], r["recipient"]) for r in rows])
-            rejected: dict[int, Exception] = {
-                i: FieldErrors.one("recipient", "Recipient has opted out")
-                for i, r in enumerate(rows)
-                if (r["account_id"], r["recipient"]) in opted
-            }
+            rejected: dict[int, Exception] = {}
+            for i, r in enumerate(rows):
+                if (r["account_id"], r["sender"]) in refused:
+                    rejected[i] = senders.refusal(r["sender"])
+                elif (r["account_id"], r["recipient"]) in opted:
+                    rejected[i] = FieldErrors.one("recipient", "Recipient has opted out")
             keep = [r for i, r in enumerate(rows) if i not in rejected]
             if keep:
                 await s.execute(insert(Message), keep)
@@ -169,6 +172,7 @@ class MessageService:
         else:
             # One transaction: a 201 means the message and its links are committed together.
             async with self._sessions.begin() as s:
+                await senders.check(s, req.account_id, req.sender)
                 if await _opted_out(s, [(req.account_id, req.recipient)]):
                     raise FieldErrors.one("recipient", "Recipient has opted out")
                 msg = Message(**row)

@@ -1,0 +1,79 @@
+"""Per-account sender allow-lists (grandfathering the senders each account already used), the
+connector an MO came from, and the SMPP server's credentials and deliveries to ESMEs
+
+Revision ID: 0012
+Revises: 0011
+Create Date: 2026-12-12 09:00:00.000000
+"""
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from alembic import op
+
+
+revision: str = '0012'
+down_revision: str | None = '0011'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+_NUMERIC = re.compile(r"\+?[0-9]{1,15}")
+
+
+def _grandfather() -> None:
+    """Every sender an account has used (messages and batches) goes on its list with origin
+    'migration', so no deployment breaks at upgrade; numbers of the operator's inventory are
+    left out: holding the SIN allows them, and an account that gave one up must not keep it."""
+    bind = op.get_bind()
+    used = bind.execute(
+        sa.text("SELECT DISTINCT account_id, sender FROM messages UNION SELECT account_id, sender FROM batches")
+    ).all()
+    inventory = {n for (n,) in bind.execute(sa.text("SELECT number FROM numbers"))}
+    rows = {}
+    for account_id, sender in used:
+        if _NUMERIC.fullmatch(sender):
+            sender = "+" + sender.removeprefix("+")
+            if sender in inventory:
+                continue
+        rows[(account_id, sender)] = {
+            "account_id": account_id,
+            "sender": sender,
+            "origin": "migration",
+            "created_at": datetime.now(UTC).replace(tzinfo=None),
+        }
+    if rows:
+        table = sa.table(
+            'sender_ids',
+            sa.column('account_id', sa.BigInteger()),
+            sa.column('sender', sa.String()),
+            sa.column('origin', sa.String()),
+            sa.column('created_at', sa.DateTime()),
+        )
+        op.bulk_insert(table, list(rows.values()))
+
+
+def upgrade() -> None:
+    op.create_table(
+        'sender_ids',
+        sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+        sa.Column('account_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+        sa.Column('sender', sa.String(length=20), nullable=False),
+        sa.Column('origin', sa.String(length=16), nullable=False),
+        sa.Column('created_at', sa.DateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ['account_id'], ['accounts.id'], name=op.f('fk_sender_ids_account_id_accounts')
+        ),
+        sa.PrimaryKeyConstraint('id', name=op.f('pk_sender_ids')),
+        sa.UniqueConstraint('account_id', 'sender', name=op.f('uq_sender_ids_account_id_sender')),
+    )
+    with op.batch_alter_table('sender_ids', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_sender_ids_account_id'), ['account_id'], unique=False)
+    _grandfather()
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('sender_ids', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_sender_ids_account_id'))
+    op.drop_table('sender_ids')
