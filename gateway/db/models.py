@@ -339,6 +339,7 @@ class MoPartRow(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Set when the message was assembled; kept a while so a redelivered part is recognised.
     assembled_at: Mapped[datetime | None] = mapped_column()
+    smsc: Mapped[str | None] = mapped_column(String(32))  # the connector it came over
 
     __table_args__ = (UniqueConstraint("source", "destination", "ref", "total", "seq"),)
 
@@ -358,6 +359,9 @@ class InboundMessage(Base):
     client_reference: Mapped[str | None] = mapped_column(String(128))
     operator_id: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The SMSC connector (smpp.connectors id) that delivered it (the last part of a long one);
+    # NULL for MO received before 0012.
+    smsc: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         Index("ix_inbound_messages_account_received", "account_id", "received_at"),

@@ -195,7 +195,8 @@ class Metrics:
         )
         self.mos = Counter(
             "gateway_sms_mo_total",
-            "Mobile-originated deliver_sm received (each part of a long MO counts).",
+            "Mobile-originated deliver_sm received (each part of a long MO counts), by connector.",
+            ["connector"],
             registry=r,
         )
         self.webhooks = Counter(
@@ -243,8 +244,8 @@ class Metrics:
         if seconds is not None:
             self.delivery_seconds.observe(max(0.0, seconds))
 
-    def mo(self) -> None:
-        self.mos.inc()
+    def mo(self, connector: str = "") -> None:
+        self.mos.labels(connector).inc()
 
     def webhook(self, status_code: int | None) -> None:
         """One webhook POST answered (status_code) or failed without an answer (None)."""

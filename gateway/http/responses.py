@@ -114,6 +114,7 @@ class Inbound(BaseModel):
     recipient: str = Field(description="The SIN it was sent to.")
     message: str
     recv_time: Time
+    smsc: str | None = Field(description="The SMSC connector it came over (NULL for older messages).")
 
 
 class SinchInbound(BaseModel):

@@ -97,12 +97,12 @@ def _format(value: Any) -> str | None:
 
 class SinUrls(NumberUrls):
     voicemail_url: SkipJsonSchema[Annotated[None, BeforeValidator(_din_only)]] = None
-    webhook_format: Annotated[
-        Literal["xoxzo", "sinch"] | SkipJsonSchema[None], BeforeValidator(_format)
-    ] = Field(
-        None,
-        description="How MOs are POSTed to action_url: `xoxzo` (form-encoded, the default) or"
-        " `sinch` (Sinch's mo_text JSON).",
+    webhook_format: Annotated[Literal["xoxzo", "sinch"] | SkipJsonSchema[None], BeforeValidator(_format)] = (
+        Field(
+            None,
+            description="How MOs are POSTed to action_url: `xoxzo` (form-encoded, the default) or"
+            " `sinch` (Sinch's mo_text JSON).",
+        )
     )
 
 

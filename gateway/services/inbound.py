@@ -132,21 +132,22 @@ class InboundService:
         self._window = timedelta(seconds=reassembly_window)
         self._wake_dispatcher = wake_dispatcher
         self._wake_webhooks = wake_webhooks
-        self._committer: GroupCommitter[MoPart] = GroupCommitter(self._write)
+        self._committer: GroupCommitter[tuple[MoPart, str]] = GroupCommitter(self._write)
         self.unrouted = 0  # MO to numbers nobody subscribed to (stored, not delivered)
 
-    async def receive(self, part: MoPart) -> None:
-        """Returns once the part is durably stored (and, if complete, processed)."""
-        await self._committer.submit(part)
+    async def receive(self, part: MoPart, connector: str = "default") -> None:
+        """Returns once the part is durably stored (and, if complete, processed); `connector`:
+        the SMSC connector it came over, recorded on the message (`smsc`)."""
+        await self._committer.submit((part, connector))
 
     async def close(self) -> None:
         await self._committer.close()
 
-    async def _write(self, parts: Sequence[MoPart]) -> None:
+    async def _write(self, parts: Sequence[tuple[MoPart, str]]) -> None:
         cache = _BatchCache()
         async with self._sessions.begin() as s:
-            for part in parts:
-                complete = await self._assemble(s, part)
+            for part, connector in parts:
+                complete = await self._assemble(s, part, connector)
                 if complete is not None:
                     await self._store(s, cache, *complete)
             await self._before_commit(s, cache)
@@ -185,11 +186,14 @@ class InboundService:
         for fields in cache.stored:
             log.info("MO stored", extra=fields)
 
-    async def _assemble(self, s: AsyncSession, part: MoPart) -> tuple[str, str, str, int, datetime] | None:
+    async def _assemble(
+        self, s: AsyncSession, part: MoPart, connector: str
+    ) -> tuple[str, str, str, int, datetime, str] | None:
+        """The whole MO once all its parts are in; its connector is the one of the last part."""
         source, dest = e164_from_smpp(part.source), e164_from_smpp(part.destination)
         received = part.received_at or datetime.now(UTC)
         if part.concat_ref is None or part.concat_total <= 1:
-            return source, dest, part.text, 1, received
+            return source, dest, part.text, 1, received, connector
         key = _group(source, dest, part.concat_ref, part.concat_total)
         dup = await s.scalar(select(MoPartRow.id).where(*key, MoPartRow.seq == part.concat_seq))
         if dup is not None:
@@ -205,6 +209,7 @@ class InboundService:
                 seq=part.concat_seq,
                 text=part.text,
                 received_at=received,
+                smsc=connector,
             )
         )
         await s.flush()
@@ -212,7 +217,8 @@ class InboundService:
         if len({r.seq for r in rows}) < part.concat_total:
             return None
         await _mark_assembled(s, key, datetime.now(UTC))
-        return source, dest, "".join(r.text for r in rows), part.concat_total, rows[0].received_at
+        text = "".join(r.text for r in rows)
+        return source, dest, text, part.concat_total, rows[0].received_at, connector
 
     async def flush_stale(self) -> None:
         """Deliver, as they are, concatenated MOs whose missing parts never came; forget old
@@ -238,7 +244,7 @@ class InboundService:
                     "MO %s->%s ref %d: %d of %d parts after the window", source, dest, ref, len(rows), total
                 )
                 text = "".join(r.text for r in rows)
-                await self._store(s, cache, source, dest, text, len(rows), rows[0].received_at)
+                await self._store(s, cache, source, dest, text, len(rows), rows[0].received_at, rows[-1].smsc)
             await self._before_commit(s, cache)
         self._after_commit(s, cache)
 
@@ -256,6 +262,7 @@ class InboundService:
         text: str,
         parts: int,
         received: datetime,
+        smsc: str | None,
     ) -> None:
         owner = await self._owner(s, cache, dest)
         word = text.strip().upper()
@@ -274,9 +281,10 @@ class InboundService:
                 "client_reference": None,
                 "operator_id": None,
                 "received_at": received,
+                "smsc": smsc,
             }
         )
-        fields: dict[str, object] = {"inbound_id": uid, "sin": dest, "parts": parts}
+        fields: dict[str, object] = {"inbound_id": uid, "sin": dest, "parts": parts, "smsc": smsc}
         cache.stored.append(fields)
         if owner is None:
             self.unrouted += 1
@@ -370,9 +378,7 @@ class InboundService:
             rule = first_auto_reply(rules, text)
         return None if rule is None else rule.reply
 
-    async def _send_reply(
-        self, s: AsyncSession, account_id: int, sin: str, to: str, text: str
-    ) -> str | None:
+    async def _send_reply(self, s: AsyncSession, account_id: int, sin: str, to: str, text: str) -> str | None:
         """Queues the reply in the caller's transaction; its msgid, or None if it can't be sent."""
         if not to.startswith("+"):
             return None  # an alphanumeric sender cannot receive SMS

@@ -71,9 +71,15 @@ def upgrade() -> None:
     with op.batch_alter_table('sender_ids', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_sender_ids_account_id'), ['account_id'], unique=False)
     _grandfather()
+    for table in ('inbound_messages', 'mo_parts'):
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.add_column(sa.Column('smsc', sa.String(length=32), nullable=True))
 
 
 def downgrade() -> None:
+    for table in ('mo_parts', 'inbound_messages'):
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.drop_column('smsc')
     with op.batch_alter_table('sender_ids', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_sender_ids_account_id'))
     op.drop_table('sender_ids')
