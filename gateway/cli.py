@@ -169,6 +169,25 @@ def cmd_senders(config: Config, args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def cmd_smpp_credentials(config: Config, args: argparse.Namespace) -> int:
+    """New SMPP server credentials for an account (gateway/workers/esme.py), shown once."""
+    from gateway.workers.esme import issue_credentials
+
+    async def go() -> int:
+        engine = create_engine(config.database.url)
+        try:
+            issued = await issue_credentials(session_factory(engine), args.sid)
+        finally:
+            await engine.dispose()
+        if issued is None:
+            print(f"no account {args.sid}", file=sys.stderr)
+            return 1
+        _print({"sid": args.sid, "system_id": issued.system_id, "password": issued.password})
+        return 0
+
+    return asyncio.run(go())
+
+
 DEFAULT = "default"  # `accounts set --outbound-...=default`: back to the global setting
 
 
@@ -493,6 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
     snd.add_argument("action", choices=("list", "add", "remove"))
     snd.add_argument("senders", nargs="*", metavar="SENDER", help='e.g. SHOP "My Shop" +81312345678')
     snd.set_defaults(fn=cmd_senders)
+    creds = acc.add_parser(
+        "smpp-credentials",
+        help="issue a system_id and password for the SMPP server (printed once; replaces any earlier pair)",
+    )
+    creds.add_argument("sid")
+    creds.set_defaults(fn=cmd_smpp_credentials)
 
     inb = sub.add_parser("inbound", help="inbound SMS housekeeping").add_subparsers(
         dest="action", required=True

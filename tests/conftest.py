@@ -50,6 +50,9 @@ TABLES = [
     "batches",
     "templates",
     "sender_ids",
+    "smpp_credentials",
+    "esme_deliveries",
+    "esme_parts",
     "accounts",
 ]
 

@@ -155,6 +155,7 @@ async def test_subscription_lifecycle(gateway: Gateway, http: aiohttp.ClientSess
         "minute_cost": 0.0,
         "action_url": None,
         "webhook_format": "xoxzo",
+        "mo_delivery": "webhook",
     }
     # Taken numbers leave the available list (for everybody).
     code, listing = await api.get_list("prefix=813")

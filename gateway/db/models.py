@@ -182,6 +182,9 @@ class Message(Base):
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"), index=True)
     expire_at: Mapped[datetime | None] = mapped_column()
     fail_code: Mapped[int | None] = mapped_column(Integer)
+    # Submitted over the SMPP server with registered_delivery: its final status goes back to
+    # the ESME as a deliver_sm receipt (esme_deliveries).
+    esme_receipt: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
     __table_args__ = (
         Index("ix_messages_account_created", "account_id", "created_at"),
@@ -320,6 +323,9 @@ class NumberSubscription(Base):
     voicemail_url: Mapped[str | None] = mapped_column(Text)  # DIN: webhook for new voicemails
     # SIN: the MO webhook's shape, "xoxzo" (form-encoded) or "sinch" (mo_text JSON).
     webhook_format: Mapped[str] = mapped_column(String(8), default="xoxzo", server_default="xoxzo")
+    # SIN: where its MO go: "webhook" (action_url), "smpp" (the account's SMPP receiver; the
+    # webhook instead while the account has no SMPP credentials) or "both".
+    mo_delivery: Mapped[str] = mapped_column(String(8), default="webhook", server_default="webhook")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("number_id", "kind"),)
@@ -447,3 +453,57 @@ class Voicemail(Base):
     path: Mapped[str] = mapped_column(Text)  # WAV file in the voicemail store
     size: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SmppCredential(Base):
+    """An account's login to the SMPP server: system_id and a scrypt hash of its password."""
+
+    __tablename__ = "smpp_credentials"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), unique=True)
+    system_id: Mapped[str] = mapped_column(String(16), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EsmeOutbox(Base):
+    """A deliver_sm (receipt or MO) for an account's SMPP receiver, kept until the ESME
+    acknowledges it; claimed with a lease by the session sending it (gateway/db/leases.py)."""
+
+    __tablename__ = "esme_deliveries"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    status: Mapped[str] = mapped_column(String(16), default="PENDING")
+    source: Mapped[str] = mapped_column(String(32))
+    destination: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text, default="")
+    receipted_id: Mapped[str | None] = mapped_column(String(32))  # a receipt: our msgid
+    message_state: Mapped[int | None] = mapped_column(Integer)
+    stat: Mapped[str] = mapped_column(String(8), default="")
+    submitted_at: Mapped[datetime | None] = mapped_column()
+    done_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column()
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_esme_deliveries_account_next", "account_id", "next_attempt_at"),)
+
+
+class EsmePart(Base):
+    """A part of a long message submitted over the SMPP server, waiting for its siblings; every
+    part was answered with `msgid`, the message the parts become once all are in."""
+
+    __tablename__ = "esme_parts"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    source: Mapped[str] = mapped_column(String(32))
+    destination: Mapped[str] = mapped_column(String(32))
+    ref: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    msgid: Mapped[str] = mapped_column(String(32))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("account_id", "source", "destination", "ref", "total", "seq"),)

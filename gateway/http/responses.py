@@ -286,6 +286,9 @@ class SinSubscription(SinNumber):
     webhook_format: Literal["xoxzo", "sinch"] = Field(
         description="How MOs are POSTed: form-encoded (xoxzo) or Sinch's mo_text JSON (sinch)."
     )
+    mo_delivery: Literal["webhook", "smpp", "both"] = Field(
+        description="Where MOs go: the webhook, your SMPP receiver, or both."
+    )
     subscribed_at: Time
 
 

@@ -66,7 +66,7 @@ def _din_only(value: Any) -> None:
 
 def _sin_only(value: Any) -> None:
     if value is not None:
-        raise ValueError("Only SIN subscriptions take a webhook_format.")
+        raise ValueError("Only SIN subscriptions take a webhook_format or mo_delivery.")
 
 
 class NumberUrls(BaseModel):
@@ -75,10 +75,12 @@ class NumberUrls(BaseModel):
     action_url: Url = Field(None, description="Webhook for this number.")
     voicemail_url: str | None = None
     webhook_format: str | None = None
+    mo_delivery: str | None = None
 
     @model_validator(mode="after")
     def _one_at_least(self) -> Self:
-        if self.action_url is None and self.voicemail_url is None and self.webhook_format is None:
+        given = (self.action_url, self.voicemail_url, self.webhook_format, self.mo_delivery)
+        if all(v is None for v in given):
             raise refusal(type(self), {"action_url": REQUIRED})
         return self
 
@@ -86,6 +88,14 @@ class NumberUrls(BaseModel):
 class DinUrls(NumberUrls):
     voicemail_url: Url = Field(None, description="Receives a signed POST on each new voicemail.")
     webhook_format: SkipJsonSchema[Annotated[None, BeforeValidator(_sin_only)]] = None
+    mo_delivery: SkipJsonSchema[Annotated[None, BeforeValidator(_sin_only)]] = None
+
+
+def _mo_delivery(value: Any) -> str | None:
+    text = optional(value)
+    if text is not None and text not in ("webhook", "smpp", "both"):
+        raise ValueError('Expected "webhook", "smpp" or "both".')
+    return text
 
 
 def _format(value: Any) -> str | None:
@@ -103,6 +113,14 @@ class SinUrls(NumberUrls):
             description="How MOs are POSTed to action_url: `xoxzo` (form-encoded, the default) or"
             " `sinch` (Sinch's mo_text JSON).",
         )
+    )
+    mo_delivery: Annotated[
+        Literal["webhook", "smpp", "both"] | SkipJsonSchema[None], BeforeValidator(_mo_delivery)
+    ] = Field(
+        None,
+        description="Where MOs go: `webhook` (action_url, the default), `smpp` (your SMPP receiver"
+        " bound to our SMPP server, held until it binds; the webhook while your account has no SMPP"
+        " credentials) or `both`.",
     )
 
 
@@ -158,7 +176,13 @@ def number_routes(
         """Set the subscription's webhook URL(s)"""
         uid = request.match_info["uid"]
         return await request.app[NUMBERS].set_action_url(
-            request[ACCOUNT].id, kind, uid, body.action_url, body.voicemail_url, body.webhook_format
+            request[ACCOUNT].id,
+            kind,
+            uid,
+            body.action_url,
+            body.voicemail_url,
+            body.webhook_format,
+            body.mo_delivery,
         )
 
     @routes.delete(subs + "{uid}/", returns=Empty, operation_id=f"unsubscribe{cap}")

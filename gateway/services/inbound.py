@@ -21,11 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.db.group_commit import GroupCommitter
 from gateway.db.models import (
     Account,
+    EsmeOutbox,
     InboundMessage,
     Message,
     MoPartRow,
     NumberSubscription,
     OptOut,
+    SmppCredential,
     WebhookDelivery,
 )
 from gateway.services import outbox, sinch
@@ -110,6 +112,7 @@ class _BatchCache:
     sinch_hooks: list[tuple[int, str]] = field(default_factory=list)
     # One log line each, once committed.
     stored: list[dict[str, object]] = field(default_factory=list)
+    esme: dict[int, bool] = field(default_factory=dict)  # account id -> has SMPP credentials
 
 
 class InboundService:
@@ -305,6 +308,11 @@ class InboundService:
             fields["keyword"] = keyword
         if reply:
             fields["reply_msgid"] = await self._send_reply(s, owner.account_id, dest, source, reply)
+        if owner.mo_delivery != "webhook" and await self._has_esme(s, cache, owner.account_id):
+            # For the account's SMPP receiver, held until one is bound and acknowledges it.
+            s.add(EsmeOutbox(account_id=owner.account_id, source=source, destination=dest, body=text))
+            if owner.mo_delivery == "smpp":
+                return
         if owner.action_url and owner.webhook_format == "sinch":
             cache.sinch_hooks.append((len(cache.inbound) - 1, owner.action_url))
         elif owner.action_url:
@@ -325,6 +333,12 @@ class InboundService:
             if self._fast_path is None:
                 outbox.count(s)
             cache.webhooks.append(row)
+
+    async def _has_esme(self, s: AsyncSession, cache: _BatchCache, account_id: int) -> bool:
+        if account_id not in cache.esme:
+            found = await s.scalar(select(SmppCredential.id).where(SmppCredential.account_id == account_id))
+            cache.esme[account_id] = found is not None
+        return cache.esme[account_id]
 
     def _sinch_hook(self, s: AsyncSession, mo: dict[str, Any], url: str) -> dict[str, Any]:
         payload = sinch.mo_text(

@@ -37,6 +37,12 @@ class OutboundRequest:
     track_link: bool = False
     lt_callbackurl: str | None = None
     template_id: int | None = None
+    # The SMPP server's submits: a receipt for the ESME, a scheduled start, an expiry, and the
+    # msgid the parts of a long one were already answered with.
+    esme_receipt: bool = False
+    send_at: datetime | None = None
+    expire_at: datetime | None = None
+    msgid: str | None = None
 
 
 _SENT_DATE = re.compile(r"sent_date(<=|>=|=|<|>)(.*)")
@@ -142,7 +148,7 @@ class MessageService:
         """The messages row for a send; used inside other transactions (replies to MO) too."""
         now = datetime.now(UTC)
         return {
-            "msgid": uuid.uuid4().hex,
+            "msgid": req.msgid or uuid.uuid4().hex,
             "account_id": req.account_id,
             "template_id": req.template_id,
             "sender": req.sender,
@@ -156,7 +162,9 @@ class MessageService:
             "track_link": req.track_link,
             "status": "QUEUED",
             "created_at": now,
-            "next_attempt_at": now,
+            "next_attempt_at": max(now, req.send_at or now),
+            "expire_at": req.expire_at,
+            "esme_receipt": req.esme_receipt,
             "attempts": 0,
         }
 
@@ -183,6 +191,21 @@ class MessageService:
         msgid = str(row["msgid"])
         log.info("queued", extra={"msgid": msgid, "parts": parts})
         return msgid
+
+    async def queue_in(self, s: AsyncSession, req: OutboundRequest) -> str:
+        """Queue `req` inside the caller's transaction, under the checks of create (length,
+        sender, opt-out); call queued() after the commit."""
+        parts = self.check_length("message", req.text)
+        await senders.check(s, req.account_id, req.sender)
+        if await _opted_out(s, [(req.account_id, req.recipient)]):
+            raise FieldErrors.one("recipient", "Recipient has opted out")
+        row = self.row_for(req, req.text, parts)
+        await s.execute(insert(Message), [row])
+        return str(row["msgid"])
+
+    def queued(self) -> None:
+        """Messages were committed outside create(): the dispatcher looks now."""
+        self._wake()
 
     async def _links(self, s: AsyncSession, message_ids: Sequence[int]) -> dict[int, list[TrackedLink]]:
         if not message_ids:

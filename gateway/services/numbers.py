@@ -97,6 +97,7 @@ class SubscriptionTarget(NamedTuple):
     action_url: str | None
     number_id: int
     webhook_format: str = "xoxzo"  # SIN: "xoxzo" (form-encoded) or "sinch" (mo_text JSON)
+    mo_delivery: str = "webhook"  # SIN: "webhook", "smpp" (the account's SMPP receiver) or "both"
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ def subscription_json(kind: Kind, n: Number, sub: NumberSubscription) -> dict[st
         out["voicemail_url"] = sub.voicemail_url
     else:
         out["webhook_format"] = sub.webhook_format or "xoxzo"
+        out["mo_delivery"] = sub.mo_delivery or "webhook"
     out["subscribed_at"] = fmt_time(sub.created_at)
     return out
 
@@ -431,10 +433,11 @@ class NumberService:
         action_url: str | None,
         voicemail_url: str | None = None,
         webhook_format: str | None = None,
+        mo_delivery: str | None = None,
     ) -> dict[str, Any]:
         """Sets action_url and, for a DIN, voicemail_url (where new voicemails are POSTed), for
-        a SIN the webhook format; None leaves one as it is. The URLs as the API checked them
-        against the outbound policy."""
+        a SIN the webhook format and where its MO go; None leaves one as it is. The URLs as the
+        API checked them against the outbound policy."""
         kind = _check_kind(kind)
         async with self._sessions.begin() as s:
             sub, n = await self._own(s, account_id, kind, uid)
@@ -444,6 +447,8 @@ class NumberService:
                 sub.voicemail_url = voicemail_url
             if webhook_format is not None:
                 sub.webhook_format = webhook_format
+            if mo_delivery is not None:
+                sub.mo_delivery = mo_delivery
         return subscription_json(kind, n, sub)
 
     async def unsubscribe(self, account_id: int, kind: Kind, uid: str) -> None:
@@ -469,7 +474,7 @@ class NumberService:
         else:
             async with self._sessions() as s:
                 row = (await s.execute(q)).one_or_none()
-        return None if row is None else SubscriptionTarget(*row[:5])
+        return None if row is None else SubscriptionTarget(*row[:6])
 
     async def subscriptions_for_numbers(
         self, numbers: Iterable[str], kind: Kind, session: AsyncSession
@@ -482,7 +487,7 @@ class NumberService:
         for i in range(0, len(wanted), _CHUNK):
             q = _targets_query(kind, Number.number).where(Number.number.in_(wanted[i : i + _CHUNK]))
             for row in await session.execute(q):
-                found[row[5]] = SubscriptionTarget(*row[:5])
+                found[row[6]] = SubscriptionTarget(*row[:6])
         return found
 
     # -- SIN auto-reply rules ----------------------------------------------------------------
@@ -551,7 +556,7 @@ async def _rules(s: AsyncSession, subscription_id: int) -> list[AutoReplyRule]:
 
 
 def _targets_query(kind: Kind, *extra: Any) -> Select[Any]:
-    """Subscription id, account id, action_url, number id and webhook format of `kind`
+    """Subscription id, account id, action_url, number id, webhook format and MO delivery of `kind`
     subscriptions (then the `extra` columns); the caller adds which numbers."""
     return (
         select(
@@ -560,6 +565,7 @@ def _targets_query(kind: Kind, *extra: Any) -> Select[Any]:
             NumberSubscription.action_url,
             Number.id,
             NumberSubscription.webhook_format,
+            NumberSubscription.mo_delivery,
             *extra,
         )
         .join(Number, Number.id == NumberSubscription.number_id)

@@ -56,7 +56,7 @@ from gateway.services import outbox
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.observer import NullObserver, Observer
 from gateway.workers.receipts import ReceiptApplier, log_settled
-from gateway.workers.status import enqueue_status_callback
+from gateway.workers.status import REPORTED, enqueue_status_callback
 from smpp.dlr import normalize_id
 from smpp.types import ConnectionLost, Deferred, NotBound, SubmitRejected, SubmitRequest, SubmitResult
 
@@ -419,11 +419,7 @@ class Dispatcher:
             if res.rowcount:  # type: ignore[attr-defined]
                 changed.append(o.claimed.id)
         if changed:
-            msgs = (
-                await s.execute(
-                    select(Message).where(Message.id.in_(changed), Message.callbackurl.is_not(None))
-                )
-            ).scalars()
+            msgs = (await s.execute(select(Message).where(Message.id.in_(changed), REPORTED))).scalars()
             for msg in msgs:
                 await enqueue_status_callback(s, msg, self._base_url)
         if parts:

@@ -74,9 +74,87 @@ def upgrade() -> None:
     for table in ('inbound_messages', 'mo_parts'):
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.add_column(sa.Column('smsc', sa.String(length=32), nullable=True))
+    with op.batch_alter_table('messages', schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column('esme_receipt', sa.Boolean(), server_default=sa.text('false'), nullable=False)
+        )
+    with op.batch_alter_table('number_subscriptions', schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column('mo_delivery', sa.String(length=8), server_default='webhook', nullable=False)
+        )
+    op.create_table(
+        'smpp_credentials',
+        sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+        sa.Column('account_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+        sa.Column('system_id', sa.String(length=16), nullable=False),
+        sa.Column('password_hash', sa.String(length=200), nullable=False),
+        sa.Column('created_at', sa.DateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ['account_id'], ['accounts.id'], name=op.f('fk_smpp_credentials_account_id_accounts')
+        ),
+        sa.PrimaryKeyConstraint('id', name=op.f('pk_smpp_credentials')),
+        sa.UniqueConstraint('account_id', name=op.f('uq_smpp_credentials_account_id')),
+        sa.UniqueConstraint('system_id', name=op.f('uq_smpp_credentials_system_id')),
+    )
+    op.create_table(
+        'esme_deliveries',
+        sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+        sa.Column('account_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+        sa.Column('status', sa.String(length=16), nullable=False),
+        sa.Column('source', sa.String(length=32), nullable=False),
+        sa.Column('destination', sa.String(length=32), nullable=False),
+        sa.Column('body', sa.Text(), nullable=False),
+        sa.Column('receipted_id', sa.String(length=32), nullable=True),
+        sa.Column('message_state', sa.Integer(), nullable=True),
+        sa.Column('stat', sa.String(length=8), nullable=False),
+        sa.Column('submitted_at', sa.DateTime(), nullable=True),
+        sa.Column('done_at', sa.DateTime(), nullable=True),
+        sa.Column('created_at', sa.DateTime(), nullable=False),
+        sa.Column('next_attempt_at', sa.DateTime(), nullable=False),
+        sa.Column('claimed_until', sa.DateTime(), nullable=True),
+        sa.Column('claimed_by', sa.String(length=64), nullable=True),
+        sa.ForeignKeyConstraint(
+            ['account_id'], ['accounts.id'], name=op.f('fk_esme_deliveries_account_id_accounts')
+        ),
+        sa.PrimaryKeyConstraint('id', name=op.f('pk_esme_deliveries')),
+    )
+    with op.batch_alter_table('esme_deliveries', schema=None) as batch_op:
+        batch_op.create_index(
+            'ix_esme_deliveries_account_next', ['account_id', 'next_attempt_at'], unique=False
+        )
+    op.create_table(
+        'esme_parts',
+        sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+        sa.Column('account_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+        sa.Column('source', sa.String(length=32), nullable=False),
+        sa.Column('destination', sa.String(length=32), nullable=False),
+        sa.Column('ref', sa.Integer(), nullable=False),
+        sa.Column('total', sa.Integer(), nullable=False),
+        sa.Column('seq', sa.Integer(), nullable=False),
+        sa.Column('text', sa.Text(), nullable=False),
+        sa.Column('msgid', sa.String(length=32), nullable=False),
+        sa.Column('received_at', sa.DateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ['account_id'], ['accounts.id'], name=op.f('fk_esme_parts_account_id_accounts')
+        ),
+        sa.PrimaryKeyConstraint('id', name=op.f('pk_esme_parts')),
+        sa.UniqueConstraint(
+            'account_id', 'source', 'destination', 'ref', 'total', 'seq',
+            name=op.f('uq_esme_parts_account_id_source_destination_ref_total_seq'),
+        ),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('esme_parts')
+    with op.batch_alter_table('esme_deliveries', schema=None) as batch_op:
+        batch_op.drop_index('ix_esme_deliveries_account_next')
+    op.drop_table('esme_deliveries')
+    op.drop_table('smpp_credentials')
+    with op.batch_alter_table('number_subscriptions', schema=None) as batch_op:
+        batch_op.drop_column('mo_delivery')
+    with op.batch_alter_table('messages', schema=None) as batch_op:
+        batch_op.drop_column('esme_receipt')
     for table in ('mo_parts', 'inbound_messages'):
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.drop_column('smsc')

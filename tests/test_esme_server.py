@@ -1,0 +1,239 @@
+"""The SMPP server for ESMEs, over real sockets, with ESMEs that are not our code (the npm
+`smpp` package's client, and smpplib as a client) and the independent node SMSC as the
+gateway's SMSC: bind, submits (single, long UCS-2 in UDH parts) answered after the commit,
+receipts and MO back to the ESME, refusals with their SMPP statuses, a rebind after a drop
+that loses nothing, bad PDUs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import smpplib.client
+import smpplib.consts
+import smpplib.exceptions
+
+from gateway.keys import CONFIG, SESSIONS
+from gateway.workers.esme import issue_credentials
+from smpp.encoding import build_udh, decode_short_message
+from smpp.server import smpp_time
+from tests.conftest import Gateway, free_port, gateway_config, start_gateway, wait_for
+from tests.peers.node_esme import NodeEsme
+from tests.peers.node_smsc import NodeSmsc
+from tests.procs import subscribe_sin
+
+JP = "818012345678"
+SIN = "+81312345678"
+
+
+@contextlib.asynccontextmanager
+async def esme_gateway(db_url: str, smsc: NodeSmsc, **overrides: Any) -> AsyncIterator[Gateway]:
+    cfg = gateway_config(
+        db_url,
+        smsc.host,
+        smsc.port,
+        smpp_server__enabled=True,
+        smpp_server__port=free_port(),
+        smpp_server__poll_interval=0.1,
+        **overrides,
+    )
+    gw = await start_gateway(cfg)
+    try:
+        yield gw
+    finally:
+        await gw.runner.cleanup()
+
+
+async def test_node_esme_submits_and_gets_receipts_and_mo(
+    clean_db: str, node_smsc: NodeSmsc, http: aiohttp.ClientSession
+) -> None:
+    async with esme_gateway(clean_db, node_smsc) as gw:
+        creds = await gw.account(senders=("SHOP",))
+        issued = await issue_credentials(gw.app[SESSIONS], creds.account.sid)
+        assert issued is not None
+        await subscribe_sin(clean_db, creds.account.id, SIN, "http://127.0.0.1:9/")
+        subs = f"{gw.base_url}/sms/sins/subscriptions/"
+        async with http.get(subs, headers=gw.auth(creds)) as r:
+            [sub] = await r.json()
+        async with http.post(
+            f"{subs}{sub['sin_uid']}/", json={"mo_delivery": "smpp"}, headers=gw.auth(creds)
+        ) as r:
+            assert r.status == 200 and (await r.json())["mo_delivery"] == "smpp"
+
+        port = gw.app[CONFIG].smpp_server.port
+        async with NodeEsme(port, issued.system_id, "wrong") as bad:
+            assert (await bad.event("bind_resp"))["status"] == smpplib.consts.SMPP_ESME_RINVPASWD
+        async with NodeEsme(port, issued.system_id, issued.password) as esme:
+            assert (await esme.event("bind_resp"))["status"] == 0
+            one = await esme.submit(
+                "one",
+                source_addr="SHOP",
+                destination_addr=JP,
+                short_message_hex=b"hello".hex(),
+                registered_delivery=1,
+            )
+            assert one["status"] == 0
+            msgid = one["message_id"]
+            # Answered only once committed: the row is there as soon as the answer is.
+            async with http.get(f"{gw.base_url}/sms/messages/{msgid}/", headers=gw.auth(creds)) as r:
+                assert r.status == 200 and (await r.json())["sender"] == "SHOP"
+
+            text = "日本語のテキスト、" * 10  # 90 UCS-2 characters: two parts
+            units = text.encode("utf-16-be")
+            halves = [units[:134], units[134:]]
+            answers = [
+                await esme.submit(
+                    f"long{i}",
+                    source_addr="SHOP",
+                    destination_addr=JP,
+                    esm_class=0x40,
+                    data_coding=8,
+                    short_message_hex=(build_udh(7, 2, i) + half).hex(),
+                    registered_delivery=1,
+                )
+                for i, half in enumerate(halves, start=1)
+            ]
+            assert [a["status"] for a in answers] == [0, 0]
+            assert answers[0]["message_id"] == answers[1]["message_id"] != msgid
+
+            refused = await esme.submit(
+                "bank", source_addr="BANK", destination_addr=JP, short_message_hex="6869"
+            )
+            assert refused["status"] == smpplib.consts.SMPP_ESME_RINVSRCADR
+            refused = await esme.submit(
+                "dst", source_addr="SHOP", destination_addr="12", short_message_hex="6869"
+            )
+            assert refused["status"] == smpplib.consts.SMPP_ESME_RINVDSTADR
+
+            receipts = await wait_for(lambda: _receipts(esme, {msgid, answers[0]["message_id"]}), timeout=15)
+            for receipt in receipts:
+                assert receipt["esm_class"] == 4 and receipt["message_state"] == 2
+                body = bytes.fromhex(receipt["short_message_hex"]).decode()
+                assert body.startswith(f"id:{receipt['receipted_message_id']} ") and "stat:DELIVRD" in body
+
+            await node_smsc.inject_mo("819011112222", SIN[1:], "返信です".encode("utf-16-be"), data_coding=8)
+            mo = await esme.wait(lambda e: e["event"] == "deliver_sm" and e["esm_class"] == 0)
+            assert (mo["source_addr"], mo["destination_addr"], mo["data_coding"]) == (
+                "819011112222",
+                SIN[1:],
+                8,
+            )
+            assert bytes.fromhex(mo["short_message_hex"]).decode("utf-16-be") == "返信です"
+
+            esme.send({"op": "raw", "hex": struct.pack(">LLLL", 16, 0x00000099, 0, 77).hex()})
+            nack = await esme.event("generic_nack")
+            assert (nack["status"], nack["sequence"]) == (smpplib.consts.SMPP_ESME_RINVCMDID, 77)
+
+    submitted = await node_smsc.submits()
+    texts = [decode_short_message(s.data_coding, s.esm_class, s.short_message).text for s in submitted]
+    assert texts[0] == "hello" and "".join(texts[1:]) == text  # one message of two parts
+    assert await gw_rows(clean_db) == [(0,)]  # every receipt and the MO acknowledged, none left
+
+
+async def _receipts(esme: NodeEsme, ids: set[str]) -> list[dict[str, Any]] | None:
+    got = [e for e in esme.received("deliver_sm") if e["receipted_message_id"] in ids]
+    return got if len(got) == len(ids) else None
+
+
+async def gw_rows(db_url: str) -> list[Any]:
+    from tests.procs import sql
+
+    return await sql(db_url, "SELECT count(*) FROM esme_deliveries")
+
+
+def _smpplib_client(port: int) -> smpplib.client.Client:
+    client = smpplib.client.Client("127.0.0.1", port, timeout=5)
+    client.connect()
+    return client
+
+
+async def test_smpplib_esme_rebinds_after_a_drop_and_is_throttled(clean_db: str, node_smsc: NodeSmsc) -> None:
+    """A receipt that comes while the ESME is away waits for its next bind; the account's rate
+    limit answers ESME_RTHROTTLED; a wrong password ESME_RINVPASWD."""
+    await node_smsc.configure(dlr_delay_ms=300)
+    async with esme_gateway(clean_db, node_smsc, ratelimit__rate=0.5, ratelimit__burst=2) as gw:
+        creds = await gw.account(senders=("SHOP",))
+        issued = await issue_credentials(gw.app[SESSIONS], creds.account.sid)
+        assert issued is not None
+        port = gw.app[CONFIG].smpp_server.port
+
+        def bind_wrong() -> int:
+            client = _smpplib_client(port)
+            try:
+                client.bind_transmitter(system_id=issued.system_id, password="nope")
+            except smpplib.exceptions.PDUError as exc:
+                return int(exc.args[1])
+            finally:
+                client.disconnect()
+            return 0
+
+        assert await asyncio.to_thread(bind_wrong) == smpplib.consts.SMPP_ESME_RINVPASWD
+
+        def submit_and_drop() -> list[tuple[int, str]]:
+            client = _smpplib_client(port)
+            client.bind_transmitter(system_id=issued.system_id, password=issued.password)
+            answers = []
+            for _ in range(3):
+                client.send_message(
+                    source_addr_ton=5,
+                    source_addr="SHOP",
+                    dest_addr_ton=1,
+                    destination_addr=JP,
+                    short_message=b"away",
+                    registered_delivery=1,
+                )
+                pdu = client.read_pdu()
+                answers.append((int(pdu.status), (pdu.message_id or b"").decode()))
+            client.disconnect()  # no unbind: a dropped link
+            return answers
+
+        answers = await asyncio.to_thread(submit_and_drop)
+        assert [a[0] for a in answers] == [0, 0, smpplib.consts.SMPP_ESME_RTHROTTLED]
+        sent = {a[1] for a in answers[:2]}
+
+        async def receipts_waiting() -> bool:
+            rows = await gw.sql("SELECT receipted_id FROM esme_deliveries")
+            return {r[0] for r in rows} == sent
+
+        await wait_for(receipts_waiting, timeout=15)
+
+        def receive() -> set[str]:
+            client = _smpplib_client(port)
+            client.bind_receiver(system_id=issued.system_id, password=issued.password)
+            got = set()
+            while len(got) < 2:
+                pdu = client.read_pdu()
+                if pdu.command == "deliver_sm":
+                    got.add(pdu.receipted_message_id.decode())
+                    resp = smpplib.smpp.make_pdu("deliver_sm_resp", client=client)
+                    resp.sequence = pdu.sequence  # make_pdu ignores sequence= for a response
+                    client.send_pdu(resp)
+            client.unbind()
+            client.disconnect()
+            return got
+
+        assert await asyncio.to_thread(receive) == sent
+        await wait_for(lambda: _none_left(gw))
+
+
+async def _none_left(gw: Gateway) -> bool:
+    return await gw.sql("SELECT count(*) FROM esme_deliveries") == [(0,)]
+
+
+def test_smpp_times() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
+    assert smpp_time("", now) is None
+    assert smpp_time("000001020304000R", now) == now + timedelta(days=1, hours=2, minutes=3, seconds=4)
+    assert smpp_time("261205100000004+", now) == datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
+    for bad in ("26120510000000+", "2612051000000X4+", "261205100000004Z"):
+        try:
+            smpp_time(bad, now)
+        except ValueError:
+            continue
+        raise AssertionError(bad)
