@@ -237,3 +237,59 @@ def test_smpp_times() -> None:
         except ValueError:
             continue
         raise AssertionError(bad)
+
+
+async def test_hostile_peers_are_cut_off(clean_db: str, node_smsc: NodeSmsc) -> None:
+    """A command_length over the bound closes the connection before the body is read; no bind
+    within the deadline closes it; past the failed-bind budget a right password is refused
+    too; past the connection cap a new connection is closed at once; a submit before a bind is
+    ESME_RINVBNDSTS."""
+    settings = {
+        "smpp_server__bind_timeout": 0.5,
+        "smpp_server__bind_failures_per_minute": 2,
+        "smpp_server__max_connections": 2,
+    }
+    async with esme_gateway(clean_db, node_smsc, **settings) as gw:
+        creds = await gw.account()
+        issued = await issue_credentials(gw.app[SESSIONS], creds.account.sid)
+        assert issued is not None
+        port = gw.app[CONFIG].smpp_server.port
+
+        async def closed(reader: asyncio.StreamReader) -> bool:
+            return await asyncio.wait_for(reader.read(), 5) == b""
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(struct.pack(">LLLL", 0x7FFFFFFF, 4, 0, 1))  # claims 2 GiB
+        assert await closed(reader)
+        writer.close()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(struct.pack(">LLLL", 16, 4, 0, 5))  # submit_sm before any bind
+        assert struct.unpack(">LLLL", await reader.readexactly(16)) == (16, 0x80000004, 0x04, 5)
+        assert await closed(reader)  # then the bind deadline
+        writer.close()
+
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await closed(reader)  # over max_connections
+        writer.close()
+        for _, w in held:
+            w.close()
+        await asyncio.sleep(0.1)
+
+        def bind(password: str) -> int:
+            client = _smpplib_client(port)
+            try:
+                client.bind_transceiver(system_id=issued.system_id, password=password)
+            except smpplib.exceptions.PDUError as exc:
+                return int(exc.args[1])
+            except smpplib.exceptions.ConnectionError:
+                return -1
+            finally:
+                client.disconnect()
+            return 0
+
+        assert [await asyncio.to_thread(bind, "guess") for _ in range(2)] == [
+            smpplib.consts.SMPP_ESME_RINVPASWD
+        ] * 2
+        assert await asyncio.to_thread(bind, issued.password) == smpplib.consts.SMPP_ESME_RBINDFAIL
