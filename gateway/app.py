@@ -454,6 +454,7 @@ async def _smpp_server(settings: EsmeServerConfig, app: web.Application) -> Asyn
         throttle=limiter.take,
         lease_seconds=max(settings.response_timeout * 3, 30.0),
         parts_window=cfg.parts_window_seconds,
+        db=app[DB_OUTAGE],
     )
     server = EsmeServer(settings, backend)
     with listening("SMPP server", cfg.host, cfg.port, "smpp_server.host", "smpp_server.port"):

@@ -368,7 +368,7 @@ class _Session:
             except (MalformedPdu, EsmeRefused) as exc:
                 self.send(wire.error_response(wire.SUBMIT_SM, sequence, exc.status))
                 return
-            except Exception:
+            except Exception:  # a bug, or a backend that could not say better
                 log.exception("%s: submit_sm failed", self.peer)
                 self.send(wire.error_response(wire.SUBMIT_SM, sequence, ESME_RSYSERR))
                 return

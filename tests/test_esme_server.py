@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import struct
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -293,3 +296,63 @@ async def test_hostile_peers_are_cut_off(clean_db: str, node_smsc: NodeSmsc) -> 
             smpplib.consts.SMPP_ESME_RINVPASWD
         ] * 2
         assert await asyncio.to_thread(bind, issued.password) == smpplib.consts.SMPP_ESME_RBINDFAIL
+
+
+async def test_smpplib_over_tls_with_sar_parts_and_message_payload(
+    clean_db: str, node_smsc: NodeSmsc, tmp_path: Path
+) -> None:
+    """TLS on the listener; a long message as two submits with sar_* TLVs becomes one message;
+    a long text in message_payload is one submit."""
+    await asyncio.to_thread(
+        subprocess.run,
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
+            "-subj", "/CN=gateway", "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    settings = {
+        "smpp_server__tls": True,
+        "smpp_server__tls_cert_file": str(tmp_path / "cert.pem"),
+        "smpp_server__tls_key_file": str(tmp_path / "key.pem"),
+    }
+    async with esme_gateway(clean_db, node_smsc, **settings) as gw:
+        creds = await gw.account(senders=("SHOP",))
+        issued = await issue_credentials(gw.app[SESSIONS], creds.account.sid)
+        assert issued is not None
+        port = gw.app[CONFIG].smpp_server.port
+        context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        context.check_hostname = False  # smpplib connects without a server name; the chain is checked
+        first, second = "A" * 153, "B" * 20
+        payload = "C" * 300
+
+        def submit() -> list[tuple[int, str]]:
+            client = smpplib.client.Client("127.0.0.1", port, timeout=5, ssl_context=context)
+            client.connect()
+            client.bind_transmitter(system_id=issued.system_id, password=issued.password)
+            answers = []
+            sar = {"sar_msg_ref_num": 300, "sar_total_segments": 2}
+            submits: list[dict[str, Any]] = [
+                {"short_message": first.encode(), "sar_segment_seqnum": 1, **sar},
+                {"short_message": second.encode(), "sar_segment_seqnum": 2, **sar},
+                {"short_message": b"", "message_payload": payload.encode()},
+            ]
+            for fields in submits:
+                client.send_message(
+                    source_addr_ton=5, source_addr="SHOP", dest_addr_ton=1, destination_addr=JP, **fields
+                )
+                pdu = client.read_pdu()
+                answers.append((int(pdu.status), (pdu.message_id or b"").decode()))
+            client.unbind()
+            client.disconnect()
+            return answers
+
+        answers = await asyncio.to_thread(submit)
+        assert [a[0] for a in answers] == [0, 0, 0]
+        assert answers[0][1] == answers[1][1] != answers[2][1]
+        rows = await gw.sql("SELECT msgid, body, parts FROM messages ORDER BY id")
+        assert [tuple(r) for r in rows] == [
+            (answers[0][1], first + second, 2),
+            (answers[2][1], payload, 2),
+        ]

@@ -504,6 +504,7 @@ class EsmePart(Base):
     seq: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
     msgid: Mapped[str] = mapped_column(String(32))
+    esme_receipt: Mapped[bool] = mapped_column(Boolean, default=False)  # registered_delivery
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("account_id", "source", "destination", "ref", "total", "seq"),)

@@ -27,6 +27,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import leases
+from gateway.db.availability import DbOutage, is_outage
 from gateway.db.models import Account, EsmeOutbox, EsmePart, SmppCredential
 from gateway.services import senders, validation
 from gateway.services.errors import ApiError, FieldErrors
@@ -40,6 +41,7 @@ from smpp.server_types import (
     ESME_RINVSRCADR,
     ESME_RSUBMITFAIL,
     ESME_RTHROTTLED,
+    ESME_RX_T_APPN,
     EsmeDelivery,
     EsmeRefused,
     EsmeSubmit,
@@ -125,7 +127,9 @@ class EsmeGateway:
         throttle: Callable[[int], float],
         lease_seconds: float = 30.0,
         parts_window: float = 300.0,
+        db: DbOutage | None = None,
     ) -> None:
+        self._db = db or DbOutage()
         self._sessions = sessions
         self._messages = messages
         self._throttle = throttle  # the API's per-account rate limit: seconds to wait, 0 = go
@@ -187,6 +191,16 @@ class EsmeGateway:
         except ApiError as exc:
             status, reason = _status_for(exc)
             raise EsmeRefused(status, reason) from None
+        except Exception as exc:
+            self._unavailable(exc, "queueing an ESME's submit")
+            raise
+
+    def _unavailable(self, exc: Exception, what: str) -> None:
+        """A database outage is logged once per interval and the ESME told to try again later
+        (ESME_RX_T_APPN), not a traceback per PDU."""
+        if is_outage(exc):
+            self._db.report(exc, what)
+            raise EsmeRefused(ESME_RX_T_APPN, "database unavailable") from exc
 
     async def _part(self, req: OutboundRequest, submit: EsmeSubmit) -> str:
         """Stores one part; the last one to arrive queues the whole message. Every part is
@@ -215,6 +229,7 @@ class EsmeGateway:
                     seq=submit.concat_seq,
                     text=submit.text,
                     msgid=msgid,
+                    esme_receipt=req.esme_receipt,
                 )
             )
             if len(parts) + 1 < submit.concat_total:
@@ -249,7 +264,11 @@ class EsmeGateway:
                 await s.execute(delete(EsmePart).where(EsmePart.msgid == msgid))
                 first = parts[0]
                 req = OutboundRequest(
-                    account_id=first.account_id, sender=first.source, recipient=first.destination, text=""
+                    account_id=first.account_id,
+                    sender=first.source,
+                    recipient=first.destination,
+                    text="",
+                    esme_receipt=first.esme_receipt,
                 )
                 log.warning(
                     "ESME message %s: %d of %d parts after the window", msgid, len(parts), first.total
@@ -262,6 +281,15 @@ class EsmeGateway:
         self._messages.queued()
 
     async def claim(self, account: object, session: str, limit: int) -> list[EsmeDelivery]:
+        try:
+            return await self._claim(account, session, limit)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self._db.report(exc, "claiming receipts and MO for an ESME")
+            return []
+
+    async def _claim(self, account: object, session: str, limit: int) -> list[EsmeDelivery]:
         assert isinstance(account, EsmeAccount)
         now = datetime.now(UTC)
         token = f"{session}:{secrets.token_hex(4)}"  # this claim's rows, not the session's earlier ones

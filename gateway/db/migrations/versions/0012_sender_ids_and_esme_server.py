@@ -133,6 +133,7 @@ def upgrade() -> None:
         sa.Column('seq', sa.Integer(), nullable=False),
         sa.Column('text', sa.Text(), nullable=False),
         sa.Column('msgid', sa.String(length=32), nullable=False),
+        sa.Column('esme_receipt', sa.Boolean(), nullable=False),
         sa.Column('received_at', sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ['account_id'], ['accounts.id'], name=op.f('fk_esme_parts_account_id_accounts')
