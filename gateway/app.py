@@ -128,6 +128,7 @@ def create_app(config: Config) -> web.Application:
         MetricsSettings(token=config.metrics.token),
         calls_in_progress=lambda: app[CALLS].in_progress if CALLS in app else 0,
         smpp_bound=lambda: app[CONNECTORS].bound_binds() if CONNECTORS in app else {},
+        esme_sessions=lambda: app[ESME_SERVER].bound() if ESME_SERVER in app else 0,
     )
     try:
         app[RATE_LIMITER] = RateLimiter(

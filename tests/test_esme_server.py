@@ -127,6 +127,9 @@ async def test_node_esme_submits_and_gets_receipts_and_mo(
             )
             assert bytes.fromhex(mo["short_message_hex"]).decode("utf-16-be") == "返信です"
 
+            async with http.get(f"{gw.base_url}/metrics") as r:
+                assert "gateway_smpp_server_sessions 1.0" in await r.text()
+
             esme.send({"op": "raw", "hex": struct.pack(">LLLL", 16, 0x00000099, 0, 77).hex()})
             nack = await esme.event("generic_nack")
             assert (nack["status"], nack["sequence"]) == (smpplib.consts.SMPP_ESME_RINVCMDID, 77)
