@@ -127,7 +127,7 @@ def decode_submit(frame: bytes, now: datetime) -> EsmeSubmit:
         source=pdu.source_addr,
         destination=pdu.destination_addr,
         text=storable_text(decoded.text),
-        want_receipt=pdu.registered_delivery & 0x03 in (1, 2),
+        receipt=pdu.registered_delivery & 0x03 if pdu.registered_delivery & 0x03 in (1, 2) else 0,
         concat_ref=decoded.concat_ref,
         concat_total=decoded.concat_total,
         concat_seq=decoded.concat_seq,

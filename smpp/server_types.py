@@ -44,7 +44,7 @@ class EsmeSubmit:
     source: str
     destination: str
     text: str
-    want_receipt: bool
+    receipt: int  # registered_delivery: 0 none, 1 a final receipt, 2 only a failure
     concat_ref: int | None = None
     concat_total: int = 1
     concat_seq: int = 1

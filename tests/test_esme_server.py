@@ -359,3 +359,42 @@ async def test_smpplib_over_tls_with_sar_parts_and_message_payload(
             (answers[0][1], first + second, 2),
             (answers[2][1], payload, 2),
         ]
+
+
+async def test_schedule_validity_and_failure_only_receipts(
+    clean_db: str, node_smsc: NodeSmsc, http: aiohttp.ClientSession
+) -> None:
+    """registered_delivery 2 wants failures only; a message scheduled after its validity
+    period (relative times) expires unsent, and the ESME gets an EXPIRED receipt."""
+    async with esme_gateway(clean_db, node_smsc) as gw:
+        creds = await gw.account(senders=("SHOP",))
+        issued = await issue_credentials(gw.app[SESSIONS], creds.account.sid)
+        assert issued is not None
+        async with NodeEsme(gw.app[CONFIG].smpp_server.port, issued.system_id, issued.password) as esme:
+            assert (await esme.event("bind_resp"))["status"] == 0
+            fields = {"source_addr": "SHOP", "destination_addr": JP, "short_message_hex": b"hi".hex()}
+            quiet = await esme.submit("quiet", registered_delivery=2, **fields)
+            late = await esme.submit(
+                "late",
+                registered_delivery=1,
+                schedule_delivery_time="000000001000000R",  # in 10 minutes
+                validity_period="000000000001000R",  # valid for 1 second
+                **fields,
+            )
+            assert quiet["status"] == late["status"] == 0
+            receipt = await esme.wait(
+                lambda e: e["event"] == "deliver_sm" and e["receipted_message_id"] == late["message_id"]
+            )
+            assert receipt["message_state"] == 3
+            assert "stat:EXPIRED" in bytes.fromhex(receipt["short_message_hex"]).decode()
+
+            async def delivered() -> bool:
+                url = f"{gw.base_url}/sms/messages/{quiet['message_id']}/"
+                async with http.get(url, headers=gw.auth(creds)) as r:
+                    return bool((await r.json())["status"] == "DELIVERED")
+
+            await wait_for(delivered)
+            # Its receipt would have been written with the status: none for a delivered one.
+            assert await gw.sql("SELECT count(*) FROM esme_deliveries") == [(0,)]
+            assert all(e["receipted_message_id"] != quiet["message_id"] for e in esme.received("deliver_sm"))
+    assert len(await node_smsc.submits()) == 1  # the expired one never went out

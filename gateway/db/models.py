@@ -182,9 +182,9 @@ class Message(Base):
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"), index=True)
     expire_at: Mapped[datetime | None] = mapped_column()
     fail_code: Mapped[int | None] = mapped_column(Integer)
-    # Submitted over the SMPP server with registered_delivery: its final status goes back to
-    # the ESME as a deliver_sm receipt (esme_deliveries).
-    esme_receipt: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # Submitted over the SMPP server with registered_delivery 1 (any final status) or 2 (only a
+    # failure): it goes back to the ESME as a deliver_sm receipt (esme_deliveries); 0 none.
+    esme_receipt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         Index("ix_messages_account_created", "account_id", "created_at"),
@@ -504,7 +504,7 @@ class EsmePart(Base):
     seq: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
     msgid: Mapped[str] = mapped_column(String(32))
-    esme_receipt: Mapped[bool] = mapped_column(Boolean, default=False)  # registered_delivery
+    esme_receipt: Mapped[int] = mapped_column(Integer, default=0)  # registered_delivery
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("account_id", "source", "destination", "ref", "total", "seq"),)

@@ -39,7 +39,7 @@ class OutboundRequest:
     template_id: int | None = None
     # The SMPP server's submits: a receipt for the ESME, a scheduled start, an expiry, and the
     # msgid the parts of a long one were already answered with.
-    esme_receipt: bool = False
+    esme_receipt: int = 0  # SMPP registered_delivery: 1 a final receipt, 2 only a failure
     send_at: datetime | None = None
     expire_at: datetime | None = None
     msgid: str | None = None

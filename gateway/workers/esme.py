@@ -180,7 +180,7 @@ class EsmeGateway:
             sender=submit.source,
             recipient=recipient,
             text=submit.text,
-            esme_receipt=submit.want_receipt,
+            esme_receipt=submit.receipt,
             send_at=submit.schedule_at,
             expire_at=submit.expire_at,
         )

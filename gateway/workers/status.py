@@ -19,13 +19,15 @@ ESME_EXPIRED = ("EXPIRED", 3)
 ESME_UNDELIVERABLE = ("UNDELIV", 5)
 
 # Messages whose status change reports somewhere: a callback URL or an ESME's receipt.
-REPORTED: ColumnElement[bool] = or_(Message.callbackurl.is_not(None), Message.esme_receipt.is_(True))
+REPORTED: ColumnElement[bool] = or_(Message.callbackurl.is_not(None), Message.esme_receipt != 0)
 
 
 def esme_receipt(s: AsyncSession, msg: Message) -> None:
     """The deliver_sm receipt for the ESME that submitted `msg`, once its status is final."""
     if not msg.esme_receipt or msg.status not in ("DELIVERED", "FAIL"):
         return
+    if msg.esme_receipt == 2 and msg.status == "DELIVERED":
+        return  # registered_delivery 2: failures only
     if msg.status == "DELIVERED":
         stat, state = ESME_DELIVERED
     else:
@@ -50,7 +52,7 @@ async def esme_receipts(s: AsyncSession, message_ids: Iterable[int]) -> None:
     """esme_receipt for each of these messages (failed by a sweep, not one by one)."""
     ids = list(message_ids)
     if ids:
-        q = select(Message).where(Message.id.in_(ids), Message.esme_receipt.is_(True))
+        q = select(Message).where(Message.id.in_(ids), Message.esme_receipt != 0)
         for msg in (await s.execute(q)).scalars():
             esme_receipt(s, msg)
 

@@ -76,7 +76,7 @@ def upgrade() -> None:
             batch_op.add_column(sa.Column('smsc', sa.String(length=32), nullable=True))
     with op.batch_alter_table('messages', schema=None) as batch_op:
         batch_op.add_column(
-            sa.Column('esme_receipt', sa.Boolean(), server_default=sa.text('false'), nullable=False)
+            sa.Column('esme_receipt', sa.Integer(), server_default='0', nullable=False)
         )
     with op.batch_alter_table('number_subscriptions', schema=None) as batch_op:
         batch_op.add_column(
@@ -133,7 +133,7 @@ def upgrade() -> None:
         sa.Column('seq', sa.Integer(), nullable=False),
         sa.Column('text', sa.Text(), nullable=False),
         sa.Column('msgid', sa.String(length=32), nullable=False),
-        sa.Column('esme_receipt', sa.Boolean(), nullable=False),
+        sa.Column('esme_receipt', sa.Integer(), nullable=False),
         sa.Column('received_at', sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ['account_id'], ['accounts.id'], name=op.f('fk_esme_parts_account_id_accounts')
