@@ -57,7 +57,7 @@ from smpp.client_wire import (
     status_description,
     submit_sm_message_id,
 )
-from smpp.encoding import concat_ref_for, plan, submit_parts
+from smpp.encoding import concat_ref_for, plan, plan_binary, submit_parts
 from smpp.types import (
     ConnectionLost,
     Deferred,
@@ -528,7 +528,10 @@ class SmppClient:
             self.submitting -= 1
 
     async def _submit(self, session: _Session, req: SubmitRequest, fail_fast: bool) -> SubmitResult:
-        message = plan(req.text, self.config.data_coding)
+        if req.binary is not None:
+            message = plan_binary(req.binary, req.binary_coding)
+        else:
+            message = plan(req.text, self.config.data_coding)
         concat_ref = concat_ref_for(req.ref) if req.concat_ref is None else req.concat_ref
         if not 0 <= concat_ref <= 0xFF:
             raise ValueError(f"concat_ref {concat_ref} is not an 8-bit reference")

@@ -45,7 +45,6 @@ from smpp.client_wire import (
 from smpp.encoding import ESM_UDHI, decode_short_message, plan, udh_fits
 from smpp.server_types import (
     ESME_RBINDFAIL,
-    ESME_RINVDCS,
     ESME_RINVEXPIRY,
     ESME_RINVSCHED,
     ESME_RSYSERR,
@@ -102,8 +101,6 @@ def decode_submit(frame: bytes, now: datetime) -> EsmeSubmit:
         raise MalformedPdu(ESME_RINVSRCADR, "source_addr empty or too long")
     if not 0 < len(pdu.destination_addr) <= MAX_ADDRESS_LENGTH:
         raise MalformedPdu(ESME_RINVDSTADR, "destination_addr empty or too long")
-    if pdu.data_coding in BINARY_DATA_CODINGS:
-        raise EsmeRefused(ESME_RINVDCS, "binary data_coding is not supported")
     payload = pdu.short_message or pdu.tlvs.get(TAG_MESSAGE_PAYLOAD, b"")
     if pdu.esm_class & ESM_UDHI and not udh_fits(payload):
         raise MalformedPdu(ESME_RX_P_APPN, "UDHI set but the UDH is missing or overruns the message")
@@ -123,10 +120,13 @@ def decode_submit(frame: bytes, now: datetime) -> EsmeSubmit:
         expire = smpp_time(pdu.validity_period, now)
     except ValueError as exc:
         raise EsmeRefused(ESME_RINVEXPIRY, str(exc)) from None
+    binary = pdu.data_coding in BINARY_DATA_CODINGS
     return EsmeSubmit(
         source=pdu.source_addr,
         destination=pdu.destination_addr,
-        text=storable_text(decoded.text),
+        # 8-bit data decodes as Latin-1, octet for octet: back to the octets, carried as hex.
+        text=decoded.text.encode("latin-1").hex() if binary else storable_text(decoded.text),
+        binary_coding=pdu.data_coding if binary else None,
         receipt=pdu.registered_delivery & 0x03 if pdu.registered_delivery & 0x03 in (1, 2) else 0,
         concat_ref=decoded.concat_ref,
         concat_total=decoded.concat_total,

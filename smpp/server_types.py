@@ -25,7 +25,6 @@ ESME_RINVSCHED = 0x61
 ESME_RINVEXPIRY = 0x62
 ESME_RX_T_APPN = 0x64
 ESME_RX_P_APPN = 0x65
-ESME_RINVDCS = 0x104  # SMPP 5.0's code; 3.4 has none for a data_coding the SMSC refuses
 
 
 class EsmeRefused(Exception):
@@ -45,6 +44,7 @@ class EsmeSubmit:
     destination: str
     text: str
     receipt: int  # registered_delivery: 0 none, 1 a final receipt, 2 only a failure
+    binary_coding: int | None = None  # data_coding 2 or 4: `text` is the octets in hex
     concat_ref: int | None = None
     concat_total: int = 1
     concat_seq: int = 1

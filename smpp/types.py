@@ -39,6 +39,10 @@ class SubmitRequest:
     # `ref`. Either way every attempt at one message must use the same one.
     concat_ref: int | None = None
     skip_parts: frozenset[int] = frozenset()  # part numbers (from 1) accepted by an earlier attempt
+    # 8-bit data (an ESME's binary submit): these octets go out as they are with this
+    # data_coding, and `text` is not used.
+    binary: bytes | None = None
+    binary_coding: int = 0x04
 
 
 @dataclass(frozen=True)

@@ -361,11 +361,12 @@ async def test_smpplib_over_tls_with_sar_parts_and_message_payload(
         ]
 
 
-async def test_schedule_validity_and_failure_only_receipts(
+async def test_schedule_validity_failure_only_receipts_and_binary(
     clean_db: str, node_smsc: NodeSmsc, http: aiohttp.ClientSession
 ) -> None:
     """registered_delivery 2 wants failures only; a message scheduled after its validity
-    period (relative times) expires unsent, and the ESME gets an EXPIRED receipt."""
+    period (relative times) expires unsent, and the ESME gets an EXPIRED receipt; 8-bit data
+    in two UDH parts goes out as the same octets (data_coding 4, two parts)."""
     async with esme_gateway(clean_db, node_smsc) as gw:
         creds = await gw.account(senders=("SHOP",))
         issued = await issue_credentials(gw.app[SESSIONS], creds.account.sid)
@@ -382,6 +383,19 @@ async def test_schedule_validity_and_failure_only_receipts(
                 **fields,
             )
             assert quiet["status"] == late["status"] == 0
+            data = bytes(range(256))[:200]  # every octet value a text could not carry, NUL first
+            binary = [
+                await esme.submit(
+                    f"bin{i}",
+                    source_addr="SHOP",
+                    destination_addr=JP,
+                    esm_class=0x40,
+                    data_coding=4,
+                    short_message_hex=(build_udh(9, 2, i) + chunk).hex(),
+                )
+                for i, chunk in enumerate((data[:134], data[134:]), start=1)
+            ]
+            assert [b["status"] for b in binary] == [0, 0]
             receipt = await esme.wait(
                 lambda e: e["event"] == "deliver_sm" and e["receipted_message_id"] == late["message_id"]
             )
@@ -397,4 +411,8 @@ async def test_schedule_validity_and_failure_only_receipts(
             # Its receipt would have been written with the status: none for a delivered one.
             assert await gw.sql("SELECT count(*) FROM esme_deliveries") == [(0,)]
             assert all(e["receipted_message_id"] != quiet["message_id"] for e in esme.received("deliver_sm"))
-    assert len(await node_smsc.submits()) == 1  # the expired one never went out
+    submitted = await node_smsc.submits()
+    assert len(submitted) == 3  # the expired one never went out
+    parts = [s for s in submitted if s.data_coding == 4]
+    assert [s.esm_class & 0x40 for s in parts] == [0x40, 0x40]
+    assert b"".join(s.short_message[6:] for s in parts) == data

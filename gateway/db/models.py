@@ -185,6 +185,9 @@ class Message(Base):
     # Submitted over the SMPP server with registered_delivery 1 (any final status) or 2 (only a
     # failure): it goes back to the ESME as a deliver_sm receipt (esme_deliveries); 0 none.
     esme_receipt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Set for 8-bit data from the SMPP server (data_coding 2 or 4): `body` holds its octets in
+    # hex, sent as they are.
+    data_coding: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         Index("ix_messages_account_created", "account_id", "created_at"),
@@ -505,6 +508,7 @@ class EsmePart(Base):
     text: Mapped[str] = mapped_column(Text)
     msgid: Mapped[str] = mapped_column(String(32))
     esme_receipt: Mapped[int] = mapped_column(Integer, default=0)  # registered_delivery
+    data_coding: Mapped[int | None] = mapped_column(Integer)  # 8-bit data: `text` is hex
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("account_id", "source", "destination", "ref", "total", "seq"),)

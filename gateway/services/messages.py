@@ -21,7 +21,7 @@ from gateway.services import senders
 from gateway.services.errors import FieldErrors, not_found
 from gateway.services.pricing import PriceList
 from gateway.services.views import message_json
-from smpp.encoding import GSM_SINGLE_MAX, plan
+from smpp.encoding import GSM_SINGLE_MAX, plan, plan_binary
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class OutboundRequest:
     # The SMPP server's submits: a receipt for the ESME, a scheduled start, an expiry, and the
     # msgid the parts of a long one were already answered with.
     esme_receipt: int = 0  # SMPP registered_delivery: 1 a final receipt, 2 only a failure
+    binary_coding: int | None = None  # 8-bit data: `text` is its octets in hex
     send_at: datetime | None = None
     expire_at: datetime | None = None
     msgid: str | None = None
@@ -130,6 +131,14 @@ class MessageService:
             self._wake()
         return rejected
 
+    def _parts(self, req: OutboundRequest, field: str, text: str) -> int:
+        if req.binary_coding is None:
+            return self.check_length(field, text)
+        parts = plan_binary(bytes.fromhex(text)).parts
+        if parts > self._max_parts:
+            raise FieldErrors.one(field, f"Message too long: {parts} parts, at most {self._max_parts}.")
+        return parts
+
     def check_length(self, field: str, text: str) -> int:
         # No part carries more than GSM_SINGLE_MAX characters: a longer text is refused before
         # plan() walks it, so a 64 KiB body costs no more than a short one.
@@ -165,6 +174,7 @@ class MessageService:
             "next_attempt_at": max(now, req.send_at or now),
             "expire_at": req.expire_at,
             "esme_receipt": req.esme_receipt,
+            "data_coding": req.binary_coding,
             "attempts": 0,
         }
 
@@ -173,7 +183,7 @@ class MessageService:
         tracked: list[linksvc.RewrittenLink] = []
         if req.track_link:
             text, tracked = linksvc.rewrite(text, self._base_url)
-        parts = self.check_length(body_field, text)
+        parts = self._parts(req, body_field, text)
         row = self.row_for(req, text, parts)
         if not tracked:
             await self._inserter.submit(row)
@@ -195,7 +205,7 @@ class MessageService:
     async def queue_in(self, s: AsyncSession, req: OutboundRequest) -> str:
         """Queue `req` inside the caller's transaction, under the checks of create (length,
         sender, opt-out); call queued() after the commit."""
-        parts = self.check_length("message", req.text)
+        parts = self._parts(req, "message", req.text)
         await senders.check(s, req.account_id, req.sender)
         if await _opted_out(s, [(req.account_id, req.recipient)]):
             raise FieldErrors.one("recipient", "Recipient has opted out")

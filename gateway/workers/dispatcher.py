@@ -91,6 +91,7 @@ class Claimed:
     # connector they went to: the rest goes there first.
     done_parts: frozenset[int] = frozenset()
     done_on: str | None = None
+    data_coding: int | None = None  # 8-bit data: `body` is its octets in hex
 
     @property
     def concat_ref(self) -> int:
@@ -261,12 +262,13 @@ class Dispatcher:
                     Message.account_id,
                     Account.sid,
                     Message.tags,
+                    Message.data_coding,
                 )
                 .join(Account, Account.id == Message.account_id)
                 .where(Message.claimed_by == token, Message.status == "QUEUED")
                 .order_by(Message.id)
             )
-            batch = [Claimed(*r, token=token) for r in rows]
+            batch = [Claimed(*r[:8], token=token, data_coding=r[8]) for r in rows]
             done: dict[int, set[int]] = {}
             done_on: dict[int, str] = {}
             for message_id, seq, connector in await s.execute(
@@ -297,7 +299,14 @@ class Dispatcher:
 
     async def _submit_one(self, c: Claimed) -> Outcome:
         req = SubmitRequest(
-            c.msgid, c.sender, c.recipient, c.body, concat_ref=c.concat_ref, skip_parts=c.done_parts
+            c.msgid,
+            c.sender,
+            c.recipient,
+            c.body,
+            concat_ref=c.concat_ref,
+            skip_parts=c.done_parts,
+            binary=None if c.data_coding is None else bytes.fromhex(c.body),
+            binary_coding=c.data_coding or 0x04,
         )
         candidates = self._candidates(c)
         for n, name in enumerate(candidates):

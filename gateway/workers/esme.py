@@ -181,6 +181,7 @@ class EsmeGateway:
             recipient=recipient,
             text=submit.text,
             esme_receipt=submit.receipt,
+            binary_coding=submit.binary_coding,
             send_at=submit.schedule_at,
             expire_at=submit.expire_at,
         )
@@ -230,6 +231,7 @@ class EsmeGateway:
                     text=submit.text,
                     msgid=msgid,
                     esme_receipt=req.esme_receipt,
+                    data_coding=req.binary_coding,
                 )
             )
             if len(parts) + 1 < submit.concat_total:
@@ -269,6 +271,7 @@ class EsmeGateway:
                     recipient=first.destination,
                     text="",
                     esme_receipt=first.esme_receipt,
+                    binary_coding=first.data_coding,
                 )
                 log.warning(
                     "ESME message %s: %d of %d parts after the window", msgid, len(parts), first.total
@@ -336,6 +339,7 @@ def _with(req: OutboundRequest, text: str, msgid: str) -> OutboundRequest:
         recipient=req.recipient,
         text=text,
         esme_receipt=req.esme_receipt,
+        binary_coding=req.binary_coding,
         send_at=req.send_at,
         expire_at=req.expire_at,
         msgid=msgid,

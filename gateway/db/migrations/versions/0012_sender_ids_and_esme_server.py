@@ -78,6 +78,7 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column('esme_receipt', sa.Integer(), server_default='0', nullable=False)
         )
+        batch_op.add_column(sa.Column('data_coding', sa.Integer(), nullable=True))
     with op.batch_alter_table('number_subscriptions', schema=None) as batch_op:
         batch_op.add_column(
             sa.Column('mo_delivery', sa.String(length=8), server_default='webhook', nullable=False)
@@ -134,6 +135,7 @@ def upgrade() -> None:
         sa.Column('text', sa.Text(), nullable=False),
         sa.Column('msgid', sa.String(length=32), nullable=False),
         sa.Column('esme_receipt', sa.Integer(), nullable=False),
+        sa.Column('data_coding', sa.Integer(), nullable=True),
         sa.Column('received_at', sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ['account_id'], ['accounts.id'], name=op.f('fk_esme_parts_account_id_accounts')
@@ -155,6 +157,7 @@ def downgrade() -> None:
     with op.batch_alter_table('number_subscriptions', schema=None) as batch_op:
         batch_op.drop_column('mo_delivery')
     with op.batch_alter_table('messages', schema=None) as batch_op:
+        batch_op.drop_column('data_coding')
         batch_op.drop_column('esme_receipt')
     for table in ('mo_parts', 'inbound_messages'):
         with op.batch_alter_table(table, schema=None) as batch_op:
