@@ -25,6 +25,25 @@ Commands
     Play ``<url>`` as the greeting, then record a message after the beep.
 ``voicemail say <lang> "<text>"``
     Speak ``<text>`` as the greeting, then record a message after the beep.
+``pause <seconds>``
+    Silence, 1 to 60 seconds.
+``hangup``
+    End the call.
+``reject [busy]``
+    Refuse the call without answering it; ``busy``: the caller hears busy. Only as the first
+    command of a script.
+``gather --action=<url> [--digits=<n>] [--timeout=<s>] [--finish=<key>] [--no-input=<url>]``
+    Collect keys. The lines after it indented deeper than it (only ``say``, ``playback`` and
+    ``pause``, at most 10; blank and comment lines do not end them) are its prompts, played
+    until a key is pressed. ``--digits`` (1-32, default none: until the finish key or the
+    timeout), ``--timeout`` (1-60 s, default 5: waiting for each next key), ``--finish`` (one
+    key of ``0-9*#``, or ``none``; default ``#``). Keys pressed: ``--action`` is fetched and its
+    answer runs instead of the rest of the script; none: ``--no-input`` when given, else the
+    next line runs. Anywhere else, leading blanks mean nothing.
+``record [--max=<s>] [--silence=<s>] [--no-beep] [--action=<url>]``
+    Record the caller after a beep until ``#``, ``--silence`` seconds of silence (0-60, default
+    5, 0: none) or ``--max`` seconds (1-3600, default 120); the recording is POSTed to
+    ``--action`` when given, and the script goes on.
 
 Grammar
 -------
@@ -38,6 +57,12 @@ Grammar
               | "say" lang text
               | "voicemail" "playback" url
               | "voicemail" "say" lang text
+              | "pause" seconds
+              | "hangup"
+              | "reject" [ "busy" ]
+              | "gather" option*                 (its prompts: the next lines indented deeper)
+              | "record" option*
+    option    = "--" name [ "=" value ]          (one word; each option at most once, any order)
     blank     = space | tab                      (one or more between words)
 
 Values
@@ -60,7 +85,7 @@ text
 
 Other rules
 -----------
-* Command names (including ``voicemail``'s sub-commands) and ``--caller=`` are case-insensitive:
+* Command names (including ``voicemail``'s sub-commands), ``busy`` and option names are case-insensitive:
   ``SAY``, ``Say`` and ``say`` are the same. Only ASCII letters count, so look-alike letters from
   other alphabets never match. Values keep their case.
 * Blank lines and lines whose first non-blank character is ``#`` are ignored. A ``#`` after a
@@ -84,7 +109,22 @@ the size or line limit gets only that error.
 
 from __future__ import annotations
 
-from .actions import Action, Playback, Say, Transfer, VoicemailPlayback, VoicemailSay
+from dataclasses import dataclass, replace
+
+from .actions import (
+    Action,
+    Gather,
+    HangupCall,
+    Pause,
+    Playback,
+    Prompt,
+    Record,
+    Reject,
+    Say,
+    Transfer,
+    VoicemailPlayback,
+    VoicemailSay,
+)
 from .chars import describe_char, is_forbidden_char, is_safe_agi_text
 from .errors import ActionSyntaxError, ParseErrors, show
 from .lexer import BLANKS, Token, tokenize
@@ -99,7 +139,25 @@ from .values import (
 
 __all__ = ["COMMANDS", "is_safe_agi_text", "parse"]
 
-COMMANDS = ("playback", "transfer", "say", "voicemail playback", "voicemail say")
+COMMANDS = (
+    "playback",
+    "transfer",
+    "say",
+    "voicemail playback",
+    "voicemail say",
+    "gather",
+    "record",
+    "pause",
+    "hangup",
+    "reject",
+)
+MAX_PROMPTS = 10  # prompt lines under one gather
+PAUSE_MAX = 60  # seconds
+GATHER_DIGITS_MAX = 32
+GATHER_TIMEOUT_MAX = 60  # seconds
+RECORD_MAX = 3600  # seconds
+RECORD_SILENCE_MAX = 60  # seconds
+DTMF_KEYS = "0123456789*#"
 _COMMAND_LIST = ", ".join(COMMANDS)
 _CALLER = "--caller="
 _BOM = "\ufeff"
@@ -121,14 +179,40 @@ def parse(script: str, *, max_lines: int = 100, max_length: int = 64 * 1024) -> 
 
     actions: list[Action] = []
     errors: list[ActionSyntaxError] = []
+    block: _Block | None = None  # the gather whose indented prompt lines may follow
     for number, text in enumerate(lines, start=1):
+        indent = len(text) - len(text.lstrip(BLANKS))
         try:
             action = _parse_line(text, number)
         except ActionSyntaxError as exc:
             errors.append(exc)
+            if block is not None and indent <= block.indent:
+                block.close(actions)
+                block = None
             continue
-        if action is not None:
-            actions.append(action)
+        if action is None:
+            continue
+        try:
+            if block is not None and indent > block.indent:
+                block.add(action, number, indent)
+                continue
+            if block is not None:
+                block.close(actions)
+                block = None
+            if isinstance(action, Reject) and actions:
+                raise ActionSyntaxError(
+                    "reject must be the first command: it refuses the call before it is answered",
+                    number,
+                    indent + 1,
+                )
+        except ActionSyntaxError as exc:
+            errors.append(exc)
+            continue
+        if isinstance(action, Gather):
+            block = _Block(len(actions), indent)
+        actions.append(action)
+    if block is not None:
+        block.close(actions)
     if errors:
         raise ParseErrors(errors)
     if not actions:
@@ -143,6 +227,33 @@ def _too_long(script: str, max_length: int) -> ActionSyntaxError:
     line = script.count("\n", 0, max_length) + 1
     column = max_length - script.rfind("\n", 0, max_length)
     return ActionSyntaxError(f"the script is longer than {max_length} characters", line, column)
+
+
+@dataclass
+class _Block:
+    """A gather being read: the lines indented deeper than it are its prompts."""
+
+    at: int  # its index in the actions
+    indent: int
+    prompts: list[Prompt] | None = None
+
+    def add(self, action: Action, line: int, indent: int) -> None:
+        if not isinstance(action, Say | Playback | Pause):
+            raise ActionSyntaxError(
+                "only say, playback and pause can be prompts of gather (indented under it); "
+                "write other commands without the indentation",
+                line,
+                indent + 1,
+            )
+        self.prompts = self.prompts or []
+        if len(self.prompts) >= MAX_PROMPTS:
+            raise ActionSyntaxError(f"a gather takes at most {MAX_PROMPTS} prompt lines", line, indent + 1)
+        self.prompts.append(action)
+
+    def close(self, actions: list[Action]) -> None:
+        gather = actions[self.at]
+        assert isinstance(gather, Gather)
+        actions[self.at] = replace(gather, prompts=tuple(self.prompts or ()))
 
 
 def _split_lines(script: str) -> list[str]:
@@ -243,6 +354,16 @@ def _command(words: _Words) -> Action:
         action = Say(lang, text, line=line)
     elif keyword == "voicemail":
         return _voicemail(words)
+    elif keyword == "pause":
+        action = Pause(_seconds(words, "pause", 1, PAUSE_MAX), line=line)
+    elif keyword == "hangup":
+        action = HangupCall(line=line)
+    elif keyword == "reject":
+        action = Reject(_reject_busy(words), line=line)
+    elif keyword == "gather":
+        return _gather(words, head)
+    elif keyword == "record":
+        return _record(words)
     else:
         raise words.error(
             f"unknown command {show(head.raw)}; valid commands are: {_COMMAND_LIST}", head.column
@@ -318,3 +439,142 @@ def _transfer(words: _Words) -> tuple[str, str | None]:
     if again is not None and _is_caller_option(again):
         raise words.error(f"{_CALLER} given more than once", again.column)
     return number.value, value.value
+
+
+def _seconds(words: _Words, command: str, low: int, high: int) -> int:
+    token = words.take(f"the number of seconds after {command} ({low} to {high})")
+    value = _integer(token.value) if not token.quoted else None
+    if value is None or not low <= value <= high:
+        raise words.error(f"expected a whole number of seconds from {low} to {high}", token.column)
+    return value
+
+
+def _integer(text: str) -> int | None:
+    # ASCII digits only (str.isdigit() takes other scripts' digits); a long run is out of range.
+    if not text or len(text) > 9 or any(ch not in "0123456789" for ch in text):
+        return None
+    return int(text)
+
+
+def _reject_busy(words: _Words) -> bool:
+    token = words.peek()
+    if token is not None and _keyword(token) == "busy":
+        words.take("busy")
+        return True
+    return False
+
+
+@dataclass(frozen=True)
+class _Option:
+    kind: str  # "int", "url", "key" or "flag"
+    low: int = 0
+    high: int = 0
+
+    def hint(self, name: str) -> str:
+        if self.kind == "flag":
+            return f"--{name}"
+        what = {"int": f"{self.low}-{self.high}", "url": "url", "key": "key"}[self.kind]
+        return f"--{name}=<{what}>"
+
+
+_GATHER_OPTIONS = {
+    "action": _Option("url"),
+    "digits": _Option("int", 1, GATHER_DIGITS_MAX),
+    "timeout": _Option("int", 1, GATHER_TIMEOUT_MAX),
+    "finish": _Option("key"),
+    "no-input": _Option("url"),
+}
+_RECORD_OPTIONS = {
+    "max": _Option("int", 1, RECORD_MAX),
+    "silence": _Option("int", 0, RECORD_SILENCE_MAX),
+    "no-beep": _Option("flag"),
+    "action": _Option("url"),
+}
+
+
+def _options(words: _Words, command: str, spec: dict[str, _Option]) -> dict[str, str | int | bool]:
+    """`--name=value` words (and `--flag`), each at most once, in any order, to the line's end."""
+    accepted = ", ".join(option.hint(name) for name, option in spec.items())
+    found: dict[str, str | int | bool] = {}
+    while (token := words.peek()) is not None:
+        words.take("an option")
+        if token.quoted or not token.value.startswith("--"):
+            message = f"unexpected {show(token.raw)} after {command}; it takes only options: {accepted}"
+            if token.raw.startswith("#"):
+                message += "; comments must be on their own line"
+            raise words.error(message, token.column)
+        name, eq, value = token.value[2:].partition("=")
+        key = name.lower() if name.isascii() else ""
+        option = spec.get(key)
+        if option is None:
+            raise words.error(
+                f"unknown option {show('--' + name)}; {command} accepts {accepted}", token.column
+            )
+        if key in found:
+            raise words.error(f"--{key} given more than once", token.column)
+        at = token.column + 3 + len(name)  # the value's first column
+        if option.kind == "flag":
+            if eq:
+                raise words.error(f"--{key} takes no value", at - 1)
+            found[key] = True
+            continue
+        if not eq:
+            after = words.peek()
+            if after is not None and after.value.startswith("="):
+                raise words.error(
+                    f"write {option.hint(key)} as one word, with no space around =", token.column
+                )
+            raise words.error(f"expected {option.hint(key)}", token.column)
+        if not value:
+            raise words.error(f"expected a value after --{key}= ({option.hint(key)})", at)
+        found[key] = _option_value(words, key, option, Token(value=value, column=at, raw=value, quoted=False))
+    return found
+
+
+def _option_value(words: _Words, key: str, option: _Option, token: Token) -> str | int:
+    if option.kind == "url":
+        words.check(url_problem(token.value), token)
+        return token.value
+    if option.kind == "key":
+        if token.value.lower() == "none":
+            return ""
+        if len(token.value) != 1 or token.value not in DTMF_KEYS:
+            raise words.error(f"--{key} takes one key: 0-9, * or #, or none", token.column)
+        return token.value
+    number = _integer(token.value)
+    if number is None or not option.low <= number <= option.high:
+        raise words.error(f"--{key} must be a whole number from {option.low} to {option.high}", token.column)
+    return number
+
+
+def _gather(words: _Words, head: Token) -> Gather:
+    options = _options(words, "gather", _GATHER_OPTIONS)
+    if "action" not in options:
+        raise words.error(
+            "gather needs --action=<url>, the script to fetch with the keys pressed", head.column
+        )
+    digits = options.get("digits")
+    timeout = options.get("timeout", 5)
+    no_input = options.get("no-input")
+    assert isinstance(timeout, int) and (digits is None or isinstance(digits, int))
+    return Gather(
+        str(options["action"]),
+        digits,
+        timeout,
+        str(options.get("finish", "#")),
+        None if no_input is None else str(no_input),
+        line=words.line,
+    )
+
+
+def _record(words: _Words) -> Record:
+    options = _options(words, "record", _RECORD_OPTIONS)
+    max_seconds, silence, action = options.get("max", 120), options.get("silence", 5), options.get("action")
+    assert isinstance(max_seconds, int) and isinstance(silence, int)
+    return Record(
+        max_seconds,
+        silence,
+        not options.get("no-beep"),
+        None if action is None else str(action),
+        line=words.line,
+    )

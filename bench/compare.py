@@ -42,7 +42,7 @@ import aiohttp
 from aiohttp import web
 
 from bench import kannel as kannel_box
-from bench.common import PG_ADMIN, ROOT, create_database, free_port, percentile
+from bench.common import PG_ADMIN, ROOT, cpu_seconds, create_database, free_port, percentile, process_tree
 from bench.http_load import SENDER
 from tests.peers.node_smsc import NodeSmsc
 
@@ -134,26 +134,6 @@ class Receiver:
 # ---------------------------------------------------------------------------------------------
 # Processes: peak RSS and CPU time of a system's process tree, from /proc
 # ---------------------------------------------------------------------------------------------
-def process_tree(roots: list[int]) -> list[int]:
-    """The roots and all their descendants (a gateway may run worker processes)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], list(roots)
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
 def peak_rss_mib(pids: list[int]) -> float:
     total = 0
     for pid in process_tree(pids):
@@ -162,17 +142,6 @@ def peak_rss_mib(pids: list[int]) -> float:
                 if line.startswith("VmHWM:"):
                     total += int(line.split()[1])
     return total / 1024
-
-
-def cpu_seconds(pids: list[int], tree: bool = True) -> float:
-    """User + system time so far of the processes (and their trees), children that exited and
-    were waited for included."""
-    ticks = 0
-    for pid in process_tree(pids) if tree else pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +215,7 @@ class Ours:
         async with aiohttp.ClientSession(auth=aiohttp.BasicAuth(sid, token), raise_for_status=True) as http:
             await _wait_http(http, f"{base}/healthz", self._proc)
             async with http.get(f"{base}/sms/sins/") as r:
-                uid = next(n["sin_uid"] for n in await r.json() if n["sin"] == SIN)
+                uid = next(n["sin_uid"] for n in await r.json() if n["sin"] == SIN.lstrip("+"))
             async with http.post(f"{base}/sms/sins/subscriptions/", data={"sin_uid": uid}):
                 pass
             action = {"action_url": f"{self.receiver.base}/ours/mo"}

@@ -24,10 +24,12 @@ import time
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.common import (
+    cpu_seconds,
     create_database,
     drain_output,
     free_port,
@@ -50,6 +52,9 @@ async def main() -> None:
     # INFO, the default, logs three lines per message here (queued, submitted, final status).
     ap.add_argument("--log-level", default="INFO")
     ap.add_argument("--log-format", choices=["text", "json"], default="text")
+    ap.add_argument(
+        "--callbacks", action="store_true", help="a callbackurl on each message (receiver: this process)"
+    )
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-sms-out-"))
@@ -65,6 +70,7 @@ async def main() -> None:
         "GATEWAY_SMPP_BINDS": str(args.binds),
         "GATEWAY_LOG_LEVEL": args.log_level,
         "GATEWAY_LOG_FORMAT": args.log_format,
+        "GATEWAY_OUTBOUND_HTTP_ALLOW_LOOPBACK": "true",  # the callback receiver
     }
     smsc = await start_process(
         "-m",
@@ -82,6 +88,26 @@ async def main() -> None:
         ready="listening",
     )
     subprocs = [smsc]
+    received = [0]
+    all_received = asyncio.Event()
+    callback_url = ""
+    receiver = None
+    if args.callbacks:
+
+        async def hook(request: web.Request) -> web.Response:
+            await request.read()
+            received[0] += 1
+            if received[0] >= 2 * (50 + args.messages):  # DELIVERING and DELIVERED, warm-up included
+                all_received.set()
+            return web.Response()
+
+        app = web.Application()
+        app.router.add_post("/cb", hook)
+        receiver = web.AppRunner(app, access_log=None)
+        await receiver.setup()
+        cb_port = free_port()
+        await web.TCPSite(receiver, "127.0.0.1", cb_port).start()
+        callback_url = f"http://127.0.0.1:{cb_port}/cb"
     try:
         await (await start_process("-m", "gateway", "migrate", env=env)).communicate()
         creds = json.loads(await _create_account(env))
@@ -94,7 +120,7 @@ async def main() -> None:
         async with aiohttp.ClientSession(connector=connector) as http:
             await _wait_up(http, base)
             # Warm-up: connections, caches, the bind.
-            await asyncio.gather(*(_post(http, base, auth, i) for i in range(50)))
+            await asyncio.gather(*(_post(http, base, auth, i, callback_url) for i in range(50)))
             engine = create_engine(db_url)
             await _wait_count(engine, 50)
             latencies: list[float] = []
@@ -106,14 +132,19 @@ async def main() -> None:
                 while not queue.empty():
                     i = queue.get_nowait()
                     t0 = time.perf_counter()
-                    await _post(http, base, auth, i)
+                    await _post(http, base, auth, i, callback_url)
                     latencies.append(time.perf_counter() - t0)
 
+            cpu0 = cpu_seconds([gw.pid])
             start = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
             accepted_s = time.perf_counter() - start
             await _wait_count(engine, 50 + args.messages)
             e2e_s = time.perf_counter() - start
+            if args.callbacks:
+                await all_received.wait()
+            cb_s = time.perf_counter() - start
+            cpu_ms = (cpu_seconds([gw.pid]) - cpu0) * 1000 / args.messages
             await engine.dispose()
         rss = peak_rss_mib(gw.pid)
         drain.cancel()
@@ -125,12 +156,17 @@ async def main() -> None:
         print(
             f"end-to-end msg/s  {args.messages / e2e_s:,.0f}   (first POST to last DELIVERED: {e2e_s:.2f} s)"
         )
+        if args.callbacks:
+            print(f"callbacks done    {cb_s:.2f} s after the first POST (2 per message)")
         print(f"API latency p50   {percentile(latencies, 50) * 1000:.1f} ms")
         print(f"API latency p99   {percentile(latencies, 99) * 1000:.1f} ms")
+        print(f"gateway CPU/msg   {cpu_ms:.2f} ms   (user + system, all its threads)")
         print(f"gateway peak RSS  {rss:.0f} MiB")
     finally:
         for p in reversed(subprocs):
             await stop_process(p)
+        if receiver is not None:
+            await receiver.cleanup()
         await drop_database()
 
 
@@ -143,12 +179,13 @@ async def _create_account(env: dict[str, str]) -> str:
     return text_out[text_out.index("{") :]
 
 
-async def _post(http: aiohttp.ClientSession, base: str, auth: dict[str, str], i: int) -> None:
-    async with http.post(
-        f"{base}/sms/messages/",
-        data={"message": f"bench message {i}", "recipient": "+818012345678", "sender": "BENCH"},
-        headers=auth,
-    ) as r:
+async def _post(
+    http: aiohttp.ClientSession, base: str, auth: dict[str, str], i: int, callback_url: str
+) -> None:
+    data = {"message": f"bench message {i}", "recipient": "+818012345678", "sender": "BENCH"}
+    if callback_url:
+        data["callbackurl"] = callback_url
+    async with http.post(f"{base}/sms/messages/", data=data, headers=auth) as r:
         if r.status != 201:
             raise RuntimeError(f"POST answered {r.status}: {await r.text()}")
         await r.read()

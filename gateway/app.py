@@ -22,6 +22,7 @@ from gateway.db.engine import create_engine, session_factory
 from gateway.egress.client import policy_session
 from gateway.egress.policy import SsrfPolicy
 from gateway.http import (
+    console,
     metrics,
     openapi,
     routes_batches,
@@ -50,12 +51,15 @@ from gateway.http.request_log import request_id_middleware
 from gateway.keys import (
     ACCOUNTS,
     BATCHES,
+    CALLS,
     CONFIG,
+    CONNECTORS,
     ENGINE,
     INBOUND,
     LINKS,
     MESSAGES,
     NUMBERS,
+    REPORTS,
     SESSIONS,
     TEMPLATES,
     URL_POLICY,
@@ -71,10 +75,10 @@ from gateway.services.inbound import InboundService, KeywordReplies
 from gateway.services.messages import MessageService
 from gateway.services.numbers import NumberService
 from gateway.services.pricing import PriceList
+from gateway.services.reports import Reports
 from gateway.services.templates import TemplateService
 from gateway.services.tracking import LinkTracker
 from gateway.voice.assembly import call_service
-from gateway.voice.calls import CallService
 from gateway.voice.fastagi import FastAgiServer
 from gateway.voice.outbound import (
     OUTBOUND,
@@ -83,9 +87,10 @@ from gateway.voice.outbound import (
     outbound_cleanup_ctx,
     price_table_problem,
 )
+from gateway.voice.retention import VoiceRetention
 from gateway.workers import connectors as smsc
 from gateway.workers.batch_sweep import BatchSweep
-from gateway.workers.connectors import ConnectorPlan, Connectors
+from gateway.workers.connectors import ConnectorPlan
 from gateway.workers.dispatcher import Dispatcher
 from gateway.workers.esme import EsmeGateway
 from gateway.workers.lifecycle import Lifecycle
@@ -97,13 +102,11 @@ from smpp.server import EsmeServer, EsmeServerConfig
 log = logging.getLogger(__name__)
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
-CONNECTORS = web.AppKey("smsc_connectors", Connectors)
 ROUTES = web.AppKey("routes", RouteFile)
 RECEIPTS = web.AppKey("receipts", ReceiptApplier)
 WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
 SMSC_PORT = web.AppKey("smsc_port", int)
-CALLS = web.AppKey("calls", CallService)
 FASTAGI = web.AppKey("fastagi", FastAgiServer)
 ESME_SERVER = web.AppKey("esme_server", EsmeServer)
 
@@ -112,10 +115,12 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(
         # metrics outermost (it sees the final status, 401/429/500 included); the rate limit
         # inside auth, since it counts per account.
+        # The console's middleware (HTML errors, security headers) only acts on /console/ paths.
         middlewares=[
             request_id_middleware,
             metrics_middleware,
             error_middleware,
+            *([console.console_middleware] if config.console.enabled else []),
             auth_middleware,
             ratelimit_middleware,
         ],
@@ -170,6 +175,8 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(routes_voice.routes)
     app.add_routes(routes_outbound.routes)  # 503 while outbound calls are off
     app.cleanup_ctx.append(_database)
+    if config.console.enabled:
+        console.install(app)  # its session store opens after the database
     app.cleanup_ctx.append(_http_client)
     if config.simulator.enabled:
         app.cleanup_ctx.append(_simulator)
@@ -239,6 +246,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[TEMPLATES] = TemplateService(sessions)
     app[LINKS] = LinkTracker(sessions, cfg.public_base_url)
     app[NUMBERS] = NumberService(sessions)
+    app[REPORTS] = Reports(sessions)
     yield
     await engine.dispose()
 
@@ -335,7 +343,7 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
         wake_webhooks,
         fast_path=webhooks,
     )
-    receipts = ReceiptApplier(sessions, base_url, wake_webhooks, observer=app[METRICS])
+    receipts = ReceiptApplier(sessions, base_url, wake_webhooks, observer=app[METRICS], fast_path=webhooks)
     if SMSC_PORT in app:
         # The built-in simulator took an ephemeral port: connectors at its address go there.
         at_simulator = (cfg.smpp.host, cfg.smpp.port)
@@ -367,6 +375,7 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
         observer=app[METRICS],
         db=app[DB_OUTAGE],
         routes=lambda: routes.table,
+        fast_path=webhooks,
     )
     app[RECEIPTS] = receipts
     app[CONNECTORS] = connectors
@@ -511,19 +520,31 @@ async def _voice(fastagi_peers: tuple[IPNetwork, ...], app: web.Application) -> 
                 await server.start()
             app[FASTAGI] = server  # the server logs where it listens
         sweeps = Lifecycle()
-        sweeper = asyncio.create_task(
-            _every(
-                app[DB_OUTAGE],
-                sweeps,
-                60.0,
-                "call sweep",
-                partial(calls.sweep_abandoned, cfg.max_call_seconds),
+        sweepers = [
+            asyncio.create_task(
+                _every(
+                    app[DB_OUTAGE],
+                    sweeps,
+                    60.0,
+                    "call sweep",
+                    partial(calls.sweep_abandoned, cfg.max_call_seconds),
+                ),
+                name="call-sweep",
             ),
-            name="call-sweep",
-        )
+            asyncio.create_task(
+                _every(
+                    app[DB_OUTAGE],
+                    sweeps,
+                    600.0,
+                    "call retention",
+                    VoiceRetention(app[SESSIONS], cfg.retention_days).sweep,
+                ),
+                name="call-retention",
+            ),
+        ]
         yield
         sweeps.request_stop()
-        await sweeper
+        await asyncio.gather(*sweepers)
         if server is not None:
             await server.stop()
 

@@ -440,6 +440,29 @@ def cmd_inbound(config: Config, args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def cmd_console(config: Config, args: argparse.Namespace) -> int:
+    """`console hash-password`: the value for console.operator_password_hash. The password is
+    read from stdin (one line) or asked for without echo, never taken as an argument (it would
+    sit in the shell history and the process list)."""
+    import getpass
+
+    from gateway.http.console.passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("operator password: ")
+        if getpass.getpass("again: ") != password:
+            print("the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        print(hash_password(password))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description=__doc__)
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
@@ -547,6 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
     nls.add_argument("--prefix", help="leading digits of the number, e.g. 813")
     nls.set_defaults(fn=cmd_numbers)
 
+    con = sub.add_parser("console", help="the web console").add_subparsers(dest="action", required=True)
+    con.add_parser(
+        "hash-password",
+        help="print the hash of an operator password (read from stdin) for console.operator_password_hash",
+    ).set_defaults(fn=cmd_console)
+
     simulate.add_parser(sub)
     return p
 
@@ -568,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     # Asterisk reads and writes the voice data dir as the same user (docker-compose runs both
     # as uid 10001).
     os.umask(0o077)
-    if args.fn not in (cmd_migrate, cmd_run, cmd_config):  # no database needed, or brought to head
+    if args.fn not in (cmd_migrate, cmd_run, cmd_config, cmd_console):  # no database, or brought to head
         problem = migrate.schema_problem(config.database.url)
         if problem is not None:
             logs.flush()

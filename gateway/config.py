@@ -295,9 +295,15 @@ class VoiceConfig(_Section):
     deny_number_types: str = "PREMIUM_RATE,SHARED_COST,UAN,PERSONAL_NUMBER,PAGER,UNKNOWN"
     voicemail_max_seconds: Int = 120
     voicemail_silence_seconds: Int = 5
+    # Scripts fetched on one call, the action_url's included: a menu that loops (gather whose
+    # action answers the same menu) ends with the fallback after this many.
+    max_fetches_per_call: Int = 20
     # A call still IN_PROGRESS this long after it started, and not handled by a live process of
     # this node, is ended FAILED with an unknown duration (its node died mid-call).
     max_call_seconds: Float = 4 * 3600.0
+    # Call records, their voicemails and recordings (rows and WAV files) are deleted this many
+    # days after the call ended; 0 keeps them forever.
+    retention_days: Int = 90
     fallback_lang: str = "en"
     fallback_text: str = "Sorry, this number cannot take your call right now. Goodbye."
     # Outbound calls (POST /voice/simple/playbacks/) are originated over Asterisk's AMI.
@@ -350,6 +356,19 @@ class LogConfig(_Section):
     access: Bool = False  # one line per HTTP request (method, path, status, ms, request_id, account)
 
 
+class ConsoleConfig(_Section):
+    # The web console at /console/ (customers sign in with SID and auth token; operators with
+    # the credentials below). Off: every /console/ path is a 404 and no session is read.
+    enabled: Bool = True
+    # A console session ends after this many seconds without a page view, and at the latest
+    # session_max_seconds after sign-in (signing out, or rotating the token, ends it at once).
+    session_idle_seconds: Annotated[float, BeforeValidator(_not_a_bool), Field(gt=0)] = 1800.0
+    session_max_seconds: Annotated[float, BeforeValidator(_not_a_bool), Field(gt=0)] = 12 * 3600.0
+    operator_username: str = "operator"
+    # scrypt hash from `gateway console hash-password`; "" = no operator sign-in.
+    operator_password_hash: str = ""
+
+
 class Config(BaseSettings):
     # TOML section names match exactly: [SMPP] is no section.
     model_config = SettingsConfigDict(extra="forbid", case_sensitive=True)
@@ -369,6 +388,7 @@ class Config(BaseSettings):
     ratelimit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     links: LinksConfig = Field(default_factory=LinksConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
 
     @property
     def public_base_url(self) -> str:
@@ -544,8 +564,17 @@ def smsc_connectors(smpp: SmppConfig) -> list[ConnectorConfig]:
     ]
 
 
-# Settings `gateway config show` never prints: credentials, the FastAGI key, the metrics token.
-SECRET_KEYS = frozenset({"smpp.password", "voice.fastagi_secret", "voice.ami_secret", "metrics.token"})
+# Settings `gateway config show` never prints: credentials, the FastAGI key, the metrics token,
+# the operator's password hash.
+SECRET_KEYS = frozenset(
+    {
+        "smpp.password",
+        "voice.fastagi_secret",
+        "voice.ami_secret",
+        "metrics.token",
+        "console.operator_password_hash",
+    }
+)
 MASK = "********"
 
 

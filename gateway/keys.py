@@ -12,8 +12,11 @@ from gateway.services.batches import BatchService
 from gateway.services.inbound import InboundService
 from gateway.services.messages import MessageService
 from gateway.services.numbers import NumberService
+from gateway.services.reports import Reports
 from gateway.services.templates import TemplateService
 from gateway.services.tracking import LinkTracker
+from gateway.voice.calls import CallService
+from gateway.workers.connectors import Connectors
 
 CONFIG = web.AppKey("config", Config)
 ENGINE = web.AppKey("engine", AsyncEngine)
@@ -25,6 +28,9 @@ LINKS = web.AppKey("links", LinkTracker)
 NUMBERS = web.AppKey("numbers", NumberService)
 INBOUND = web.AppKey("inbound", InboundService)
 BATCHES = web.AppKey("batches", BatchService)
+REPORTS = web.AppKey("reports", Reports)  # read-only views: console pages, call lists, usage
 URL_POLICY = web.AppKey("url_policy", SsrfPolicy)  # where customer URLs may point
+CALLS = web.AppKey("calls", CallService)
+CONNECTORS = web.AppKey("smsc_connectors", Connectors)
 
 ACCOUNT = web.RequestKey("account", AccountInfo)

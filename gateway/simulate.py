@@ -129,7 +129,10 @@ def add_parser(sub: Any) -> None:
     call.add_argument("--din", required=True, help="the number called, e.g. +81312345678")
     call.add_argument("--caller", required=True, help="the calling number, e.g. +819011112222")
     call.add_argument(
-        "--digits", default="", help="DTMF keys the caller presses, e.g. # to end a voicemail recording"
+        "--digits",
+        default="",
+        help="DTMF keys the caller presses, a group per menu as each listens: 1,2# answers 1 to the "
+        "first gather and 2# to the next; # also ends a recording",
     )
     call.add_argument("--voicemail-wav", help="a WAV file: what the caller says if voicemail records")
     call.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each command")

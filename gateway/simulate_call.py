@@ -18,7 +18,17 @@ import secrets
 import wave
 from urllib.parse import urlencode
 
-from actions_dsl import ActionSyntaxError, ParseErrors, Playback, Say, VoicemailPlayback, VoicemailSay, parse
+from actions_dsl import (
+    Action,
+    ActionSyntaxError,
+    Gather,
+    ParseErrors,
+    Playback,
+    Say,
+    VoicemailPlayback,
+    VoicemailSay,
+    parse,
+)
 from gateway.config import Config
 from gateway.db.engine import create_engine, session_factory
 from gateway.egress.client import policy_session
@@ -60,7 +70,10 @@ async def _script_files(config: Config, action_url: str, caller: str, din: str) 
     except (UnicodeDecodeError, ActionSyntaxError, ParseErrors):
         return {}
     files: dict[str, str] = {}
-    for action in actions:
+    played: list[Action] = []
+    for action in actions:  # a gather's prompts play too
+        played.extend([action, *action.prompts] if isinstance(action, Gather) else [action])
+    for action in played:
         if isinstance(action, Say | VoicemailSay):
             files[EspeakSpeech.key(action.lang, action.text)] = f'say ({action.lang}): "{action.text}"'
         elif isinstance(action, Playback | VoicemailPlayback):
@@ -88,6 +101,12 @@ def _describe(config: Config, transcript: CallTranscript, files: dict[str, str])
             seconds = wav_seconds(_local(config, argv[2]))
             length = f"{seconds:.2f} s" if seconds is not None else "file not readable here"
             lines.append(f"  caller hears {what} [{length}]")
+            key = _key_pressed(exchange.reply)
+            if key:
+                lines.append(f"  caller presses {key}: the prompt stops")
+        elif verb == "WAIT FOR":
+            key = _key_pressed(exchange.reply)
+            lines.append(f"  caller presses {key}" if key else "  caller presses nothing: the wait ends")
         elif verb.startswith("EXEC") and len(argv) > 2 and argv[1].lower() == "dial":
             target = argv[2].split("@", 1)[0].removeprefix("PJSIP/")
             lines.append(f"  caller is transferred to {target}")
@@ -96,19 +115,27 @@ def _describe(config: Config, transcript: CallTranscript, files: dict[str, str])
             if rec is not None and rec.file is not None:
                 with wave.open(rec.file, "rb") as wav:
                     seconds = wav.getnframes() / wav.getframerate()
-                lines.append(f"  voicemail recorded: {seconds:.2f} s into {rec.file}")
+                kind = "recorded" if "/recordings/" in rec.file else "voicemail recorded"
+                lines.append(f"  {kind}: {seconds:.2f} s into {rec.file}")
         lines.extend(f"< {reply}" for reply in exchange.reply.splitlines())
     how = {"bridge": "the gateway closed the connection", "peer": "the caller hung up"}
     lines.append(f"call ended: {how.get(transcript.ended_by, transcript.ended_by or 'done')}")
     return lines
 
 
+def _key_pressed(reply: str) -> str | None:
+    """The key a STREAM FILE or WAIT FOR DIGIT answer reports (`200 result=49 ...` -> 1)."""
+    parts = reply.split()
+    code = parts[1].removeprefix("result=") if len(parts) > 1 else ""
+    return chr(int(code)) if code.isdigit() and 0 < int(code) < 128 else None
+
+
 async def simulate_call(config: Config, args: argparse.Namespace) -> list[str]:
     v = config.voice
     if not v.fastagi_enabled:
         raise CallError("voice.fastagi_enabled is false: the gateway takes no calls")
-    if args.digits.strip("0123456789*#"):
-        raise CallError(f"--digits {args.digits!r}: only 0-9, * and # are DTMF keys")
+    if args.digits.replace(",", "").strip("0123456789*#"):
+        raise CallError(f"--digits {args.digits!r}: only 0-9, * and # are DTMF keys (, between menus)")
     if args.voicemail_wav is not None:
         try:
             with wave.open(args.voicemail_wav, "rb"):
@@ -124,9 +151,11 @@ async def simulate_call(config: Config, args: argparse.Namespace) -> list[str]:
         callerid=args.caller,
         dnid=args.din,
         record_from=args.voicemail_wav,
-        # The action language asks for no digits; the one key anything listens for is the `#`
-        # that ends a voicemail recording (RECORD FILE's escape digit).
-        # Without it the caller falls silent, which ends the recording after the s= seconds.
+        # Each group is typed as the next menu (a gather) starts listening: "1,2#" answers 1 to
+        # the first menu and 2# to the one its script leads to.
+        key_groups=[group for group in args.digits.split(",") if group],
+        # A `#` ends a recording (RECORD FILE's escape digit); without it the caller falls
+        # silent, which ends the recording after the s= seconds.
         record_end="dtmf" if "#" in args.digits else "silence",
         uniqueid=f"simulate.{secrets.token_hex(6)}",
         # Files the gateway wrote are checked when this host sees them where Asterisk would.
@@ -141,7 +170,7 @@ async def simulate_call(config: Config, args: argparse.Namespace) -> list[str]:
     files = await _script_files(config, action_url, args.caller, args.din) if action_url else {}
     head = f"call from {args.caller} to {args.din} over FastAGI {v.fastagi_host}:{v.fastagi_port}"
     if args.digits:
-        head += f"; caller presses {args.digits} (only # has an effect: it ends a voicemail recording)"
+        head += f"; caller presses {args.digits} (a group per menu; # also ends a recording)"
     if action_url is None:
         head += " (no DIN subscription with an action_url: the gateway plays its fallback)"
     return [head, *_describe(config, transcript, files)]

@@ -51,13 +51,14 @@ from smpp.client_wire import (
     UNBIND,
     MalformedPdu,
     SequenceGenerator,
+    absolute_time,
     decode_deliver_sm,
     encode_request,
     encode_response,
     status_description,
     submit_sm_message_id,
 )
-from smpp.encoding import concat_ref_for, plan, plan_binary, submit_parts
+from smpp.encoding import concat_ref_for, flash, plan, plan_binary, submit_parts
 from smpp.types import (
     ConnectionLost,
     Deferred,
@@ -531,7 +532,8 @@ class SmppClient:
         if req.binary is not None:
             message = plan_binary(req.binary, req.binary_coding)
         else:
-            message = plan(req.text, self.config.data_coding)
+            # Message class 0 exists only for GSM 7-bit and UCS-2, not the SMSC's own charsets.
+            message = flash(plan(req.text)) if req.flash else plan(req.text, self.config.data_coding)
         concat_ref = concat_ref_for(req.ref) if req.concat_ref is None else req.concat_ref
         if not 0 <= concat_ref <= 0xFF:
             raise ValueError(f"concat_ref {concat_ref} is not an 8-bit reference")
@@ -547,6 +549,8 @@ class SmppClient:
             "registered_delivery": 1 if req.want_receipt else 0,
             "data_coding": message.data_coding,
         }
+        if req.valid_until is not None:
+            fields["validity_period"] = absolute_time(req.valid_until)
         accepted: dict[int, str] = {}
         try:
             for seq, (esm_class, short_message) in enumerate(submit_parts(message, concat_ref), start=1):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from smpplib import consts as smpp_consts
@@ -84,6 +84,12 @@ class SequenceGenerator:
 def encode_request(sequence: SequenceGenerator, command: str, **fields: Any) -> tuple[int, bytes]:
     pdu = smpp_codec.make_pdu(command, client=sequence, **fields)
     return int(pdu.sequence), bytes(pdu.generate())
+
+
+def absolute_time(when: datetime) -> str:
+    """SMPP 3.4 7.1.1 absolute time, YYMMDDhhmmsstnnp, written in UTC (nn 00, p +)."""
+    utc = when.astimezone(UTC)
+    return f"{utc:%y%m%d%H%M%S}{utc.microsecond // 100_000}00+"
 
 
 def encode_response(command: str, seq: int, status: int = ESME_ROK) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import codecs
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 DC_DEFAULT = 0x00  # SMSC default alphabet, GSM 03.38 for us
@@ -18,6 +18,9 @@ DC_BINARY = 0x02
 DC_LATIN1 = 0x03
 DC_BINARY_ALT = 0x04
 DC_UCS2 = 0x08
+# GSM 03.38 general data coding group (00xx): bit 4 set means bits 1..0 carry the message
+# class, bits 3..2 stay the alphabet. Class 0 ("flash") is shown at once and not stored.
+DC_CLASS_0 = 0x10
 
 ESM_UDHI = 0x40
 
@@ -171,6 +174,16 @@ def plan(text: str, gsm_data_coding: int = DC_DEFAULT) -> EncodedMessage:
     else:
         payloads = _split(units, part)
     return EncodedMessage(data_coding=data_coding, payloads=payloads, length=length)
+
+
+def flash(message: EncodedMessage) -> EncodedMessage:
+    """The same parts as message class 0: 0x10 for GSM 7-bit, 0x18 for UCS-2.
+
+    Only those two alphabets have a class-0 coding: `message` must come from plan() with the
+    default GSM data_coding, not an SMSC-specific charset (IA5, Latin-1)."""
+    if message.data_coding not in (DC_DEFAULT, DC_UCS2):
+        raise ValueError(f"data_coding 0x{message.data_coding:02x} has no message class")
+    return replace(message, data_coding=DC_CLASS_0 | message.data_coding)
 
 
 BINARY_SINGLE_MAX = 140  # octets of one SMS

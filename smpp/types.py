@@ -39,6 +39,9 @@ class SubmitRequest:
     # `ref`. Either way every attempt at one message must use the same one.
     concat_ref: int | None = None
     skip_parts: frozenset[int] = frozenset()  # part numbers (from 1) accepted by an earlier attempt
+    flash: bool = False  # message class 0: the handset shows it at once and need not store it
+    # validity_period: the SMSC gives up delivering after this moment (timezone-aware).
+    valid_until: datetime | None = None
     # 8-bit data (an ESME's binary submit): these octets go out as they are with this
     # data_coding, and `text` is not used.
     binary: bytes | None = None

@@ -33,6 +33,8 @@ pytest_plugins = ["tests.peers.node_smsc", "tests.peers.simulator_peer", "tests.
 PG_ADMIN_DSN = os.environ.get("GWTEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 ENGINES = [e for e in os.environ.get("GWTEST_ENGINES", "sqlite,postgresql").split(",") if e]
 TABLES = [
+    "recordings",
+    "console_sessions",
     "voicemails",
     "calls",
     "auto_reply_rules",
@@ -45,6 +47,7 @@ TABLES = [
     "message_parts",
     "orphan_receipts",
     "smpp_rate_windows",
+    "webhook_attempts",
     "webhook_deliveries",
     "messages",
     "batches",

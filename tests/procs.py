@@ -175,6 +175,10 @@ class GatewayProcesses:
             "GATEWAY_WEBHOOKS_POLL_INTERVAL": "0.2",
             "GATEWAY_WEBHOOKS_FIRST_RETRY_SECONDS": "0.5",
             "GATEWAY_WEBHOOKS_TIMEOUT": "5",
+            # Webhooks a killed process held in memory (leased to its fast path) go out from the
+            # table when their lease ends: 15 s, the least allowed with that timeout (3x), not
+            # the default 60 s, which is as long as the crash tests wait for every callback.
+            "GATEWAY_WEBHOOKS_LEASE_SECONDS": "15",
             "GATEWAY_OUTBOUND_HTTP_ALLOW_LOOPBACK": "true",  # the receivers are on loopback
             "GATEWAY_SMPP_ENQUIRE_LINK_INTERVAL": "5",
             "GATEWAY_LOG_LEVEL": "WARNING",

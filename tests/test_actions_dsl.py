@@ -160,7 +160,7 @@ def first_error(script: str, **kwargs: int) -> ActionSyntaxError:
 ERROR_CASES = [
     # Commands
     ("play http://e.com/a.mp3", 1, 1, "unknown command 'play'; valid commands are: playback, transfer, say,"),
-    ("hangup", 1, 1, "voicemail playback, voicemail say"),
+    ("dial +81312345678", 1, 1, "voicemail playback, voicemail say"),
     ('"say" en "x"', 1, 1, "unknown command '\"say\"'"),
     ('ſay en "x"', 1, 1, "unknown command 'ſay'"),
     ("voicemail", 1, 10, "expected playback or say after voicemail"),

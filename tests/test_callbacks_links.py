@@ -79,6 +79,25 @@ async def test_callback_signature_recipe_and_delivery_id_stable_across_retries(
     assert not genuine(secret, stale, first.body, {})
 
 
+async def test_delivered_callback_waits_while_its_delivering_one_is_failing_slowly(
+    gateway: Gateway, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """The receipt comes at once, while the DELIVERING callback's first POST is still waiting
+    for its (failed) answer: the DELIVERED callback is not POSTed before DELIVERING got through,
+    whichever way the gateway hands each delivery to its sender."""
+    creds = await gateway.account()
+    receiver.delays["/slow"] = [0.5]
+    receiver.script["/slow"] = [500]
+    async with http.post(
+        f"{gateway.base_url}/sms/messages/",
+        data={"message": "x", "recipient": JP, "sender": "DEMO", "callbackurl": receiver.url("/slow")},
+        headers=gateway.auth(creds),
+    ) as r:
+        assert r.status == 201
+    hits = await wait_for(lambda: _ready(receiver, "/slow", 3))
+    assert [json.loads(h.body)["status"] for h in hits] == ["DELIVERING", "DELIVERING", "DELIVERED"]
+
+
 def test_signature_separates_timestamp_from_body() -> None:
     """The deprecated signature covers timestamp + body run together, so "1700000000" with a body
     starting "1" signs the same bytes as "17000000001" with the rest; the new one does not."""

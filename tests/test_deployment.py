@@ -187,6 +187,8 @@ def test_trunk_sends_no_connected_line_updates() -> None:
         elif kind == "endpoint":
             trunk[key] = value
     assert trunk.get("send_connected_line") == "no"
+    # Menus take keys however the carrier sends them (docs/action-language.md, "Keys").
+    assert trunk.get("dtmf_mode") == "auto"
 
 
 def test_dialplan_reaches_the_gateway_fastagi_server(

@@ -96,6 +96,9 @@ KEY_OPERATIONS = {
     "GET /voice/voicemails/",
     "GET /voice/voicemails/{vid}/",
     "GET /voice/voicemails/{vid}/audio",
+    "GET /voice/recordings/",
+    "GET /voice/recordings/{rid}/",
+    "GET /voice/recordings/{rid}/audio",
     "POST /voice/simple/playbacks/",
     "GET /l/{code}",
     "GET /",
@@ -119,6 +122,7 @@ class State:
         self.inbound_id = ""
         self.calls: list[str] = []
         self.voicemail_id = ""
+        self.recording_id = ""
         self.link_code = ""
         self.batch_id = ""
         self.report_batch_id = ""  # never changed: its recipient stays CUSTOMER
@@ -179,7 +183,7 @@ async def seed(
     st.inbound_id = await wait_for(inbound)
 
     # An inbound call to the DIN that leaves a voicemail.
-    receiver.replies["/actions"] = 'voicemail say en "Please leave a message."'
+    receiver.replies["/actions"] = 'record --no-beep\nvoicemail say en "Please leave a message."'
     await _json(
         http,
         "POST",
@@ -195,6 +199,7 @@ async def seed(
         return rows[0][0] if rows else None
 
     st.voicemail_id = await wait_for(voicemail)
+    st.recording_id = (await gw.sql("SELECT uid FROM recordings"))[0][0]
 
     # An outbound call through the AMI stand-in, answered and played out.
     ami.agi_port = gw.app[FASTAGI].port
@@ -262,6 +267,8 @@ def fixed_parameters(st: State, method: str, path: str) -> list[dict[str, Any]]:
         return [{"callid": c} for c in st.calls]
     if path.startswith("/voice/voicemails/{vid}"):
         return [{"vid": st.voicemail_id}]
+    if path.startswith("/voice/recordings/{rid}"):
+        return [{"rid": st.recording_id}]
     if path.startswith("/l/{code}"):
         return [{"code": st.link_code}]
     return []

@@ -259,6 +259,29 @@ async def test_simulate_call_prints_what_the_caller_hears(voice_demo: Demo) -> N
     assert lines[-1].startswith("call ended: ")
 
 
+async def test_simulate_call_digits_drive_a_menu(voice_demo: Demo) -> None:
+    menu = "gather --timeout=1 --action={base}/action?menu=2\n  playback {base}/hold.wav\n"
+    async with _script_server(menu) as base:
+        creds = await create_account(voice_demo.db_url, "voice")
+        await subscribe_number(voice_demo.db_url, creds.account.id, DIN, "din", f"{base}/action")
+        code, out, err = await run_cli(
+            voice_demo.env, "simulate", "call", "--din", DIN, "--caller", HANDSET, "--digits", "1,2#"
+        )
+    assert code == 0, err
+    lines = out.splitlines()
+    # The menu leads to itself: 1 (then the timeout) to the first, 2# to the next, nothing to the third.
+    assert [line for line in lines if line.startswith("  caller presses")] == [
+        "  caller presses 1: the prompt stops",
+        "  caller presses nothing: the wait ends",
+        "  caller presses 2: the prompt stops",
+        "  caller presses #",
+        "  caller presses nothing: the wait ends",
+    ]
+    assert any(line.startswith("< 200 result=49 endpos=") for line in lines)
+    [call] = await sql(voice_demo.db_url, "SELECT steps FROM calls")
+    assert [step["digits"] for step in json.loads(call[0])] == [None, "1", "2", ""]
+
+
 async def test_simulate_call_records_voicemail_from_the_given_wav(voice_demo: Demo, tmp_path: Path) -> None:
     message = tmp_path / "message.wav"
     with wave.open(str(message), "wb") as out:
@@ -296,7 +319,7 @@ async def test_simulate_call_records_voicemail_from_the_given_wav(voice_demo: De
     assert pressed[0] == 0 and any(
         line.startswith("< 200 result=35 (dtmf) endpos=") for line in pressed[1].splitlines()
     )
-    assert "caller presses # (only # has an effect" in pressed[1].splitlines()[0]
+    assert "caller presses # (a group per menu" in pressed[1].splitlines()[0]
     code, out, err = await run_cli(
         voice_demo.env, "simulate", "call", "--din", DIN, "--caller", HANDSET, "--digits", "1x"
     )

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,6 +17,7 @@ from gateway.db.models import OptOut
 from gateway.keys import SESSIONS
 from gateway.services.accounts import NewCredentials
 from tests.conftest import Gateway, basic, wait_for
+from tests.test_connectors import config, connector, running
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 A, B, C = "+818012345671", "+818012345672", "+818012345673"
@@ -135,23 +138,49 @@ async def test_what_cannot_be_sent_fails_at_once_and_is_never_submitted(
     assert [s.destination_addr for s in await sim_smsc.submits()] == [A[1:]]
 
 
-async def test_a_thousand_recipients_are_one_request(gateway: Gateway, api: Sinch, sim_smsc: Any) -> None:
-    recipients = [f"+8180{i:08d}" for i in range(1000)]
-    batch = await api.send(to=recipients, body="Sale today")
-    assert len(batch["to"]) == 1000
-    assert (await gateway.sql("SELECT count(*) FROM messages"))[0][0] == 1000
+async def test_a_thousand_recipients_are_one_request_each_checked_and_routed_on_its_own(
+    clean_db: str, http: aiohttp.ClientSession, sim_smsc: Any, node_smsc: Any, tmp_path: Path
+) -> None:
+    """Every recipient is a message of its own: the opt-out list and the routing rules (by
+    sender and destination) apply to each, as to a single SMS."""
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[route]]\nsender = "SHOP"\nprefix = "+8190"\nconnectors = ["node"]\n')
+    cfg = config(clean_db, [connector("sim", sim_smsc.port), connector("node", node_smsc.port)], routes)
+    async with running(cfg) as gw:
+        api = Sinch(http, gw, await gw.account())
+        docomo = [f"+819012{i:06d}" for i in range(500)]
+        others = [f"+818012{i:06d}" for i in range(500)]
+        opted = [docomo[7], others[0], others[499]]
+        async with gw.app[SESSIONS].begin() as s:
+            s.add_all(OptOut(account_id=api.creds.account.id, number=n) for n in opted)
+        batch = await api.send(**{"from": "SHOP"}, to=docomo + others, body="Sale today")
+        assert len(batch["to"]) == 1000
+        assert (await gw.sql("SELECT count(*) FROM messages"))[0][0] == 1000
+        elsewhere = await api.send(to=[docomo[0]], body="Not from SHOP")  # no rule: the first connector
 
-    async def all_sent() -> bool:
-        return len(await sim_smsc.submits()) == 1000
+        async def all_sent() -> bool:
+            return len(await sim_smsc.submits()) + len(await node_smsc.submits()) == 998
 
-    await wait_for(all_sent, timeout=60)
-    assert {s.destination_addr for s in await sim_smsc.submits()} == {r[1:] for r in recipients}
-    code, body = await api.call(
-        "POST", "/batches", {"from": "X", "to": [*recipients, "+818099999999"], "body": "x"}
-    )
-    assert (
-        code == 400 and body["code"] == "syntax_constraint_violation" and "to: At most 1000" in body["text"]
-    )
+        await wait_for(all_sent, timeout=60)
+        on_node = [s.destination_addr for s in await node_smsc.submits()]
+        assert sorted(on_node) == sorted(n[1:] for n in docomo if n not in opted)
+        on_sim = Counter(s.destination_addr for s in await sim_smsc.submits())
+        assert on_sim == Counter([docomo[0][1:]] + [n[1:] for n in others if n not in opted])
+        code, report = await api.call("GET", f"/batches/{batch['id']}/delivery_report", type="full")
+        assert code == 200 and report["total_message_count"] == 1000
+        aborted = [s for s in report["statuses"] if s["status"] == "Aborted"]
+        assert aborted == [
+            {"code": 402, "status": "Aborted", "count": 3, "recipients": [n[1:] for n in opted]}
+        ]
+        assert elsewhere["from"] == "12015555555"
+        code, body = await api.call(
+            "POST", "/batches", {"from": "X", "to": [*docomo, *others, "+818099999999"], "body": "x"}
+        )
+        assert (
+            code == 400
+            and body["code"] == "syntax_constraint_violation"
+            and "to: At most 1000" in body["text"]
+        )
 
 
 @pytest.mark.parametrize(

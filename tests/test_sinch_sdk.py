@@ -73,8 +73,11 @@ async def test_batches_with_the_sinch_sdk(gateway: Gateway, sim_smsc: Any) -> No
     assert got.id == sent.id and got.parameters == {"name": {A: "John", "default": "there"}}
 
     later = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
-    scheduled = await call(sms.batches.send_sms, to=[A], from_="SHOP", body="Later", send_at=later)
+    scheduled = await call(
+        sms.batches.send_sms, to=[A], from_="SHOP", body="Later", send_at=later, flash_message=True
+    )
     assert scheduled.send_at == later and scheduled.expire_at == later + timedelta(days=3)
+    assert scheduled.flash_message is True
     updated = await call(sms.batches.update_sms, batch_id=scheduled.id, to_add=[B], body="Later still")
     assert updated.to == [A[1:], B[1:]] and updated.body == "Later still"
     replaced = await call(

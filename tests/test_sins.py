@@ -183,6 +183,7 @@ async def test_subscription_lifecycle(gateway: Gateway, http: aiohttp.ClientSess
         "https://example.com/mo?x=1",
         target.number_id,
         "xoxzo",
+        None,  # status_url: DINs only
         "webhook",
     )
     assert await gateway.app[NUMBERS].subscription_for_number("81312345678", "sin") == target

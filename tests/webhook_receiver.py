@@ -53,6 +53,8 @@ class Receiver:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     # text/plain bodies to answer with per path (SIN webhooks reply this way).
     replies: dict[str, str] = field(default_factory=dict)
+    # Seconds to wait before answering, consumed in order per path; afterwards none.
+    delays: dict[str, list[float]] = field(default_factory=dict)
 
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
@@ -63,6 +65,8 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.Response:
         self.hits.append(Hit(request.path, dict(request.headers), await request.read()))
         self.arrived.set()
+        if delays := self.delays.get(request.path):
+            await asyncio.sleep(delays.pop(0))
         codes = self.script.get(request.path)
         status = codes.pop(0) if codes else 200
         if status == 200 and request.path in self.replies:

@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from gateway.db import sqlite_driver
 
 CONNECT_TIMEOUT = 10.0  # seconds for a new PostgreSQL connection
 
@@ -25,7 +28,13 @@ def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
         # SQLite has one writer at a time; several connections fight for the lock through its
         # busy handler, which sleeps (p99 latency in seconds under load). One connection turns
         # that into a fair asyncio queue, and WAL commits without fsync are cheap enough for it.
-        engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0)
+        args, kwargs = SQLiteDialect_aiosqlite().create_connect_args(parsed)
+        engine = create_async_engine(
+            url,
+            async_creator=sqlite_driver.connector(*args, **{**kwargs, "timeout": 30}),
+            pool_size=1,
+            max_overflow=0,
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     # A database host that drops packets would otherwise hold each request for asyncpg's 60 s

@@ -221,6 +221,7 @@ class MessagePart(Base):
     connector: Mapped[str] = mapped_column(String(32), server_default="default")
     state: Mapped[str] = mapped_column(String(16), default="SUBMITTED")
     stat: Mapped[str | None] = mapped_column(String(16))
+    err: Mapped[str | None] = mapped_column(String(16))  # the receipt's error code, as it came
 
 
 class OrphanReceipt(Base):
@@ -232,6 +233,7 @@ class OrphanReceipt(Base):
     connector: Mapped[str] = mapped_column(String(32), server_default="default")  # where it came from
     state: Mapped[str] = mapped_column(String(16))
     stat: Mapped[str] = mapped_column(String(16))
+    err: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -288,6 +290,20 @@ class WebhookDelivery(Base):
     )
 
 
+class WebhookAttempt(Base):
+    """A webhook POST that did not succeed: when, the HTTP status (None: no HTTP answer) and when
+    the next try is due (None: given up). A successful attempt needs no row: the delivery's own
+    row records it, so the common path writes nothing here."""
+
+    __tablename__ = "webhook_attempts"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("webhook_deliveries.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column()
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
+
+
 class TrackedLink(Base):
     __tablename__ = "tracked_links"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -324,6 +340,7 @@ class NumberSubscription(Base):
     kind: Mapped[str] = mapped_column(String(8))  # "sin" | "din"
     action_url: Mapped[str | None] = mapped_column(Text)
     voicemail_url: Mapped[str | None] = mapped_column(Text)  # DIN: webhook for new voicemails
+    status_url: Mapped[str | None] = mapped_column(Text)  # DIN: webhook for call events
     # SIN: the MO webhook's shape, "xoxzo" (form-encoded) or "sinch" (mo_text JSON).
     webhook_format: Mapped[str] = mapped_column(String(8), default="xoxzo", server_default="xoxzo")
     # SIN: where its MO go: "webhook" (action_url), "smpp" (the account's SMPP receiver; the
@@ -369,7 +386,7 @@ class InboundMessage(Base):
     operator_id: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     # The SMSC connector (smpp.connectors id) that delivered it (the last part of a long one);
-    # NULL for MO received before 0012.
+    # NULL for MO received before 0016.
     smsc: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
@@ -426,6 +443,8 @@ class Call(Base):
     transfer_status: Mapped[str | None] = mapped_column(String(16))
     transfer_seconds: Mapped[Decimal | None] = mapped_column(Numeric(10, 3))
     error: Mapped[str | None] = mapped_column(Text)  # why the fallback ran, if it did
+    # Inbound: JSON list, one object per gather: digits, and the script fetched (url, status, error).
+    steps: Mapped[str | None] = mapped_column(Text)
     # Outbound calls: what to play, and where to report.
     recording_url: Mapped[str | None] = mapped_column(Text)
     tts_message: Mapped[str | None] = mapped_column(Text)
@@ -456,6 +475,38 @@ class Voicemail(Base):
     path: Mapped[str] = mapped_column(Text)  # WAV file in the voicemail store
     size: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Recording(Base):
+    """What a script's `record` command took: kept like a voicemail, counted apart from them."""
+
+    __tablename__ = "recordings"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    caller: Mapped[str] = mapped_column(String(32))
+    recipient: Mapped[str] = mapped_column(String(32))
+    duration: Mapped[float] = mapped_column(Numeric(10, 2), default=0)
+    path: Mapped[str] = mapped_column(Text)  # WAV file in the recordings store
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ConsoleSession(Base):
+    """A browser signed in to the web console (gateway/http/console). The cookie holds a random
+    token; only its SHA-256 is stored, so a copy of the table signs nobody in. A row that is
+    gone (logout, expiry, token rotation) is a session that no longer works, on every node."""
+
+    __tablename__ = "console_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # "customer" | "operator"
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)  # customer
+    operator: Mapped[str | None] = mapped_column(String(64))  # the operator's user name
+    csrf: Mapped[str] = mapped_column(String(64))  # every form POST carries it back
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)  # absolute end
+    idle_until: Mapped[datetime] = mapped_column()  # pushed forward while the browser is in use
 
 
 class SmppCredential(Base):

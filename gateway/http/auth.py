@@ -24,8 +24,9 @@ from gateway.logs import log_context
 from gateway.services.accounts import AccountInfo
 from gateway.services.errors import ApiError
 
-# /metrics has its own optional bearer token (metrics.token).
-PUBLIC_PREFIXES = ("/l/", "/healthz", "/readyz", "/openapi.json", "/docs", "/metrics")
+# /metrics has its own optional bearer token (metrics.token); /console has its own sign-in and
+# sessions (gateway/http/console).
+PUBLIC_PREFIXES = ("/l/", "/healthz", "/readyz", "/openapi.json", "/docs", "/metrics", "/console")
 PUBLIC_PATHS = frozenset({"/"})  # exact: every path starts with "/"
 
 

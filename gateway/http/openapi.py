@@ -23,6 +23,7 @@ from pydantic_core import core_schema
 
 from gateway.http import responses
 from gateway.http.api import Content, Json, JsonSchema, Operation, Routes, operation_of, path_names
+from gateway.http.console.shared import is_console
 from gateway.http.docs_page import DOCS_CSP, render_docs
 from gateway.keys import CONFIG
 
@@ -121,13 +122,13 @@ class _Schemas(GenerateJsonSchema):
 
 
 def _routes(app: web.Application) -> list[tuple[str, str, Operation | None]]:
-    """(METHOD, path template, operation) for every route the app answers, HEAD left out
-    (aiohttp adds it to every GET; it answers like the GET without a body)."""
+    """(METHOD, path template, operation) for every route of the API the app answers, HEAD
+    left out (aiohttp adds it to every GET; it answers like the GET without a body)."""
     out: dict[tuple[str, str], Operation | None] = {}
     for route in app.router.routes():
         resource = route.resource
-        if resource is None or route.method in ("HEAD", "*"):
-            continue
+        if resource is None or route.method in ("HEAD", "*") or is_console(resource.canonical):
+            continue  # the web console's pages are no part of the API (docs/console.md)
         out.setdefault((route.method, resource.canonical), operation_of(route.handler))
     return [(method, path, op) for (method, path), op in out.items()]
 

@@ -219,10 +219,28 @@ class SinchReportList(BaseModel):
     delivery_reports: list[SinchRecipientReport]
 
 
+class CallStep(BaseModel):
+    digits: str | None = Field(description="The keys pressed; null for the action_url's fetch.")
+    url: str | None = Field(description="The script's URL, as set (without the query the gateway adds).")
+    status: int | None = Field(description="The HTTP status it answered; null when none came.")
+    error: str | None = Field(description="Why its script did not run (the fallback did), if so.")
+
+
+class Recording(BaseModel):
+    recording_id: str
+    callid: str
+    caller: str
+    recipient: str
+    duration: float = Field(description="Seconds.")
+    size: int = Field(description="Bytes of WAV audio.")
+    created_at: Time
+    audio_url: str = Field(description="Path of the WAV recording.")
+
+
 class Call(BaseModel):
     callid: str
     direction: Literal["inbound", "outbound"]
-    status: str = Field(description="QUEUED, IN_PROGRESS, COMPLETED, FAILED, NO_ANSWER, BUSY.")
+    status: str = Field(description="QUEUED, IN_PROGRESS, COMPLETED, FAILED, NO_ANSWER, BUSY, REJECTED.")
     caller: str
     recipient: str
     start_time: Time
@@ -234,7 +252,7 @@ class Call(BaseModel):
     result: str | None = Field(
         None,
         description="How the call ended: completed, hangup, transferred, voicemail, transfer_busy, "
-        "transfer_no_answer, transfer_failed.",
+        "transfer_no_answer, transfer_failed, rejected.",
     )
     transfer_status: str | None = Field(
         None,
@@ -248,6 +266,12 @@ class Call(BaseModel):
         " Asterisk's dialplan lacks [gateway-transfer].",
     )
     error: str | None = Field(None, description="Why the fallback ran, if it did.")
+    steps: list[CallStep] = Field(
+        [],
+        description="Inbound: each script fetched, in order: the action_url's first, then one per "
+        "gather (with the keys pressed; a gather without keys and without --no-input fetches "
+        "nothing and shows url null).",
+    )
 
 
 class Voicemail(BaseModel):
@@ -295,6 +319,7 @@ class SinSubscription(SinNumber):
 class DinSubscription(DinNumber):
     action_url: str | None
     voicemail_url: str | None
+    status_url: str | None
     subscribed_at: Time
 
 

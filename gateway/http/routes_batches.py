@@ -162,11 +162,13 @@ class NewBatch(BaseModel):
     delivery_report: ReportType = Field("none", description="Which delivery report callbacks to send.")
     send_at: When | None = Field(None, description="Sent from then on (now when absent or past).")
     expire_at: When | None = Field(
-        None, description="Not sent after; after send_at, at most (and by default) 3 days after it."
+        None,
+        description="Not sent after, nor delivered by the SMSC after (its validity period); after"
+        " send_at, at most (and by default) 3 days after it.",
     )
     callback_url: Url = Field(None, description="Receives the delivery reports.")
     client_reference: ClientReference = None
-    flash_message: Flag = False
+    flash_message: Flag = Field(False, description="`true`: a flash SMS (message class 0), shown at once.")
     feedback_enabled: Flag = False
     truncate_concat: Flag = Field(False, description="`true`: a longer text is cut to one SMS.")
     max_number_of_message_parts: MaxParts = Field(
@@ -255,15 +257,9 @@ async def send_batch(request: web.Request, body: NewBatch) -> Json:
 async def list_batches(request: web.Request, query: Batches) -> Json:
     """Your batches, newest first (Sinch)"""
     count, batches = await request.app[BATCHES].list_batches(
-        request[ACCOUNT].id,
-        start=query.start_date,
-        end=query.end_date,
-        senders=query.from_,
-        client_reference=query.client_reference,
-        page=query.page,
-        page_size=query.page_size,
+        request[ACCOUNT].id, senders=query.from_, **query.span()
     )
-    return {"count": count, "page": query.page, "page_size": query.page_size, "batches": batches}
+    return query.page_of(count, "batches", batches)
 
 
 @routes.post(BASE + "/dry_run", returns=SinchDryRun)
@@ -384,13 +380,6 @@ async def list_delivery_reports(request: web.Request, query: Reports) -> Json:
 
     Of the batch messages created between `start_date` (default 24 hours ago) and `end_date`."""
     count, reports = await request.app[BATCHES].list_reports(
-        request[ACCOUNT].id,
-        start=query.start_date,
-        end=query.end_date,
-        statuses=query.status,
-        codes=query.code,
-        client_reference=query.client_reference,
-        page=query.page,
-        page_size=query.page_size,
+        request[ACCOUNT].id, statuses=query.status, codes=query.code, **query.span()
     )
-    return {"count": count, "page": query.page, "page_size": query.page_size, "delivery_reports": reports}
+    return query.page_of(count, "delivery_reports", reports)

@@ -65,6 +65,20 @@ class Window(Query):
             raise refusal(type(self), {"end_date": "Must be after start_date."})
         return self
 
+    def span(self) -> dict[str, Any]:
+        """The window and page as the services' list methods take them."""
+        return {
+            "start": self.start_date,
+            "end": self.end_date,
+            "client_reference": self.client_reference,
+            "page": self.page,
+            "page_size": self.page_size,
+        }
+
+    def page_of(self, count: int, key: str, items: list[dict[str, Any]]) -> Json:
+        """Sinch's list envelope: `count` matches in all, this page's `items` under `key`."""
+        return {"count": count, "page": self.page, "page_size": self.page_size, key: items}
+
 
 class InboundFilters(Window):
     to: Annotated[tuple[str, ...], BeforeValidator(_to_list), WithJsonSchema({"type": "string"})] = Field(
@@ -73,15 +87,7 @@ class InboundFilters(Window):
 
 
 async def _list(request: web.Request, q: InboundFilters) -> tuple[int, list[InboundMessage]]:
-    return await request.app[INBOUND].list(
-        request[ACCOUNT].id,
-        to=q.to,
-        start=q.start_date,
-        end=q.end_date,
-        client_reference=q.client_reference,
-        page=q.page,
-        page_size=q.page_size,
-    )
+    return await request.app[INBOUND].list(request[ACCOUNT].id, to=q.to, **q.span())
 
 
 class Reply(BaseModel):
@@ -125,8 +131,7 @@ async def reply_inbound(request: web.Request, body: Reply) -> Json:
 async def sinch_list_inbounds(request: web.Request, query: InboundFilters) -> Json:
     """Received SMS (Sinch XMS style)"""
     count, rows = await _list(request, query)
-    inbounds = [sinch.inbound_json(r) for r in rows]
-    return {"count": count, "page": query.page, "page_size": query.page_size, "inbounds": inbounds}
+    return query.page_of(count, "inbounds", [sinch.inbound_json(r) for r in rows])
 
 
 @routes.get("/xms/v1/{plan}/inbounds/{uid}", returns=SinchInbound, security="basic+bearer")

@@ -64,6 +64,11 @@ def _din_only(value: Any) -> None:
         raise ValueError("Only DIN subscriptions take a voicemail_url.")
 
 
+def _status_din_only(value: Any) -> None:
+    if value is not None:
+        raise ValueError("Only DIN subscriptions take a status_url.")
+
+
 def _sin_only(value: Any) -> None:
     if value is not None:
         raise ValueError("Only SIN subscriptions take a webhook_format or mo_delivery.")
@@ -74,19 +79,23 @@ class NumberUrls(BaseModel):
 
     action_url: Url = Field(None, description="Webhook for this number.")
     voicemail_url: str | None = None
+    status_url: str | None = None
     webhook_format: str | None = None
     mo_delivery: str | None = None
 
     @model_validator(mode="after")
     def _one_at_least(self) -> Self:
-        given = (self.action_url, self.voicemail_url, self.webhook_format, self.mo_delivery)
-        if all(v is None for v in given):
+        given = (self.action_url, self.voicemail_url, self.status_url, self.webhook_format, self.mo_delivery)
+        if all(value is None for value in given):
             raise refusal(type(self), {"action_url": REQUIRED})
         return self
 
 
 class DinUrls(NumberUrls):
     voicemail_url: Url = Field(None, description="Receives a signed POST on each new voicemail.")
+    status_url: Url = Field(
+        None, description="Receives a signed POST on each call event: ringing, answered, completed."
+    )
     webhook_format: SkipJsonSchema[Annotated[None, BeforeValidator(_sin_only)]] = None
     mo_delivery: SkipJsonSchema[Annotated[None, BeforeValidator(_sin_only)]] = None
 
@@ -107,6 +116,7 @@ def _format(value: Any) -> str | None:
 
 class SinUrls(NumberUrls):
     voicemail_url: SkipJsonSchema[Annotated[None, BeforeValidator(_din_only)]] = None
+    status_url: SkipJsonSchema[Annotated[None, BeforeValidator(_status_din_only)]] = None
     webhook_format: Annotated[Literal["xoxzo", "sinch"] | SkipJsonSchema[None], BeforeValidator(_format)] = (
         Field(
             None,
@@ -183,6 +193,7 @@ def number_routes(
             body.voicemail_url,
             body.webhook_format,
             body.mo_delivery,
+            status_url=body.status_url,
         )
 
     @routes.delete(subs + "{uid}/", returns=Empty, operation_id=f"unsubscribe{cap}")

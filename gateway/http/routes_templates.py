@@ -13,8 +13,7 @@ from gateway.http.fields import documented, reason, words
 from gateway.http.responses import Empty, Message, Msgid, Template
 from gateway.http.routes_sms import MSGID, Outbound, SentDate
 from gateway.keys import ACCOUNT, MESSAGES, TEMPLATES
-from gateway.services.errors import FieldErrors
-from gateway.services.templates import MAX_CONTENT, MAX_NAME, placeholders, render
+from gateway.services.templates import MAX_CONTENT, MAX_NAME, placeholders
 
 TEMPLATE_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "Template id (`template_id`)."}
 routes = Routes("Templates", path_params={"msgid": MSGID, "uid": TEMPLATE_ID})
@@ -133,12 +132,8 @@ async def send_template(request: web.Request, body: SendTemplate) -> Json:
 
     A template that is not APPROVED is 400 `template`; missing or extra variables are 422."""
     account_id = request[ACCOUNT].id
-    template = await request.app[TEMPLATES].get_row(account_id, request.match_info["uid"])
-    if template.status != "APPROVED":
-        raise FieldErrors.one(
-            "template", f"Template is {template.status}; only APPROVED templates can be sent."
-        )
-    text = render(template.content, body.variables)
+    uid = request.match_info["uid"]
+    template, text = await request.app[TEMPLATES].approved_text(account_id, uid, body.variables)
     msgid = await request.app[MESSAGES].create(
         body.outbound(account_id, text, template.id), body_field="variables"
     )

@@ -106,6 +106,11 @@ class AccountService:
         self._cache.clear()
         return token if res.rowcount else None  # type: ignore[attr-defined]
 
+    async def rotate_webhook_secret(self, sid: str) -> str | None:
+        """A new random webhook secret (the old one stops signing at once); None: no account."""
+        secret = secrets.token_urlsafe(32)
+        return secret if await self.update_flags(sid, webhook_secret=secret) is not None else None
+
     async def update_flags(
         self, sid: str, *, freeform: bool | None = None, webhook_secret: str | None = None
     ) -> AccountInfo | None:

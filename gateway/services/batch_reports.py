@@ -29,22 +29,24 @@ def needs_batch_report(delivery_report: str, callback_url: str | None) -> bool:
     return delivery_report in sinch.BATCH_REPORT and callback_url is not None
 
 
-async def receipt_stats(s: AsyncSession, message_ids: Sequence[int]) -> dict[int, list[str]]:
-    """The receipts' stat words of these messages' parts: how a FAIL the SMSC reported went."""
-    out: dict[int, list[str]] = {}
+async def failed_receipts(s: AsyncSession, message_ids: Sequence[int]) -> dict[int, list[sinch.Receipt]]:
+    """The failed receipts of these messages' parts: how a FAIL the SMSC reported went."""
+    out: dict[int, list[sinch.Receipt]] = {}
     for i in range(0, len(message_ids), _CHUNK):
-        q = select(MessagePart.message_id, MessagePart.stat).where(
-            MessagePart.message_id.in_(message_ids[i : i + _CHUNK]), MessagePart.stat.is_not(None)
+        q = (
+            select(MessagePart.message_id, MessagePart.stat, MessagePart.err)
+            .where(MessagePart.message_id.in_(message_ids[i : i + _CHUNK]), MessagePart.state == "FAILED")
+            .order_by(MessagePart.seq)
         )
-        for mid, stat in await s.execute(q):
-            out.setdefault(mid, []).append(stat or "")
+        for mid, stat, err in await s.execute(q):
+            out.setdefault(mid, []).append(sinch.Receipt(stat or "", err))
     return out
 
 
 async def outcomes(s: AsyncSession, msgs: Sequence[Message]) -> list[sinch.Outcome]:
     """Each message's Sinch status and code."""
-    stats = await receipt_stats(s, [m.id for m in msgs if m.status == "FAIL" and m.fail_code is None])
-    return [sinch.outcome(m, stats.get(m.id, ())) for m in msgs]
+    failed = await failed_receipts(s, [m.id for m in msgs if m.status == "FAIL" and m.fail_code is None])
+    return [sinch.outcome(m, failed.get(m.id, ())) for m in msgs]
 
 
 async def _batch(s: AsyncSession, batch_id: int) -> Batch | None:

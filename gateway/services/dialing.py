@@ -171,6 +171,13 @@ def rights_json(account: Account) -> dict[str, Any]:
     }
 
 
+async def get_rights(sessions: async_sessionmaker[AsyncSession], sid: str) -> dict[str, Any] | None:
+    """The account's overrides as `rights_json` shows them; None when there is no such account."""
+    async with sessions() as s:
+        account = await s.scalar(select(Account).where(Account.sid == sid))
+    return None if account is None else rights_json(account)
+
+
 async def update_rights(
     sessions: async_sessionmaker[AsyncSession],
     sid: str,

@@ -6,19 +6,25 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 import uuid
 from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.models import WebhookDelivery, utcnow
+from gateway.db.models import Account, WebhookDelivery, utcnow
+
+_COUNT = "outbox_rows"
+_FAST = "outbox_fast"
 
 
 def written(session: AsyncSession) -> int:
-    """How many deliveries this session's transaction wrote: wake the sender only if any."""
-    count: int = session.info.get("outbox_rows", 0)
+    """How many deliveries this session's transaction wrote for the table: wake the sender only
+    if any."""
+    count: int = session.info.get(_COUNT, 0)
     return count
 
 
@@ -42,15 +48,69 @@ def receiver_host(url: str) -> str:
 
 def count(session: AsyncSession) -> None:
     """Note a delivery written for the table (not handed to a FastPath): written() wakes the sender."""
-    session.info["outbox_rows"] = written(session) + 1
+    session.info[_COUNT] = written(session) + 1
 
 
 def enqueue(
-    session: AsyncSession, *, account_id: int, kind: str, ref: str, url: str, payload: dict[str, Any]
+    session: AsyncSession,
+    *,
+    account_id: int,
+    kind: str,
+    ref: str,
+    url: str,
+    payload: dict[str, Any],
+    fast: bool = False,
 ) -> None:
+    """A JSON delivery written with the session's transaction. `fast`: the committing code may
+    hand it to a FastPath (lease_fast) instead of the table; without that call it goes to the
+    table all the same."""
     count(session)
-    row = json_row(account_id=account_id, kind=kind, ref=ref, url=url, payload=payload)
-    session.add(WebhookDelivery(**row))
+    row = WebhookDelivery(**json_row(account_id=account_id, kind=kind, ref=ref, url=url, payload=payload))
+    session.add(row)
+    if fast:
+        session.info.setdefault(_FAST, []).append(row)
+
+
+async def lease_fast(session: AsyncSession, fast_path: FastPath | None) -> list[tuple[WebhookDelivery, str]]:
+    """In the transaction, before its commit: lease the deliveries enqueued with `fast` to the
+    fast path, each only if nothing earlier for the same subject and receiver (ref, url) is still
+    pending, here or in the table (in flight, or waiting for a retry): the table's claims keep
+    those in order (a DELIVERED callback never overtakes its DELIVERING one), so a delivery
+    behind one goes to the table too, and the fast path is told to look there when the one in
+    front is done. Returns what to offer() once the transaction has committed."""
+    candidates: list[WebhookDelivery] = session.info.pop(_FAST, [])
+    if not candidates or fast_path is None:
+        return []
+    mine = {d.id for d in candidates if d.id is not None}  # flushed already by an earlier query
+    with session.no_autoflush:
+        earlier = await session.execute(
+            select(WebhookDelivery.ref, WebhookDelivery.url, WebhookDelivery.id).where(
+                WebhookDelivery.status == "PENDING", WebhookDelivery.ref.in_({d.ref for d in candidates})
+            )
+        )
+        pending = {(ref, url) for ref, url, row_id in earlier if row_id not in mine}
+        accounts = {d.account_id for d in candidates}
+        secrets: dict[int, str] = {
+            account_id: secret
+            for account_id, secret in await session.execute(
+                select(Account.id, Account.webhook_secret).where(Account.id.in_(accounts))
+            )
+        }
+    until, token = fast_path.lease()
+    leased: list[tuple[WebhookDelivery, str]] = []
+    behind: list[tuple[str, str]] = []
+    for d in candidates:
+        key = (d.ref, d.url)
+        if key in pending:
+            behind.append(key)
+            continue
+        pending.add(key)  # a later one for the same subject in this transaction waits for it
+        d.claimed_until, d.claimed_by = until, token
+        leased.append((d, secrets[d.account_id]))
+    session.info[_COUNT] = written(session) - len(leased)
+    if behind:
+        fast_path.wait_behind(behind)
+    return leased
 
 
 class FastPath(Protocol):
@@ -65,6 +125,10 @@ class FastPath(Protocol):
 
     def offer(self, rows: list[tuple[WebhookDelivery, str]]) -> None:
         """(committed row, the account's webhook secret) pairs."""
+
+    def wait_behind(self, keys: list[tuple[str, str]]) -> None:
+        """(ref, url) of deliveries written for the table behind one leased to the fast path:
+        the sender looks in the table once that one is recorded."""
 
 
 def form_row(
@@ -136,6 +200,16 @@ def sign(secret: str, timestamp: str, delivery_id: str, body: bytes) -> str:
     signed so that a receiver deduplicating by it also rejects a replay under a fresh id."""
     signed = b".".join((timestamp.encode(), delivery_id.encode(), body))
     return "v1=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def signature_headers(secret: str, delivery_id: str, body: bytes) -> dict[str, str]:
+    """X-Gateway-Timestamp (now), X-Gateway-Delivery-Id and X-Gateway-Signature-256 for `body`."""
+    ts = str(int(time.time()))
+    return {
+        "X-Gateway-Timestamp": ts,
+        "X-Gateway-Delivery-Id": delivery_id,
+        "X-Gateway-Signature-256": sign(secret, ts, delivery_id, body),
+    }
 
 
 def sign_legacy(secret: str, timestamp: str, body: bytes) -> str:

@@ -31,16 +31,22 @@ QUEUED_CODE = 400
 DISPATCHED_CODE = 401
 DELIVERED_CODE = 0
 
-_OWN_FAILURES = {
-    UNROUTABLE: "Aborted",
-    UNMATCHED_PARAMETER: "Aborted",
-    EXPIRED: "Expired",
-    CANCELLED: "Cancelled",
-    REJECTED: "Rejected",
-    PARTS_LIMIT: "Aborted",
+# Sinch's own codes go with one status each (its table of delivery report error codes): every
+# one of them is Aborted but Cancelled, Internal Expiry and Internal Reject included.
+_OWN_STATUS = {CANCELLED: "Cancelled"}
+# A FAIL an SMSC receipt decided: its stat word gives the status; its error code (SMPP 3.4
+# appendix B `err:`, or the network_error_code TLV) is the code, as Sinch passes it on.
+_RECEIPT_STATUS = {
+    "EXPIRED": "Expired",
+    "REJECTD": "Rejected",
+    "REJECTED": "Rejected",
+    "DELETED": "Deleted",
+    "UNKNOWN": "Unknown",
 }
-# A FAIL the SMSC's receipt decided, by the receipt's stat word.
-_RECEIPT_FAILURES = {"EXPIRED": "Expired", "REJECTD": "Rejected", "DELETED": "Deleted", "UNKNOWN": "Unknown"}
+# A receipt without an error code (or with 0) gets the own code closest to its stat: never 0,
+# which is Delivered's.
+_RECEIPT_FALLBACK = {"Expired": EXPIRED, "Rejected": REJECTED}
+_ERROR_CODE = re.compile(r"(?:[0-9]{1,3}:)?([0-9]{1,9})")
 SinchStatus = Literal[
     "Queued",
     "Dispatched",
@@ -62,10 +68,23 @@ class Outcome(NamedTuple):
     code: int
 
 
-def outcome(msg: Message, receipt_stats: Sequence[str] = ()) -> Outcome:
-    """A batch message's Sinch status and code. `receipt_stats`: the stat words of its parts'
-    receipts, which say how a FAIL the SMSC reported went (the SMSC's own error code is not
-    kept: such a FAIL has code 0)."""
+class Receipt(NamedTuple):
+    """A failed part's receipt, as stored (message_parts.stat, .err)."""
+
+    stat: str
+    err: str | None
+
+
+def receipt_outcome(receipt: Receipt) -> Outcome:
+    status = _RECEIPT_STATUS.get(receipt.stat, "Failed")
+    found = _ERROR_CODE.fullmatch(receipt.err or "")
+    code = int(found.group(1)) if found else 0
+    return Outcome(status, code or _RECEIPT_FALLBACK.get(status, UNROUTABLE))
+
+
+def outcome(msg: Message, receipts: Sequence[Receipt] = ()) -> Outcome:
+    """A batch message's Sinch status and code. `receipts`: its parts' failed receipts, which
+    say how a FAIL the SMSC reported went (the first one tells)."""
     if msg.status == "QUEUED":
         return Outcome("Queued", QUEUED_CODE)
     if msg.status == "DELIVERING":
@@ -73,13 +92,10 @@ def outcome(msg: Message, receipt_stats: Sequence[str] = ()) -> Outcome:
     if msg.status == "DELIVERED":
         return Outcome("Delivered", DELIVERED_CODE)
     if msg.fail_code is not None:
-        return Outcome(_OWN_FAILURES.get(msg.fail_code, "Aborted"), msg.fail_code)
-    if not receipt_stats:  # failed before any part reached the SMSC: the submit was refused
-        return Outcome("Rejected", REJECTED)
-    for stat in receipt_stats:
-        if stat in _RECEIPT_FAILURES:
-            return Outcome(_RECEIPT_FAILURES[stat], 0)
-    return Outcome("Failed", 0)
+        return Outcome(_OWN_STATUS.get(msg.fail_code, "Aborted"), msg.fail_code)
+    if not receipts:  # failed before any part reached the SMSC: the submit was refused
+        return Outcome("Aborted", REJECTED)
+    return receipt_outcome(receipts[0])
 
 
 def iso(when: datetime) -> str:

@@ -94,6 +94,18 @@ class TemplateService:
         async with self._sessions() as s:
             return await self._own(s, account_id, uid)
 
+    async def approved_text(
+        self, account_id: int, uid: str, variables: Mapping[str, Any]
+    ) -> tuple[Template, str]:
+        """The account's template and its text with `variables` filled in, for sending: 400
+        `template` unless it is APPROVED, 422 for missing or extra variables."""
+        template = await self.get_row(account_id, uid)
+        if template.status != "APPROVED":
+            raise FieldErrors.one(
+                "template", f"Template is {template.status}; only APPROVED templates can be sent."
+            )
+        return template, render(template.content, variables)
+
     async def get(self, account_id: int, uid: str) -> dict[str, Any]:
         return template_json(await self.get_row(account_id, uid))
 
@@ -127,7 +139,7 @@ class TemplateService:
             row.updated_at = datetime.now(UTC)
 
     async def set_status(self, uid: str, status: str) -> dict[str, Any]:
-        """Operator action (CLI): not reachable through the account API."""
+        """Operator action (CLI, operator console): not reachable through the account API."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}")
         async with self._sessions.begin() as s:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from gateway.db.models import Call, Message, Template, TrackedLink, Voicemail
+from gateway.db.models import Call, Message, Recording, Template, TrackedLink, Voicemail
 
 
 def fmt_time(value: datetime | None) -> str | None:
@@ -72,6 +72,7 @@ def call_json(c: Call) -> dict[str, Any]:
         "transfer_status": c.transfer_status,
         "transfer_seconds": None if c.transfer_seconds is None else float(c.transfer_seconds),
         "error": c.error,
+        "steps": json.loads(c.steps) if c.steps else [],
     }
 
 
@@ -85,4 +86,18 @@ def voicemail_json(v: Voicemail, call_uid: str) -> dict[str, Any]:
         "size": v.size,
         "created_at": fmt_time(v.created_at),
         "audio_url": f"/voice/voicemails/{v.uid}/audio",
+    }
+
+
+def recording_json(rec: Recording, call_uid: str, base_url: str = "") -> dict[str, Any]:
+    """A recording as the API and its webhook show it (`audio_url` absolute in the webhook)."""
+    return {
+        "recording_id": rec.uid,
+        "callid": call_uid,
+        "caller": rec.caller,
+        "recipient": rec.recipient,
+        "duration": float(rec.duration),
+        "size": rec.size,
+        "created_at": fmt_time(rec.created_at),
+        "audio_url": f"{base_url}/voice/recordings/{rec.uid}/audio",
     }

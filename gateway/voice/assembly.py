@@ -40,7 +40,8 @@ async def call_service(
 ) -> AsyncIterator[CallService]:
     data_dir = await asyncio.to_thread(os.path.abspath, cfg.data_dir)
     asterisk_dir = cfg.asterisk_data_dir or data_dir
-    await asyncio.to_thread(os.makedirs, os.path.join(data_dir, "voicemail"), exist_ok=True)
+    for store in ("voicemail", "recordings"):
+        await asyncio.to_thread(os.makedirs, os.path.join(data_dir, store), exist_ok=True)
     fetcher = PolicyFetcher(http)  # refuses a session without the URL policy
     media: MediaSource = MediaCache(fetcher, data_dir, cfg.media_max_bytes, cfg.media_timeout)
     speech: Speech = EspeakSpeech(data_dir)
@@ -58,6 +59,8 @@ async def call_service(
         cfg.voicemail_max_seconds,
         cfg.voicemail_silence_seconds,
         voicemail_local_dir=os.path.join(data_dir, "voicemail"),
+        recording_dir=os.path.join(asterisk_dir, "recordings"),
+        recording_local_dir=os.path.join(data_dir, "recordings"),
         deny_number_types=cfg.deny_number_types,
     )
     yield CallService(
@@ -65,7 +68,7 @@ async def call_service(
         numbers,
         fetcher,
         executor,
-        ScriptLimits(cfg.action_url_timeout, cfg.action_url_max_bytes),
+        ScriptLimits(cfg.action_url_timeout, cfg.action_url_max_bytes, cfg.max_fetches_per_call),
         Say(cfg.fallback_lang, cfg.fallback_text, line=0),
         base_url=base_url,
         wake_webhooks=wake_webhooks,

@@ -42,6 +42,20 @@ bridge is tested against the protocol rather than against itself:
   the `HANGUP` line follows the answer at once. With AGISIGHUP, FastAGI also writes `HANGUP` once
   more when AGI() ends (run_agi's last step), so a bridge that hung up sees it twice.
 
+The caller's keypad (not in the recordings, so from res_agi.c's handlers and their
+documentation): the call has a clock that starts at ANSWER and that the commands move on as
+they would take time (STREAM FILE its file's length, WAIT FOR DIGIT up to its timeout, EXEC Wait
+its seconds, RECORD FILE the recording), with no real waiting. Keys pressed at given seconds
+(`keys`), or typed in groups as each menu starts listening (`key_groups`), reach the command
+running then: STREAM FILE with escape digits stops at an escape key and answers `200
+result=<the key's character code> endpos=<samples played>` (handle_streamfile:
+ast_waitstream_full's result, `%d endpos=%ld`); other keys during it are dropped, as
+ast_waitstream_full drops them. WAIT FOR DIGIT <ms> answers `200 result=<character code>` for
+the first key within the timeout, `200 result=0` when none came, and `200 result=-1` then the
+HANGUP line when the caller hangs up while it waits (handle_waitfordigit: ast_waitfordigit_full's
+result, `200 result=%d`). Keys pressed while nothing reads them are lost. EXEC Hangup on the
+ringing channel (a refused call) answers `200 result=-1`, then the HANGUP line.
+
 Use `fastagi_call(host, port, scenario)` against a FastAGI server and `run_agi_script(argv,
 scenario)` for a script Asterisk would start with AGI(); both return a CallTranscript.
 """
@@ -222,6 +236,11 @@ class CallScenario:
     # maximum (no RTP from the caller at all), "dtmf": ended with #, "hangup": the caller hung up.
     record_end: Literal["silence", "timeout", "dtmf", "hangup"] = "silence"
     record_from: str | None = None  # RECORD FILE writes this WAV's audio (not a tone), if given
+    # Keys the caller presses: (seconds after ANSWER on the call's clock, keys typed 0.1 s apart).
+    keys: Sequence[tuple[float, str]] = ()
+    # Keys typed as menus listen: each group starts 0.3 s into the next prompt played with escape
+    # digits (or the next WAIT FOR DIGIT after other commands) once the keys before it are used.
+    key_groups: Sequence[str] = ()
     uniqueid: str | None = None  # agi_uniqueid; default: a new one per call in this process
     variables: dict[str, str] = field(default_factory=dict)
     # Canned answers for command names (`"SET CALLERID"`): the lines sent instead, e.g.
@@ -257,6 +276,8 @@ class CallTranscript:
     callerids: list[str] = field(default_factory=list)  # SET CALLERID arguments
     dialed: list[str] = field(default_factory=list)  # EXEC Dial arguments
     recordings: list[Recording] = field(default_factory=list)
+    keys_heard: list[str] = field(default_factory=list)  # keys a command returned, in order
+    hangup_causes: list[str] = field(default_factory=list)  # EXEC Hangup arguments
     hangup_sent: bool = False  # the HANGUP line went out (or SIGHUP for a script)
     hangup_lines: int = 0  # how many bare HANGUP lines were written (FastAGI)
     ended_by: str = ""  # "bridge" (it closed), "reset" (it reset), "peer" (we closed), "timeout"
@@ -423,6 +444,12 @@ class AsteriskAgi:
         self.hangup_pending = scenario.hangup_after == 0
         self.delay = 0.0  # seconds the answer being written waits (the command takes that long)
         self.answered_at: float | None = None  # when ANSWER put the line up (monotonic)
+        self.clock = 0.0  # seconds since ANSWER as the caller lives them (no real waiting)
+        self.presses = sorted(
+            (at + 0.1 * i, key) for at, typed in scenario.keys for i, key in enumerate(typed)
+        )
+        self.groups = list(scenario.key_groups)
+        self.reading = False  # the last command listened for keys
 
     def header(self, request: str) -> str:
         s = self.scenario
@@ -471,7 +498,9 @@ class AsteriskAgi:
         handler = getattr(self, "_" + "_".join(words), None)
         if handler is None:
             return "200 result=0\n"
-        reply: str | None = handler(argv)
+        reading = self.reading
+        self.reading = False
+        reply: str | None = handler(argv) if name != "WAIT FOR DIGIT" else self._wait_for_digit(argv, reading)
         if reply is not None and self._hangs_up_now():
             reply = self._interrupted(name, reply)
         if reply is None:
@@ -495,7 +524,46 @@ class AsteriskAgi:
             return f"200 result=-1 (hangup) endpos={endpos}\n"
         if name == "EXEC" and reply.startswith("200 result=0"):
             return "200 result=-1\n"
+        if name == "WAIT FOR DIGIT":
+            self.hangup_pending = True  # ast_waitfordigit_full gives -1 when the channel hangs up
+            return "200 result=-1\n"
         return reply
+
+    # --- the caller's keypad --------------------------------------------------------------
+
+    def _listen(self, may_start_group: bool) -> None:
+        """Drop the keys nobody read; type the next group when a menu starts listening."""
+        self.presses = [(at, key) for at, key in self.presses if at >= self.clock]
+        if may_start_group and not self.presses and self.groups:
+            typed = self.groups.pop(0)
+            self.presses = [(self.clock + 0.3 + 0.1 * i, key) for i, key in enumerate(typed)]
+
+    def _press_within(self, seconds: float, keys: str) -> tuple[float, str] | None:
+        """The first key in `keys` pressed before `seconds` from now, taken; others then are lost."""
+        end = self.clock + seconds
+        while self.presses and self.presses[0][0] < end:
+            at, key = self.presses.pop(0)
+            if key in keys:
+                self.transcript.keys_heard.append(key)
+                return at, key
+        return None
+
+    def _wait_for_digit(self, argv: list[str], reading: bool) -> str | None:
+        if len(argv) != 4:
+            return None
+        timeout_ms = _sscanf_int(argv[3])
+        if timeout_ms is None:
+            return None
+        self.reading = True
+        self._listen(not reading)
+        seconds = timeout_ms / 1000 if timeout_ms >= 0 else math.inf
+        press = self._press_within(seconds, "0123456789*#ABCD")
+        if press is None:
+            # A silent caller: the whole timeout (one that never ends stops at the last key).
+            self.clock += seconds if seconds != math.inf else 0
+            return "200 result=0\n"
+        self.clock = press[0]
+        return f"200 result={ord(press[1])}\n"
 
     def after_answer(self) -> None:
         self.answered += 1
@@ -566,6 +634,15 @@ class AsteriskAgi:
         app, data = argv[1], (argv[2] if len(argv) > 2 else "")
         if app.lower() == "dial":
             return self._dial(data)
+        if app.lower() == "wait":
+            waited = re.match(r"\s*(\d+(?:\.\d+)?)", data)
+            self.clock += float(waited.group(1)) if waited else 0.0
+            return "200 result=0\n"
+        if app.lower() == "hangup":
+            # pbx_builtin_hangup: the cause goes on the channel, which hangs up (-1 to the AGI).
+            self.transcript.hangup_causes.append(data)
+            self.hangup_pending = True
+            return "200 result=-1\n"
         if app.lower() in ("noop", "wait", "set", "playback", "answer", "ringing", "progress"):
             return "200 result=0\n"
         return "200 result=-2\n"
@@ -625,6 +702,17 @@ class AsteriskAgi:
             self.transcript.missing.append(argv[2])
             return f"200 result=-1 endpos={offset}\n"
         self.transcript.streamed.append(argv[2])
+        played = max((samples or 0) - offset, 0)
+        escape = argv[3]
+        if escape:
+            self.reading = True
+            self._listen(True)
+            press = self._press_within(played / 8000, escape)
+            if press is not None:
+                endpos = offset + int((press[0] - self.clock) * 8000)
+                self.clock = press[0]
+                return f"200 result={ord(press[1])} endpos={endpos}\n"
+        self.clock += played / 8000
         return f"200 result=0 endpos={samples if samples is not None else 0}\n"
 
     def _record_file(self, argv: list[str]) -> str | None:
@@ -662,6 +750,7 @@ class AsteriskAgi:
         self.transcript.recordings.append(
             Recording(path, fmt, argv[4], timeout_ms, bool(beep), silence, written)
         )
+        self.clock += self.scenario.record_seconds
         if written is None:
             return "200 result=-1 (writefile)\n"
         end = self.scenario.record_end

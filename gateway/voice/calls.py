@@ -13,21 +13,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from yarl import URL
 
-from actions_dsl import Action, ParseErrors, Say, Transfer, parse
-from gateway.db.models import Call, Number, NumberSubscription, Voicemail
+from actions_dsl import Action, ActionSyntaxError, Gather, ParseErrors, Say, Transfer, parse
+from gateway.db.models import Account, Call, Number, NumberSubscription, Recording, Voicemail
 from gateway.logs import log_context
 from gateway.services import outbox
 from gateway.services.dialing import DialRights, load_rights
 from gateway.services.numbers import NumberService
-from gateway.services.views import fmt_time
+from gateway.services.views import call_json, fmt_time, recording_json
 from gateway.voice.call_starts import CallStarts
 from gateway.voice.executor import Executor
-from gateway.voice.interfaces import AgiChannel, AgiError, CallOutcome, Fetcher, Hangup, MediaError
+from gateway.voice.interfaces import (
+    AgiChannel,
+    AgiError,
+    CallOutcome,
+    Fetcher,
+    Hangup,
+    MediaError,
+    NextScript,
+)
 from gateway.workers.observer import NullObserver, Observer
 
 log = logging.getLogger(__name__)
@@ -48,6 +58,22 @@ def e164_from_agi(value: str | None) -> str:
 class ScriptLimits:
     timeout: float
     max_bytes: int
+    max_fetches: int = 20  # scripts per call, the action_url's included
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One script fetch: the actions, or None and why not (in the tenant's terms)."""
+
+    actions: list[Action] | None
+    status: int | None = None
+    error: str | None = None
+    # The script's syntax errors, each with its line and column (the console shows them all).
+    errors: tuple[ActionSyntaxError, ...] = ()
+
+
+def with_query(url: str, params: dict[str, str]) -> str:
+    return url + ("&" if "?" in url else "?") + urlencode(params)
 
 
 class CallService:
@@ -105,29 +131,40 @@ class CallService:
             call.number_id = target.number_id if target else None
             # The action_url is fetched while the call's IN_PROGRESS row is written; the row is
             # in before ANSWER, so a node that dies once the call runs leaves it to the sweep.
-            script = asyncio.ensure_future(self._script(target.action_url if target else None, caller, din))
+            script = asyncio.ensure_future(
+                self.check_script(target.action_url if target else None, caller, din)
+            )
             try:
                 await self._starts.insert(call)
             except BaseException:
                 script.cancel()
                 await asyncio.gather(script, return_exceptions=True)
                 raise
+            status_url = target.status_url if target else None
+            await self.call_event(call, status_url, "ringing")
             log.info("call answered", extra={"caller": call.caller})
             self.in_progress += 1
             self._active.add(call.uid)
             self._observer.call_started()
             outcome = CallOutcome()
             script_error: str | None = None
+            first: dict[str, Any] | None = None
             try:
-                actions, script_error = await script
+                fetched = await script
+                script_error = fetched.error
+                if target is not None and target.action_url:
+                    first = {"digits": None, "url": target.action_url, "status": fetched.status}
+                    first["error"] = script_error
+                actions = fetched.actions
                 if actions is None:
                     log.info("fallback: %s", script_error)  # the detail was logged by _script
                     actions = [self._fallback]
                 if actions:
                     self._prepare(actions[0])  # while ANSWER is under way
                 rights = await self._rights(target.account_id if target else None, actions)
-                outcome = await self._executor.run(channel, actions, rights)
-                if outcome.result not in ("hangup", "transferred"):
+                hooks = _CallHooks(self, call, caller, din, status_url)
+                outcome = await self._executor.run(channel, actions, rights, hooks)
+                if outcome.result not in ("hangup", "transferred", "rejected"):
                     await _hang_up(channel)
             except asyncio.CancelledError:
                 outcome.result = "hangup"
@@ -139,11 +176,14 @@ class CallService:
                 self.in_progress -= 1
                 self._active.discard(call.uid)
                 self._observer.call_ended()
-                await asyncio.shield(self._finish(call, outcome, script_error))
+                if first is not None:
+                    outcome.steps.insert(0, first)
+                await asyncio.shield(self._finish(call, outcome, script_error, status_url))
 
     async def _rights(self, account_id: int | None, actions: list[Action]) -> DialRights | None:
-        """The DIN holder's dialing rights, read only for a script that transfers."""
-        if account_id is None or not any(isinstance(a, Transfer) for a in actions):
+        """The DIN holder's dialing rights, read only for a script that transfers (or gathers:
+        the script it fetches may transfer)."""
+        if account_id is None or not any(isinstance(a, Transfer | Gather) for a in actions):
             return None
         async with self._sessions() as s:
             return await load_rights(s, account_id)
@@ -189,40 +229,93 @@ class CallService:
                     log.warning("abandoned call ended by the sweep", extra={"callid": uid})
         return ended
 
-    async def _script(
-        self, action_url: str | None, caller: str, din: str
-    ) -> tuple[list[Action] | None, str | None]:
-        """The script's actions, or None and why not. The reason is what the call record (the
+    async def check_script(self, action_url: str | None, caller: str, din: str) -> Fetched:
+        """Fetch and parse a DIN's action_url as a call to `din` from `caller` does: through the
+        same URL policy, limits and query. Also what the console's "test this action_url" shows."""
+        if not action_url:
+            return Fetched(None, error="no DIN subscription with an action_url for this number")
+        return await self.fetch_script(with_query(action_url, {"caller": caller, "recipient": din}))
+
+    async def fetch_script(self, url: str, headers: dict[str, str] | None = None) -> Fetched:
+        """The script at `url`, or None and why not. The reason is what the call record (the
         tenant) sees: generic, never what the URL answered nor which way the connection failed
         (a port scanner with read-back otherwise); the detail goes to the log."""
-        if not action_url:
-            return None, "no DIN subscription with an action_url for this number"
-        url = (
-            action_url + ("&" if "?" in action_url else "?") + urlencode({"caller": caller, "recipient": din})
-        )
         try:
-            res = await self._fetcher.get(url, max_bytes=self._limits.max_bytes, timeout=self._limits.timeout)
+            res = await self._fetcher.get(
+                url, max_bytes=self._limits.max_bytes, timeout=self._limits.timeout, headers=headers
+            )
         except MediaError as exc:
             log.warning("action_url fetch failed: %s", exc)
-            return None, "action_url fetch failed"
+            return Fetched(None, error="action_url fetch failed")
         if res.status != 200:
             log.warning("action_url answered HTTP %d", res.status)
-            return None, f"action_url fetch failed: HTTP {res.status}"
+            return Fetched(None, res.status, f"action_url fetch failed: HTTP {res.status}")
         try:
             text = res.body.decode("utf-8")
         except UnicodeDecodeError:
             log.warning("action_url script is not UTF-8")
-            return None, "invalid script: not UTF-8"
+            return Fetched(None, res.status, "invalid script: not UTF-8")
         try:
-            return parse(text), None
+            return Fetched(parse(text), res.status)
         except ParseErrors as exc:
             log.warning("invalid script from action_url: %s", "; ".join(map(str, exc.errors)))
-            return None, f"invalid script at line {exc.line}, column {exc.column}"
+            return Fetched(
+                None, res.status, f"invalid script at line {exc.line}, column {exc.column}", tuple(exc.errors)
+            )
 
-    async def _finish(self, call: Call, outcome: CallOutcome, script_error: str | None) -> None:
+    @property
+    def fallback(self) -> Say:
+        return self._fallback
+
+    @property
+    def max_fetches(self) -> int:
+        return self._limits.max_fetches
+
+    async def webhook_secret(self, account_id: int) -> str | None:
+        async with self._sessions() as s:
+            secret: str | None = await s.scalar(
+                select(Account.webhook_secret).where(Account.id == account_id)
+            )
+            return secret
+
+    async def store_recording(self, call: Call, path: str, seconds: float, action_url: str | None) -> None:
+        """A `record` command's file: a recordings row, and its POST to `action_url` (signed and
+        retried as every webhook) in the same transaction."""
+        if call.account_id is None:
+            return
+        size = await asyncio.to_thread(_size, path)
+        async with self._sessions.begin() as s:
+            rec = Recording(
+                uid=uuid.uuid4().hex,
+                call_id=call.id,
+                account_id=call.account_id,
+                caller=call.caller,
+                recipient=call.recipient,
+                duration=Decimal(str(round(seconds, 2))),
+                path=path,
+                size=size,
+                created_at=datetime.now(UTC),
+            )
+            s.add(rec)
+            if action_url:
+                outbox.enqueue(
+                    s,
+                    account_id=call.account_id,
+                    kind="voice.recording",
+                    ref=rec.uid,
+                    url=action_url,
+                    payload=recording_json(rec, call.uid, self._base_url),
+                )
+        if action_url:
+            self._wake_webhooks()
+
+    async def _finish(
+        self, call: Call, outcome: CallOutcome, script_error: str | None, status_url: str | None = None
+    ) -> None:
         ended = datetime.now(UTC)
         duration = max(0, math.ceil((ended - call.started_at).total_seconds()))
         errors = "; ".join(e for e in (script_error, outcome.error) if e) or None
+        answered = outcome.result != "rejected"
         recording = outcome.voicemail_path + ".wav" if outcome.voicemail_path else None
         size = await asyncio.to_thread(_size, recording) if recording else 0
         try:
@@ -232,23 +325,29 @@ class CallService:
                     minute_cost = await s.scalar(
                         select(Number.minute_cost).where(Number.id == call.number_id)
                     )
-                await s.execute(
-                    update(Call)
-                    .where(Call.id == call.id)
-                    .values(
-                        # The customer's flow did not run (the fallback did): FAILED, with the reason.
-                        status="FAILED" if script_error else "COMPLETED",
-                        answered_at=call.started_at,
-                        ended_at=ended,
-                        duration=duration,
-                        cost=(minute_cost or Decimal(0)) * math.ceil(duration / 60),
-                        actions=json.dumps(outcome.actions_run, ensure_ascii=False),
-                        result=outcome.result,
-                        transfer_status=outcome.transfer_status,
-                        transfer_seconds=_decimal(outcome.transfer_seconds),
-                        error=errors,
-                    )
-                )
+                values: dict[str, Any] = {
+                    # The customer's flow did not run (the fallback did): FAILED, with the reason.
+                    "status": _status(script_error, outcome),
+                    "answered_at": call.started_at if answered else None,
+                    "ended_at": ended,
+                    # A call refused unanswered lasted nothing the caller pays for.
+                    "duration": duration if answered else 0,
+                    "cost": (minute_cost or Decimal(0)) * math.ceil(duration / 60)
+                    if answered
+                    else Decimal(0),
+                    "actions": json.dumps(outcome.actions_run, ensure_ascii=False),
+                    "steps": json.dumps(outcome.steps, ensure_ascii=False) if outcome.steps else None,
+                    "result": outcome.result,
+                    "transfer_status": outcome.transfer_status,
+                    "transfer_seconds": _decimal(outcome.transfer_seconds),
+                    "error": errors,
+                }
+                await s.execute(update(Call).where(Call.id == call.id).values(**values))
+                if status_url and call.account_id is not None:
+                    for name, value in values.items():
+                        setattr(call, name, value)
+                    # In the transaction that ends the call: a completed call always gets its event.
+                    self._enqueue_event(s, call, status_url, "completed", call_json(call))
                 if recording and call.account_id is not None:
                     vm = Voicemail(
                         uid=uuid.uuid4().hex,
@@ -271,8 +370,37 @@ class CallService:
             outcome.result,
             extra={"duration": duration, "error": errors, "voicemail": recording is not None},
         )
-        if recording:
+        if recording or status_url:
             self._wake_webhooks()
+
+    def _enqueue_event(
+        self, s: AsyncSession, call: Call, url: str, event: str, fields: dict[str, Any] | None = None
+    ) -> None:
+        assert call.account_id is not None
+        payload = {
+            "event": event,
+            "callid": call.uid,
+            "caller": call.caller,
+            "recipient": call.recipient,
+            "timestamp": fmt_time(datetime.now(UTC)),
+            **(fields or {}),
+        }
+        outbox.enqueue(
+            s, account_id=call.account_id, kind="voice.event", ref=call.uid, url=url, payload=payload
+        )
+
+    async def call_event(self, call: Call, status_url: str | None, event: str) -> None:
+        """POST `event` to the DIN's status_url (through the outbox: durable, signed, retried in
+        order per call). A failure to write it is logged: the call goes on."""
+        if not status_url or call.account_id is None:
+            return
+        try:
+            async with self._sessions.begin() as s:
+                self._enqueue_event(s, call, status_url, event)
+        except Exception:
+            log.exception("writing the %s event failed", event)
+            return
+        self._wake_webhooks()
 
     async def _notify_voicemail(self, s: AsyncSession, call: Call, vm: Voicemail) -> None:
         """POST the new voicemail to the DIN subscription's voicemail_url, if it has one. The
@@ -303,6 +431,59 @@ class CallService:
                 "audio_url": f"{self._base_url}/voice/voicemails/{vm.uid}/audio",
             },
         )
+
+
+class _CallHooks:
+    """The executor's view of one inbound call: its gathers' fetches, its recordings."""
+
+    def __init__(
+        self, service: CallService, call: Call, caller: str, din: str, status_url: str | None
+    ) -> None:
+        self._service = service
+        self._status_url = status_url
+        self._call = call
+        self._caller = caller
+        self._din = din
+        self._fetches = 1  # the action_url's
+        self._secret: str | None = None
+
+    async def answered(self) -> None:
+        await self._service.call_event(self._call, self._status_url, "answered")
+
+    async def next_script(self, url: str, digits: str) -> NextScript:
+        service, call = self._service, self._call
+        fallback = [service.fallback]
+        self._fetches += 1
+        if self._fetches > service.max_fetches:
+            log.warning("script fetch %d refused: over voice.max_fetches_per_call", self._fetches)
+            return NextScript(
+                fallback, url, error=f"more than {service.max_fetches} scripts fetched on this call"
+            )
+        full = with_query(
+            url, {"caller": self._caller, "recipient": self._din, "digits": digits, "callid": call.uid}
+        )
+        headers = None
+        if call.account_id is not None:
+            if self._secret is None:
+                self._secret = await service.webhook_secret(call.account_id)
+            if self._secret:
+                # Signed as webhooks are, over the query string as sent (a GET has no body).
+                query = URL(full).raw_query_string.encode()
+                headers = outbox.signature_headers(self._secret, uuid.uuid4().hex, query)
+        fetched = await service.fetch_script(full, headers)
+        return NextScript(fetched.actions or fallback, url, fetched.status, fetched.error)
+
+    async def recorded(self, path: str, seconds: float, action_url: str | None) -> None:
+        try:
+            await self._service.store_recording(self._call, path, seconds, action_url)
+        except Exception:  # the call goes on; the file stays on disk for the operator
+            log.exception("storing a recording failed", extra={"path": path})
+
+
+def _status(script_error: str | None, outcome: CallOutcome) -> str:
+    if outcome.result == "rejected":
+        return "REJECTED"
+    return "FAILED" if script_error or outcome.fallback else "COMPLETED"
 
 
 async def _hang_up(channel: AgiChannel) -> None:

@@ -39,7 +39,20 @@ import uuid
 import wave
 from collections.abc import Callable, Mapping, Sequence
 
-from actions_dsl import Action, Playback, Say, Transfer, VoicemailPlayback, VoicemailSay
+from actions_dsl import (
+    Action,
+    Gather,
+    HangupCall,
+    Pause,
+    Playback,
+    Prompt,
+    Record,
+    Reject,
+    Say,
+    Transfer,
+    VoicemailPlayback,
+    VoicemailSay,
+)
 from gateway.services.dialing import (
     DEFAULT_DENY_NUMBER_TYPES,
     DialPolicy,
@@ -66,10 +79,12 @@ from .interfaces import (
     AgiChannel,
     AgiError,
     AgiResponse,
+    CallHooks,
     CallOutcome,
     Hangup,
     MediaError,
     MediaSource,
+    NoHooks,
     Speech,
 )
 from .transfer_timing import BRIDGED_AT_VARIABLE, NOW_EXPRESSION, bridged_seconds, dial_option
@@ -82,6 +97,12 @@ _WAV_BYTES_PER_SECOND = 8000 * 2  # 8 kHz mono 16-bit, what Asterisk's `wav` for
 class _EndOfScript(Exception):
     """Raised inside an action that ends the script (transfer, voicemail)."""
 
+
+# The keys a gather listens for: every one a caller can press on a phone's keypad.
+KEYS = "0123456789*#"
+# Hangup's cause codes, which chan_pjsip answers an unanswered INVITE with: 17 (user busy) is
+# 486 Busy Here, 21 (call rejected) 403 Forbidden.
+_BUSY_CAUSE, _REJECTED_CAUSE = 17, 21
 
 # DIALSTATUS -> the result of a transfer nobody answered, the caller still on the line.
 _UNANSWERED = {"BUSY": "transfer_busy", "NOANSWER": "transfer_no_answer"}
@@ -124,11 +145,15 @@ class Executor:
         voicemail_silence_seconds: int,
         *,
         voicemail_local_dir: str | None = None,
+        recording_dir: str | None = None,
+        recording_local_dir: str | None = None,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
         deny_number_types: str = DEFAULT_DENY_NUMBER_TYPES,
     ) -> None:
         """`voicemail_dir` is where Asterisk writes recordings; `voicemail_local_dir` is the same
-        directory as this process sees it (when Asterisk mounts it elsewhere), default the same."""
+        directory as this process sees it (when Asterisk mounts it elsewhere), default the same.
+        `recording_dir`/`recording_local_dir`: the same for `record`, default `recordings`
+        beside the voicemail directory."""
         self._media = media
         self._speech = speech
         self._trunk = safe_token(trunk, "trunk")
@@ -148,6 +173,9 @@ class Executor:
         self._voicemail_max_seconds = int(voicemail_max_seconds)
         self._voicemail_silence_seconds = int(voicemail_silence_seconds)
         self._new_id = new_id
+        recordings = recording_dir or f"{self._voicemail_dir.rsplit('/', 1)[0]}/recordings"
+        self._recording_dir = safe_path(recordings.rstrip("/") or "/", "recording_dir")
+        self._recording_local_dir = (recording_local_dir or recordings).rstrip("/") or "/"
 
     @property
     def transfer_allow_prefixes(self) -> tuple[str, ...]:
@@ -158,26 +186,44 @@ class Executor:
         return is_e164(number) and self._policy.refusal(number, prefixes) is None
 
     async def run(
-        self, channel: AgiChannel, actions: Sequence[Action], rights: DialRights | None = None
+        self,
+        channel: AgiChannel,
+        actions: Sequence[Action],
+        rights: DialRights | None = None,
+        hooks: CallHooks | None = None,
     ) -> CallOutcome:
         """`rights`: the call's account (the DIN's holder), for transfers; without it a
-        transfer may reach the global allow-list and sets no caller id."""
+        transfer may reach the global allow-list and sets no caller id. `hooks`: what a gather,
+        a record and the answer ask of the call service (default: none of it)."""
         outcome = CallOutcome()
+        hooks = hooks or NoHooks()
         channel = _Counted(channel)
+        pending = list(actions)
         try:
+            if pending and isinstance(pending[0], Reject):
+                # Never answered: the caller is refused from ringing, and is not charged.
+                await self._reject(channel, pending[0], outcome)
+                return outcome
             try:
                 await channel.command("ANSWER")
             except AgiStreamError:
                 raise
             except AgiError as exc:
                 _add_error(outcome, f"answer: {exc}")
-            for action in actions:
+            await hooks.answered()
+            while pending:
+                action = pending.pop(0)
                 outcome.actions_run.append(_describe(action))
                 # An unanswered transfer before this action no longer decides the result.
                 outcome.result = "completed"
                 before = channel.answered
                 try:
-                    await self._run_action(channel, action, outcome, rights)
+                    if isinstance(action, Gather):
+                        after = await self._gather(channel, action, outcome, hooks)
+                        if after is not None:
+                            pending = list(after)
+                    else:
+                        await self._run_action(channel, action, outcome, rights, hooks)
                 except _EndOfScript:
                     break
                 except (Hangup, AgiStreamError):
@@ -191,16 +237,21 @@ class Executor:
                     log.exception("action %s failed", _kind(action))
                     _add_error(outcome, f"{_kind(action)}: internal error")
         except Hangup:
-            if outcome.result not in ("transferred", "voicemail"):
+            if outcome.result not in ("transferred", "voicemail", "rejected"):
                 outcome.result = "hangup"
         except AgiStreamError as exc:
             _add_error(outcome, f"AGI stream broken: {exc}")
-            if outcome.result not in ("transferred", "voicemail"):
+            if outcome.result not in ("transferred", "voicemail", "rejected"):
                 outcome.result = "hangup"
         return outcome
 
     async def _run_action(
-        self, channel: AgiChannel, action: Action, outcome: CallOutcome, rights: DialRights | None
+        self,
+        channel: AgiChannel,
+        action: Action,
+        outcome: CallOutcome,
+        rights: DialRights | None,
+        hooks: CallHooks,
     ) -> None:
         if isinstance(action, Playback):
             await self._stream(channel, await self._media.playback_file(action.url))
@@ -210,11 +261,109 @@ class Executor:
             await self._transfer(channel, action, outcome, rights)
         elif isinstance(action, VoicemailPlayback | VoicemailSay):
             await self._voicemail(channel, action, outcome)
+        elif isinstance(action, Pause):
+            await channel.command(format_command("EXEC", "Wait", safe_int(action.seconds)))
+        elif isinstance(action, HangupCall):
+            raise _EndOfScript
+        elif isinstance(action, Record):
+            await self._record(channel, action, hooks)
+        elif isinstance(action, Reject):
+            # A script fetched after a gather: the call is answered already, so it can only end.
+            _add_error(outcome, "reject: the call was already answered; hung up instead")
+            raise _EndOfScript
         else:  # pragma: no cover - exhaustive over Action
             raise UnsafeArgument(f"unknown action {action!r}")
 
-    async def _stream(self, channel: AgiChannel, path: str) -> AgiResponse:
-        line = format_command("STREAM FILE", safe_path(path), "")
+    async def _reject(self, channel: AgiChannel, action: Reject, outcome: CallOutcome) -> None:
+        outcome.actions_run.append(_describe(action))
+        outcome.result = "rejected"
+        cause = _BUSY_CAUSE if action.busy else _REJECTED_CAUSE
+        try:
+            # Hangup() on the ringing channel: Asterisk answers the INVITE with the cause's SIP
+            # status and the AGI gets -1 and the HANGUP line.
+            await channel.command(format_command("EXEC", "Hangup", safe_int(cause)))
+        except AgiStreamError:
+            raise
+        except AgiError as exc:
+            _add_error(outcome, f"reject: {exc}")
+
+    async def _gather(
+        self, channel: AgiChannel, gather: Gather, outcome: CallOutcome, hooks: CallHooks
+    ) -> Sequence[Action] | None:
+        """Collect the keys; the actions to run instead of the rest of the script, or None to
+        go on with it."""
+        key: str | None = None
+        for prompt in gather.prompts:
+            try:
+                key = await self._prompt(channel, prompt)
+            except (MediaError, AgiError, UnsafeArgument) as exc:
+                if isinstance(exc, AgiStreamError):
+                    raise
+                _add_error(outcome, f"gather prompt: {_public(exc, 'gather prompt')}")
+            if key is not None:
+                break
+        digits = ""
+        while len(digits) < (gather.digits or _MAX_DIGITS):
+            if key is None:
+                key = await _wait_key(channel, gather.timeout * 1000)
+                if key is None:
+                    break  # the timeout: what was typed so far is the input
+            if key == gather.finish:
+                break
+            digits += key
+            key = None
+        url = gather.action if digits else gather.no_input
+        if url is None:
+            outcome.steps.append({"digits": "", "url": None, "status": None, "error": None})
+            return None
+        script = await hooks.next_script(url, digits)
+        outcome.steps.append({"digits": digits, "url": url, "status": script.status, "error": script.error})
+        if script.error is not None:
+            outcome.fallback = True
+            _add_error(outcome, f"gather: {script.error}")
+        return script.actions
+
+    async def _prompt(self, channel: AgiChannel, prompt: Prompt) -> str | None:
+        """Play one prompt; the key that interrupted it, if one did."""
+        if isinstance(prompt, Pause):
+            return await _wait_key(channel, prompt.seconds * 1000)
+        if isinstance(prompt, Playback):
+            path = await self._media.playback_file(prompt.url)
+        else:
+            path = await self._speech.say_file(prompt.lang, prompt.text)
+        response = await self._stream(channel, path, escape=KEYS)
+        return _key(response.result) if response.result > 0 else None
+
+    async def _record(self, channel: AgiChannel, action: Record, hooks: CallHooks) -> None:
+        name = safe_token(self._new_id(), "recording id")
+        local = f"{self._recording_local_dir}/{name}.wav"
+        args = [safe_path(f"{self._recording_dir}/{name}"), "wav", Quoted(safe_digits("#"))]
+        args.append(safe_int(action.max_seconds * 1000))
+        if action.beep:
+            args.append("beep")
+        if action.silence > 0:
+            args.append(f"s={safe_int(action.silence)}")
+        started = time.monotonic()
+        try:
+            response = await channel.command(format_command("RECORD FILE", *args))
+        except Hangup:
+            seconds = _wav_seconds(local)
+            if seconds is not None:  # keep what Asterisk wrote before the connection went
+                await hooks.recorded(local, seconds, action.action)
+            raise
+        elapsed = time.monotonic() - started
+        how = result_paren(response) or ""
+        if response.result < 0 and how != "hangup":
+            raise AgiError(f"recording failed ({response.result} {response.data})".rstrip())
+        seconds = _wav_seconds(local)
+        await hooks.recorded(local, round(elapsed if seconds is None else seconds, 3), action.action)
+        if how == "hangup":
+            raise Hangup("the caller hung up while recording")
+
+    async def _stream(self, channel: AgiChannel, path: str, escape: str = "") -> AgiResponse:
+        """Play `path`; with `escape` keys, one pressed stops it and the answer's result is the
+        key's character code."""
+        line = format_command("STREAM FILE", safe_path(path), safe_digits(escape))
         response = await channel.command(line)
         # -1 with endpos=0: Asterisk could not open the file. -1 after playing part of it: the
         # caller hung up mid-play (the HANGUP line follows), or the channel failed, which ends the
@@ -307,6 +456,25 @@ class Executor:
         raise _EndOfScript
 
 
+_MAX_DIGITS = 32  # what a gather without --digits collects at most (the parser's maximum)
+
+
+def _key(result: int) -> str | None:
+    """The keypad key whose character code Asterisk answered, None for anything else."""
+    key = chr(result) if 0 < result < 128 else ""
+    return key if key and key in KEYS else None
+
+
+async def _wait_key(channel: AgiChannel, timeout_ms: int) -> str | None:
+    """The next key pressed within `timeout_ms`, None when none was; an answer that is no keypad
+    key counts as none, so a confused peer ends the input rather than feeding it."""
+    response = await channel.command(format_command("WAIT FOR DIGIT", safe_int(timeout_ms)))
+    if response.result < 0:
+        # res_agi: -1 when the channel went away while waiting; its HANGUP line follows.
+        raise Hangup("the caller hung up while keys were awaited")
+    return _key(response.result) if response.result else None
+
+
 async def _variable(channel: AgiChannel, name: str) -> str | None:
     """A channel variable's value; None when unset, unreadable, or not a short plain token."""
     try:
@@ -372,15 +540,21 @@ def _add_error(outcome: CallOutcome, message: str) -> None:
 
 
 def _kind(action: Action) -> str:
-    if isinstance(action, Playback):
-        return "playback"
-    if isinstance(action, Say):
-        return "say"
-    if isinstance(action, Transfer):
-        return "transfer"
     if isinstance(action, VoicemailPlayback):
         return "voicemail playback"
-    return "voicemail say"
+    if isinstance(action, VoicemailSay):
+        return "voicemail say"
+    names: dict[type, str] = {
+        Playback: "playback",
+        Say: "say",
+        Transfer: "transfer",
+        Pause: "pause",
+        HangupCall: "hangup",
+        Reject: "reject",
+        Gather: "gather",
+        Record: "record",
+    }
+    return names[type(action)]
 
 
 def _describe(action: Action) -> str:
@@ -389,5 +563,15 @@ def _describe(action: Action) -> str:
         return f"{_kind(action)} {action.url}"
     if isinstance(action, Say | VoicemailSay):
         return f"{_kind(action)} {action.lang}"
-    caller = f" --caller={action.caller}" if action.caller else ""
-    return f"transfer {action.number}{caller}"
+    if isinstance(action, Transfer):
+        caller = f" --caller={action.caller}" if action.caller else ""
+        return f"transfer {action.number}{caller}"
+    if isinstance(action, Pause):
+        return f"pause {action.seconds}"
+    if isinstance(action, Reject):
+        return "reject busy" if action.busy else "reject"
+    if isinstance(action, Gather):
+        return f"gather {action.action}"
+    if isinstance(action, Record):
+        return f"record {action.action}" if action.action else "record"
+    return _kind(action)

@@ -13,6 +13,7 @@ messages are details for the operator log, their `public` text what a tenant may
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 import aiohttp
 from yarl import URL
@@ -41,14 +42,16 @@ class PolicyFetcher:
         self.policy = session_policy(session)  # ValueError for a session without the policy
         self._session = session
 
-    async def get(self, url: str, *, max_bytes: int, timeout: float) -> FetchResult:
+    async def get(
+        self, url: str, *, max_bytes: int, timeout: float, headers: Mapping[str, str] | None = None
+    ) -> FetchResult:
         try:
             target = URL(url)
         except (ValueError, TypeError) as exc:
             raise FetchRefused(f"invalid URL: {exc}") from exc
         try:
             async with asyncio.timeout(timeout):
-                return await self._follow(target, max_bytes)
+                return await self._follow(target, max_bytes, headers)
         except FetchFailed:
             raise
         except TimeoutError:
@@ -57,10 +60,11 @@ class PolicyFetcher:
             detail = str(exc) or type(exc).__name__
             raise FetchFailed(f"fetching {_shown(target)} failed: {detail}") from exc
 
-    async def _follow(self, url: URL, max_bytes: int) -> FetchResult:
+    async def _follow(self, url: URL, max_bytes: int, headers: Mapping[str, str] | None) -> FetchResult:
         for hop in range(MAX_REDIRECTS + 1):
             try:
-                next_url = await self._hop(url, max_bytes)
+                # The signature headers are for the customer's server only, not a redirect's target.
+                next_url = await self._hop(url, max_bytes, None if hop else headers)
             except FetchRefused as exc:
                 if hop:
                     raise FetchRefused(f"{exc} (redirect {hop})") from None
@@ -70,14 +74,14 @@ class PolicyFetcher:
             url = next_url
         raise FetchRefused(f"too many redirects (more than {MAX_REDIRECTS}) from {_shown(url)}")
 
-    async def _hop(self, url: URL, max_bytes: int) -> FetchResult | URL:
+    async def _hop(self, url: URL, max_bytes: int, headers: Mapping[str, str] | None) -> FetchResult | URL:
         """One request: the final result, or where a redirect points."""
         if url.scheme not in ("http", "https"):
             raise FetchRefused(f"scheme {url.scheme or '(none)'!r} not allowed: only http and https")
         if not url.raw_host:
             raise FetchRefused(f"URL has no host: {_shown(url)}")
         try:
-            async with self._session.get(url, allow_redirects=False) as resp:
+            async with self._session.get(url, allow_redirects=False, headers=headers) as resp:
                 location = resp.headers.get("Location")
                 if resp.status in _REDIRECT_STATUSES and location:
                     try:

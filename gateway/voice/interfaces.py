@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+from actions_dsl import Action
 
 
 class Hangup(Exception):
@@ -81,9 +83,48 @@ class FetchResult:
 
 
 class Fetcher(Protocol):
-    async def get(self, url: str, *, max_bytes: int, timeout: float) -> FetchResult:
+    async def get(
+        self, url: str, *, max_bytes: int, timeout: float, headers: Mapping[str, str] | None = None
+    ) -> FetchResult:
         """GET honouring the URL policy (every redirect hop re-checked); raises FetchRefused
-        or FetchFailed."""
+        or FetchFailed. `headers` go with the first request only, not to a redirect's target."""
+
+
+@dataclass(frozen=True)
+class NextScript:
+    """What a gather's fetch gave: the actions to run next (the fallback when the fetch or
+    the script failed, then `error` says why in the tenant's terms), and the record's step."""
+
+    actions: Sequence[Action]
+    url: str | None
+    status: int | None = None  # the HTTP status answered, None when none was
+    error: str | None = None
+
+
+class CallHooks(Protocol):
+    """What the executor asks of the call around it (the call service: database, fetches)."""
+
+    async def answered(self) -> None:
+        """The call was answered (ANSWER succeeded)."""
+
+    async def next_script(self, url: str, digits: str) -> NextScript:
+        """Fetch the script a gather names with the keys pressed ("" for none)."""
+
+    async def recorded(self, path: str, seconds: float, action_url: str | None) -> None:
+        """A `record` wrote `path` (the local WAV, with extension)."""
+
+
+class NoHooks:
+    """For calls with no customer script behind them (outbound playback)."""
+
+    async def answered(self) -> None:
+        return None
+
+    async def next_script(self, url: str, digits: str) -> NextScript:
+        return NextScript((), url, error="gather is not available on this call")
+
+    async def recorded(self, path: str, seconds: float, action_url: str | None) -> None:
+        return None
 
 
 @dataclass
@@ -92,8 +133,11 @@ class CallOutcome:
 
     actions_run: list[str] = field(default_factory=list)  # the actions started, in order
     # completed | hangup | transferred | voicemail | transfer_busy | transfer_no_answer |
-    # transfer_failed
+    # transfer_failed | rejected (refused unanswered)
     result: str = "completed"
+    # Each gather: the keys pressed and the script fetched with them (url, status, error).
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    fallback: bool = False  # a script fetched after a gather failed: the fallback ran
     transfer_status: str | None = None  # DIALSTATUS of the last transfer dialled
     transfer_seconds: float | None = None  # an answered transfer: from the callee's answer to the end
     voicemail_path: str | None = None  # recorded file without extension, when voicemail ran

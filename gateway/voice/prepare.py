@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 
-from actions_dsl import Action, Playback, Say, VoicemailPlayback, VoicemailSay
+from actions_dsl import Action, Gather, Playback, Say, VoicemailPlayback, VoicemailSay
 from gateway.voice.interfaces import MediaSource, Speech
 
 _Key = tuple["asyncio.Task[object]", str, str]
@@ -29,6 +29,8 @@ class AudioPrep:
         call = asyncio.current_task()
         if call is None:
             return
+        if isinstance(action, Gather) and action.prompts:
+            action = action.prompts[0]  # a menu's first words, as for any first action
         if isinstance(action, Playback | VoicemailPlayback):
             key: _Key = (call, "media", action.url)
             job: Awaitable[str] = self._media.playback_file(action.url)

@@ -49,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import leases
 from gateway.db.availability import DbOutage
-from gateway.db.models import Account, Message, MessagePart
+from gateway.db.models import Account, Batch, Message, MessagePart
 from gateway.logs import log_context
 from gateway.routing.rules import Routed, RouteTable, default_table
 from gateway.services import outbox
@@ -86,6 +86,8 @@ class Claimed:
     account: int
     account_sid: str  # what routing rules name
     tags: str
+    valid_until: datetime | None  # a Sinch batch's expire_at: the SMSC's validity_period
+    flash: bool | None  # a Sinch batch's flash_message (None: not a batch message)
     token: str  # the claim's lease token: results are written only while it still holds
     # Part numbers an earlier, interrupted attempt got accepted (message_parts rows), and the
     # connector they went to: the rest goes there first.
@@ -140,10 +142,12 @@ class Dispatcher:
         observer: Observer | None = None,
         db: DbOutage | None = None,
         routes: Callable[[], RouteTable] | None = None,
+        fast_path: outbox.FastPath | None = None,
     ) -> None:
         if not connectors:
             raise ValueError("the dispatcher needs at least one connector")
         self._db = db or DbOutage()
+        self._fast_path = fast_path
         self._wake_webhooks = wake_webhooks
         self._observer = observer or NullObserver()
         self._sessions = sessions
@@ -259,16 +263,19 @@ class Dispatcher:
                     Message.sender,
                     Message.recipient,
                     Message.body,
-                    Message.account_id,
-                    Account.sid,
+                    Message.account_id.label("account"),
+                    Account.sid.label("account_sid"),
                     Message.tags,
+                    Message.expire_at.label("valid_until"),
+                    Batch.flash_message.label("flash"),
                     Message.data_coding,
                 )
                 .join(Account, Account.id == Message.account_id)
+                .outerjoin(Batch, Batch.id == Message.batch_id)
                 .where(Message.claimed_by == token, Message.status == "QUEUED")
                 .order_by(Message.id)
             )
-            batch = [Claimed(*r[:8], token=token, data_coding=r[8]) for r in rows]
+            batch = [Claimed(**r._asdict(), token=token) for r in rows]
             done: dict[int, set[int]] = {}
             done_on: dict[int, str] = {}
             for message_id, seq, connector in await s.execute(
@@ -305,6 +312,8 @@ class Dispatcher:
             c.body,
             concat_ref=c.concat_ref,
             skip_parts=c.done_parts,
+            flash=bool(c.flash),
+            valid_until=c.valid_until,
             binary=None if c.data_coding is None else bytes.fromhex(c.body),
             binary_coding=c.data_coding or 0x04,
         )
@@ -363,6 +372,9 @@ class Dispatcher:
             try:
                 async with self._sessions.begin() as s:
                     await self._write(s, outcomes, now)
+                    leased = await outbox.lease_fast(s, self._fast_path)
+                if leased and self._fast_path is not None:
+                    self._fast_path.offer(leased)
                 if outbox.written(s):
                     self._wake_webhooks()
                 _log_outcomes(outcomes)

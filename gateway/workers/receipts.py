@@ -19,7 +19,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.group_commit import GroupCommitter
-from gateway.db.models import Message, MessagePart, OrphanReceipt
+from gateway.db.models import Message, MessagePart, OrphanReceipt, WebhookDelivery
 from gateway.services import outbox
 from gateway.workers.observer import NullObserver, Observer
 from gateway.workers.status import REPORTED, enqueue_status_callback
@@ -47,6 +47,7 @@ class _Pending:
     smsc_id: str  # normalized id as the receipt carried it
     state: str
     stat: str
+    err: str | None = None  # the receipt's error code (Sinch delivery reports show it)
     orphan_id: int | None = None
 
 
@@ -57,8 +58,10 @@ class ReceiptApplier:
         base_url: str,
         wake_webhooks: Callable[[], None] = lambda: None,
         observer: Observer | None = None,
+        fast_path: outbox.FastPath | None = None,
     ) -> None:
         self.observer: Observer = observer or NullObserver()
+        self._fast_path = fast_path
         self._sessions = sessions
         self._base_url = base_url
         self._wake_webhooks = wake_webhooks
@@ -69,7 +72,13 @@ class ReceiptApplier:
         if receipt.state is ReceiptState.PENDING:
             return  # intermediate receipts change nothing the API shows
         await self._committer.submit(
-            _Pending(connector, normalize_id(receipt.smsc_id), receipt.state.value, receipt.stat[:16])
+            _Pending(
+                connector,
+                normalize_id(receipt.smsc_id),
+                receipt.state.value,
+                receipt.stat[:16],
+                None if receipt.err is None else receipt.err[:16],
+            )
         )
 
     async def close(self) -> None:
@@ -81,10 +90,21 @@ class ReceiptApplier:
             unmatched = await self._apply(s, pending, now)
             s.add_all(
                 OrphanReceipt(
-                    smsc_id=p.smsc_id, connector=p.connector, state=p.state, stat=p.stat, received_at=now
+                    smsc_id=p.smsc_id,
+                    connector=p.connector,
+                    state=p.state,
+                    stat=p.stat,
+                    err=p.err,
+                    received_at=now,
                 )
                 for p in unmatched
             )
+            leased = await outbox.lease_fast(s, self._fast_path)
+        self._committed(s, leased)
+
+    def _committed(self, s: AsyncSession, leased: list[tuple[WebhookDelivery, str]]) -> None:
+        if leased and self._fast_path is not None:
+            self._fast_path.offer(leased)
         if outbox.written(s):
             self._wake_webhooks()
         log_settled(s, self.observer)
@@ -106,7 +126,7 @@ class ReceiptApplier:
             )
             for connector, smsc_id, part_id, message_id in rows:
                 by_smsc_id.setdefault((connector, smsc_id), []).append((part_id, message_id))
-        updates: dict[tuple[str, str], list[int]] = {}
+        updates: dict[tuple[str, str, str | None], list[int]] = {}
         touched: set[int] = set()
         taken: set[int] = set()
         unmatched: list[_Pending] = []
@@ -123,12 +143,12 @@ class ReceiptApplier:
             for pid, mid in hits:
                 taken.add(pid)
                 touched.add(mid)
-                updates.setdefault((p.state, p.stat), []).append(pid)
-        for (state, stat), part_ids in updates.items():
+                updates.setdefault((p.state, p.stat, p.err), []).append(pid)
+        for (state, stat, err), part_ids in updates.items():
             await s.execute(
                 update(MessagePart)
                 .where(MessagePart.id.in_(part_ids), MessagePart.state == "SUBMITTED")
-                .values(state=state, stat=stat)
+                .values(state=state, stat=stat, err=err)
             )
         await self.settle(s, touched, now)
         return unmatched
@@ -192,13 +212,12 @@ class ReceiptApplier:
             newest = select(OrphanReceipt).order_by(OrphanReceipt.id.desc()).limit(SWEEP_BATCH)
             await self._adopt(s, newest, now)
             await s.execute(delete(OrphanReceipt).where(OrphanReceipt.received_at < now - ORPHAN_MAX_AGE))
-        if outbox.written(s):
-            self._wake_webhooks()
-        log_settled(s, self.observer)
+            leased = await outbox.lease_fast(s, self._fast_path)
+        self._committed(s, leased)
 
     async def _adopt(self, s: AsyncSession, query: Any, now: datetime) -> None:
         orphans = [
-            _Pending(o.connector, o.smsc_id, o.state, o.stat, o.id)
+            _Pending(o.connector, o.smsc_id, o.state, o.stat, o.err, o.id)
             for o in (await s.execute(query)).scalars()
         ]
         if not orphans:

@@ -74,4 +74,5 @@ async def enqueue_status_callback(s: AsyncSession, msg: Message, base_url: str) 
         ref=msg.msgid,
         url=msg.callbackurl,
         payload=message_json(msg, base_url, links),
+        fast=True,
     )

@@ -23,19 +23,20 @@ import email.utils
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import aiohttp
-from sqlalchemy import ColumnElement, exists, select, update
+from sqlalchemy import ColumnElement, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from gateway.db import leases
 from gateway.db.availability import DbOutage
-from gateway.db.models import Account, WebhookDelivery
+from gateway.db.group_commit import GroupCommitter
+from gateway.db.models import Account, WebhookAttempt, WebhookDelivery
 from gateway.egress.client import session_policy
 from gateway.egress.policy import AddressRefused
 from gateway.services.outbox import sign, sign_legacy
@@ -60,6 +61,8 @@ REFUSED_ERROR = "receiver address not allowed"
 _CLAIM_PASSES = 3
 # Fast-path jobs looked at per round, at most, to find ones whose host and account have a slot.
 _MAX_SCAN = 500
+# (ref, url) keys remembered for wait_behind; past this, forgotten (their rows wait for a poll).
+_MAX_BEHIND = 10_000
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
@@ -123,6 +126,8 @@ _SUBJECT_FIELD = {
     "sms.inbound": "inbound_id",
     "voice.status": "callid",
     "voice.voicemail": "voicemail_id",
+    "voice.event": "callid",
+    "voice.recording": "recording_id",
 }
 
 
@@ -227,6 +232,10 @@ class WebhookSender:
         self._table_gen = 1  # bumped by wake()
         self._claimed_gen = 0  # the last generation a claim saw through to an empty table
         self._last_claim = 0.0
+        # (ref, url) of fast-path deliveries that table rows wait behind (outbox.lease_fast).
+        self._behind: set[tuple[str, str]] = set()
+        self._recorder: GroupCommitter[list[Result]] = GroupCommitter(self._record)
+        self._settling: set[asyncio.Task[None]] = set()
         self.lifecycle = Lifecycle()
 
     def wake(self) -> None:
@@ -245,6 +254,11 @@ class WebhookSender:
         for d, secret in rows:
             self._ready.append((time.monotonic(), _job(d, secret)))
         self.lifecycle.wake()
+
+    def wait_behind(self, keys: list[tuple[str, str]]) -> None:
+        if len(self._behind) + len(keys) > _MAX_BEHIND:
+            self._behind.clear()
+        self._behind.update(keys)
 
     def _take_ready(self, limit: int) -> tuple[list[Job], list[Job]]:
         """Up to `limit` offered jobs whose host and account have a free slot, in order, and the
@@ -291,11 +305,18 @@ class WebhookSender:
             self._share.give_back(job.host, job.account_id)
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._loop() for _ in range(self._loops)))
+        try:
+            await asyncio.gather(*(self._loop() for _ in range(self._loops)))
+        finally:
+            # Results of the last rounds: recorded before the loops count as stopped.
+            while self._settling:
+                await asyncio.gather(*self._settling, return_exceptions=True)
+            await self._recorder.close()
 
     async def _loop(self) -> None:
-        """Rounds of up to batch_size POSTs, each recorded in one write when the round ends, as
-        long as receivers answer promptly. A POST still running STRAGGLER_WAIT into its round
+        """Rounds of up to batch_size POSTs, each recorded when the round ends, in the
+        background and in one write with the rounds other loops finished meanwhile, as long as
+        receivers answer promptly. A POST still running STRAGGLER_WAIT into its round
         is left in flight, holding one slot, and is recorded when it ends: a receiver that hangs
         until the timeout does not hold up the deliveries claimed alongside it."""
         in_flight: set[asyncio.Task[Result]] = set()
@@ -332,16 +353,26 @@ class WebhookSender:
             if not finished:
                 continue
             in_flight.difference_update(finished)
-            results = [t.result() for t in finished]
-            if any(r.job.from_table for r in results):
-                self._table_gen += 1  # the next delivery of the same ref may be due now (_in_order)
-            try:
-                await self._record(results)
-            except Exception as exc:
-                # Unrecorded rows stay claimed and are sent again when their lease runs out.
-                await self.lifecycle.idle(self._db.failed(exc, "recording webhook results", log))
-                continue
-            await self._replies(results)
+            # Recorded in the background, with what other loops finished meanwhile, in one
+            # transaction: the loop goes on to the next POSTs at once.
+            task = asyncio.create_task(self._settle([t.result() for t in finished]))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, results: list[Result]) -> None:
+        try:
+            await self._recorder.submit(results)
+        except Exception as exc:
+            # Unrecorded rows stay claimed and are sent again when their lease runs out.
+            self._db.failed(exc, "recording webhook results", log)
+            return
+        freed = [key for r in results if (key := (r.job.ref, r.job.url)) in self._behind]
+        self._behind.difference_update(freed)
+        if freed or any(r.job.from_table for r in results):
+            # Recorded: the next delivery of the same ref may be due now (_in_order).
+            self._table_gen += 1
+            self.lifecycle.wake()
+        await self._replies(results)
 
     async def _claim(self, limit: int) -> list[Job]:
         """Up to `limit` due deliveries, oldest first, skipping those whose receiver host or
@@ -462,10 +493,12 @@ class WebhookSender:
                 except Exception:
                     log.exception("reply from webhook %d failed", r.job.id)
 
-    async def _record(self, results: list[Result]) -> None:
+    async def _record(self, rounds: Sequence[list[Result]]) -> None:
+        results = [r for batch in rounds for r in batch]
         now = datetime.now(UTC)
         # Rows with the same outcome share one UPDATE: a batch of 2xx is a single statement.
         groups: dict[tuple[tuple[str, object], ...], list[int]] = {}
+        failed: list[dict[str, object]] = []  # the attempts history (WebhookAttempt)
         for r in results:
             self._observer.webhook(r.status_code)
             attempts = r.job.attempts + 1
@@ -491,7 +524,19 @@ class WebhookSender:
                 values.update(status="DROPPED", done_at=now)
             groups.setdefault(tuple(sorted(values.items())), []).append(r.job.id)
             _log_result(r, str(values.get("status", "RETRY")), attempts)
+            if not r.done:
+                failed.append(
+                    {
+                        "delivery_id": r.job.id,
+                        "attempt": attempts,
+                        "at": now,
+                        "status_code": r.status_code,
+                        "next_attempt_at": values.get("next_attempt_at"),
+                    }
+                )
         async with self._sessions.begin() as s:
+            if failed:
+                await s.execute(insert(WebhookAttempt), failed)
             for key, ids in groups.items():
                 await s.execute(
                     update(WebhookDelivery).where(WebhookDelivery.id.in_(ids)).values(**dict(key))

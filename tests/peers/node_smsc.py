@@ -256,6 +256,7 @@ class NodeSmsc:
         dlr_delay_ms: int = 0,
         reject_binds: bool = False,
         respond_delay_ms: int = 0,
+        dlr_err: str = "000",  # the err field of DLR texts (this peer only)
     ) -> None:
         """Change behaviour from now on; every call resets omitted knobs to these defaults."""
         await self._call(
@@ -271,6 +272,7 @@ class NodeSmsc:
                 "dlr_delay_ms": dlr_delay_ms,
                 "reject_binds": reject_binds,
                 "respond_delay_ms": respond_delay_ms,
+                "dlr_err": dlr_err,
             },
         )
 

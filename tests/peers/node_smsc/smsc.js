@@ -15,7 +15,8 @@
  *
  * HTTP control API (JSON bodies and answers), on the control port:
  *   POST /configure    knobs (see DEFAULTS); omitted knobs reset to defaults -> the effective config
- *   GET  /submits      accepted submit_sm, in arrival order (raw short_message as hex)
+ *   GET  /submits      accepted submit_sm, in arrival order (raw short_message as hex, validity_period
+ *                      as the ISO instant node-smpp reads from it)
  *   GET  /binds        {"count": successful binds since start/reset, "active": bound sessions now}
  *   POST /mo           {source, destination, short_message_hex, data_coding?, esm_class?} -> deliver_sm
  *                      to a bound receiver/transceiver (409 when none is bound)
@@ -119,6 +120,7 @@ const DEFAULTS = Object.freeze({
 	id_format: 'hex',        // 'hex' | 'dec': message ids in submit_sm_resp
 	dlr_id_format: null,     // id format in the DLR text; null = same as id_format
 	dlr_stat: 'DELIVRD',     // stat word in the DLR text; also selects the message_state TLV
+	dlr_err: '000',          // err field of the DLR text (3 digits)
 	dlr_delay_ms: 0,         // delay between submit_sm_resp and the DLR deliver_sm
 	reject_binds: false,     // answer every bind with ESME_RBINDFAIL
 	respond_delay_ms: 0,     // delay before each submit_sm_resp
@@ -173,6 +175,9 @@ function validateConfig(body) {
 	}
 	if (typeof cfg.dlr_stat !== 'string' || !/^[A-Z]{1,7}$/.test(cfg.dlr_stat)) {
 		throw new Error('dlr_stat must be an upper-case word of 1-7 letters');
+	}
+	if (typeof cfg.dlr_err !== 'string' || !/^[0-9]{3}$/.test(cfg.dlr_err)) {
+		throw new Error('dlr_err must be 3 digits');
 	}
 	if (typeof cfg.reject_binds !== 'boolean') {
 		throw new Error('reject_binds must be a boolean');
@@ -378,7 +383,7 @@ function scheduleReceipt(submit, session, cfg) {
 			const text = 'id:' + textId + ' sub:001 dlvrd:' + (failed ? '000' : '001') +
 				' submit date:' + smppDate(new Date(submit.received_at)) +
 				' done date:' + smppDate(new Date()) +
-				' stat:' + cfg.dlr_stat + ' err:000 text:' + receiptText(submit);
+				' stat:' + cfg.dlr_stat + ' err:' + cfg.dlr_err + ' text:' + receiptText(submit);
 			fields.short_message = Buffer.from(text, 'ascii');
 		}
 		if (cfg.dlr_mode === 'tlv' || cfg.dlr_mode === 'both') {
@@ -442,6 +447,8 @@ function onSubmit(session, pdu) {
 		protocol_id: pdu.protocol_id,
 		registered_delivery: pdu.registered_delivery,
 		data_coding: pdu.data_coding,
+		// node-smpp reads the SMPP time (absolute or relative) into a Date: the instant it names.
+		validity_period: pdu.validity_period instanceof Date ? pdu.validity_period.toISOString() : null,
 		short_message_hex: Buffer.isBuffer(pdu.short_message) ? pdu.short_message.toString('hex') : '',
 		message_payload_hex: Buffer.isBuffer(pdu.message_payload) ? pdu.message_payload.toString('hex') : null,
 		message_id: formatId(idNumber, cfg.id_format),
