@@ -64,6 +64,7 @@ TABLES = [
 TEST_SENDERS = (
     "DEMO",
     "XOXZO",
+    "ACME",
     "A",
     "B",
     "SHOP",
