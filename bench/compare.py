@@ -43,6 +43,7 @@ from aiohttp import web
 
 from bench import kannel as kannel_box
 from bench.common import PG_ADMIN, ROOT, cpu_seconds, create_database, free_port, percentile, process_tree
+from bench.http_load import SENDER
 from tests.peers.node_smsc import NodeSmsc
 
 SIN = "+81312345678"
@@ -196,7 +197,7 @@ class Ours:
         self.env["GATEWAY_DATABASE_URL"] = db_url
         self._db_name = db_url.rsplit("/", 1)[1] if self.engine == "postgresql" else ""
         await self._cli("migrate")
-        out = await self._cli("accounts", "create", "--name", "bench", "--freeform")
+        out = await self._cli("accounts", "create", "--name", "bench", "--freeform", "--sender", SENDER)
         creds = json.loads(out[out.index("{") :])
         self.auth = f"{creds['sid']}:{creds['auth_token']}"
         numbers = self.work / "numbers.csv"

@@ -172,7 +172,7 @@ async def main() -> None:
 
 async def _create_account(env: dict[str, str]) -> str:
     proc = await start_process(
-        "-m", "gateway", "accounts", "create", "--name", "bench", "--freeform", env=env
+        "-m", "gateway", "accounts", "create", "--name", "bench", "--freeform", "--sender", "BENCH", env=env
     )
     out, _ = await proc.communicate()
     text_out = out.decode()

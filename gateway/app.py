@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from functools import partial
@@ -91,10 +92,12 @@ from gateway.workers import connectors as smsc
 from gateway.workers.batch_sweep import BatchSweep
 from gateway.workers.connectors import ConnectorPlan
 from gateway.workers.dispatcher import Dispatcher
+from gateway.workers.esme import EsmeGateway
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.receipts import ReceiptApplier
 from gateway.workers.smpp_events import CoreSmppEvents
 from gateway.workers.webhook_sender import WebhookSender
+from smpp.server import EsmeServer, EsmeServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,7 @@ WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
 SMSC_PORT = web.AppKey("smsc_port", int)
 FASTAGI = web.AppKey("fastagi", FastAgiServer)
+ESME_SERVER = web.AppKey("esme_server", EsmeServer)
 
 
 def create_app(config: Config) -> web.Application:
@@ -129,6 +133,7 @@ def create_app(config: Config) -> web.Application:
         MetricsSettings(token=config.metrics.token),
         calls_in_progress=lambda: app[CALLS].in_progress if CALLS in app else 0,
         smpp_bound=lambda: app[CONNECTORS].bound_binds() if CONNECTORS in app else {},
+        esme_sessions=lambda: app[ESME_SERVER].bound() if ESME_SERVER in app else 0,
     )
     try:
         app[RATE_LIMITER] = RateLimiter(
@@ -176,6 +181,8 @@ def create_app(config: Config) -> web.Application:
     if config.simulator.enabled:
         app.cleanup_ctx.append(_simulator)
     app.cleanup_ctx.append(partial(_messaging, plans))
+    if config.smpp_server.enabled:
+        app.cleanup_ctx.append(partial(_smpp_server, _esme_server_config(config)))
     try:
         fastagi_peers = parse_networks(config.voice.fastagi_allowed_peers)
     except ValueError as exc:
@@ -417,6 +424,60 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
     await asyncio.gather(client_task, return_exceptions=True)
     await inbound.close()
     await receipts.close()
+
+
+def _esme_server_config(config: Config) -> EsmeServerConfig:
+    """The SMPP server's settings, TLS files loaded: checked before anything starts."""
+    c = config.smpp_server
+    tls = None
+    if c.tls:
+        if not c.tls_cert_file:
+            raise ConfigError("smpp_server.tls is true but smpp_server.tls_cert_file is not set")
+        try:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(c.tls_cert_file, c.tls_key_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"smpp_server: TLS files unusable: {exc}") from None
+    return EsmeServerConfig(
+        host=c.host,
+        port=c.port,
+        tls=tls,
+        system_id=c.system_id,
+        max_connections=c.max_connections,
+        bind_timeout=c.bind_timeout,
+        idle_timeout=c.idle_timeout,
+        window=c.window,
+        response_timeout=c.response_timeout,
+        max_pdu_length=c.max_pdu_bytes,
+        poll_interval=c.poll_interval,
+        bind_failures=c.bind_failures_per_minute,
+    )
+
+
+async def _smpp_server(settings: EsmeServerConfig, app: web.Application) -> AsyncIterator[None]:
+    """The SMPP server for ESMEs over the message service (gateway/workers/esme.py)."""
+    cfg = app[CONFIG].smpp_server
+    limiter = app[RATE_LIMITER]
+    backend = EsmeGateway(
+        app[SESSIONS],
+        app[MESSAGES],
+        throttle=limiter.take,
+        lease_seconds=max(settings.response_timeout * 3, 30.0),
+        parts_window=cfg.parts_window_seconds,
+        db=app[DB_OUTAGE],
+    )
+    server = EsmeServer(settings, backend)
+    with listening("SMPP server", cfg.host, cfg.port, "smpp_server.host", "smpp_server.port"):
+        await server.start()
+    app[ESME_SERVER] = server
+    sweeps = Lifecycle()
+    sweeper = asyncio.create_task(
+        _every(app[DB_OUTAGE], sweeps, 10.0, "stale ESME parts", backend.flush_stale_parts), name="esme-parts"
+    )
+    yield
+    sweeps.request_stop()
+    await sweeper
+    await server.stop()
 
 
 async def _voice(fastagi_peers: tuple[IPNetwork, ...], app: web.Application) -> AsyncIterator[None]:

@@ -21,6 +21,7 @@ from gateway.db.engine import create_engine, is_sqlite, session_factory
 from gateway.services.accounts import AccountService
 from gateway.services.dialing import RIGHTS_COLUMNS, is_phone_number, parse_prefixes, update_rights
 from gateway.services.errors import ApiError
+from gateway.services.senders import canonical
 from gateway.services.templates import TemplateService
 from gateway.version import version
 
@@ -60,7 +61,7 @@ def cmd_accounts(config: Config, args: argparse.Namespace) -> int:
         if args.action == "create":
             try:
                 creds = await accounts.create(
-                    args.name, freeform=args.freeform, webhook_secret=args.webhook_secret
+                    args.name, freeform=args.freeform, webhook_secret=args.webhook_secret, senders=args.sender
                 )
             except ValueError as exc:
                 print(f"error: {exc}; nothing created", file=sys.stderr)
@@ -72,6 +73,7 @@ def cmd_accounts(config: Config, args: argparse.Namespace) -> int:
                     "name": creds.account.name,
                     "freeform": creds.account.freeform,
                     "webhook_secret": creds.account.webhook_secret,
+                    "senders": sorted({canonical(x) for x in args.sender}),
                 }
             )
             return 0
@@ -116,6 +118,74 @@ def cmd_accounts(config: Config, args: argparse.Namespace) -> int:
         raise AssertionError(args.action)
 
     return _with_services(config, go)
+
+
+def cmd_senders(config: Config, args: argparse.Namespace) -> int:
+    """An account's sender allow-list (gateway/services/senders.py)."""
+    from gateway.services.senders import SenderService
+
+    async def go() -> int:
+        engine = create_engine(config.database.url)
+        senders = SenderService(session_factory(engine))
+        try:
+            if args.action == "add":
+                found = await senders.add(args.sid, args.senders)
+            elif args.action == "remove":
+                found = await senders.remove(args.sid, args.senders)
+            else:
+                found = True
+            listed = await senders.list(args.sid) if found else None
+        except ValueError as exc:
+            print(f"error: {exc}; nothing changed", file=sys.stderr)
+            return 2
+        finally:
+            await engine.dispose()
+        if listed is None:
+            print(f"no account {args.sid}", file=sys.stderr)
+            return 1
+        allowed, sins = listed
+        _print(
+            {
+                "sid": args.sid,
+                "senders": [
+                    {
+                        "sender": a.sender,
+                        "origin": a.origin,
+                        "added": a.created_at.isoformat(timespec="seconds"),
+                    }
+                    for a in allowed
+                ],
+                "sins": sins,
+            }
+        )
+        return 0
+
+    if args.action in ("add", "remove") and not args.senders:
+        print(f"error: {args.action} needs at least one sender", file=sys.stderr)
+        return 2
+    if args.action == "list" and args.senders:
+        print("error: list takes no senders", file=sys.stderr)
+        return 2
+    return asyncio.run(go())
+
+
+def cmd_smpp_credentials(config: Config, args: argparse.Namespace) -> int:
+    """New SMPP server credentials for an account (gateway/workers/esme.py), shown once."""
+    from gateway.workers.esme import issue_credentials
+
+    async def go() -> int:
+        engine = create_engine(config.database.url)
+        try:
+            issued = await issue_credentials(session_factory(engine), args.sid)
+        finally:
+            await engine.dispose()
+        if issued is None:
+            print(f"no account {args.sid}", file=sys.stderr)
+            return 1
+        _print({"sid": args.sid, "system_id": issued.system_id, "password": issued.password})
+        return 0
+
+    return asyncio.run(go())
 
 
 DEFAULT = "default"  # `accounts set --outbound-...=default`: back to the global setting
@@ -228,7 +298,7 @@ def _demo_credentials(config: Config) -> dict[str, str]:
     async def go(accounts: AccountService, _t: TemplateService) -> dict[str, str] | None:
         if known is not None and await accounts.get(known["sid"]) is not None:
             return None
-        creds = await accounts.create("demo", freeform=True)
+        creds = await accounts.create("demo", freeform=True, senders=["DEMO"])
         return {
             "sid": creds.account.sid,
             "auth_token": creds.auth_token,
@@ -414,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--freeform", action="store_true", help="allow freeform (non-template) SMS")
     create.add_argument(
+        "--sender", action="append", default=[], help="a sender id it may use (see `senders`); repeatable"
+    )
+    create.add_argument(
         "--webhook-secret", help="HMAC secret for webhooks, 16 to 128 characters (default: random)"
     )
     acc.add_parser("list")
@@ -453,6 +526,21 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_parser("enable", help="undo disable").add_argument("sid")
     for name in ("create", "list", "rotate-token", "set", "disable", "enable"):
         acc.choices[name].set_defaults(fn=cmd_accounts)
+    snd = acc.add_parser(
+        "senders",
+        help="the sender ids an account may use besides its SINs: alphanumeric (1-11 letters, digits,"
+        " single spaces) or numbers you verified it owns",
+    )
+    snd.add_argument("sid")
+    snd.add_argument("action", choices=("list", "add", "remove"))
+    snd.add_argument("senders", nargs="*", metavar="SENDER", help='e.g. SHOP "My Shop" +81312345678')
+    snd.set_defaults(fn=cmd_senders)
+    creds = acc.add_parser(
+        "smpp-credentials",
+        help="issue a system_id and password for the SMPP server (printed once; replaces any earlier pair)",
+    )
+    creds.add_argument("sid")
+    creds.set_defaults(fn=cmd_smpp_credentials)
 
     inb = sub.add_parser("inbound", help="inbound SMS housekeeping").add_subparsers(
         dest="action", required=True

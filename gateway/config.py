@@ -178,6 +178,28 @@ class SmppConfig(ConnectorSettings):
         return self
 
 
+class SmppServerConfig(_Section):
+    # A listener where customers' own SMPP clients (ESMEs) bind with the credentials
+    # `gateway accounts smpp-credentials SID` issues (docs/smpp.md); off by default.
+    enabled: Bool = False
+    host: str = "127.0.0.1"
+    port: Int = 2777
+    system_id: str = "gateway"  # ours, in bind responses
+    # TLS on the listener: the certificate chain and its key (PEM).
+    tls: Bool = False
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    max_connections: Int = 100
+    bind_timeout: Float = 10.0  # seconds from connect to a successful bind
+    idle_timeout: Float = 60.0  # no PDU for half of it: enquire_link; for all of it: closed
+    window: Int = 10  # per session: submit_sm being queued, and deliver_sm unanswered
+    response_timeout: Float = 10.0  # for a deliver_sm_resp; then the receipt or MO waits again
+    max_pdu_bytes: Int = 16384  # a larger command_length closes the connection unread
+    poll_interval: Float = 1.0  # how often a bound receiver looks for receipts and MO
+    bind_failures_per_minute: Int = 5  # per peer address; past it binds from it are refused
+    parts_window_seconds: Float = 300.0  # a long message missing parts after this goes out as it is
+
+
 class SimulatorConfig(_Section):
     # Start the built-in SMSC simulator in-process (embedded default); off in production.
     enabled: Bool = True
@@ -356,6 +378,7 @@ class Config(BaseSettings):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     smpp: SmppConfig = Field(default_factory=SmppConfig)
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
+    smpp_server: SmppServerConfig = Field(default_factory=SmppServerConfig)
     dispatcher: DispatcherConfig = Field(default_factory=DispatcherConfig)
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
     outbound_http: OutboundHttpConfig = Field(default_factory=OutboundHttpConfig)

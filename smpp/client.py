@@ -58,7 +58,7 @@ from smpp.client_wire import (
     status_description,
     submit_sm_message_id,
 )
-from smpp.encoding import concat_ref_for, flash, plan, submit_parts
+from smpp.encoding import concat_ref_for, flash, plan, plan_binary, submit_parts
 from smpp.types import (
     ConnectionLost,
     Deferred,
@@ -529,8 +529,11 @@ class SmppClient:
             self.submitting -= 1
 
     async def _submit(self, session: _Session, req: SubmitRequest, fail_fast: bool) -> SubmitResult:
-        # Message class 0 exists only for GSM 7-bit and UCS-2, not the SMSC's own charsets.
-        message = flash(plan(req.text)) if req.flash else plan(req.text, self.config.data_coding)
+        if req.binary is not None:
+            message = plan_binary(req.binary, req.binary_coding)
+        else:
+            # Message class 0 exists only for GSM 7-bit and UCS-2, not the SMSC's own charsets.
+            message = flash(plan(req.text)) if req.flash else plan(req.text, self.config.data_coding)
         concat_ref = concat_ref_for(req.ref) if req.concat_ref is None else req.concat_ref
         if not 0 <= concat_ref <= 0xFF:
             raise ValueError(f"concat_ref {concat_ref} is not an 8-bit reference")

@@ -125,6 +125,10 @@ class DeliverSm:
     data_coding: int
     short_message: bytes
     tlvs: dict[int, bytes]
+    # Read from a submit_sm too, whose body has the same layout (smpp/server.py).
+    registered_delivery: int = 0
+    schedule_delivery_time: str = ""
+    validity_period: str = ""
 
     def tlv_int(self, tag: int, size: int) -> int | None:
         """An integer TLV; None when absent or not `size` octets long (a value we cannot trust)."""
@@ -177,7 +181,8 @@ def _parse_tlvs(data: bytes) -> dict[int, bytes]:
 
 
 def parse_deliver_sm(data: bytes) -> DeliverSm:
-    """Mandatory fields through smpplib, TLVs by our own scan; raises only MalformedPdu.
+    """Mandatory fields through smpplib, TLVs by our own scan; raises only MalformedPdu. Also
+    reads a submit_sm, whose body has the same fields.
 
     smpplib raises on TLVs it knows globally but not for deliver_sm and drops
     the last octet of a C-string TLV that lacks its NUL; neither must lose a
@@ -188,7 +193,7 @@ def parse_deliver_sm(data: bytes) -> DeliverSm:
     try:
         end = _deliver_sm_mandatory_end(body)
     except ValueError as exc:  # str.index on a missing NUL, or our own checks
-        raise MalformedPdu(ESME_RINVCMDLEN, f"deliver_sm mandatory fields: {exc}") from None
+        raise MalformedPdu(ESME_RINVCMDLEN, f"mandatory fields: {exc}") from None
     tlvs = _parse_tlvs(body[end:])
     mandatory = struct.pack(">L", 16 + end) + data[4:16] + body[:end]
     try:
@@ -206,6 +211,9 @@ def parse_deliver_sm(data: bytes) -> DeliverSm:
         data_coding=int(pdu.data_coding or 0),
         short_message=bytes(pdu.short_message or b""),
         tlvs=tlvs,
+        registered_delivery=int(pdu.registered_delivery or 0),
+        schedule_delivery_time=text(pdu.schedule_delivery_time),
+        validity_period=text(pdu.validity_period),
     )
 
 

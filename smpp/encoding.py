@@ -186,6 +186,20 @@ def flash(message: EncodedMessage) -> EncodedMessage:
     return replace(message, data_coding=DC_CLASS_0 | message.data_coding)
 
 
+BINARY_SINGLE_MAX = 140  # octets of one SMS
+BINARY_PART_MAX = 134  # less the 6-octet concatenation UDH
+
+
+def plan_binary(data: bytes, data_coding: int = DC_BINARY_ALT) -> EncodedMessage:
+    """8-bit data as it is (data_coding 2 or 4), split into parts of 134 octets when it does
+    not fit one SMS."""
+    if len(data) <= BINARY_SINGLE_MAX:
+        payloads: tuple[bytes, ...] = (data,)
+    else:
+        payloads = tuple(data[i : i + BINARY_PART_MAX] for i in range(0, len(data), BINARY_PART_MAX))
+    return EncodedMessage(data_coding=data_coding, payloads=payloads, length=len(data))
+
+
 def concat_ref_for(seed: str) -> int:
     """A concatenation reference (1..255) that depends only on `seed` (a message id): every
     attempt at one message gets the same one, in any process, so parts of a retry assemble

@@ -42,6 +42,10 @@ class SubmitRequest:
     flash: bool = False  # message class 0: the handset shows it at once and need not store it
     # validity_period: the SMSC gives up delivering after this moment (timezone-aware).
     valid_until: datetime | None = None
+    # 8-bit data (an ESME's binary submit): these octets go out as they are with this
+    # data_coding, and `text` is not used.
+    binary: bytes | None = None
+    binary_coding: int = 0x04
 
 
 @dataclass(frozen=True)

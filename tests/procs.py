@@ -33,7 +33,7 @@ from gateway.db import migrate
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.models import Number, NumberSubscription
 from gateway.services.accounts import AccountService, NewCredentials
-from tests.conftest import ROOT, _pg_admin, _pg_url, free_port
+from tests.conftest import ROOT, TEST_SENDERS, _pg_admin, _pg_url, free_port
 
 _SETPRIV = shutil.which("setpriv")
 
@@ -238,7 +238,7 @@ async def sql(db_url: str, query: str, **params: Any) -> list[Any]:
 async def create_account(db_url: str, name: str = "crash") -> NewCredentials:
     engine = create_engine(db_url)
     try:
-        return await AccountService(session_factory(engine)).create(name, freeform=True)
+        return await AccountService(session_factory(engine)).create(name, freeform=True, senders=TEST_SENDERS)
     finally:
         await engine.dispose()
 

@@ -26,6 +26,7 @@ from gateway.config import Config, ConfigError, ConnectorConfig
 from smpp.encoding import decode_short_message, encode_gsm7
 from smpp.simulator import SimulatorConfig, SmscSimulator
 from tests.conftest import Gateway, free_port, gateway_config, start_gateway, wait_for
+from tests.procs import subscribe_sin
 
 JP_MOBILE = "+818012345678"  # no rule below matches it: the first connector
 DOCOMO = "+819012345678"  # the +8190 rule
@@ -263,7 +264,9 @@ async def test_a_receipt_matches_only_messages_sent_over_its_own_connector(
         a.configure(dlr_delay_ms=1500)
         b.configure(dlr_delay_ms=1500, dlr_stat="UNDELIV")
         async with running(config(clean_db, [connector("a", a.port), connector("b", b.port)], routes)) as gw:
-            auth = gw.auth(await gw.account())
+            creds = await gw.account()
+            auth = gw.auth(creds)
+            await subscribe_sin(clean_db, creds.account.id, "+81312345678", "http://127.0.0.1:9/")
             via_a = await send(gw, http, auth, JP_MOBILE, "over a")
             via_b = await send(gw, http, auth, DOCOMO, "over b")
             views = await settle(gw, http, auth, [via_a, via_b])
@@ -271,17 +274,22 @@ async def test_a_receipt_matches_only_messages_sent_over_its_own_connector(
             await b.inject_mo("819011113333", "81312345678", encode_gsm7("mo over b"))
 
             async def both_stored() -> list[Any] | None:
-                rows = await gw.sql("SELECT sender, body FROM inbound_messages ORDER BY body")
+                async with http.get(f"{gw.base_url}/sms/inbounds/", headers=auth) as r:
+                    rows = await r.json()
                 return rows if len(rows) == 2 else None
 
-            inbound = await wait_for(both_stored)
+            inbound = sorted((r["sender"], r["message"], r["smsc"]) for r in await wait_for(both_stored))
             orphans = await gw.sql("SELECT count(*) FROM orphan_receipts")
+            async with http.get(f"{gw.base_url}/metrics") as r:
+                metrics = await r.text()
     [submit_a], [submit_b] = a.submits, b.submits
     assert submit_a.message_id == submit_b.message_id  # the collision under test
     assert (views[via_a]["status"], views[via_a]["smsc"]) == ("DELIVERED", "a")
     assert (views[via_b]["status"], views[via_b]["smsc"]) == ("FAIL", "b")
     assert orphans == [(0,)]
-    assert [tuple(r) for r in inbound] == [("+819011112222", "mo over a"), ("+819011113333", "mo over b")]
+    assert inbound == [("+819011112222", "mo over a", "a"), ("+819011113333", "mo over b", "b")]
+    assert 'gateway_sms_mo_total{connector="a"} 1.0' in metrics
+    assert 'gateway_sms_mo_total{connector="b"} 1.0' in metrics
 
 
 # --- binds, bind modes, TLS, encoding -------------------------------------------------------------

@@ -480,7 +480,7 @@ def test_metrics_hooks_and_exposition_format() -> None:
     m.receipt("DELIVERED")
     m.receipt("DELIVERED")
     m.receipt("weird")
-    m.mo()
+    m.mo("a")
     for code in (200, 204, 503, None, 410):
         m.webhook(code)
     m.call_started()
@@ -500,7 +500,7 @@ def test_metrics_hooks_and_exposition_format() -> None:
     assert math.isclose(val(s, "gateway_sms_submit_seconds_sum") or 0, 45.203)
     assert val(s, "gateway_sms_receipts_total", state="DELIVERED") == 2
     assert val(s, "gateway_sms_receipts_total", state="OTHER") == 1
-    assert val(s, "gateway_sms_mo_total") == 1
+    assert val(s, "gateway_sms_mo_total", connector="a") == 1
     assert val(s, "gateway_webhook_posts_total", code="2xx") == 2
     assert val(s, "gateway_webhook_posts_total", code="5xx") == 1
     assert val(s, "gateway_webhook_posts_total", code="4xx") == 1

@@ -155,6 +155,7 @@ async def test_subscription_lifecycle(gateway: Gateway, http: aiohttp.ClientSess
         "minute_cost": 0.0,
         "action_url": None,
         "webhook_format": "xoxzo",
+        "mo_delivery": "webhook",
     }
     # Taken numbers leave the available list (for everybody).
     code, listing = await api.get_list("prefix=813")
@@ -183,6 +184,7 @@ async def test_subscription_lifecycle(gateway: Gateway, http: aiohttp.ClientSess
         target.number_id,
         "xoxzo",
         None,  # status_url: DINs only
+        "webhook",
     )
     assert await gateway.app[NUMBERS].subscription_for_number("81312345678", "sin") == target
     assert await gateway.app[NUMBERS].subscription_for_number("+81312345678", "din") is None

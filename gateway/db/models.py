@@ -83,6 +83,21 @@ class Account(Base):
     verified_callers: Mapped[str | None] = mapped_column(Text)  # comma-separated E.164
 
 
+class SenderId(Base):
+    """A sender id an account may use besides the SINs it holds: operator-managed
+    (gateway/services/senders.py). Numeric ones are stored as E.164 with +."""
+
+    __tablename__ = "sender_ids"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    sender: Mapped[str] = mapped_column(String(20))
+    # "operator" (gateway accounts senders add) or "migration" (used before the lists existed).
+    origin: Mapped[str] = mapped_column(String(16), default="operator")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("account_id", "sender"),)
+
+
 class Template(Base):
     __tablename__ = "templates"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -167,6 +182,12 @@ class Message(Base):
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"), index=True)
     expire_at: Mapped[datetime | None] = mapped_column()
     fail_code: Mapped[int | None] = mapped_column(Integer)
+    # Submitted over the SMPP server with registered_delivery 1 (any final status) or 2 (only a
+    # failure): it goes back to the ESME as a deliver_sm receipt (esme_deliveries); 0 none.
+    esme_receipt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Set for 8-bit data from the SMPP server (data_coding 2 or 4): `body` holds its octets in
+    # hex, sent as they are.
+    data_coding: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         Index("ix_messages_account_created", "account_id", "created_at"),
@@ -322,6 +343,9 @@ class NumberSubscription(Base):
     status_url: Mapped[str | None] = mapped_column(Text)  # DIN: webhook for call events
     # SIN: the MO webhook's shape, "xoxzo" (form-encoded) or "sinch" (mo_text JSON).
     webhook_format: Mapped[str] = mapped_column(String(8), default="xoxzo", server_default="xoxzo")
+    # SIN: where its MO go: "webhook" (action_url), "smpp" (the account's SMPP receiver; the
+    # webhook instead while the account has no SMPP credentials) or "both".
+    mo_delivery: Mapped[str] = mapped_column(String(8), default="webhook", server_default="webhook")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("number_id", "kind"),)
@@ -341,6 +365,7 @@ class MoPartRow(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Set when the message was assembled; kept a while so a redelivered part is recognised.
     assembled_at: Mapped[datetime | None] = mapped_column()
+    smsc: Mapped[str | None] = mapped_column(String(32))  # the connector it came over
 
     __table_args__ = (UniqueConstraint("source", "destination", "ref", "total", "seq"),)
 
@@ -360,6 +385,9 @@ class InboundMessage(Base):
     client_reference: Mapped[str | None] = mapped_column(String(128))
     operator_id: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The SMSC connector (smpp.connectors id) that delivered it (the last part of a long one);
+    # NULL for MO received before 0016.
+    smsc: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         Index("ix_inbound_messages_account_received", "account_id", "received_at"),
@@ -479,3 +507,59 @@ class ConsoleSession(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)  # absolute end
     idle_until: Mapped[datetime] = mapped_column()  # pushed forward while the browser is in use
+
+
+class SmppCredential(Base):
+    """An account's login to the SMPP server: system_id and a scrypt hash of its password."""
+
+    __tablename__ = "smpp_credentials"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), unique=True)
+    system_id: Mapped[str] = mapped_column(String(16), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EsmeOutbox(Base):
+    """A deliver_sm (receipt or MO) for an account's SMPP receiver, kept until the ESME
+    acknowledges it; claimed with a lease by the session sending it (gateway/db/leases.py)."""
+
+    __tablename__ = "esme_deliveries"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    status: Mapped[str] = mapped_column(String(16), default="PENDING")
+    source: Mapped[str] = mapped_column(String(32))
+    destination: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text, default="")
+    receipted_id: Mapped[str | None] = mapped_column(String(32))  # a receipt: our msgid
+    message_state: Mapped[int | None] = mapped_column(Integer)
+    stat: Mapped[str] = mapped_column(String(8), default="")
+    submitted_at: Mapped[datetime | None] = mapped_column()
+    done_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column()
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_esme_deliveries_account_next", "account_id", "next_attempt_at"),)
+
+
+class EsmePart(Base):
+    """A part of a long message submitted over the SMPP server, waiting for its siblings; every
+    part was answered with `msgid`, the message the parts become once all are in."""
+
+    __tablename__ = "esme_parts"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    source: Mapped[str] = mapped_column(String(32))
+    destination: Mapped[str] = mapped_column(String(32))
+    ref: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    msgid: Mapped[str] = mapped_column(String(32))
+    esme_receipt: Mapped[int] = mapped_column(Integer, default=0)  # registered_delivery
+    data_coding: Mapped[int | None] = mapped_column(Integer)  # 8-bit data: `text` is hex
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("account_id", "source", "destination", "ref", "total", "seq"),)

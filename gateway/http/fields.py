@@ -22,7 +22,7 @@ from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema
 from pydantic.json_schema import SkipJsonSchema
 
 from gateway.keys import URL_POLICY
-from gateway.services import validation
+from gateway.services import senders, validation
 from gateway.services.errors import FieldErrors
 
 REQUIRED = "This field is required."
@@ -73,15 +73,19 @@ def e164_or_digits(value: Any) -> str:
     return _e164(text)
 
 
-_ALNUM_SENDER = re.compile(r"[A-Za-z0-9]{1,10}")
-_NUMERIC_SENDER = re.compile(r"\+?[0-9]{1,15}")
-
-
 def _sender(value: Any) -> str:
     text = required(value)
-    if _NUMERIC_SENDER.fullmatch(text) or (_ALNUM_SENDER.fullmatch(text) and any(c.isalpha() for c in text)):
-        return text
-    raise ValueError("Sender must be 1-10 letters/digits, or a number of at most 15 digits.")
+    try:
+        senders.check_entry(text)
+    except ValueError:
+        raise ValueError(SENDER_RULE) from None
+    return text
+
+
+SENDER_RULE = (
+    "Sender must be 1-11 letters, digits and single spaces with at least one letter, or a number"
+    " of at most 15 digits; one the operator allowed for your account, or one of your SINs."
+)
 
 
 def words(value: Any, limit: int) -> str:
@@ -198,7 +202,7 @@ E164OrDigits = Annotated[
 Sender = Annotated[
     str,
     BeforeValidator(_sender),
-    documented(pattern=r"^(\+?[0-9]{1,15}|[A-Za-z0-9]{1,10})$", examples=["DEMO"]),
+    documented(pattern=r"^(\+?[0-9]{1,15}|[A-Za-z0-9]+( [A-Za-z0-9]+)*)$", maxLength=16, examples=["DEMO"]),
 ]
 MessageText = Annotated[str, BeforeValidator(lambda v: no_controls(required(v))), documented(minLength=1)]
 # An http(s) URL the outbound policy could reach (gateway/services/validation.py http_url).

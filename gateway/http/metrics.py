@@ -135,7 +135,7 @@ class Metrics:
 
     `calls_in_progress`, when given, is read at scrape time and takes precedence over what
     `call_started`/`call_ended` recorded; `smpp_bound` (binds up per connector) is read at
-    scrape time too.
+    scrape time too, as is `esme_sessions` (ESMEs bound to the SMPP server).
     """
 
     def __init__(
@@ -144,6 +144,7 @@ class Metrics:
         *,
         calls_in_progress: Callable[[], int] | None = None,
         smpp_bound: Callable[[], Mapping[str, int]] | None = None,
+        esme_sessions: Callable[[], int] | None = None,
         max_accounts: int = MAX_ACCOUNT_LABELS,
     ) -> None:
         self.settings = settings or MetricsSettings()
@@ -154,6 +155,9 @@ class Metrics:
         self._db = _DbGauges()
         r.register(self._db)
         r.register(_BoundGauge(smpp_bound or dict))
+        Gauge(
+            "gateway_smpp_server_sessions", "ESME sessions bound to the SMPP server now.", registry=r
+        ).set_function(esme_sessions or (lambda: 0))
         self._calls_now = 0
         self._accounts: set[str] = set()
         self._max_accounts = max_accounts
@@ -195,7 +199,8 @@ class Metrics:
         )
         self.mos = Counter(
             "gateway_sms_mo_total",
-            "Mobile-originated deliver_sm received (each part of a long MO counts).",
+            "Mobile-originated deliver_sm received (each part of a long MO counts), by connector.",
+            ["connector"],
             registry=r,
         )
         self.webhooks = Counter(
@@ -251,8 +256,8 @@ class Metrics:
         if seconds is not None:
             self.delivery_seconds.observe(max(0.0, seconds))
 
-    def mo(self) -> None:
-        self.mos.inc()
+    def mo(self, connector: str = "") -> None:
+        self.mos.labels(connector).inc()
 
     def webhook(self, status_code: int | None) -> None:
         """One webhook POST answered (status_code) or failed without an answer (None)."""

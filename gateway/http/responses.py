@@ -114,6 +114,7 @@ class Inbound(BaseModel):
     recipient: str = Field(description="The SIN it was sent to.")
     message: str
     recv_time: Time
+    smsc: str | None = Field(description="The SMSC connector it came over (NULL for older messages).")
 
 
 class SinchInbound(BaseModel):
@@ -308,6 +309,9 @@ class SinSubscription(SinNumber):
     action_url: str | None
     webhook_format: Literal["xoxzo", "sinch"] = Field(
         description="How MOs are POSTed: form-encoded (xoxzo) or Sinch's mo_text JSON (sinch)."
+    )
+    mo_delivery: Literal["webhook", "smpp", "both"] = Field(
+        description="Where MOs go: the webhook, your SMPP receiver, or both."
     )
     subscribed_at: Time
 

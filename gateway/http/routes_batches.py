@@ -151,7 +151,10 @@ TextType = Annotated[BatchType, BeforeValidator(_type)]
 class NewBatch(BaseModel):
     """An mt_text batch, as Sinch's `POST /batches` takes it."""
 
-    from_: Sender = Field(alias="from", description="The sender: a number, or 1-10 letters/digits.")
+    from_: Sender = Field(
+        alias="from",
+        description="The sender, as `sender` of the SMS API: allowed for your account, or your SIN.",
+    )
     to: Recipients = Field(description=f"1 to {sinch.MAX_RECIPIENTS} recipients.")
     body: MessageText = Field(description="The text; `${name}` is replaced per recipient from `parameters`.")
     type: TextType = "mt_text"

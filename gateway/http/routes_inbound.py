@@ -101,6 +101,7 @@ def xoxzo_json(row: InboundMessage) -> dict[str, Any]:
         "recipient": row.recipient,
         "message": row.body,
         "recv_time": fmt_time(row.received_at),
+        "smsc": row.smsc,
     }
 
 

@@ -71,7 +71,7 @@ def _status_din_only(value: Any) -> None:
 
 def _sin_only(value: Any) -> None:
     if value is not None:
-        raise ValueError("Only SIN subscriptions take a webhook_format.")
+        raise ValueError("Only SIN subscriptions take a webhook_format or mo_delivery.")
 
 
 class NumberUrls(BaseModel):
@@ -81,11 +81,12 @@ class NumberUrls(BaseModel):
     voicemail_url: str | None = None
     status_url: str | None = None
     webhook_format: str | None = None
+    mo_delivery: str | None = None
 
     @model_validator(mode="after")
     def _one_at_least(self) -> Self:
-        fields = (self.action_url, self.voicemail_url, self.status_url, self.webhook_format)
-        if all(value is None for value in fields):
+        given = (self.action_url, self.voicemail_url, self.status_url, self.webhook_format, self.mo_delivery)
+        if all(value is None for value in given):
             raise refusal(type(self), {"action_url": REQUIRED})
         return self
 
@@ -96,6 +97,14 @@ class DinUrls(NumberUrls):
         None, description="Receives a signed POST on each call event: ringing, answered, completed."
     )
     webhook_format: SkipJsonSchema[Annotated[None, BeforeValidator(_sin_only)]] = None
+    mo_delivery: SkipJsonSchema[Annotated[None, BeforeValidator(_sin_only)]] = None
+
+
+def _mo_delivery(value: Any) -> str | None:
+    text = optional(value)
+    if text is not None and text not in ("webhook", "smpp", "both"):
+        raise ValueError('Expected "webhook", "smpp" or "both".')
+    return text
 
 
 def _format(value: Any) -> str | None:
@@ -108,12 +117,20 @@ def _format(value: Any) -> str | None:
 class SinUrls(NumberUrls):
     voicemail_url: SkipJsonSchema[Annotated[None, BeforeValidator(_din_only)]] = None
     status_url: SkipJsonSchema[Annotated[None, BeforeValidator(_status_din_only)]] = None
-    webhook_format: Annotated[
-        Literal["xoxzo", "sinch"] | SkipJsonSchema[None], BeforeValidator(_format)
+    webhook_format: Annotated[Literal["xoxzo", "sinch"] | SkipJsonSchema[None], BeforeValidator(_format)] = (
+        Field(
+            None,
+            description="How MOs are POSTed to action_url: `xoxzo` (form-encoded, the default) or"
+            " `sinch` (Sinch's mo_text JSON).",
+        )
+    )
+    mo_delivery: Annotated[
+        Literal["webhook", "smpp", "both"] | SkipJsonSchema[None], BeforeValidator(_mo_delivery)
     ] = Field(
         None,
-        description="How MOs are POSTed to action_url: `xoxzo` (form-encoded, the default) or"
-        " `sinch` (Sinch's mo_text JSON).",
+        description="Where MOs go: `webhook` (action_url, the default), `smpp` (your SMPP receiver"
+        " bound to our SMPP server, held until it binds; the webhook while your account has no SMPP"
+        " credentials) or `both`.",
     )
 
 
@@ -175,6 +192,7 @@ def number_routes(
             body.action_url,
             body.voicemail_url,
             body.webhook_format,
+            body.mo_delivery,
             status_url=body.status_url,
         )
 

@@ -26,7 +26,8 @@ class Outbound(BaseModel):
 
     recipient: E164 = Field(description="E.164, e.g. +818012345678.")
     sender: Sender = Field(
-        description="1-10 letters/digits with at least one letter, or a number of at most 15 digits."
+        description="1-11 letters, digits and single spaces with at least one letter, or a number of at"
+        " most 15 digits: one the operator allowed for your account, or one of your SINs."
     )
     callbackurl: Url = Field(None, description="Receives a signed POST on every status change.")
     tags: Tags = ()

@@ -7,12 +7,14 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.db.models import Account
+from gateway.db.models import Account, SenderId
+from gateway.services.senders import check_entry
 
 # The webhook secret is the HMAC-SHA256 key receivers verify signatures with. An empty or short
 # one lets anyone forge webhooks; 16 characters is the least that keeps a random secret out of
@@ -67,8 +69,16 @@ class AccountService:
         self._cache: dict[tuple[str, str], tuple[float, AccountInfo]] = {}
 
     async def create(
-        self, name: str, *, freeform: bool = False, webhook_secret: str | None = None
+        self,
+        name: str,
+        *,
+        freeform: bool = False,
+        webhook_secret: str | None = None,
+        senders: Iterable[str] = (),
     ) -> NewCredentials:
+        """`senders`: its allow-list to start with (gateway/services/senders.py); ValueError
+        (nothing created) for one that cannot be a sender."""
+        allowed = {check_entry(x) for x in senders}
         token = secrets.token_urlsafe(32)
         row = Account(
             sid=secrets.token_hex(16),
@@ -82,6 +92,9 @@ class AccountService:
         )
         async with self._sessions.begin() as s:
             s.add(row)
+            if allowed:
+                await s.flush()
+                s.add_all(SenderId(account_id=row.id, sender=x) for x in sorted(allowed))
         return NewCredentials(_info(row), token)
 
     async def rotate_token(self, sid: str) -> str | None:

@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import Batch, Message, MessagePart, OptOut
-from gateway.services import batch_reports, outbox, sinch
+from gateway.services import batch_reports, outbox, senders, sinch
 from gateway.services.errors import ApiError, FieldErrors, not_found
 from gateway.services.messages import MessageService, OutboundRequest
 from smpp.encoding import DC_DEFAULT, GSM_SINGLE_MAX, UCS2_SINGLE_MAX, gsm7_length, is_gsm7, plan
@@ -200,7 +200,8 @@ class BatchService:
     async def _queue(
         self, s: AsyncSession, batch: Batch, req: BatchRequest, start: datetime, now: datetime
     ) -> None:
-        """One messages row per recipient; the opt-out check shares the transaction."""
+        """One messages row per recipient; the sender and opt-out checks share the transaction."""
+        await senders.check(s, batch.account_id, req.sender, "from")
         opted = await _opted_out(s, batch.account_id, req.recipients)
         # Per-recipient reports ride on the status callbacks every message can have.
         callback = req.callback_url if req.delivery_report in sinch.PER_RECIPIENT else None

@@ -21,11 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.db.group_commit import GroupCommitter
 from gateway.db.models import (
     Account,
+    EsmeOutbox,
     InboundMessage,
     Message,
     MoPartRow,
     NumberSubscription,
     OptOut,
+    SmppCredential,
     WebhookDelivery,
 )
 from gateway.services import outbox, sinch
@@ -110,6 +112,7 @@ class _BatchCache:
     sinch_hooks: list[tuple[int, str]] = field(default_factory=list)
     # One log line each, once committed.
     stored: list[dict[str, object]] = field(default_factory=list)
+    esme: dict[int, bool] = field(default_factory=dict)  # account id -> has SMPP credentials
 
 
 class InboundService:
@@ -132,21 +135,22 @@ class InboundService:
         self._window = timedelta(seconds=reassembly_window)
         self._wake_dispatcher = wake_dispatcher
         self._wake_webhooks = wake_webhooks
-        self._committer: GroupCommitter[MoPart] = GroupCommitter(self._write)
+        self._committer: GroupCommitter[tuple[MoPart, str]] = GroupCommitter(self._write)
         self.unrouted = 0  # MO to numbers nobody subscribed to (stored, not delivered)
 
-    async def receive(self, part: MoPart) -> None:
-        """Returns once the part is durably stored (and, if complete, processed)."""
-        await self._committer.submit(part)
+    async def receive(self, part: MoPart, connector: str = "default") -> None:
+        """Returns once the part is durably stored (and, if complete, processed); `connector`:
+        the SMSC connector it came over, recorded on the message (`smsc`)."""
+        await self._committer.submit((part, connector))
 
     async def close(self) -> None:
         await self._committer.close()
 
-    async def _write(self, parts: Sequence[MoPart]) -> None:
+    async def _write(self, parts: Sequence[tuple[MoPart, str]]) -> None:
         cache = _BatchCache()
         async with self._sessions.begin() as s:
-            for part in parts:
-                complete = await self._assemble(s, part)
+            for part, connector in parts:
+                complete = await self._assemble(s, part, connector)
                 if complete is not None:
                     await self._store(s, cache, *complete)
             await self._before_commit(s, cache)
@@ -185,11 +189,14 @@ class InboundService:
         for fields in cache.stored:
             log.info("MO stored", extra=fields)
 
-    async def _assemble(self, s: AsyncSession, part: MoPart) -> tuple[str, str, str, int, datetime] | None:
+    async def _assemble(
+        self, s: AsyncSession, part: MoPart, connector: str
+    ) -> tuple[str, str, str, int, datetime, str] | None:
+        """The whole MO once all its parts are in; its connector is the one of the last part."""
         source, dest = e164_from_smpp(part.source), e164_from_smpp(part.destination)
         received = part.received_at or datetime.now(UTC)
         if part.concat_ref is None or part.concat_total <= 1:
-            return source, dest, part.text, 1, received
+            return source, dest, part.text, 1, received, connector
         key = _group(source, dest, part.concat_ref, part.concat_total)
         dup = await s.scalar(select(MoPartRow.id).where(*key, MoPartRow.seq == part.concat_seq))
         if dup is not None:
@@ -205,6 +212,7 @@ class InboundService:
                 seq=part.concat_seq,
                 text=part.text,
                 received_at=received,
+                smsc=connector,
             )
         )
         await s.flush()
@@ -212,7 +220,8 @@ class InboundService:
         if len({r.seq for r in rows}) < part.concat_total:
             return None
         await _mark_assembled(s, key, datetime.now(UTC))
-        return source, dest, "".join(r.text for r in rows), part.concat_total, rows[0].received_at
+        text = "".join(r.text for r in rows)
+        return source, dest, text, part.concat_total, rows[0].received_at, connector
 
     async def flush_stale(self) -> None:
         """Deliver, as they are, concatenated MOs whose missing parts never came; forget old
@@ -238,7 +247,7 @@ class InboundService:
                     "MO %s->%s ref %d: %d of %d parts after the window", source, dest, ref, len(rows), total
                 )
                 text = "".join(r.text for r in rows)
-                await self._store(s, cache, source, dest, text, len(rows), rows[0].received_at)
+                await self._store(s, cache, source, dest, text, len(rows), rows[0].received_at, rows[-1].smsc)
             await self._before_commit(s, cache)
         self._after_commit(s, cache)
 
@@ -256,6 +265,7 @@ class InboundService:
         text: str,
         parts: int,
         received: datetime,
+        smsc: str | None,
     ) -> None:
         owner = await self._owner(s, cache, dest)
         word = text.strip().upper()
@@ -274,9 +284,10 @@ class InboundService:
                 "client_reference": None,
                 "operator_id": None,
                 "received_at": received,
+                "smsc": smsc,
             }
         )
-        fields: dict[str, object] = {"inbound_id": uid, "sin": dest, "parts": parts}
+        fields: dict[str, object] = {"inbound_id": uid, "sin": dest, "parts": parts, "smsc": smsc}
         cache.stored.append(fields)
         if owner is None:
             self.unrouted += 1
@@ -297,6 +308,11 @@ class InboundService:
             fields["keyword"] = keyword
         if reply:
             fields["reply_msgid"] = await self._send_reply(s, owner.account_id, dest, source, reply)
+        if owner.mo_delivery != "webhook" and await self._has_esme(s, cache, owner.account_id):
+            # For the account's SMPP receiver, held until one is bound and acknowledges it.
+            s.add(EsmeOutbox(account_id=owner.account_id, source=source, destination=dest, body=text))
+            if owner.mo_delivery == "smpp":
+                return
         if owner.action_url and owner.webhook_format == "sinch":
             cache.sinch_hooks.append((len(cache.inbound) - 1, owner.action_url))
         elif owner.action_url:
@@ -317,6 +333,12 @@ class InboundService:
             if self._fast_path is None:
                 outbox.count(s)
             cache.webhooks.append(row)
+
+    async def _has_esme(self, s: AsyncSession, cache: _BatchCache, account_id: int) -> bool:
+        if account_id not in cache.esme:
+            found = await s.scalar(select(SmppCredential.id).where(SmppCredential.account_id == account_id))
+            cache.esme[account_id] = found is not None
+        return cache.esme[account_id]
 
     def _sinch_hook(self, s: AsyncSession, mo: dict[str, Any], url: str) -> dict[str, Any]:
         payload = sinch.mo_text(
@@ -370,9 +392,7 @@ class InboundService:
             rule = first_auto_reply(rules, text)
         return None if rule is None else rule.reply
 
-    async def _send_reply(
-        self, s: AsyncSession, account_id: int, sin: str, to: str, text: str
-    ) -> str | None:
+    async def _send_reply(self, s: AsyncSession, account_id: int, sin: str, to: str, text: str) -> str | None:
         """Queues the reply in the caller's transaction; its msgid, or None if it can't be sent."""
         if not to.startswith("+"):
             return None  # an alphanumeric sender cannot receive SMS

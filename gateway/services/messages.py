@@ -17,10 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.db.group_commit import GroupCommitter, Rejections
 from gateway.db.models import Message, OptOut, Template, TrackedLink
 from gateway.services import links as linksvc
+from gateway.services import senders
 from gateway.services.errors import FieldErrors, not_found
 from gateway.services.pricing import PriceList
 from gateway.services.views import message_json
-from smpp.encoding import GSM_SINGLE_MAX, plan
+from smpp.encoding import GSM_SINGLE_MAX, plan, plan_binary
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,13 @@ class OutboundRequest:
     track_link: bool = False
     lt_callbackurl: str | None = None
     template_id: int | None = None
+    # The SMPP server's submits: a receipt for the ESME, a scheduled start, an expiry, and the
+    # msgid the parts of a long one were already answered with.
+    esme_receipt: int = 0  # SMPP registered_delivery: 1 a final receipt, 2 only a failure
+    binary_coding: int | None = None  # 8-bit data: `text` is its octets in hex
+    send_at: datetime | None = None
+    expire_at: datetime | None = None
+    msgid: str | None = None
 
 
 _SENT_DATE = re.compile(r"sent_date(<=|>=|=|<|>)(.*)")
@@ -105,21 +113,31 @@ class MessageService:
         await self._inserter.close()
 
     async def _insert_many(self, rows: Sequence[dict[str, Any]]) -> Rejections:
-        # The opt-out check shares the insert's transaction: no extra round trip per request,
-        # and no window between checking and queueing.
+        # The sender and opt-out checks share the insert's transaction: no extra round trip per
+        # request, and no window between checking and queueing.
         async with self._sessions.begin() as s:
+            refused = await senders.refused(s, [(r["account_id"], r["sender"]) for r in rows])
             opted = await _opted_out(s, [(r["account_id"], r["recipient"]) for r in rows])
-            rejected: dict[int, Exception] = {
-                i: FieldErrors.one("recipient", "Recipient has opted out")
-                for i, r in enumerate(rows)
-                if (r["account_id"], r["recipient"]) in opted
-            }
+            rejected: dict[int, Exception] = {}
+            for i, r in enumerate(rows):
+                if (r["account_id"], r["sender"]) in refused:
+                    rejected[i] = senders.refusal(r["sender"])
+                elif (r["account_id"], r["recipient"]) in opted:
+                    rejected[i] = FieldErrors.one("recipient", "Recipient has opted out")
             keep = [r for i, r in enumerate(rows) if i not in rejected]
             if keep:
                 await s.execute(insert(Message), keep)
         if keep:
             self._wake()
         return rejected
+
+    def _parts(self, req: OutboundRequest, field: str, text: str) -> int:
+        if req.binary_coding is None:
+            return self.check_length(field, text)
+        parts = plan_binary(bytes.fromhex(text)).parts
+        if parts > self._max_parts:
+            raise FieldErrors.one(field, f"Message too long: {parts} parts, at most {self._max_parts}.")
+        return parts
 
     def check_length(self, field: str, text: str) -> int:
         # No part carries more than GSM_SINGLE_MAX characters: a longer text is refused before
@@ -139,7 +157,7 @@ class MessageService:
         """The messages row for a send; used inside other transactions (replies to MO) too."""
         now = datetime.now(UTC)
         return {
-            "msgid": uuid.uuid4().hex,
+            "msgid": req.msgid or uuid.uuid4().hex,
             "account_id": req.account_id,
             "template_id": req.template_id,
             "sender": req.sender,
@@ -153,7 +171,10 @@ class MessageService:
             "track_link": req.track_link,
             "status": "QUEUED",
             "created_at": now,
-            "next_attempt_at": now,
+            "next_attempt_at": max(now, req.send_at or now),
+            "expire_at": req.expire_at,
+            "esme_receipt": req.esme_receipt,
+            "data_coding": req.binary_coding,
             "attempts": 0,
         }
 
@@ -162,13 +183,14 @@ class MessageService:
         tracked: list[linksvc.RewrittenLink] = []
         if req.track_link:
             text, tracked = linksvc.rewrite(text, self._base_url)
-        parts = self.check_length(body_field, text)
+        parts = self._parts(req, body_field, text)
         row = self.row_for(req, text, parts)
         if not tracked:
             await self._inserter.submit(row)
         else:
             # One transaction: a 201 means the message and its links are committed together.
             async with self._sessions.begin() as s:
+                await senders.check(s, req.account_id, req.sender)
                 if await _opted_out(s, [(req.account_id, req.recipient)]):
                     raise FieldErrors.one("recipient", "Recipient has opted out")
                 msg = Message(**row)
@@ -179,6 +201,21 @@ class MessageService:
         msgid = str(row["msgid"])
         log.info("queued", extra={"msgid": msgid, "parts": parts})
         return msgid
+
+    async def queue_in(self, s: AsyncSession, req: OutboundRequest) -> str:
+        """Queue `req` inside the caller's transaction, under the checks of create (length,
+        sender, opt-out); call queued() after the commit."""
+        parts = self._parts(req, "message", req.text)
+        await senders.check(s, req.account_id, req.sender)
+        if await _opted_out(s, [(req.account_id, req.recipient)]):
+            raise FieldErrors.one("recipient", "Recipient has opted out")
+        row = self.row_for(req, req.text, parts)
+        await s.execute(insert(Message), [row])
+        return str(row["msgid"])
+
+    def queued(self) -> None:
+        """Messages were committed outside create(): the dispatcher looks now."""
+        self._wake()
 
     async def _links(self, s: AsyncSession, message_ids: Sequence[int]) -> dict[int, list[TrackedLink]]:
         if not message_ids:

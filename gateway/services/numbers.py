@@ -98,6 +98,7 @@ class SubscriptionTarget(NamedTuple):
     number_id: int
     webhook_format: str = "xoxzo"  # SIN: "xoxzo" (form-encoded) or "sinch" (mo_text JSON)
     status_url: str | None = None  # DIN: where call events are POSTed
+    mo_delivery: str = "webhook"  # SIN: "webhook", "smpp" (the account's SMPP receiver) or "both"
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ def subscription_json(kind: Kind, n: Number, sub: NumberSubscription) -> dict[st
         out["status_url"] = sub.status_url
     else:
         out["webhook_format"] = sub.webhook_format or "xoxzo"
+        out["mo_delivery"] = sub.mo_delivery or "webhook"
     out["subscribed_at"] = fmt_time(sub.created_at)
     return out
 
@@ -433,12 +435,13 @@ class NumberService:
         action_url: str | None,
         voicemail_url: str | None = None,
         webhook_format: str | None = None,
+        mo_delivery: str | None = None,
         *,
         status_url: str | None = None,
     ) -> dict[str, Any]:
         """Sets action_url and, for a DIN, voicemail_url (where new voicemails are POSTed) and
-        status_url (call events), for a SIN the webhook format; None leaves one as it is. The
-        URLs as the API checked them against the outbound policy."""
+        status_url (call events), for a SIN the webhook format and where its MO go; None leaves
+        one as it is. The URLs as the API checked them against the outbound policy."""
         kind = _check_kind(kind)
         async with self._sessions.begin() as s:
             sub, n = await self._own(s, account_id, kind, uid)
@@ -450,6 +453,8 @@ class NumberService:
                 sub.status_url = status_url
             if webhook_format is not None:
                 sub.webhook_format = webhook_format
+            if mo_delivery is not None:
+                sub.mo_delivery = mo_delivery
         return subscription_json(kind, n, sub)
 
     async def unsubscribe(self, account_id: int, kind: Kind, uid: str) -> None:
@@ -475,7 +480,7 @@ class NumberService:
         else:
             async with self._sessions() as s:
                 row = (await s.execute(q)).one_or_none()
-        return None if row is None else SubscriptionTarget(*row[:6])
+        return None if row is None else SubscriptionTarget(*row[:7])
 
     async def subscriptions_for_numbers(
         self, numbers: Iterable[str], kind: Kind, session: AsyncSession
@@ -488,7 +493,7 @@ class NumberService:
         for i in range(0, len(wanted), _CHUNK):
             q = _targets_query(kind, Number.number).where(Number.number.in_(wanted[i : i + _CHUNK]))
             for row in await session.execute(q):
-                found[row[6]] = SubscriptionTarget(*row[:6])
+                found[row[7]] = SubscriptionTarget(*row[:7])
         return found
 
     # -- SIN auto-reply rules ----------------------------------------------------------------
@@ -557,8 +562,8 @@ async def _rules(s: AsyncSession, subscription_id: int) -> list[AutoReplyRule]:
 
 
 def _targets_query(kind: Kind, *extra: Any) -> Select[Any]:
-    """Subscription id, account id, action_url, number id, webhook format and status_url of
-    `kind` subscriptions (then the `extra` columns); the caller adds which numbers."""
+    """Subscription id, account id, action_url, number id, webhook format, status_url and MO
+    delivery of `kind` subscriptions (then the `extra` columns); the caller adds which numbers."""
     return (
         select(
             NumberSubscription.id,
@@ -567,6 +572,7 @@ def _targets_query(kind: Kind, *extra: Any) -> Select[Any]:
             Number.id,
             NumberSubscription.webhook_format,
             NumberSubscription.status_url,
+            NumberSubscription.mo_delivery,
             *extra,
         )
         .join(Number, Number.id == NumberSubscription.number_id)

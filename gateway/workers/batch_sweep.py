@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.db.models import Message
 from gateway.services import batch_reports, outbox, sinch
 from gateway.services.batches import fail_unclaimed
+from gateway.workers.status import esme_receipts
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class BatchSweep:
                 return 0
             failed = await fail_unclaimed(s, [Message.id.in_(ids)], sinch.EXPIRED, now)
             await batch_reports.recipient_callbacks(s, failed)
+            await esme_receipts(s, failed)
         if outbox.written(s):
             self._wake_webhooks()
         if failed:

@@ -56,7 +56,7 @@ from gateway.services import outbox
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.observer import NullObserver, Observer
 from gateway.workers.receipts import ReceiptApplier, log_settled
-from gateway.workers.status import enqueue_status_callback
+from gateway.workers.status import REPORTED, enqueue_status_callback
 from smpp.dlr import normalize_id
 from smpp.types import ConnectionLost, Deferred, NotBound, SubmitRejected, SubmitRequest, SubmitResult
 
@@ -93,6 +93,7 @@ class Claimed:
     # connector they went to: the rest goes there first.
     done_parts: frozenset[int] = frozenset()
     done_on: str | None = None
+    data_coding: int | None = None  # 8-bit data: `body` is its octets in hex
 
     @property
     def concat_ref(self) -> int:
@@ -267,6 +268,7 @@ class Dispatcher:
                     Message.tags,
                     Message.expire_at.label("valid_until"),
                     Batch.flash_message.label("flash"),
+                    Message.data_coding,
                 )
                 .join(Account, Account.id == Message.account_id)
                 .outerjoin(Batch, Batch.id == Message.batch_id)
@@ -312,6 +314,8 @@ class Dispatcher:
             skip_parts=c.done_parts,
             flash=bool(c.flash),
             valid_until=c.valid_until,
+            binary=None if c.data_coding is None else bytes.fromhex(c.body),
+            binary_coding=c.data_coding or 0x04,
         )
         candidates = self._candidates(c)
         for n, name in enumerate(candidates):
@@ -436,11 +440,7 @@ class Dispatcher:
             if res.rowcount:  # type: ignore[attr-defined]
                 changed.append(o.claimed.id)
         if changed:
-            msgs = (
-                await s.execute(
-                    select(Message).where(Message.id.in_(changed), Message.callbackurl.is_not(None))
-                )
-            ).scalars()
+            msgs = (await s.execute(select(Message).where(Message.id.in_(changed), REPORTED))).scalars()
             for msg in msgs:
                 await enqueue_status_callback(s, msg, self._base_url)
         if parts:

@@ -13,7 +13,7 @@ class Observer(Protocol):
 
     def settled(self, status: str, seconds: float | None) -> None: ...
 
-    def mo(self) -> None: ...
+    def mo(self, connector: str = "") -> None: ...
 
     def webhook(self, status_code: int | None) -> None: ...
 
@@ -35,7 +35,7 @@ class NullObserver:
     def settled(self, status: str, seconds: float | None) -> None:
         pass
 
-    def mo(self) -> None:
+    def mo(self, connector: str = "") -> None:
         pass
 
     def webhook(self, status_code: int | None) -> None:

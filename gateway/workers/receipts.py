@@ -22,7 +22,7 @@ from gateway.db.group_commit import GroupCommitter
 from gateway.db.models import Message, MessagePart, OrphanReceipt, WebhookDelivery
 from gateway.services import outbox
 from gateway.workers.observer import NullObserver, Observer
-from gateway.workers.status import enqueue_status_callback
+from gateway.workers.status import REPORTED, enqueue_status_callback
 from smpp.dlr import candidate_ids, normalize_id
 from smpp.types import DeliveryReceipt, ReceiptState
 
@@ -186,11 +186,7 @@ class ReceiptApplier:
                     seconds = round(max(0.0, (now - sent).total_seconds()), 3) if sent else None
                     s.info.setdefault(_SETTLED, []).append((msgid, final, seconds))
         if changed:
-            msgs = (
-                await s.execute(
-                    select(Message).where(Message.id.in_(changed), Message.callbackurl.is_not(None))
-                )
-            ).scalars()
+            msgs = (await s.execute(select(Message).where(Message.id.in_(changed), REPORTED))).scalars()
             for msg in msgs:
                 await enqueue_status_callback(s, msg, self._base_url)
 

@@ -38,10 +38,10 @@ class CoreSmppEvents:
             raise
 
     async def on_mo(self, part: MoPart) -> None:
-        self._observer.mo()
+        self._observer.mo(self.connector)
         # Returns only once stored: the adapter acknowledges the deliver_sm after this.
         try:
-            await self._inbound.receive(part)
+            await self._inbound.receive(part, self.connector)
         except Exception as exc:
             self._unavailable(exc, "storing an inbound SMS")
             raise

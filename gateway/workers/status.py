@@ -1,16 +1,64 @@
-"""A status change and its callback are written in one transaction."""
+"""A status change and its callback are written in one transaction: the customer's webhook,
+and the receipt an ESME asked for when it submitted the message over the SMPP server."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.models import Message, TrackedLink
-from gateway.services import batch_reports, outbox
+from gateway.db.models import EsmeOutbox, Message, TrackedLink
+from gateway.services import batch_reports, outbox, sinch
 from gateway.services.views import message_json
+
+# SMPP 3.4 message_state and receipt stat of a final status (5.2.28).
+ESME_DELIVERED = ("DELIVRD", 2)
+ESME_EXPIRED = ("EXPIRED", 3)
+ESME_UNDELIVERABLE = ("UNDELIV", 5)
+
+# Messages whose status change reports somewhere: a callback URL or an ESME's receipt.
+REPORTED: ColumnElement[bool] = or_(Message.callbackurl.is_not(None), Message.esme_receipt != 0)
+
+
+def esme_receipt(s: AsyncSession, msg: Message) -> None:
+    """The deliver_sm receipt for the ESME that submitted `msg`, once its status is final."""
+    if not msg.esme_receipt or msg.status not in ("DELIVERED", "FAIL"):
+        return
+    if msg.esme_receipt == 2 and msg.status == "DELIVERED":
+        return  # registered_delivery 2: failures only
+    if msg.status == "DELIVERED":
+        stat, state = ESME_DELIVERED
+    else:
+        stat, state = ESME_EXPIRED if msg.fail_code == sinch.EXPIRED else ESME_UNDELIVERABLE
+    s.add(
+        EsmeOutbox(
+            account_id=msg.account_id,
+            status="PENDING",
+            source=msg.recipient,
+            destination=msg.sender,
+            body="",
+            receipted_id=msg.msgid,
+            message_state=state,
+            stat=stat,
+            submitted_at=msg.created_at,
+            done_at=msg.done_at or datetime.now(UTC),
+        )
+    )
+
+
+async def esme_receipts(s: AsyncSession, message_ids: Iterable[int]) -> None:
+    """esme_receipt for each of these messages (failed by a sweep, not one by one)."""
+    ids = list(message_ids)
+    if ids:
+        q = select(Message).where(Message.id.in_(ids), Message.esme_receipt != 0)
+        for msg in (await s.execute(q)).scalars():
+            esme_receipt(s, msg)
 
 
 async def enqueue_status_callback(s: AsyncSession, msg: Message, base_url: str) -> None:
+    esme_receipt(s, msg)
     if not msg.callbackurl:
         return
     if msg.batch_id is not None:  # a Sinch batch's recipient: its delivery report instead

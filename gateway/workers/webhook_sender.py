@@ -99,7 +99,6 @@ class Job:
     from_table: bool = False  # claimed, not offered: later rows of its ref may wait on it
 
 
-
 @dataclass(frozen=True)
 class Result:
     job: Job

@@ -1,0 +1,361 @@
+"""The gateway's side of the SMPP server (smpp/server.py, smpp/server_types.EsmeBackend).
+
+Binds are checked against the credentials the operator issued (`gateway accounts
+smpp-credentials SID`; only a scrypt hash is stored). A submit_sm goes into the same queue as
+the REST API's sends, under the same rules: the account's freeform flag, its rate limit, its
+sender allow-list, its opt-out list, the length limit; it is answered with the msgid only
+after the row is committed. The parts of a long message (UDH or sar_* TLVs) are kept in
+`esme_parts` and become one message once all are in: every part is answered with that
+message's msgid. Receipts and MO for the account's receiver wait in `esme_deliveries`,
+claimed with a lease by the session sending them and deleted once the ESME acknowledged them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.db import leases
+from gateway.db.availability import DbOutage, is_outage
+from gateway.db.models import Account, EsmeOutbox, EsmePart, SmppCredential
+from gateway.services import senders, validation
+from gateway.services.errors import ApiError, FieldErrors
+from gateway.services.inbound import e164_from_smpp
+from gateway.services.messages import MessageService, OutboundRequest
+from smpp.server_types import (
+    ESME_RBINDFAIL,
+    ESME_RINVDSTADR,
+    ESME_RINVMSGLEN,
+    ESME_RINVPASWD,
+    ESME_RINVSRCADR,
+    ESME_RSUBMITFAIL,
+    ESME_RTHROTTLED,
+    ESME_RX_T_APPN,
+    EsmeDelivery,
+    EsmeRefused,
+    EsmeSubmit,
+)
+
+log = logging.getLogger(__name__)
+
+# SMPP 3.4 caps system_id at 15 characters and password at 8 (C-octet strings of 16 and 9).
+SYSTEM_ID_LENGTH = 15
+PASSWORD_LENGTH = 8
+# scrypt: an 8-character password is ~48 bits; stretching makes a stolen hash expensive to
+# search, and the bind throttle makes guessing online slow.
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    return f"scrypt${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        _, salt, digest = stored.split("$")
+        again = hash_password(password, base64.b64decode(salt)).split("$")[2]
+    except (ValueError, UnicodeEncodeError):
+        return False
+    return hmac.compare_digest(again, digest)
+
+
+_UNKNOWN = hash_password("x" * PASSWORD_LENGTH)  # an unknown system_id costs the same time
+
+
+@dataclass(frozen=True)
+class EsmeAccount:
+    id: int
+    sid: str
+    freeform: bool
+
+
+@dataclass(frozen=True)
+class IssuedCredentials:
+    system_id: str
+    password: str
+
+
+async def issue_credentials(sessions: async_sessionmaker[AsyncSession], sid: str) -> IssuedCredentials | None:
+    """New SMPP credentials for the account (replacing any it had); None for an unknown SID.
+    The password is only ever shown here."""
+    system_id = "e" + secrets.token_hex((SYSTEM_ID_LENGTH - 1) // 2)
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
+    password = "".join(secrets.choice(alphabet) for _ in range(PASSWORD_LENGTH))
+    digest = await asyncio.to_thread(hash_password, password)
+    async with sessions.begin() as s:
+        account_id = await s.scalar(select(Account.id).where(Account.sid == sid))
+        if account_id is None:
+            return None
+        await s.execute(delete(SmppCredential).where(SmppCredential.account_id == account_id))
+        s.add(SmppCredential(account_id=account_id, system_id=system_id, password_hash=digest))
+    return IssuedCredentials(system_id, password)
+
+
+def _status_for(exc: ApiError) -> tuple[int, str]:
+    """The SMPP status for what the REST API would have answered."""
+    fields = set(exc.body) if isinstance(exc, FieldErrors) else set()
+    reason = str(next(iter(exc.body.values()), ""))
+    if "sender" in fields:
+        return ESME_RINVSRCADR, reason
+    if "recipient" in fields:
+        return ESME_RINVDSTADR, reason
+    if "message" in fields:
+        return ESME_RINVMSGLEN, reason
+    return ESME_RSUBMITFAIL, reason
+
+
+class EsmeGateway:
+    """smpp.server_types.EsmeBackend over the gateway's services."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        messages: MessageService,
+        throttle: Callable[[int], float],
+        lease_seconds: float = 30.0,
+        parts_window: float = 300.0,
+        db: DbOutage | None = None,
+    ) -> None:
+        self._db = db or DbOutage()
+        self._sessions = sessions
+        self._messages = messages
+        self._throttle = throttle  # the API's per-account rate limit: seconds to wait, 0 = go
+        self._lease = timedelta(seconds=lease_seconds)
+        self._parts_window = timedelta(seconds=parts_window)
+
+    async def authenticate(self, system_id: str, password: str) -> object:
+        async with self._sessions() as s:
+            row = (
+                await s.execute(
+                    select(
+                        SmppCredential.password_hash,
+                        Account.id,
+                        Account.sid,
+                        Account.freeform,
+                        Account.disabled,
+                    )
+                    .join(Account, Account.id == SmppCredential.account_id)
+                    .where(SmppCredential.system_id == system_id)
+                )
+            ).one_or_none()
+        stored = row[0] if row is not None else _UNKNOWN
+        ok = await asyncio.to_thread(check_password, password, stored)
+        if row is None or not ok:
+            # One answer for an unknown system_id and a wrong password: no enumeration.
+            raise EsmeRefused(ESME_RINVPASWD, "unknown system_id or wrong password")
+        if row[4]:
+            raise EsmeRefused(ESME_RBINDFAIL, "account disabled")
+        return EsmeAccount(row[1], row[2], row[3])
+
+    async def submit(self, account: object, submit: EsmeSubmit) -> str:
+        assert isinstance(account, EsmeAccount)
+        if not account.freeform:
+            # Templates are the REST API's; over SMPP every text is freeform.
+            raise EsmeRefused(ESME_RSUBMITFAIL, "freeform SMS is not enabled for this account")
+        if self._throttle(account.id) > 0:
+            raise EsmeRefused(ESME_RTHROTTLED, "over the account's rate limit")
+        try:
+            recipient = validation.e164("recipient", e164_from_smpp(submit.destination))
+        except ApiError:
+            raise EsmeRefused(ESME_RINVDSTADR, "destination_addr is not a valid number") from None
+        try:
+            senders.check_entry(submit.source)
+        except ValueError:
+            raise EsmeRefused(ESME_RINVSRCADR, "source_addr cannot be a sender") from None
+        req = OutboundRequest(
+            account_id=account.id,
+            sender=submit.source,
+            recipient=recipient,
+            text=submit.text,
+            esme_receipt=submit.receipt,
+            binary_coding=submit.binary_coding,
+            send_at=submit.schedule_at,
+            expire_at=submit.expire_at,
+        )
+        try:
+            if submit.concat_ref is not None and submit.concat_total > 1:
+                return await self._part(req, submit)
+            return await self._messages.create(req)
+        except ApiError as exc:
+            status, reason = _status_for(exc)
+            raise EsmeRefused(status, reason) from None
+        except Exception as exc:
+            self._unavailable(exc, "queueing an ESME's submit")
+            raise
+
+    def _unavailable(self, exc: Exception, what: str) -> None:
+        """A database outage is logged once per interval and the ESME told to try again later
+        (ESME_RX_T_APPN), not a traceback per PDU."""
+        if is_outage(exc):
+            self._db.report(exc, what)
+            raise EsmeRefused(ESME_RX_T_APPN, "database unavailable") from exc
+
+    async def _part(self, req: OutboundRequest, submit: EsmeSubmit) -> str:
+        """Stores one part; the last one to arrive queues the whole message. Every part is
+        answered with the message's msgid (a part sent again gets it again, stored once)."""
+        assert submit.concat_ref is not None
+        key = (
+            EsmePart.account_id == req.account_id,
+            EsmePart.source == req.sender,
+            EsmePart.destination == req.recipient,
+            EsmePart.ref == submit.concat_ref,
+            EsmePart.total == submit.concat_total,
+        )
+        async with self._sessions.begin() as s:
+            await senders.check(s, req.account_id, req.sender)  # refused at the first part
+            parts = list((await s.execute(select(EsmePart).where(*key).order_by(EsmePart.seq))).scalars())
+            msgid = parts[0].msgid if parts else uuid.uuid4().hex
+            if any(p.seq == submit.concat_seq for p in parts):
+                return msgid
+            s.add(
+                EsmePart(
+                    account_id=req.account_id,
+                    source=req.sender,
+                    destination=req.recipient,
+                    ref=submit.concat_ref,
+                    total=submit.concat_total,
+                    seq=submit.concat_seq,
+                    text=submit.text,
+                    msgid=msgid,
+                    esme_receipt=req.esme_receipt,
+                    data_coding=req.binary_coding,
+                )
+            )
+            if len(parts) + 1 < submit.concat_total:
+                return msgid
+            texts = {p.seq: p.text for p in parts} | {submit.concat_seq: submit.text}
+            whole = "".join(texts[i] for i in sorted(texts))
+            await s.execute(delete(EsmePart).where(*key))
+            await self._messages.queue_in(s, _with(req, whole, msgid))
+        self._messages.queued()
+        return msgid
+
+    async def flush_stale_parts(self) -> None:
+        """A long message whose other parts never came within the window is sent as far as it
+        arrived (as MO reassembly does): the ESME was told its msgid."""
+        cutoff = datetime.now(UTC) - self._parts_window
+        async with self._sessions.begin() as s:
+            groups = (
+                await s.execute(
+                    select(EsmePart.msgid)
+                    .group_by(EsmePart.msgid)
+                    .having(func.min(EsmePart.received_at) < cutoff)
+                )
+            ).scalars()
+            for msgid in list(groups):
+                parts = list(
+                    (
+                        await s.execute(
+                            select(EsmePart).where(EsmePart.msgid == msgid).order_by(EsmePart.seq)
+                        )
+                    ).scalars()
+                )
+                await s.execute(delete(EsmePart).where(EsmePart.msgid == msgid))
+                first = parts[0]
+                req = OutboundRequest(
+                    account_id=first.account_id,
+                    sender=first.source,
+                    recipient=first.destination,
+                    text="",
+                    esme_receipt=first.esme_receipt,
+                    binary_coding=first.data_coding,
+                )
+                log.warning(
+                    "ESME message %s: %d of %d parts after the window", msgid, len(parts), first.total
+                )
+                try:
+                    async with s.begin_nested():
+                        await self._messages.queue_in(s, _with(req, "".join(p.text for p in parts), msgid))
+                except ApiError as exc:
+                    log.warning("ESME message %s dropped: %s", msgid, exc.body)
+        self._messages.queued()
+
+    async def claim(self, account: object, session: str, limit: int) -> list[EsmeDelivery]:
+        try:
+            return await self._claim(account, session, limit)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self._db.report(exc, "claiming receipts and MO for an ESME")
+            return []
+
+    async def _claim(self, account: object, session: str, limit: int) -> list[EsmeDelivery]:
+        assert isinstance(account, EsmeAccount)
+        now = datetime.now(UTC)
+        token = f"{session}:{secrets.token_hex(4)}"  # this claim's rows, not the session's earlier ones
+        async with self._sessions.begin() as s:
+            await leases.claim(
+                s,
+                EsmeOutbox,
+                ready_status="PENDING",
+                now=now,
+                lease_until=now + self._lease,
+                token=token,
+                limit=limit,
+                order_by=(EsmeOutbox.id,),
+                extra=(EsmeOutbox.account_id == account.id,),
+            )
+            rows = (
+                await s.execute(
+                    select(EsmeOutbox).where(EsmeOutbox.claimed_by == token).order_by(EsmeOutbox.id)
+                )
+            ).scalars()
+            return [_delivery(r) for r in rows]
+
+    async def done(self, account: object, delivery_ids: list[int]) -> None:
+        assert isinstance(account, EsmeAccount)
+        async with self._sessions.begin() as s:
+            await s.execute(
+                delete(EsmeOutbox).where(EsmeOutbox.id.in_(delivery_ids), EsmeOutbox.account_id == account.id)
+            )
+
+    async def release(self, account: object, delivery_ids: list[int]) -> None:
+        assert isinstance(account, EsmeAccount)
+        async with self._sessions.begin() as s:
+            await s.execute(
+                update(EsmeOutbox)
+                .where(EsmeOutbox.id.in_(delivery_ids), EsmeOutbox.account_id == account.id)
+                .values(claimed_until=None, claimed_by=None)
+            )
+
+
+def _with(req: OutboundRequest, text: str, msgid: str) -> OutboundRequest:
+    return OutboundRequest(
+        account_id=req.account_id,
+        sender=req.sender,
+        recipient=req.recipient,
+        text=text,
+        esme_receipt=req.esme_receipt,
+        binary_coding=req.binary_coding,
+        send_at=req.send_at,
+        expire_at=req.expire_at,
+        msgid=msgid,
+    )
+
+
+def _delivery(row: EsmeOutbox) -> EsmeDelivery:
+    return EsmeDelivery(
+        id=row.id,
+        source=row.source,
+        destination=row.destination,
+        text=row.body,
+        receipted_id=row.receipted_id,
+        message_state=row.message_state,
+        stat=row.stat,
+        err="000" if row.stat == "DELIVRD" else "001",
+        submitted_at=row.submitted_at,
+        done_at=row.done_at,
+    )

@@ -1,0 +1,467 @@
+"""SMPP 3.4 server for ESMEs: customers' own SMPP clients bind to us as to an SMSC.
+
+Each connection is a `_Session` with one task reading it. Binds (transmitter, receiver,
+transceiver) are checked by the EsmeBackend (smpp/server_types.py); a submit_sm is decoded
+here, queued by the backend, and answered with our message id only once the backend returns,
+which it does after the commit. Receipts and MO for a bound receiver are claimed from the
+backend up to the session's window and acknowledged one by one by deliver_sm_resp.
+
+Defences against a hostile peer (docs/security.md, "SMPP server"): a connection cap; a bind
+deadline and an idle deadline; command_length checked before the body is read; bind failures
+throttled per address; per session at most `window` submit_sm in progress and `window`
+deliver_sm unanswered: reading stops while its submits are full, so a flooding session waits
+on itself, and other sessions (other accounts) are served as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import ssl
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from smpp import simulator_wire as wire
+from smpp.client_wire import (
+    ESME_RINVDSTADR,
+    ESME_RINVSRCADR,
+    ESME_RX_P_APPN,
+    MAX_ADDRESS_LENGTH,
+    TAG_MESSAGE_PAYLOAD,
+    TAG_SAR_MSG_REF_NUM,
+    TAG_SAR_SEGMENT_SEQNUM,
+    TAG_SAR_TOTAL_SEGMENTS,
+    MalformedPdu,
+    parse_deliver_sm,
+    storable_text,
+)
+from smpp.encoding import ESM_UDHI, decode_short_message, plan, udh_fits
+from smpp.server_types import (
+    ESME_RBINDFAIL,
+    ESME_RINVEXPIRY,
+    ESME_RINVSCHED,
+    ESME_RSYSERR,
+    EsmeBackend,
+    EsmeDelivery,
+    EsmeRefused,
+    EsmeSubmit,
+)
+from smpp.simulator_model import address_fields
+
+log = logging.getLogger("smpp.server")
+
+ESME_RINVBNDSTS = wire.ESME_RINVBNDSTS
+ESME_RALYBND = wire.ESME_RALYBND
+ESM_SMSC_RECEIPT = 0x04
+BINARY_DATA_CODINGS = frozenset({0x02, 0x04})
+
+
+@dataclass(frozen=True)
+class EsmeServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 2776
+    tls: ssl.SSLContext | None = None
+    system_id: str = "gateway"  # ours, in bind responses
+    max_connections: int = 100
+    bind_timeout: float = 10.0  # from accept to a successful bind
+    idle_timeout: float = 60.0  # no PDU for half of it: enquire_link; for all of it: closed
+    window: int = 10  # per session: submit_sm in progress, and deliver_sm unanswered
+    response_timeout: float = 10.0  # for a deliver_sm_resp; then the delivery goes back
+    max_pdu_length: int = 16 * 1024  # a submit_sm with a long message_payload fits
+    poll_interval: float = 1.0  # how often a receiver looks for deliveries without a wake-up
+    bind_failures: int = 5  # per peer address and minute; past it, binds from it are refused
+
+
+def smpp_time(value: str, now: datetime) -> datetime | None:
+    """An SMPP 3.4 time (7.1.1): absolute `YYMMDDhhmmsstnn+`/`-` (nn quarter hours from UTC) or
+    relative `YYMMDDhhmmss000R`; "" is None. ValueError for anything else."""
+    if value == "":
+        return None
+    if len(value) != 16 or not value[:15].isascii() or not value[:15].isdigit() or value[15] not in "+-R":
+        raise ValueError(f"not an SMPP time: {value[:20]!r}")
+    yy, mo, dd, hh, mi, ss = (int(value[i : i + 2]) for i in range(0, 12, 2))
+    if value[15] == "R":
+        return now + timedelta(days=yy * 365 + mo * 30 + dd, hours=hh, minutes=mi, seconds=ss)
+    offset = timedelta(minutes=15 * int(value[13:15]))
+    local = datetime(2000 + yy, mo, dd, hh, mi, ss, int(value[12]) * 100_000)
+    return (local - offset if value[15] == "+" else local + offset).replace(tzinfo=UTC)
+
+
+def decode_submit(frame: bytes, now: datetime) -> EsmeSubmit:
+    """A submit_sm as the backend sees it; MalformedPdu or EsmeRefused with the status to answer."""
+    pdu = parse_deliver_sm(frame)  # same body layout
+    if not 0 < len(pdu.source_addr) <= MAX_ADDRESS_LENGTH:
+        raise MalformedPdu(ESME_RINVSRCADR, "source_addr empty or too long")
+    if not 0 < len(pdu.destination_addr) <= MAX_ADDRESS_LENGTH:
+        raise MalformedPdu(ESME_RINVDSTADR, "destination_addr empty or too long")
+    payload = pdu.short_message or pdu.tlvs.get(TAG_MESSAGE_PAYLOAD, b"")
+    if pdu.esm_class & ESM_UDHI and not udh_fits(payload):
+        raise MalformedPdu(ESME_RX_P_APPN, "UDHI set but the UDH is missing or overruns the message")
+    decoded = decode_short_message(
+        pdu.data_coding,
+        pdu.esm_class,
+        payload,
+        sar_msg_ref_num=pdu.tlv_int(TAG_SAR_MSG_REF_NUM, 2),
+        sar_total_segments=pdu.tlv_int(TAG_SAR_TOTAL_SEGMENTS, 1),
+        sar_segment_seqnum=pdu.tlv_int(TAG_SAR_SEGMENT_SEQNUM, 1),
+    )
+    try:
+        schedule = smpp_time(pdu.schedule_delivery_time, now)
+    except ValueError as exc:
+        raise EsmeRefused(ESME_RINVSCHED, str(exc)) from None
+    try:
+        expire = smpp_time(pdu.validity_period, now)
+    except ValueError as exc:
+        raise EsmeRefused(ESME_RINVEXPIRY, str(exc)) from None
+    binary = pdu.data_coding in BINARY_DATA_CODINGS
+    return EsmeSubmit(
+        source=pdu.source_addr,
+        destination=pdu.destination_addr,
+        # 8-bit data decodes as Latin-1, octet for octet: back to the octets, carried as hex.
+        text=decoded.text.encode("latin-1").hex() if binary else storable_text(decoded.text),
+        binary_coding=pdu.data_coding if binary else None,
+        receipt=pdu.registered_delivery & 0x03 if pdu.registered_delivery & 0x03 in (1, 2) else 0,
+        concat_ref=decoded.concat_ref,
+        concat_total=decoded.concat_total,
+        concat_seq=decoded.concat_seq,
+        schedule_at=schedule,
+        expire_at=expire,
+    )
+
+
+def deliver_sm_fields(d: EsmeDelivery) -> dict[str, Any]:
+    """The deliver_sm for a receipt (`id:... stat:...` text plus receipted_message_id and
+    message_state) or an MO (GSM 03.38 or UCS-2; message_payload when it is long)."""
+    source, source_ton, source_npi = address_fields(d.source)
+    dest, dest_ton, dest_npi = address_fields(d.destination)
+    fields: dict[str, Any] = {
+        "service_type": "",
+        "source_addr_ton": source_ton,
+        "source_addr_npi": source_npi,
+        "source_addr": source,
+        "dest_addr_ton": dest_ton,
+        "dest_addr_npi": dest_npi,
+        "destination_addr": dest,
+    }
+    if d.receipted_id is not None:
+        done = d.done_at or datetime.now(UTC)
+        submitted = d.submitted_at or done
+        text = (
+            f"id:{d.receipted_id} sub:001 dlvrd:{'001' if d.stat == 'DELIVRD' else '000'} "
+            f"submit date:{submitted:%y%m%d%H%M} done date:{done:%y%m%d%H%M} "
+            f"stat:{d.stat} err:{d.err} text:"
+        )
+        fields.update(
+            esm_class=ESM_SMSC_RECEIPT,
+            data_coding=0,
+            short_message=text.encode("ascii", "replace"),
+            receipted_message_id=d.receipted_id,
+            message_state=d.message_state or 0,
+        )
+        return fields
+    encoded = plan(d.text)
+    body = b"".join(encoded.payloads)
+    fields.update(esm_class=0, data_coding=encoded.data_coding)
+    # short_message holds at most 254 octets; a longer MO travels whole in message_payload.
+    fields["message_payload" if len(body) > 254 else "short_message"] = body
+    return fields
+
+
+class _BindThrottle:
+    """Failed binds per peer address in the last minute; bounded memory."""
+
+    WINDOW = 60.0
+    MAX_PEERS = 10_000
+
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limit = limit
+        self._clock = clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, peer: str) -> deque[float]:
+        times = self._failures.get(peer, deque())
+        cutoff = self._clock() - self.WINDOW
+        while times and times[0] < cutoff:
+            times.popleft()
+        return times
+
+    def blocked(self, peer: str) -> bool:
+        return len(self._recent(peer)) >= self._limit
+
+    def failed(self, peer: str) -> None:
+        if len(self._failures) >= self.MAX_PEERS and peer not in self._failures:
+            del self._failures[next(iter(self._failures))]
+        times = self._recent(peer)
+        times.append(self._clock())
+        self._failures[peer] = times
+
+
+class _Session:
+    """One ESME connection; run() is the only task reading its socket."""
+
+    def __init__(
+        self, server: EsmeServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._server = server
+        self._config = server.config
+        self._backend = server.backend
+        self._reader = reader
+        self._writer = writer
+        peer = writer.get_extra_info("peername")
+        self.address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.id = secrets.token_hex(8)
+        self.account: object | None = None
+        self.system_id = ""
+        self.mode: str | None = None
+        self.closed = False
+        self._sequences = wire.SequenceGenerator()
+        self._submits = asyncio.Semaphore(self._config.window)
+        self._submit_tasks: set[asyncio.Task[None]] = set()
+        self._awaiting: dict[int, tuple[int, float]] = {}  # deliver_sm sequence -> (delivery id, sent at)
+        self._wake = asyncio.Event()
+        self._deliverer: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        bind_deadline = loop.time() + self._config.bind_timeout
+        pinged = False
+        try:
+            while not self.closed:
+                bound = self.mode is not None
+                timeout = self._config.idle_timeout / 2 if bound else bind_deadline - loop.time()
+                try:
+                    frame = await asyncio.wait_for(self._read_frame(), max(timeout, 0.0))
+                except TimeoutError:
+                    if not bound:
+                        log.info("%s: no bind within %.0f s; closing", self.peer, self._config.bind_timeout)
+                        return
+                    if pinged:
+                        log.info("%s: idle for %.0f s; closing", self.peer, self._config.idle_timeout)
+                        return
+                    pinged = True
+                    self.send(wire.request("enquire_link", self._sequences)[1])
+                    continue
+                pinged = False
+                if not await self._handle(frame):
+                    return
+                await self._writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except wire.FrameError as exc:
+            log.warning("%s: %s; closing the connection", self.peer, exc)
+        except Exception:
+            log.exception("%s: unexpected error; closing the connection", self.peer)
+        finally:
+            await self.close()
+
+    async def _read_frame(self) -> bytes:
+        prefix = await self._reader.readexactly(4)
+        (length,) = struct.unpack(">L", prefix)
+        # Checked before a byte of the body is read: a hostile length costs nothing.
+        limit = self._config.max_pdu_length
+        if not wire.MIN_PDU_LENGTH <= length <= limit:
+            raise wire.FrameError(f"command_length {length} outside {wire.MIN_PDU_LENGTH}..{limit}")
+        return prefix + await self._reader.readexactly(length - 4)
+
+    def send(self, data: bytes) -> None:
+        if not self.closed:
+            self._writer.write(data)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._writer.close()
+        if self._deliverer is not None:
+            self._deliverer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._deliverer
+        unanswered = [delivery_id for delivery_id, _ in self._awaiting.values()]
+        self._awaiting.clear()
+        if unanswered and self.account is not None:
+            with contextlib.suppress(Exception):
+                await self._backend.release(self.account, unanswered)
+        self._server._closed(self)
+
+    async def _handle(self, frame: bytes) -> bool:
+        """Act on one PDU; False ends the session."""
+        command_id, status, sequence = wire.header(frame)
+        if command_id == wire.ENQUIRE_LINK:
+            self.send(wire.response("enquire_link_resp", sequence))
+            return True
+        if command_id in (wire.ENQUIRE_LINK_RESP, wire.UNBIND_RESP):
+            return True
+        if command_id == wire.UNBIND:
+            self.send(wire.response("unbind_resp", sequence))
+            log.info("%s: unbind (system_id=%s)", self.peer, self.system_id)
+            return False
+        if command_id in (wire.DELIVER_SM_RESP, wire.GENERIC_NACK):
+            await self._answered(sequence, status)
+            return True
+        if command_id in wire.BIND_MODES:
+            return await self._on_bind(command_id, frame, sequence)
+        if command_id == wire.SUBMIT_SM:
+            if self.mode not in ("transmitter", "transceiver"):
+                self.send(wire.error_response(command_id, sequence, ESME_RINVBNDSTS))
+                return True
+            # Reading waits while this session's window of submits is full: its own flood
+            # slows only itself.
+            await self._submits.acquire()
+            task = asyncio.create_task(self._on_submit(frame, sequence))
+            self._submit_tasks.add(task)
+            task.add_done_callback(self._submit_tasks.discard)
+            return True
+        if command_id & wire.RESPONSE_BIT:
+            return True  # a response to nothing we sent: ignored, as SMPP allows
+        self.send(wire.generic_nack(sequence, wire.ESME_RINVCMDID))
+        return True
+
+    async def _on_bind(self, command_id: int, frame: bytes, sequence: int) -> bool:
+        mode = wire.BIND_MODES[command_id]
+        if self.mode is not None:
+            self.send(wire.error_response(command_id, sequence, ESME_RALYBND))
+            return True
+        throttle = self._server._throttle
+        if throttle.blocked(self.address):
+            log.warning("%s: too many failed binds; refused", self.peer)
+            self.send(wire.error_response(command_id, sequence, ESME_RBINDFAIL))
+            return False
+        try:
+            pdu = wire.parse(frame, self._sequences)
+            system_id, password = wire.text_field(pdu.system_id), wire.text_field(pdu.password)
+        except Exception:  # smpplib raises assorted errors on a bad body
+            self.send(wire.error_response(command_id, sequence, wire.ESME_RINVCMDLEN))
+            return True
+        try:
+            account = await self._backend.authenticate(system_id, password)
+        except EsmeRefused as exc:
+            throttle.failed(self.address)
+            log.info(
+                "%s: bind_%s as %r refused (0x%02x): %s", self.peer, mode, system_id[:16], exc.status, exc
+            )
+            self.send(wire.error_response(command_id, sequence, exc.status))
+            return True
+        self.account, self.system_id, self.mode = account, system_id, mode
+        self.send(
+            wire.response(
+                f"bind_{mode}_resp", sequence, system_id=self._config.system_id, sc_interface_version=0x34
+            )
+        )
+        log.info("%s: bound %s as %s", self.peer, mode, system_id)
+        if mode in ("receiver", "transceiver"):
+            self._deliverer = asyncio.create_task(self._deliver_loop())
+        return True
+
+    async def _on_submit(self, frame: bytes, sequence: int) -> None:
+        try:
+            try:
+                submit = decode_submit(frame, datetime.now(UTC))
+                msgid = await self._backend.submit(self.account, submit)
+            except (MalformedPdu, EsmeRefused) as exc:
+                self.send(wire.error_response(wire.SUBMIT_SM, sequence, exc.status))
+                return
+            except Exception:  # a bug, or a backend that could not say better
+                log.exception("%s: submit_sm failed", self.peer)
+                self.send(wire.error_response(wire.SUBMIT_SM, sequence, ESME_RSYSERR))
+                return
+            self.send(wire.response("submit_sm_resp", sequence, message_id=msgid))
+        finally:
+            self._submits.release()
+
+    async def _answered(self, sequence: int, status: int) -> None:
+        entry = self._awaiting.pop(sequence, None)
+        if entry is None or self.account is None:
+            return
+        if status == wire.ESME_ROK:
+            await self._backend.done(self.account, [entry[0]])
+        else:
+            await self._backend.release(self.account, [entry[0]])
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _deliver_loop(self) -> None:
+        """Receipts and MO for this receiver, at most `window` unanswered at a time."""
+        assert self.account is not None
+        loop = asyncio.get_running_loop()
+        while not self.closed:
+            self._wake.clear()
+            now = loop.time()
+            late = [s for s, (_, at) in self._awaiting.items() if now - at > self._config.response_timeout]
+            if late:
+                ids = [self._awaiting.pop(s)[0] for s in late]
+                await self._backend.release(self.account, ids)
+            free = self._config.window - len(self._awaiting)
+            if free > 0:
+                try:
+                    deliveries = await self._backend.claim(self.account, self.id, free)
+                except Exception:
+                    log.exception("%s: claiming deliveries failed", self.peer)
+                    deliveries = []
+                for d in deliveries:
+                    seq, data = wire.request("deliver_sm", self._sequences, **deliver_sm_fields(d))
+                    self._awaiting[seq] = (d.id, loop.time())
+                    self.send(data)
+                if deliveries and len(deliveries) == free:
+                    continue  # maybe more waiting: go on once answers free the window
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._config.poll_interval)
+
+
+class EsmeServer:
+    """The listener: sessions, the connection cap, the bind-failure throttle."""
+
+    def __init__(self, config: EsmeServerConfig, backend: EsmeBackend) -> None:
+        self.config = config
+        self.backend = backend
+        self._sessions: set[_Session] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._throttle = _BindThrottle(config.bind_failures)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def bound(self) -> int:
+        return sum(1 for s in self._sessions if s.mode is not None)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, self.config.host, self.config.port, ssl=self.config.tls
+        )
+        log.info("SMPP server listening on %s:%d", self.config.host, self.port)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._sessions) >= self.config.max_connections:
+            log.warning("SMPP server: %d connections; refusing another", len(self._sessions))
+            writer.close()
+            return
+        session = _Session(self, reader, writer)
+        self._sessions.add(session)
+        await session.run()
+
+    def _closed(self, session: _Session) -> None:
+        self._sessions.discard(session)
+
+    def wake(self) -> None:
+        """New deliveries may be waiting: every receiver looks now rather than at its next poll."""
+        for s in self._sessions:
+            s.wake()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for s in list(self._sessions):
+            await s.close()
+        if self._server is not None:
+            await self._server.wait_closed()
