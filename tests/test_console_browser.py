@@ -285,7 +285,9 @@ async def test_keyboard_only_and_a_phone_screen(rig: Rig) -> None:
     try:
         page = await ctx.new_page()
         await page.goto(f"{gw.base_url}/console/login")
-        # The SID field has the focus on arrival.
+        # The SID field has the focus on arrival (autofocus: once the page has loaded, which
+        # goto() does not wait for on its own; typing earlier lost the first keys).
+        await expect(page.locator("#sid")).to_be_focused()
         await page.keyboard.type(creds.account.sid)
         await page.keyboard.press("Tab")
         await page.keyboard.type(creds.auth_token)
