@@ -60,6 +60,7 @@ OPERATOR_PARAMS = {
     "/console/operator/accounts/{sid}",
     "/console/operator/accounts/{sid}/{action}",
     "/console/operator/accounts/{sid}/dialing",
+    "/console/operator/accounts/{sid}/senders/{action}",
     "/console/operator/templates/{uid}/{action}",
 }
 PUBLIC = {"/console", "/console/", "/console/login", "/console/operator/login", "/console/static/console.css"}
@@ -536,6 +537,20 @@ async def test_operator_pages(gw: Gateway, client: ConsoleClient) -> None:
     page = await client.submit(account_page, account_page + "/dialing", {**rights, "verified_callers": "12"})
     assert page.status == 400 and "verified_callers" in page.text
     assert (await client.get("/console/operator/accounts/" + "0" * 32)).status == 404
+    # Sender ids, as `gateway accounts senders` manages them: the send rule follows at once.
+    page = await client.submit(account_page, account_page + "/senders/add", {"sender": "NEWSHOP"})
+    assert page.status == 200 and "<code>NEWSHOP</code>" in page.text
+    assert ("NEWSHOP", "operator") in await gw.sql(
+        "SELECT sender, origin FROM sender_ids WHERE account_id = :i", i=customer.account.id
+    )
+    page = await client.submit(account_page, account_page + "/senders/add", {"sender": "TWELVE CHARS"})
+    assert page.status == 400 and "sender:" in page.text
+    await client.submit(account_page, account_page + "/senders/remove", {"sender": "NEWSHOP"})
+    assert ("NEWSHOP", "operator") not in await gw.sql(
+        "SELECT sender, origin FROM sender_ids WHERE account_id = :i", i=customer.account.id
+    )
+    unknown = "/console/operator/accounts/" + "0" * 32
+    assert (await client.post(unknown + "/senders/add", {"csrf": page.csrf, "sender": "X"})).status == 404
     # The CSV import: the CLI's per-line errors, nothing imported; then a good file.
     bad = b"number,country_code,prefix,sms,voice,monthly_cost,minute_cost\n+8131234,JP,813,maybe,false,1,1\n"
     with pytest.raises(NumberImportError) as cli:

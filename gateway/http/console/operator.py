@@ -31,6 +31,7 @@ from gateway.services.dialing import (
 from gateway.services.errors import not_found
 from gateway.services.number_import import NumberImportError, parse_numbers_csv
 from gateway.services.reports import usage_csv
+from gateway.services.senders import SenderService
 
 pages = Pages()
 P = "/console/operator"
@@ -141,7 +142,16 @@ async def _account_page(request: web.Request, *, error: str = "") -> web.Respons
     rights = await get_rights(request.app[SESSIONS], sid)
     if info is None or rights is None:
         raise not_found()
-    context = {"a": info, "rights": rights, "error": error, "DEFAULT": DEFAULT}
+    listed = await SenderService(request.app[SESSIONS]).list(sid)
+    senders, sins = listed if listed is not None else ([], [])
+    context = {
+        "a": info,
+        "rights": rights,
+        "senders": senders,
+        "sins": sins,
+        "error": error,
+        "DEFAULT": DEFAULT,
+    }
     return render(request, "op_account.html", context, status=400 if error else 200)
 
 
@@ -163,6 +173,23 @@ async def set_dialing(request: web.Request) -> web.StreamResponse:
     except ValueError as exc:
         return await _account_page(request, error=str(exc))
     await update_rights(request.app[SESSIONS], sid, columns, add, remove)  # type: ignore[arg-type]
+    return see_other(f"{P}/accounts/{sid}")
+
+
+@pages.post(P + "/accounts/{sid}/senders/{action:add|remove}", "operator")
+async def set_senders(request: web.Request) -> web.StreamResponse:
+    """The account's allowed sender ids, as `gateway accounts senders SID add|remove`."""
+    sid, action = request.match_info["sid"], request.match_info["action"]
+    sender = _form(await request.post(), "sender")["sender"].strip()
+    senders = SenderService(request.app[SESSIONS])
+    try:
+        found = await (senders.add if action == "add" else senders.remove)(sid, [sender])
+    except ValueError as exc:
+        if await request.app[ACCOUNTS].get(sid) is None:
+            raise not_found() from None
+        return await _account_page(request, error=f"sender: {exc}")
+    if not found:
+        raise not_found()
     return see_other(f"{P}/accounts/{sid}")
 
 
