@@ -103,9 +103,24 @@ def cmd_accounts(config: Config, args: argparse.Namespace) -> int:
             if info is None:
                 print(f"no account {args.sid}", file=sys.stderr)
                 return 1
+            if args.rate is not None or args.burst is not None:
+                rate = info.rate if args.rate is None else (None if args.rate == DEFAULT else args.rate)
+                burst = info.burst if args.burst is None else (None if args.burst == DEFAULT else args.burst)
+                try:
+                    info = await accounts.set_rate_limit(args.sid, rate, burst) or info
+                except ValueError as exc:
+                    print(f"error: {exc}; the rate limit is unchanged", file=sys.stderr)
+                    return 2
             rights = await _update_dialing(config, args)
             _print(
-                {"sid": info.sid, "freeform": info.freeform, "webhook_secret": info.webhook_secret, **rights}
+                {
+                    "sid": info.sid,
+                    "freeform": info.freeform,
+                    "webhook_secret": info.webhook_secret,
+                    "rate_limit": info.rate,
+                    "rate_burst": info.burst,
+                    **rights,
+                }
             )
             return 0
         if args.action in ("disable", "enable"):
@@ -206,6 +221,18 @@ def _limit_arg(value: str) -> str | int:
     if not (value.isascii() and value.isdigit()):
         raise argparse.ArgumentTypeError(f"expected a number >= 0 or {DEFAULT!r}, got {value!r}")
     return int(value)
+
+
+def _rate_arg(value: str) -> str | float:
+    if value == DEFAULT:
+        return value
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not 0 <= rate <= 1_000_000:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"expected requests per second >= 0 or {DEFAULT!r}, got {value!r}")
+    return rate
 
 
 def _caller_arg(value: str) -> str:
@@ -512,6 +539,18 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="N",
             help=f'this account\'s limit (0: no outbound calls); "{DEFAULT}" voice.outbound_max_{limit}',
         )
+    st.add_argument(
+        "--rate",
+        type=_rate_arg,
+        metavar="PER_SECOND",
+        help=f'this account\'s API requests per second (0: no limit); "{DEFAULT}" ratelimit.rate',
+    )
+    st.add_argument(
+        "--burst",
+        type=_limit_arg,
+        metavar="N",
+        help=f'requests it may send at once (1 to 100,000); "{DEFAULT}" ratelimit.burst',
+    )
     st.add_argument(
         "--add-verified-caller",
         action="append",

@@ -86,9 +86,14 @@ async def test_accounts_set_manages_the_toll_fraud_overrides(clean_db: str) -> N
         "+815012345678",
         "--add-verified-caller",
         "+81312345678",
+        "--rate",
+        "2.5",
+        "--burst",
+        "10",
     )
     assert code == 0, err
     shown = json.loads(out)
+    assert (shown["rate_limit"], shown["rate_burst"]) == (2.5, 10)
     assert shown["outbound_allow_prefixes"] == "+81,+1415"
     assert (shown["outbound_max_concurrent"], shown["outbound_max_per_minute"]) == (2, 0)
     assert shown["verified_callers"] == ["+81312345678", "+815012345678"]
@@ -103,9 +108,12 @@ async def test_accounts_set_manages_the_toll_fraud_overrides(clean_db: str) -> N
         "default",
         "--remove-verified-caller",
         "+81312345678",
+        "--rate",
+        "default",
     )
     assert code == 0, err
     shown = json.loads(out)
+    assert (shown["rate_limit"], shown["rate_burst"]) == (None, 10)  # --burst not given: kept
     assert shown["outbound_allow_prefixes"] is None and shown["outbound_max_concurrent"] is None
     assert shown["outbound_max_per_minute"] == 0 and shown["verified_callers"] == ["+815012345678"]
     assert await _sql(

@@ -61,6 +61,7 @@ OPERATOR_PARAMS = {
     "/console/operator/accounts/{sid}/{action}",
     "/console/operator/accounts/{sid}/dialing",
     "/console/operator/accounts/{sid}/senders/{action}",
+    "/console/operator/accounts/{sid}/ratelimit",
     "/console/operator/templates/{uid}/{action}",
 }
 PUBLIC = {"/console", "/console/", "/console/login", "/console/operator/login", "/console/static/console.css"}
@@ -537,6 +538,17 @@ async def test_operator_pages(gw: Gateway, client: ConsoleClient) -> None:
     page = await client.submit(account_page, account_page + "/dialing", {**rights, "verified_callers": "12"})
     assert page.status == 400 and "verified_callers" in page.text
     assert (await client.get("/console/operator/accounts/" + "0" * 32)).status == 404
+    # The API rate limit, as `gateway accounts set --rate --burst`: "default" is the setting.
+    page = await client.submit(account_page, account_page + "/ratelimit", {"rate": "2.5", "burst": "7"})
+    assert page.status == 200 and 'value="2.5"' in page.text
+    rate_columns = "SELECT rate_limit, rate_burst FROM accounts WHERE id = :i"
+    assert await gw.sql(rate_columns, i=customer.account.id) == [(2.5, 7)]
+    page = await client.submit(account_page, account_page + "/ratelimit", {"rate": "fast", "burst": "7"})
+    assert page.status == 400 and "rate:" in page.text
+    page = await client.submit(
+        account_page, account_page + "/ratelimit", {"rate": "default", "burst": "default"}
+    )
+    assert await gw.sql(rate_columns, i=customer.account.id) == [(None, None)]
     # Sender ids, as `gateway accounts senders` manages them: the send rule follows at once.
     page = await client.submit(account_page, account_page + "/senders/add", {"sender": "NEWSHOP"})
     assert page.status == 200 and "<code>NEWSHOP</code>" in page.text

@@ -37,7 +37,7 @@ from gateway.db.engine import create_engine, session_factory
 from gateway.http import auth, metrics, openapi, ratelimit
 from gateway.http.metrics import METRICS, Metrics, MetricsSettings
 from gateway.http.ratelimit import RATE_LIMITER, RateLimiter, RateLimitSettings
-from gateway.keys import SESSIONS, TEMPLATES
+from gateway.keys import ACCOUNTS, SESSIONS, TEMPLATES
 from tests.conftest import Gateway, basic, free_port, gateway_config, wait_for
 
 JP = "+818012345678"
@@ -741,3 +741,38 @@ async def test_rate_limit_answers_429_per_account_with_retry_after(
     s = await scrape(http, gw)
     assert val(s, "gateway_http_requests_total", method="POST", route="/sms/messages/", status="429") == 1
     assert val(s, "gateway_http_requests_total", method="GET", route="/sms/messages/", status="429") == 2
+
+
+async def test_an_accounts_own_rate_limit_overrides_the_settings(
+    start: Starter, http: aiohttp.ClientSession
+) -> None:
+    """`gateway accounts set --rate --burst` (and the console's account page): an account with
+    its own limit is held to it while limiting is off for the rest; a rate of 0 frees an account
+    from the gateway-wide limit; "default" gives it the settings' again."""
+    clock = FakeClock()
+    gw = await start(limiter=RateLimiter(RateLimitSettings(rate=0.0, burst=3), clock=clock))
+    capped, free = await gw.account(name="capped"), await gw.account(name="free")
+    accounts = gw.app[ACCOUNTS]
+    info = await accounts.set_rate_limit(capped.account.sid, 1.0, 2)
+    assert info is not None and (info.rate, info.burst) == (1.0, 2)
+    with pytest.raises(ValueError, match="burst"):
+        await accounts.set_rate_limit(capped.account.sid, 1.0, 0)
+
+    async def statuses(creds: Any, n: int) -> list[int]:
+        out = []
+        for _ in range(n):
+            async with http.get(f"{gw.base_url}/sms/messages/", headers=gw.auth(creds)) as r:
+                out.append(r.status)
+        return out
+
+    assert await statuses(capped, 3) == [200, 200, 429]
+    assert await statuses(free, 10) == [200] * 10  # the settings: no limit
+    clock.now += 1.0
+    assert await statuses(capped, 2) == [200, 429]
+    # Limiting on for everyone, but this account is exempt (rate 0), then back to the settings.
+    gw.app[RATE_LIMITER].settings = RateLimitSettings(rate=1.0, burst=3)
+    await accounts.set_rate_limit(free.account.sid, 0.0, None)
+    assert await statuses(free, 10) == [200] * 10
+    await accounts.set_rate_limit(free.account.sid, None, None)
+    clock.now += 10.0
+    assert await statuses(free, 4) == [200, 200, 200, 429]

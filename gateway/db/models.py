@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -81,6 +82,10 @@ class Account(Base):
     outbound_max_concurrent: Mapped[int | None] = mapped_column(Integer)
     outbound_max_per_minute: Mapped[int | None] = mapped_column(Integer)
     verified_callers: Mapped[str | None] = mapped_column(Text)  # comma-separated E.164
+    # Operator-set API rate limit (requests/s, 0 = none; gateway/http/ratelimit.py) and burst;
+    # NULL: ratelimit.rate / ratelimit.burst apply.
+    rate_limit: Mapped[float | None] = mapped_column(Float)
+    rate_burst: Mapped[int | None] = mapped_column(Integer)
 
 
 class SenderId(Base):

@@ -48,6 +48,7 @@ class RateLimitSettings:
 class _Bucket:
     tokens: float
     at: float  # clock reading when `tokens` was computed
+    full_after: float  # seconds an untouched bucket takes to refill completely
 
 
 class RateLimiter:
@@ -80,21 +81,24 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self.settings.rate > 0
 
-    def take(self, key: Hashable) -> float:
-        """Take one token for this key: 0.0 if granted, else seconds until one is available."""
-        if not self.enabled:
+    def take(self, key: Hashable, rate: float | None = None, burst: int | None = None) -> float:
+        """Take one token for this key: 0.0 if granted, else seconds until one is available.
+        `rate` and `burst` override the settings for this key (an account's own limit); a rate
+        of 0 is no limit."""
+        rate = self.settings.rate if rate is None else rate
+        if rate <= 0:
             return 0.0
-        rate, burst = self.settings.rate, float(self.settings.burst)
+        capacity = float(self.settings.burst if burst is None else max(1, burst))
         now = self._clock()
         self._maybe_prune(now)
         bucket = self._buckets.pop(key, None)
         if bucket is None:
-            bucket = _Bucket(burst, now)
+            bucket = _Bucket(capacity, now, capacity / rate)
             if self._max_keys is not None and len(self._buckets) >= self._max_keys:
                 del self._buckets[next(iter(self._buckets))]
         else:
-            bucket.tokens = min(burst, bucket.tokens + max(0.0, now - bucket.at) * rate)
-            bucket.at = now
+            bucket.tokens = min(capacity, bucket.tokens + max(0.0, now - bucket.at) * rate)
+            bucket.at, bucket.full_after = now, capacity / rate
         self._buckets[key] = bucket
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
@@ -121,8 +125,7 @@ class RateLimiter:
         if now - self._pruned_at < self.PRUNE_EVERY:
             return
         self._pruned_at = now
-        full_after = self.settings.burst / self.settings.rate
-        stale = [k for k, b in self._buckets.items() if now - b.at >= full_after]
+        stale = [k for k, b in self._buckets.items() if now - b.at >= b.full_after]
         for k in stale:
             del self._buckets[k]
 
@@ -166,7 +169,7 @@ async def ratelimit_middleware(request: web.Request, handler: Handler) -> web.St
     account = request.get(ACCOUNT)
     if limiter is None or account is None:
         return await handler(request)
-    wait = limiter.take(account.id)
+    wait = limiter.take(account.id, account.rate, account.burst)
     if wait > 0:
         return too_many_requests(wait)
     return await handler(request)

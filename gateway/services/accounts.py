@@ -43,6 +43,9 @@ class AccountInfo:
     freeform: bool
     webhook_secret: str
     disabled: bool = False
+    # The operator's per-account API rate limit and burst; None: the ratelimit settings.
+    rate: float | None = None
+    burst: int | None = None
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,16 @@ def hash_token(token: str) -> str:
 
 
 def _info(row: Account) -> AccountInfo:
-    return AccountInfo(row.id, row.sid, row.name, row.freeform, row.webhook_secret, bool(row.disabled))
+    return AccountInfo(
+        row.id,
+        row.sid,
+        row.name,
+        row.freeform,
+        row.webhook_secret,
+        bool(row.disabled),
+        row.rate_limit,
+        row.rate_burst,
+    )
 
 
 class AccountService:
@@ -125,6 +137,22 @@ class AccountService:
                 row.freeform = freeform
             if webhook_secret is not None:
                 row.webhook_secret = webhook_secret
+        self._cache.clear()
+        return _info(row)
+
+    async def set_rate_limit(self, sid: str, rate: float | None, burst: int | None) -> AccountInfo | None:
+        """The account's API rate limit in requests per second (0: none) and its burst; None
+        for either: the gateway's ratelimit setting. Running nodes apply it within CACHE_TTL.
+        ValueError (nothing changed) for a negative rate, a burst below 1 or above 100,000."""
+        if rate is not None and not (0 <= rate <= 1_000_000):
+            raise ValueError("rate: requests per second from 0 (no limit) to 1,000,000")
+        if burst is not None and not (1 <= burst <= 100_000):
+            raise ValueError("burst: from 1 to 100,000 requests")
+        async with self._sessions.begin() as s:
+            row = (await s.execute(select(Account).where(Account.sid == sid))).scalar_one_or_none()
+            if row is None:
+                return None
+            row.rate_limit, row.rate_burst = rate, burst
         self._cache.clear()
         return _info(row)
 

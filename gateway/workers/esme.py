@@ -80,6 +80,8 @@ class EsmeAccount:
     id: int
     sid: str
     freeform: bool
+    rate: float | None = None  # the account's own API rate limit (None: the settings')
+    burst: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ class EsmeGateway:
         self,
         sessions: async_sessionmaker[AsyncSession],
         messages: MessageService,
-        throttle: Callable[[int], float],
+        throttle: Callable[[int, float | None, int | None], float],
         lease_seconds: float = 30.0,
         parts_window: float = 300.0,
         db: DbOutage | None = None,
@@ -146,6 +148,8 @@ class EsmeGateway:
                         Account.sid,
                         Account.freeform,
                         Account.disabled,
+                        Account.rate_limit,
+                        Account.rate_burst,
                     )
                     .join(Account, Account.id == SmppCredential.account_id)
                     .where(SmppCredential.system_id == system_id)
@@ -158,14 +162,14 @@ class EsmeGateway:
             raise EsmeRefused(ESME_RINVPASWD, "unknown system_id or wrong password")
         if row[4]:
             raise EsmeRefused(ESME_RBINDFAIL, "account disabled")
-        return EsmeAccount(row[1], row[2], row[3])
+        return EsmeAccount(row[1], row[2], row[3], row[5], row[6])
 
     async def submit(self, account: object, submit: EsmeSubmit) -> str:
         assert isinstance(account, EsmeAccount)
         if not account.freeform:
             # Templates are the REST API's; over SMPP every text is freeform.
             raise EsmeRefused(ESME_RSUBMITFAIL, "freeform SMS is not enabled for this account")
-        if self._throttle(account.id) > 0:
+        if self._throttle(account.id, account.rate, account.burst) > 0:
             raise EsmeRefused(ESME_RTHROTTLED, "over the account's rate limit")
         try:
             recipient = validation.e164("recipient", e164_from_smpp(submit.destination))

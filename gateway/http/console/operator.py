@@ -7,6 +7,7 @@ import asyncio
 import hmac
 import re
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -174,6 +175,38 @@ async def set_dialing(request: web.Request) -> web.StreamResponse:
         return await _account_page(request, error=str(exc))
     await update_rights(request.app[SESSIONS], sid, columns, add, remove)  # type: ignore[arg-type]
     return see_other(f"{P}/accounts/{sid}")
+
+
+_N = TypeVar("_N", int, float)
+
+
+@pages.post(P + "/accounts/{sid}/ratelimit", "operator")
+async def set_rate_limit(request: web.Request) -> web.StreamResponse:
+    """The account's API rate limit, as `gateway accounts set --rate --burst`."""
+    sid = request.match_info["sid"]
+    f = _form(await request.post(), "rate", "burst")
+    try:
+        rate = _optional(f["rate"], "rate", float)
+        burst = _optional(f["burst"], "burst", int)
+        info = await request.app[ACCOUNTS].set_rate_limit(sid, rate, burst)
+    except ValueError as exc:
+        if await request.app[ACCOUNTS].get(sid) is None:
+            raise not_found() from None
+        return await _account_page(request, error=str(exc))
+    if info is None:
+        raise not_found()
+    return see_other(f"{P}/accounts/{sid}")
+
+
+def _optional(text: str, name: str, kind: type[_N]) -> _N | None:
+    """A form's number, or None for "default" (the gateway-wide setting)."""
+    text = text.strip()
+    if text == DEFAULT:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{name}: a number, or {DEFAULT!r}") from None
 
 
 @pages.post(P + "/accounts/{sid}/senders/{action:add|remove}", "operator")
