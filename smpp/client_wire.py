@@ -15,7 +15,7 @@ from smpplib import consts as smpp_consts
 from smpplib import smpp as smpp_codec
 
 from smpp import dlr
-from smpp.encoding import ESM_UDHI, decode_short_message, udh_fits
+from smpp.encoding import ESM_UDHI, DecodedText, decode_short_message, udh_fits
 from smpp.types import DeliveryReceipt, MoPart
 
 # Command ids, used to dispatch on the raw header without a full parse.
@@ -238,6 +238,23 @@ def storable_text(text: str) -> str:
     return text.rstrip("\x00").replace("\x00", "\ufffd")
 
 
+def decode_message(pdu: DeliverSm) -> DecodedText:
+    """The text of a deliver_sm or a submit_sm (their bodies share a layout): short_message or
+    message_payload, with its concatenation from the UDH or the sar_* TLVs. MalformedPdu for a
+    UDH that overruns the message."""
+    payload = pdu.short_message or pdu.tlvs.get(TAG_MESSAGE_PAYLOAD, b"")
+    if pdu.esm_class & ESM_UDHI and not udh_fits(payload):
+        raise MalformedPdu(ESME_RX_P_APPN, "UDHI set but the UDH is missing or overruns the message")
+    return decode_short_message(
+        pdu.data_coding,
+        pdu.esm_class,
+        payload,
+        sar_msg_ref_num=pdu.tlv_int(TAG_SAR_MSG_REF_NUM, 2),
+        sar_total_segments=pdu.tlv_int(TAG_SAR_TOTAL_SEGMENTS, 1),
+        sar_segment_seqnum=pdu.tlv_int(TAG_SAR_SEGMENT_SEQNUM, 1),
+    )
+
+
 def decode_mo(pdu: DeliverSm, received_at: datetime) -> MoPart:
     """A mobile-originated deliver_sm as the core sees it; MalformedPdu if it cannot be one.
 
@@ -248,17 +265,7 @@ def decode_mo(pdu: DeliverSm, received_at: datetime) -> MoPart:
         raise MalformedPdu(ESME_RINVSRCADR, f"source_addr of {len(pdu.source_addr)} characters")
     if len(pdu.destination_addr) > MAX_ADDRESS_LENGTH:
         raise MalformedPdu(ESME_RINVDSTADR, f"destination_addr of {len(pdu.destination_addr)} characters")
-    payload = pdu.short_message or pdu.tlvs.get(TAG_MESSAGE_PAYLOAD, b"")
-    if pdu.esm_class & ESM_UDHI and not udh_fits(payload):
-        raise MalformedPdu(ESME_RX_P_APPN, "UDHI set but the UDH is missing or overruns the message")
-    decoded = decode_short_message(
-        pdu.data_coding,
-        pdu.esm_class,
-        payload,
-        sar_msg_ref_num=pdu.tlv_int(TAG_SAR_MSG_REF_NUM, 2),
-        sar_total_segments=pdu.tlv_int(TAG_SAR_TOTAL_SEGMENTS, 1),
-        sar_segment_seqnum=pdu.tlv_int(TAG_SAR_SEGMENT_SEQNUM, 1),
-    )
+    decoded = decode_message(pdu)
     return MoPart(
         source=pdu.source_addr,
         destination=pdu.destination_addr,

@@ -32,17 +32,13 @@ from smpp import simulator_wire as wire
 from smpp.client_wire import (
     ESME_RINVDSTADR,
     ESME_RINVSRCADR,
-    ESME_RX_P_APPN,
     MAX_ADDRESS_LENGTH,
-    TAG_MESSAGE_PAYLOAD,
-    TAG_SAR_MSG_REF_NUM,
-    TAG_SAR_SEGMENT_SEQNUM,
-    TAG_SAR_TOTAL_SEGMENTS,
     MalformedPdu,
+    decode_message,
     parse_deliver_sm,
     storable_text,
 )
-from smpp.encoding import ESM_UDHI, decode_short_message, plan, udh_fits
+from smpp.encoding import plan
 from smpp.server_types import (
     ESME_RBINDFAIL,
     ESME_RINVEXPIRY,
@@ -101,17 +97,7 @@ def decode_submit(frame: bytes, now: datetime) -> EsmeSubmit:
         raise MalformedPdu(ESME_RINVSRCADR, "source_addr empty or too long")
     if not 0 < len(pdu.destination_addr) <= MAX_ADDRESS_LENGTH:
         raise MalformedPdu(ESME_RINVDSTADR, "destination_addr empty or too long")
-    payload = pdu.short_message or pdu.tlvs.get(TAG_MESSAGE_PAYLOAD, b"")
-    if pdu.esm_class & ESM_UDHI and not udh_fits(payload):
-        raise MalformedPdu(ESME_RX_P_APPN, "UDHI set but the UDH is missing or overruns the message")
-    decoded = decode_short_message(
-        pdu.data_coding,
-        pdu.esm_class,
-        payload,
-        sar_msg_ref_num=pdu.tlv_int(TAG_SAR_MSG_REF_NUM, 2),
-        sar_total_segments=pdu.tlv_int(TAG_SAR_TOTAL_SEGMENTS, 1),
-        sar_segment_seqnum=pdu.tlv_int(TAG_SAR_SEGMENT_SEQNUM, 1),
-    )
+    decoded = decode_message(pdu)
     try:
         schedule = smpp_time(pdu.schedule_delivery_time, now)
     except ValueError as exc:
