@@ -20,7 +20,6 @@ import contextlib
 import logging
 import secrets
 import ssl
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -224,7 +223,9 @@ class _Session:
                 bound = self.mode is not None
                 timeout = self._config.idle_timeout / 2 if bound else bind_deadline - loop.time()
                 try:
-                    frame = await asyncio.wait_for(self._read_frame(), max(timeout, 0.0))
+                    frame = await asyncio.wait_for(
+                        wire.read_frame(self._reader, self._config.max_pdu_length), max(timeout, 0.0)
+                    )
                 except TimeoutError:
                     if not bound:
                         log.info("%s: no bind within %.0f s; closing", self.peer, self._config.bind_timeout)
@@ -247,15 +248,6 @@ class _Session:
             log.exception("%s: unexpected error; closing the connection", self.peer)
         finally:
             await self.close()
-
-    async def _read_frame(self) -> bytes:
-        prefix = await self._reader.readexactly(4)
-        (length,) = struct.unpack(">L", prefix)
-        # Checked before a byte of the body is read: a hostile length costs nothing.
-        limit = self._config.max_pdu_length
-        if not wire.MIN_PDU_LENGTH <= length <= limit:
-            raise wire.FrameError(f"command_length {length} outside {wire.MIN_PDU_LENGTH}..{limit}")
-        return prefix + await self._reader.readexactly(length - 4)
 
     def send(self, data: bytes) -> None:
         if not self.closed:

@@ -81,12 +81,14 @@ class SequenceGenerator:
         return self._sequence
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes:
-    """One whole PDU; IncompleteReadError at EOF, FrameError on an impossible length."""
+async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_PDU_LENGTH) -> bytes:
+    """One whole PDU; IncompleteReadError at EOF, FrameError on a length outside
+    MIN_PDU_LENGTH..limit, checked before a byte of the body is read (a hostile length costs
+    nothing)."""
     prefix = await reader.readexactly(4)
     (length,) = struct.unpack(">L", prefix)
-    if not MIN_PDU_LENGTH <= length <= MAX_PDU_LENGTH:
-        raise FrameError(f"command_length {length} outside {MIN_PDU_LENGTH}..{MAX_PDU_LENGTH}")
+    if not MIN_PDU_LENGTH <= length <= limit:
+        raise FrameError(f"command_length {length} outside {MIN_PDU_LENGTH}..{limit}")
     return prefix + await reader.readexactly(length - 4)
 
 
