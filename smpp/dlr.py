@@ -85,6 +85,17 @@ def clean_id(raw: str) -> str:
     return raw.split("\x00", 1)[0].strip(_ID_STRIP)[:MAX_ID_LENGTH].strip(_ID_STRIP)
 
 
+def receipt_text(
+    receipted_id: str, stat: str, err: str, submitted: datetime, done: datetime, preview: str = ""
+) -> bytes:
+    """The SMPP 3.4 appendix B receipt text an SMSC writes (what parse_receipt_text reads)."""
+    return (
+        f"id:{receipted_id} sub:001 dlvrd:{'001' if stat == 'DELIVRD' else '000'} "
+        f"submit date:{submitted:%y%m%d%H%M} done date:{done:%y%m%d%H%M} "
+        f"stat:{stat} err:{err} text:{preview}"
+    ).encode("ascii", "replace")
+
+
 def parse_receipt_text(text: str) -> dict[str, str]:
     """The key:value fields of a text receipt, keys lowercased with '_' for spaces.
 

@@ -37,6 +37,7 @@ from smpp.client_wire import (
     parse_deliver_sm,
     storable_text,
 )
+from smpp.dlr import receipt_text
 from smpp.encoding import plan
 from smpp.server_types import (
     ESME_RBINDFAIL,
@@ -138,15 +139,10 @@ def deliver_sm_fields(d: EsmeDelivery) -> dict[str, Any]:
     if d.receipted_id is not None:
         done = d.done_at or datetime.now(UTC)
         submitted = d.submitted_at or done
-        text = (
-            f"id:{d.receipted_id} sub:001 dlvrd:{'001' if d.stat == 'DELIVRD' else '000'} "
-            f"submit date:{submitted:%y%m%d%H%M} done date:{done:%y%m%d%H%M} "
-            f"stat:{d.stat} err:{d.err} text:"
-        )
         fields.update(
             esm_class=ESM_SMSC_RECEIPT,
             data_coding=0,
-            short_message=text.encode("ascii", "replace"),
+            short_message=receipt_text(d.receipted_id, d.stat, d.err, submitted, done),
             receipted_message_id=d.receipted_id,
             message_state=d.message_state or 0,
         )

@@ -10,6 +10,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from smpp.dlr import receipt_text
+
 DLR_MODES = ("tlv", "text", "both", "none")
 ID_FORMATS = ("hex", "dec")
 
@@ -191,12 +193,8 @@ class Receipt:
     preview: str
 
     def text(self, done_at: datetime) -> bytes:
-        delivered = self.stat == "DELIVRD"
-        return (
-            f"id:{self.text_id} sub:001 dlvrd:{'001' if delivered else '000'} "
-            f"submit date:{self.submitted_at:%y%m%d%H%M} done date:{done_at:%y%m%d%H%M} "
-            f"stat:{self.stat} err:{'000' if delivered else '001'} text:{self.preview}"
-        ).encode("ascii", "replace")
+        err = "000" if self.stat == "DELIVRD" else "001"
+        return receipt_text(self.text_id, self.stat, err, self.submitted_at, done_at, self.preview)
 
     def deliver_sm_fields(self, done_at: datetime) -> dict[str, object]:
         source, source_ton, source_npi = address_fields(self.handset)
