@@ -468,8 +468,9 @@ class Call(Base):
     )
 
 
-class Voicemail(Base):
-    __tablename__ = "voicemails"
+class _CallAudio:
+    """What a caller left on a call, as a WAV file: voicemails and recordings alike."""
+
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     uid: Mapped[str] = mapped_column(String(32), unique=True)
     call_id: Mapped[int] = mapped_column(ForeignKey("calls.id"), index=True)
@@ -477,25 +478,19 @@ class Voicemail(Base):
     caller: Mapped[str] = mapped_column(String(32))
     recipient: Mapped[str] = mapped_column(String(32))
     duration: Mapped[float] = mapped_column(Numeric(10, 2), default=0)
-    path: Mapped[str] = mapped_column(Text)  # WAV file in the voicemail store
+    path: Mapped[str] = mapped_column(Text)  # the WAV file, in its kind's store
     size: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Recording(Base):
+class Voicemail(_CallAudio, Base):
+    __tablename__ = "voicemails"
+
+
+class Recording(_CallAudio, Base):
     """What a script's `record` command took: kept like a voicemail, counted apart from them."""
 
     __tablename__ = "recordings"
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    uid: Mapped[str] = mapped_column(String(32), unique=True)
-    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id"), index=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
-    caller: Mapped[str] = mapped_column(String(32))
-    recipient: Mapped[str] = mapped_column(String(32))
-    duration: Mapped[float] = mapped_column(Numeric(10, 2), default=0)
-    path: Mapped[str] = mapped_column(Text)  # WAV file in the recordings store
-    size: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ConsoleSession(Base):

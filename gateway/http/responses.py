@@ -226,8 +226,7 @@ class CallStep(BaseModel):
     error: str | None = Field(description="Why its script did not run (the fallback did), if so.")
 
 
-class Recording(BaseModel):
-    recording_id: str
+class _CallAudio(BaseModel):
     callid: str
     caller: str
     recipient: str
@@ -235,6 +234,10 @@ class Recording(BaseModel):
     size: int = Field(description="Bytes of WAV audio.")
     created_at: Time
     audio_url: str = Field(description="Path of the WAV recording.")
+
+
+class Recording(_CallAudio):
+    recording_id: str
 
 
 class Call(BaseModel):
@@ -274,15 +277,8 @@ class Call(BaseModel):
     )
 
 
-class Voicemail(BaseModel):
+class Voicemail(_CallAudio):
     voicemail_id: str
-    callid: str
-    caller: str
-    recipient: str
-    duration: float = Field(description="Seconds.")
-    size: int = Field(description="Bytes of WAV audio.")
-    created_at: Time
-    audio_url: str = Field(description="Path of the WAV recording.")
 
 
 class _Number(BaseModel):

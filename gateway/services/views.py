@@ -77,27 +77,22 @@ def call_json(c: Call) -> dict[str, Any]:
 
 
 def voicemail_json(v: Voicemail, call_uid: str) -> dict[str, Any]:
-    return {
-        "voicemail_id": v.uid,
-        "callid": call_uid,
-        "caller": v.caller,
-        "recipient": v.recipient,
-        "duration": float(v.duration),
-        "size": v.size,
-        "created_at": fmt_time(v.created_at),
-        "audio_url": f"/voice/voicemails/{v.uid}/audio",
-    }
+    return _audio_json("voicemail", v, call_uid, "")
 
 
 def recording_json(rec: Recording, call_uid: str, base_url: str = "") -> dict[str, Any]:
     """A recording as the API and its webhook show it (`audio_url` absolute in the webhook)."""
+    return _audio_json("recording", rec, call_uid, base_url)
+
+
+def _audio_json(kind: str, row: Voicemail | Recording, call_uid: str, base_url: str) -> dict[str, Any]:
     return {
-        "recording_id": rec.uid,
+        f"{kind}_id": row.uid,
         "callid": call_uid,
-        "caller": rec.caller,
-        "recipient": rec.recipient,
-        "duration": float(rec.duration),
-        "size": rec.size,
-        "created_at": fmt_time(rec.created_at),
-        "audio_url": f"{base_url}/voice/recordings/{rec.uid}/audio",
+        "caller": row.caller,
+        "recipient": row.recipient,
+        "duration": float(row.duration),
+        "size": row.size,
+        "created_at": fmt_time(row.created_at),
+        "audio_url": f"{base_url}/voice/{kind}s/{row.uid}/audio",
     }
