@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.group_commit import GroupCommitter
 from gateway.db.models import (
-    Account,
     EsmeOutbox,
     InboundMessage,
     Message,
@@ -173,19 +172,17 @@ class InboundService:
         ids: dict[str, int] = {uid: row_id for uid, row_id in result}
         for row in cache.webhooks:
             row["id"] = ids[row["uid"]]
-        accounts = {row["account_id"] for row in cache.webhooks}
-        secrets = await s.execute(select(Account.id, Account.webhook_secret).where(Account.id.in_(accounts)))
-        cache.secrets.update({account_id: secret for account_id, secret in secrets})
+        cache.secrets.update(await outbox.webhook_secrets(s, {row["account_id"] for row in cache.webhooks}))
 
     def _after_commit(self, s: AsyncSession, cache: _BatchCache) -> None:
-        if self._fast_path is not None and cache.webhooks:
-            self._fast_path.offer(
-                [(WebhookDelivery(**row), cache.secrets[row["account_id"]]) for row in cache.webhooks]
-            )
+        leased = (
+            [(WebhookDelivery(**row), cache.secrets[row["account_id"]]) for row in cache.webhooks]
+            if self._fast_path is not None
+            else []
+        )
+        outbox.hand_over(s, leased, self._fast_path, self._wake_webhooks)
         if s.info.get("replies_queued"):
             self._wake_dispatcher()
-        if outbox.written(s):
-            self._wake_webhooks()
         for fields in cache.stored:
             log.info("MO stored", extra=fields)
 

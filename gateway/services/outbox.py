@@ -8,6 +8,7 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
@@ -89,13 +90,7 @@ async def lease_fast(session: AsyncSession, fast_path: FastPath | None) -> list[
             )
         )
         pending = {(ref, url) for ref, url, row_id in earlier if row_id not in mine}
-        accounts = {d.account_id for d in candidates}
-        secrets: dict[int, str] = {
-            account_id: secret
-            for account_id, secret in await session.execute(
-                select(Account.id, Account.webhook_secret).where(Account.id.in_(accounts))
-            )
-        }
+        secrets = await webhook_secrets(session, {d.account_id for d in candidates})
     until, token = fast_path.lease()
     leased: list[tuple[WebhookDelivery, str]] = []
     behind: list[tuple[str, str]] = []
@@ -111,6 +106,28 @@ async def lease_fast(session: AsyncSession, fast_path: FastPath | None) -> list[
     if behind:
         fast_path.wait_behind(behind)
     return leased
+
+
+async def webhook_secrets(session: AsyncSession, account_ids: set[int]) -> dict[int, str]:
+    """Each account's webhook secret, for deliveries handed to a FastPath (offer() takes it)."""
+    rows = await session.execute(
+        select(Account.id, Account.webhook_secret).where(Account.id.in_(account_ids))
+    )
+    return {account_id: secret for account_id, secret in rows}
+
+
+def hand_over(
+    session: AsyncSession,
+    leased: list[tuple[WebhookDelivery, str]],
+    fast_path: FastPath | None,
+    wake: Callable[[], None],
+) -> None:
+    """After the commit of `session`: its leased deliveries to the fast path, and a wake-up for
+    the sender if it wrote any for the table."""
+    if leased and fast_path is not None:
+        fast_path.offer(leased)
+    if written(session):
+        wake()
 
 
 class FastPath(Protocol):

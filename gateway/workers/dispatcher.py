@@ -373,10 +373,7 @@ class Dispatcher:
                 async with self._sessions.begin() as s:
                     await self._write(s, outcomes, now)
                     leased = await outbox.lease_fast(s, self._fast_path)
-                if leased and self._fast_path is not None:
-                    self._fast_path.offer(leased)
-                if outbox.written(s):
-                    self._wake_webhooks()
+                outbox.hand_over(s, leased, self._fast_path, self._wake_webhooks)
                 _log_outcomes(outcomes)
                 log_settled(s, self._observer)
                 return

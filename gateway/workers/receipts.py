@@ -103,10 +103,7 @@ class ReceiptApplier:
         self._committed(s, leased)
 
     def _committed(self, s: AsyncSession, leased: list[tuple[WebhookDelivery, str]]) -> None:
-        if leased and self._fast_path is not None:
-            self._fast_path.offer(leased)
-        if outbox.written(s):
-            self._wake_webhooks()
+        outbox.hand_over(s, leased, self._fast_path, self._wake_webhooks)
         log_settled(s, self.observer)
 
     async def _apply(self, s: AsyncSession, pending: Sequence[_Pending], now: datetime) -> list[_Pending]:
