@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from gateway.services.accounts import AccountService
+from tests.cli_runner import run_gateway_command
 from tests.conftest import ROOT, Gateway, basic, free_port, serve_app, wait_for
 from tests.procs import subscribe_sin
 
@@ -27,19 +28,9 @@ CUSTOMER = "+819011112222"
 
 
 async def run_cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        *args,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-        cwd=str(cwd or ROOT),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    """`python -m gateway *args` as its own process (forked from a process that has the CLI
+    imported: tests/cli_runner.py)."""
+    return await asyncio.wait_for(asyncio.to_thread(run_gateway_command, env, list(args), cwd), 60)
 
 
 async def test_account_and_template_commands(clean_db: str) -> None:
