@@ -38,7 +38,7 @@ from gateway.http import auth, metrics, openapi, ratelimit
 from gateway.http.metrics import METRICS, Metrics, MetricsSettings
 from gateway.http.ratelimit import RATE_LIMITER, RateLimiter, RateLimitSettings
 from gateway.keys import ACCOUNTS, SESSIONS, TEMPLATES
-from tests.conftest import Gateway, basic, free_port, gateway_config, wait_for
+from tests.conftest import Gateway, basic, free_port, fuzz_examples, gateway_config, wait_for
 
 JP = "+818012345678"
 PUBLIC = ("/openapi.json", "/docs", "/metrics")
@@ -340,7 +340,7 @@ def test_docs_page_renders_markdown_in_descriptions() -> None:
 
 
 async def test_sms_and_template_routes_conform_to_the_document(
-    start: Starter, http: aiohttp.ClientSession
+    start: Starter, http: aiohttp.ClientSession, clean_db: str
 ) -> None:
     import schemathesis
     from hypothesis import HealthCheck, given, settings
@@ -402,7 +402,7 @@ async def test_sms_and_template_routes_conform_to_the_document(
             strategy = st.one_of(*strategies)
 
             @settings(
-                max_examples=50,
+                max_examples=fuzz_examples(clean_db, 50),
                 deadline=None,
                 database=None,
                 suppress_health_check=list(HealthCheck),

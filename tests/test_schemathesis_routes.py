@@ -35,7 +35,15 @@ from gateway.keys import NUMBERS
 from gateway.services.accounts import NewCredentials
 from gateway.services.number_import import COLUMNS, parse_numbers_csv
 from smpp.encoding import encode_gsm7
-from tests.conftest import Gateway, ami_gateway_config, basic, gateway_config, start_gateway, wait_for
+from tests.conftest import (
+    Gateway,
+    ami_gateway_config,
+    basic,
+    fuzz_examples,
+    gateway_config,
+    start_gateway,
+    wait_for,
+)
 from tests.peers.ami_server import AmiServer, Plan
 from tests.peers.asterisk_agi import CallScenario, fastagi_call
 from tests.test_openapi_metrics_ratelimit import SMS_AND_TEMPLATE_PATHS
@@ -58,6 +66,7 @@ BATCH = {"from": "SINCH", "to": [CUSTOMER], "body": "Hello ${name}", "send_at": 
 # Generated cases per strategy (each operation has 2-8: random, negative, real ids, good bodies);
 # raise it for a deeper run, e.g. GWTEST_SCHEMATHESIS_EXAMPLES=100 (~2.5 min per engine).
 MAX_EXAMPLES = int(os.environ.get("GWTEST_SCHEMATHESIS_EXAMPLES", "15"))
+
 
 # Operations that must see at least one 2xx (with the real ids and good bodies they do).
 KEY_OPERATIONS = {
@@ -584,7 +593,13 @@ async def test_every_other_route_conforms_to_the_document(
     fuzz_gateway: tuple[Gateway, State], clean_db: str, sim_smsc: Any, http: aiohttp.ClientSession
 ) -> None:
     gw, st = fuzz_gateway
-    tried = await asyncio.to_thread(run_schemathesis, gw.base_url, st, exclude=SMS_AND_TEMPLATE_PATHS)
+    tried = await asyncio.to_thread(
+        run_schemathesis,
+        gw.base_url,
+        st,
+        exclude=SMS_AND_TEMPLATE_PATHS,
+        max_examples=fuzz_examples(clean_db, MAX_EXAMPLES),
+    )
 
     # A second node on the same database, configured otherwise: outbound calls off (no AMI:
     # 503, documented too) and /metrics behind a token (401 without it).
