@@ -100,7 +100,9 @@ async def test_receipts_match_across_id_formats(
 
 
 async def test_receipts_arriving_late(gw: Gateway, http: aiohttp.ClientSession, peer: Any) -> None:
-    await peer.configure(dlr_delay_ms=300, dlr_mode="tlv")
+    # Long enough that the ten posts are answered before any receipt, even on a busy machine
+    # (300 ms was not, under load).
+    await peer.configure(dlr_delay_ms=2000, dlr_mode="tlv")
     creds = await gw.account()
     await post_many(http, gw, creds, 10)
     assert (await statuses(gw))["DELIVERED"] == 0
