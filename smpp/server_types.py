@@ -8,6 +8,7 @@ and MO waiting for a bound receiver, which it acknowledges one by one. Plain dat
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -73,6 +74,11 @@ class EsmeDelivery:
 class EsmeBackend(Protocol):
     async def authenticate(self, system_id: str, password: str) -> object:
         """The bound account, opaque to the server; EsmeRefused (ESME_RINVPASWD...) otherwise."""
+        ...
+
+    def account_key(self, account: object) -> Hashable:
+        """The same for every bind of one account: its sessions share the account's caps, and
+        EsmeServer.wake(key) reaches its receivers."""
         ...
 
     async def submit(self, account: object, submit: EsmeSubmit) -> str:

@@ -41,8 +41,7 @@ async def esme_gateway(db_url: str, smsc: NodeSmsc, **overrides: Any) -> AsyncIt
         smsc.port,
         smpp_server__enabled=True,
         smpp_server__port=free_port(),
-        smpp_server__poll_interval=0.1,
-        **overrides,
+        **{"smpp_server__poll_interval": 0.1, **overrides},
     )
     gw = await start_gateway(cfg)
     try:

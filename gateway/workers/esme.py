@@ -169,6 +169,10 @@ class EsmeGateway:
             raise EsmeRefused(ESME_RBINDFAIL, "account disabled")
         return EsmeAccount(row[1], row[2], row[3], row[5], row[6])
 
+    def account_key(self, account: object) -> int:
+        assert isinstance(account, EsmeAccount)
+        return account.id
+
     async def submit(self, account: object, submit: EsmeSubmit) -> str:
         assert isinstance(account, EsmeAccount)
         if self._throttle(account.id, account.rate, account.burst) > 0:

@@ -46,6 +46,7 @@ def esme_receipt(s: AsyncSession, msg: Message) -> None:
             done_at=msg.done_at or datetime.now(UTC),
         )
     )
+    outbox.esme_written(s, msg.account_id)
 
 
 async def esme_receipts(s: AsyncSession, message_ids: Iterable[int]) -> None:
