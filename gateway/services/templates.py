@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import secrets
 import string
 from collections.abc import Mapping
@@ -16,8 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.db.models import Template
 from gateway.services.errors import ApiError, FieldErrors, not_found
 from gateway.services.views import template_json
-
-log = logging.getLogger(__name__)
 
 STATUSES = ("PENDING", "APPROVED", "REJECTED")
 DELETED = "DELETED"  # kept for the messages that reference it, invisible to the API
@@ -104,8 +102,8 @@ class TemplateMatcher:
                 regex = re2.compile(text_pattern(content), options)
             except (re2.error, ValueError):
                 regex = False  # over RE2's memory cap, or placeholder syntax: matches nothing
-            if len(self._compiled) >= self.CACHE:
-                del self._compiled[next(iter(self._compiled))]
+            if len(self._compiled) >= self.CACHE:  # the oldest goes (threads may race: pop)
+                self._compiled.pop(next(iter(self._compiled), ""), None)
             self._compiled[content] = regex
         return regex
 
@@ -117,8 +115,13 @@ class TemplateMatcher:
             .where(Template.account_id == account_id, Template.status == "APPROVED")
             .order_by(Template.id)
         )
+        # Linear, but a long template against a long text is milliseconds: off the event loop
+        # (RE2 releases the GIL).
+        return await asyncio.to_thread(self._best, [(i, c) for i, c in rows], text)
+
+    def _best(self, templates: list[tuple[int, str]], text: str) -> int | None:
         best: tuple[int, int] | None = None  # (fixed characters, template id)
-        for template_id, content in rows:
+        for template_id, content in templates:
             regex = self._regex(content)
             try:
                 if not regex or regex.fullmatch(text) is None:
