@@ -3,7 +3,8 @@
 Each connection is a `_Session` with one task reading it. Binds (transmitter, receiver,
 transceiver) are checked by the EsmeBackend (smpp/server_types.py); a submit_sm is decoded
 here, queued by the backend, and answered with our message id only once the backend returns,
-which it does after the commit. Receipts and MO for a bound receiver are claimed from the
+which it does after the commit. A query_sm is answered with the state the backend gives for
+one of the account's messages. Receipts and MO for a bound receiver are claimed from the
 backend up to the session's window and acknowledged one by one by deliver_sm_resp; whoever
 commits new ones for an account calls `wake(account keys)`, and its receivers look at once
 (the poll is for deliveries committed by other nodes).
@@ -60,6 +61,7 @@ log = logging.getLogger("smpp.server")
 ESME_RINVBNDSTS = wire.ESME_RINVBNDSTS
 ESME_RALYBND = wire.ESME_RALYBND
 ESM_SMSC_RECEIPT = 0x04
+QUERY_SM = 0x00000003
 BINARY_DATA_CODINGS = frozenset({0x02, 0x04})
 
 
@@ -94,6 +96,14 @@ def smpp_time(value: str, now: datetime) -> datetime | None:
     offset = timedelta(minutes=15 * int(value[13:15]))
     local = datetime(2000 + yy, mo, dd, hh, mi, ss, int(value[12]) * 100_000)
     return (local - offset if value[15] == "+" else local + offset).replace(tzinfo=UTC)
+
+
+def smpp_absolute(value: datetime | None) -> str:
+    """An SMPP 3.4 absolute time in UTC (`YYMMDDhhmmsst00+`); "" for None."""
+    if value is None:
+        return ""
+    utc = value.astimezone(UTC)
+    return f"{utc:%y%m%d%H%M%S}{utc.microsecond // 100_000}00+"
 
 
 def decode_submit(frame: bytes, now: datetime) -> EsmeSubmit:
@@ -309,6 +319,13 @@ class _Session:
             self._submit_tasks.add(task)
             task.add_done_callback(self._submit_tasks.discard)
             return True
+        if command_id == QUERY_SM:
+            # SMPP 3.4 has transmitters ask, smpplib receivers: any bind of the account may.
+            if self.mode is None:
+                self.send(wire.error_response(command_id, sequence, ESME_RINVBNDSTS))
+            else:
+                await self._on_query(frame, sequence)
+            return True
         if command_id & wire.RESPONSE_BIT:
             return True  # a response to nothing we sent: ignored, as SMPP allows
         self.send(wire.generic_nack(sequence, wire.ESME_RINVCMDID))
@@ -375,6 +392,34 @@ class _Session:
             self.send(wire.response("submit_sm_resp", sequence, message_id=msgid))
         finally:
             self._submits.release()
+
+    async def _on_query(self, frame: bytes, sequence: int) -> None:
+        """One database read, awaited in the reading task: a session's queries wait on each
+        other, as its submits do on its window."""
+        try:
+            message_id = wire.text_field(wire.parse(frame, self._sequences).message_id)
+        except Exception:  # smpplib raises assorted errors on a bad body
+            self.send(wire.error_response(QUERY_SM, sequence, wire.ESME_RINVCMDLEN))
+            return
+        try:
+            state = await self._backend.query(self.account, message_id)
+        except EsmeRefused as exc:
+            self.send(wire.error_response(QUERY_SM, sequence, exc.status))
+            return
+        except Exception:
+            log.exception("%s: query_sm failed", self.peer)
+            self.send(wire.error_response(QUERY_SM, sequence, ESME_RSYSERR))
+            return
+        self.send(
+            wire.response(
+                "query_sm_resp",
+                sequence,
+                message_id=message_id,
+                final_date=smpp_absolute(state.final_at),
+                message_state=state.state,
+                error_code=0,
+            )
+        )
 
     async def _answered(self, sequence: int, status: int) -> None:
         entry = self._awaiting.pop(sequence, None)

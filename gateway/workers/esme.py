@@ -31,15 +31,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import leases
 from gateway.db.availability import DbOutage, is_outage
-from gateway.db.models import Account, EsmeOutbox, EsmePart, SmppCredential
+from gateway.db.models import Account, EsmeOutbox, EsmePart, Message, SmppCredential
 from gateway.services import senders, validation
 from gateway.services.errors import ApiError, FieldErrors
 from gateway.services.inbound import e164_from_smpp
 from gateway.services.messages import MessageService, OutboundRequest
 from gateway.services.templates import TemplateMatcher
+from gateway.workers.status import esme_state
 from smpp.server_types import (
     ESME_RBINDFAIL,
     ESME_RINVDSTADR,
+    ESME_RINVMSGID,
     ESME_RINVMSGLEN,
     ESME_RINVPASWD,
     ESME_RINVSRCADR,
@@ -47,6 +49,7 @@ from smpp.server_types import (
     ESME_RTHROTTLED,
     ESME_RX_T_APPN,
     EsmeDelivery,
+    EsmeMessageState,
     EsmeRefused,
     EsmeSubmit,
 )
@@ -220,6 +223,31 @@ class EsmeGateway:
                 ESME_RSUBMITFAIL, "freeform SMS is not enabled and the text is none of the approved templates"
             )
         return replace(req, template_id=template_id)
+
+    async def query(self, account: object, message_id: str) -> EsmeMessageState:
+        assert isinstance(account, EsmeAccount)
+        try:
+            async with self._sessions() as s:
+                row = (
+                    await s.execute(
+                        select(Message.status, Message.fail_code, Message.done_at).where(
+                            Message.msgid == message_id, Message.account_id == account.id
+                        )
+                    )
+                ).one_or_none()
+                # The parts of a long message answered with its msgid, not all in yet.
+                part = select(EsmePart.id).filter_by(msgid=message_id, account_id=account.id).limit(1)
+                waiting = row is None and await s.scalar(part)
+        except Exception as exc:
+            self._unavailable(exc, "answering an ESME's query_sm")
+            raise
+        if row is None and not waiting:
+            raise EsmeRefused(ESME_RINVMSGID, "no message of the account has this id")
+        if row is None:
+            return EsmeMessageState(esme_state("QUEUED", None)[1])
+        status, fail_code, done_at = row
+        _, state = esme_state(status, fail_code)
+        return EsmeMessageState(state, done_at if status in ("DELIVERED", "FAIL") else None)
 
     def _unavailable(self, exc: Exception, what: str) -> None:
         """A database outage is logged once per interval and the ESME told to try again later
