@@ -243,11 +243,8 @@ class EsmeGateway:
             raise
         if row is None and not waiting:
             raise EsmeRefused(ESME_RINVMSGID, "no message of the account has this id")
-        if row is None:
-            return EsmeMessageState(esme_state("QUEUED", None)[1])
-        status, fail_code, done_at = row
-        _, state = esme_state(status, fail_code)
-        return EsmeMessageState(state, done_at if status in ("DELIVERED", "FAIL") else None)
+        status, fail_code, done_at = row or ("QUEUED", None, None)  # done_at: set when final
+        return EsmeMessageState(esme_state(status, fail_code)[1], done_at)
 
     def _unavailable(self, exc: Exception, what: str) -> None:
         """A database outage is logged once per interval and the ESME told to try again later
