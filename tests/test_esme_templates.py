@@ -11,6 +11,7 @@ import aiohttp
 import smpplib.client
 import smpplib.consts
 
+from gateway.app import ESME_SERVER
 from gateway.keys import CONFIG, SESSIONS, TEMPLATES
 from gateway.workers.esme import issue_credentials
 from smpp.encoding import decode_short_message
@@ -122,3 +123,49 @@ async def test_a_freeform_account_is_not_held_to_templates(clean_db: str, node_s
         answers = await asyncio.to_thread(_submit_all, port, issued.system_id, issued.password, ["anything"])
         assert answers[0][0] == 0
         assert await gw.sql("SELECT template_id FROM messages") == [(None,)]
+
+
+async def test_parts_that_never_complete_are_held_to_the_templates_too(
+    clean_db: str, node_smsc: NodeSmsc
+) -> None:
+    """The stale-parts flush sends a long message as far as it arrived: for an account without
+    the freeform flag only if that text is one of its APPROVED templates."""
+    async with esme_gateway(clean_db, node_smsc, smpp_server__parts_window_seconds=0.0) as gw:
+        creds = await gw.account(freeform=False, senders=("SHOP",))
+        made = await gw.app[TEMPLATES].create(creds.account.id, "t", "Your code is {code}. Bye")
+        await gw.app[TEMPLATES].set_status(made["template_id"], "APPROVED")
+        issued = await issue_credentials(gw.app[SESSIONS], creds.account.sid)
+        assert issued is not None
+        port = gw.app[CONFIG].smpp_server.port
+        # Each the first of two parts whose second never comes.
+        firsts = ["Your code is 4711. Bye", "free text"]
+
+        def first_parts() -> list[tuple[int, str]]:
+            client = smpplib.client.Client("127.0.0.1", port, timeout=10)
+            client.connect()
+            client.bind_transmitter(system_id=issued.system_id, password=issued.password)
+            answers = []
+            for ref, first in enumerate(firsts, start=1):
+                client.send_message(
+                    source_addr_ton=5,
+                    source_addr="SHOP",
+                    dest_addr_ton=1,
+                    destination_addr=JP,
+                    short_message=first.encode(),
+                    sar_msg_ref_num=ref,
+                    sar_total_segments=2,
+                    sar_segment_seqnum=1,
+                )
+                pdu = client.read_pdu()
+                answers.append((int(pdu.status), pdu.message_id.decode()))
+            client.unbind()
+            client.disconnect()
+            return answers
+
+        answers = await asyncio.to_thread(first_parts)
+        assert [status for status, _ in answers] == [0, 0]
+        await gw.app[ESME_SERVER].backend.flush_stale_parts()  # the sweep's work, now
+        [(template_id,)] = await gw.sql("SELECT id FROM templates WHERE uid = :uid", uid=made["template_id"])
+        rows = await gw.sql("SELECT msgid, body, template_id FROM messages")
+        assert [tuple(r) for r in rows] == [(answers[0][1], "Your code is 4711. Bye", template_id)]
+        assert await gw.sql("SELECT count(*) FROM esme_parts") == [(0,)]
