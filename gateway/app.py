@@ -8,7 +8,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
 from functools import partial
 
@@ -308,6 +308,11 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
         if webhooks is not None:
             webhooks.wake()
 
+    def wake_esme(accounts: Iterable[int]) -> None:
+        # Receipts and MO committed for these accounts: their receivers bound here look now.
+        if ESME_SERVER in app:
+            app[ESME_SERVER].wake(accounts)
+
     messages = MessageService(
         sessions,
         PriceList(cfg.sms.prices),
@@ -342,8 +347,11 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
         wake_dispatcher,
         wake_webhooks,
         fast_path=webhooks,
+        wake_esme=wake_esme,
     )
-    receipts = ReceiptApplier(sessions, base_url, wake_webhooks, observer=app[METRICS], fast_path=webhooks)
+    receipts = ReceiptApplier(
+        sessions, base_url, wake_webhooks, observer=app[METRICS], fast_path=webhooks, wake_esme=wake_esme
+    )
     if SMSC_PORT in app:
         # The built-in simulator took an ephemeral port: connectors at its address go there.
         at_simulator = (cfg.smpp.host, cfg.smpp.port)
@@ -376,6 +384,7 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
         db=app[DB_OUTAGE],
         routes=lambda: routes.table,
         fast_path=webhooks,
+        wake_esme=wake_esme,
     )
     app[RECEIPTS] = receipts
     app[CONNECTORS] = connectors
@@ -396,7 +405,7 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
             _every(db, housekeeping, 10.0, "stale MO parts", inbound.flush_stale), name="mo-parts"
         ),
         asyncio.create_task(
-            _every(db, housekeeping, 1.0, "batch sweep", BatchSweep(sessions, wake_webhooks).run),
+            _every(db, housekeeping, 1.0, "batch sweep", BatchSweep(sessions, wake_webhooks, wake_esme).run),
             name="batch-sweep",
         ),
     ]
@@ -429,6 +438,8 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
 def _esme_server_config(config: Config) -> EsmeServerConfig:
     """The SMPP server's settings, TLS files loaded: checked before anything starts."""
     c = config.smpp_server
+    if min(c.window, c.account_window, c.account_binds) < 1:
+        raise ConfigError("smpp_server.window, account_window and account_binds must be at least 1")
     tls = None
     if c.tls:
         if not c.tls_cert_file:
@@ -447,6 +458,8 @@ def _esme_server_config(config: Config) -> EsmeServerConfig:
         bind_timeout=c.bind_timeout,
         idle_timeout=c.idle_timeout,
         window=c.window,
+        account_window=c.account_window,
+        account_binds=c.account_binds,
         response_timeout=c.response_timeout,
         max_pdu_length=c.max_pdu_bytes,
         poll_interval=c.poll_interval,

@@ -193,6 +193,10 @@ class SmppServerConfig(_Section):
     bind_timeout: Float = 10.0  # seconds from connect to a successful bind
     idle_timeout: Float = 60.0  # no PDU for half of it: enquire_link; for all of it: closed
     window: Int = 10  # per session: submit_sm being queued, and deliver_sm unanswered
+    # Per account, across all its sessions on this node: submit_sm being queued at once (so
+    # an account with many sessions has no more rows than this ahead of another's), and binds.
+    account_window: Int = 10
+    account_binds: Int = 10
     response_timeout: Float = 10.0  # for a deliver_sm_resp; then the receipt or MO waits again
     max_pdu_bytes: Int = 16384  # a larger command_length closes the connection unread
     poll_interval: Float = 1.0  # how often a bound receiver looks for receipts and MO

@@ -3,14 +3,19 @@
 Each connection is a `_Session` with one task reading it. Binds (transmitter, receiver,
 transceiver) are checked by the EsmeBackend (smpp/server_types.py); a submit_sm is decoded
 here, queued by the backend, and answered with our message id only once the backend returns,
-which it does after the commit. Receipts and MO for a bound receiver are claimed from the
-backend up to the session's window and acknowledged one by one by deliver_sm_resp.
+which it does after the commit. A query_sm is answered with the state the backend gives for
+one of the account's messages. Receipts and MO for a bound receiver are claimed from the
+backend up to the session's window and acknowledged one by one by deliver_sm_resp; whoever
+commits new ones for an account calls `wake(account keys)`, and its receivers look at once
+(the poll is for deliveries committed by other nodes).
 
 Defences against a hostile peer (docs/security.md, "SMPP server"): a connection cap; a bind
 deadline and an idle deadline; command_length checked before the body is read; bind failures
 throttled per address; per session at most `window` submit_sm in progress and `window`
 deliver_sm unanswered: reading stops while its submits are full, so a flooding session waits
-on itself, and other sessions (other accounts) are served as before.
+on itself. Per account, at most `account_binds` sessions, and at most `account_window` of its
+submits with the backend at once across all of them: an account that opens many sessions
+still has no more than that many rows ahead of another account's submit at the database.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import secrets
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,6 +61,7 @@ log = logging.getLogger("smpp.server")
 ESME_RINVBNDSTS = wire.ESME_RINVBNDSTS
 ESME_RALYBND = wire.ESME_RALYBND
 ESM_SMSC_RECEIPT = 0x04
+QUERY_SM = 0x00000003
 BINARY_DATA_CODINGS = frozenset({0x02, 0x04})
 
 
@@ -69,6 +75,8 @@ class EsmeServerConfig:
     bind_timeout: float = 10.0  # from accept to a successful bind
     idle_timeout: float = 60.0  # no PDU for half of it: enquire_link; for all of it: closed
     window: int = 10  # per session: submit_sm in progress, and deliver_sm unanswered
+    account_window: int = 10  # per account, across its sessions: submit_sm with the backend
+    account_binds: int = 10  # sessions per account
     response_timeout: float = 10.0  # for a deliver_sm_resp; then the delivery goes back
     max_pdu_length: int = 16 * 1024  # a submit_sm with a long message_payload fits
     poll_interval: float = 1.0  # how often a receiver looks for deliveries without a wake-up
@@ -88,6 +96,14 @@ def smpp_time(value: str, now: datetime) -> datetime | None:
     offset = timedelta(minutes=15 * int(value[13:15]))
     local = datetime(2000 + yy, mo, dd, hh, mi, ss, int(value[12]) * 100_000)
     return (local - offset if value[15] == "+" else local + offset).replace(tzinfo=UTC)
+
+
+def smpp_absolute(value: datetime | None) -> str:
+    """An SMPP 3.4 absolute time in UTC (`YYMMDDhhmmsst00+`); "" for None."""
+    if value is None:
+        return ""
+    utc = value.astimezone(UTC)
+    return f"{utc:%y%m%d%H%M%S}{utc.microsecond // 100_000}00+"
 
 
 def decode_submit(frame: bytes, now: datetime) -> EsmeSubmit:
@@ -184,6 +200,14 @@ class _BindThrottle:
         self._failures[peer] = times
 
 
+class _Account:
+    """What the sessions of one account on this node share."""
+
+    def __init__(self, window: int) -> None:
+        self.sessions: set[_Session] = set()
+        self.submits = asyncio.Semaphore(window)
+
+
 class _Session:
     """One ESME connection; run() is the only task reading its socket."""
 
@@ -200,6 +224,8 @@ class _Session:
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.id = secrets.token_hex(8)
         self.account: object | None = None
+        self.key: Hashable = None
+        self.shared: _Account | None = None  # with the other sessions of the account, once bound
         self.system_id = ""
         self.mode: str | None = None
         self.closed = False
@@ -293,6 +319,13 @@ class _Session:
             self._submit_tasks.add(task)
             task.add_done_callback(self._submit_tasks.discard)
             return True
+        if command_id == QUERY_SM:
+            # SMPP 3.4 has transmitters ask, smpplib receivers: any bind of the account may.
+            if self.mode is None:
+                self.send(wire.error_response(command_id, sequence, ESME_RINVBNDSTS))
+            else:
+                await self._on_query(frame, sequence)
+            return True
         if command_id & wire.RESPONSE_BIT:
             return True  # a response to nothing we sent: ignored, as SMPP allows
         self.send(wire.generic_nack(sequence, wire.ESME_RINVCMDID))
@@ -323,6 +356,14 @@ class _Session:
             )
             self.send(wire.error_response(command_id, sequence, exc.status))
             return True
+        self.key = self._backend.account_key(account)
+        self.shared = self._server._join(self.key, self)
+        if self.shared is None:
+            log.warning(
+                "%s: %s has %d sessions; bind refused", self.peer, system_id, self._config.account_binds
+            )
+            self.send(wire.error_response(command_id, sequence, ESME_RBINDFAIL))
+            return True
         self.account, self.system_id, self.mode = account, system_id, mode
         self.send(
             wire.response(
@@ -338,7 +379,9 @@ class _Session:
         try:
             try:
                 submit = decode_submit(frame, datetime.now(UTC))
-                msgid = await self._backend.submit(self.account, submit)
+                assert self.shared is not None
+                async with self.shared.submits:  # the account's turn, whichever session it came on
+                    msgid = await self._backend.submit(self.account, submit)
             except (MalformedPdu, EsmeRefused) as exc:
                 self.send(wire.error_response(wire.SUBMIT_SM, sequence, exc.status))
                 return
@@ -349,6 +392,34 @@ class _Session:
             self.send(wire.response("submit_sm_resp", sequence, message_id=msgid))
         finally:
             self._submits.release()
+
+    async def _on_query(self, frame: bytes, sequence: int) -> None:
+        """One database read, awaited in the reading task: a session's queries wait on each
+        other, as its submits do on its window."""
+        try:
+            message_id = wire.text_field(wire.parse(frame, self._sequences).message_id)
+        except Exception:  # smpplib raises assorted errors on a bad body
+            self.send(wire.error_response(QUERY_SM, sequence, wire.ESME_RINVCMDLEN))
+            return
+        try:
+            state = await self._backend.query(self.account, message_id)
+        except EsmeRefused as exc:
+            self.send(wire.error_response(QUERY_SM, sequence, exc.status))
+            return
+        except Exception:
+            log.exception("%s: query_sm failed", self.peer)
+            self.send(wire.error_response(QUERY_SM, sequence, ESME_RSYSERR))
+            return
+        self.send(
+            wire.response(
+                "query_sm_resp",
+                sequence,
+                message_id=message_id,
+                final_date=smpp_absolute(state.final_at),
+                message_state=state.state,
+                error_code=0,
+            )
+        )
 
     async def _answered(self, sequence: int, status: int) -> None:
         entry = self._awaiting.pop(sequence, None)
@@ -398,6 +469,7 @@ class EsmeServer:
         self.config = config
         self.backend = backend
         self._sessions: set[_Session] = set()
+        self._accounts: dict[Hashable, _Account] = {}  # of the bound sessions
         self._server: asyncio.base_events.Server | None = None
         self._throttle = _BindThrottle(config.bind_failures)
 
@@ -424,13 +496,29 @@ class EsmeServer:
         self._sessions.add(session)
         await session.run()
 
+    def _join(self, key: Hashable, session: _Session) -> _Account | None:
+        """The account's shared state for a session binding; None past `account_binds`."""
+        shared = self._accounts.setdefault(key, _Account(self.config.account_window))
+        if len(shared.sessions) >= self.config.account_binds:
+            return None
+        shared.sessions.add(session)
+        return shared
+
     def _closed(self, session: _Session) -> None:
         self._sessions.discard(session)
+        shared = self._accounts.get(session.key)
+        if shared is not None and session.shared is shared:
+            shared.sessions.discard(session)
+            if not shared.sessions:
+                del self._accounts[session.key]
 
-    def wake(self) -> None:
-        """New deliveries may be waiting: every receiver looks now rather than at its next poll."""
-        for s in self._sessions:
-            s.wake()
+    def wake(self, keys: Iterable[Hashable]) -> None:
+        """New deliveries were committed for these accounts (EsmeBackend.account_key): their
+        receivers on this node look now rather than at their next poll."""
+        for key in keys:
+            if shared := self._accounts.get(key):
+                for session in shared.sessions:
+                    session.wake()
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -2,12 +2,14 @@
 
 The server speaks SMPP 3.4 to customers' own SMPP clients (ESMEs) and never sees the gateway:
 it asks an EsmeBackend to check a bind, to queue a submit (which answers our message id only
-once the message is durably stored, or refuses it with an SMPP status), and for the receipts
-and MO waiting for a bound receiver, which it acknowledges one by one. Plain data both ways.
+once the message is durably stored, or refuses it with an SMPP status), for the state of a
+message (query_sm), and for the receipts and MO waiting for a bound receiver, which it
+acknowledges one by one. Plain data both ways.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -17,6 +19,7 @@ ESME_RINVMSGLEN = 0x01
 ESME_RSYSERR = 0x08
 ESME_RINVSRCADR = 0x0A
 ESME_RINVDSTADR = 0x0B
+ESME_RINVMSGID = 0x0C
 ESME_RBINDFAIL = 0x0D
 ESME_RINVPASWD = 0x0E
 ESME_RSUBMITFAIL = 0x45
@@ -70,13 +73,31 @@ class EsmeDelivery:
     done_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class EsmeMessageState:
+    """A query_sm's answer: SMPP message_state (1 ENROUTE, 2 DELIVERED, 3 EXPIRED, 5
+    UNDELIVERABLE) and, once final, when it became so."""
+
+    state: int
+    final_at: datetime | None = None
+
+
 class EsmeBackend(Protocol):
     async def authenticate(self, system_id: str, password: str) -> object:
         """The bound account, opaque to the server; EsmeRefused (ESME_RINVPASWD...) otherwise."""
         ...
 
+    def account_key(self, account: object) -> Hashable:
+        """The same for every bind of one account: its sessions share the account's caps, and
+        EsmeServer.wake(key) reaches its receivers."""
+        ...
+
     async def submit(self, account: object, submit: EsmeSubmit) -> str:
         """Our message id once the message is committed; EsmeRefused for a refusal."""
+        ...
+
+    async def query(self, account: object, message_id: str) -> EsmeMessageState:
+        """The state of the account's message; EsmeRefused (ESME_RINVMSGID) for any other id."""
         ...
 
     async def claim(self, account: object, session: str, limit: int) -> list[EsmeDelivery]:

@@ -11,7 +11,9 @@ import contextlib
 import ssl
 import struct
 import subprocess
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import aiohttp
 import smpplib.client
 import smpplib.consts
 import smpplib.exceptions
+import smpplib.smpp
 
 from gateway.keys import CONFIG, SESSIONS
 from gateway.workers.esme import issue_credentials
@@ -41,8 +44,7 @@ async def esme_gateway(db_url: str, smsc: NodeSmsc, **overrides: Any) -> AsyncIt
         smsc.port,
         smpp_server__enabled=True,
         smpp_server__port=free_port(),
-        smpp_server__poll_interval=0.1,
-        **overrides,
+        **{"smpp_server__poll_interval": 0.1, **overrides},
     )
     gw = await start_gateway(cfg)
     try:
@@ -416,3 +418,60 @@ async def test_schedule_validity_failure_only_receipts_and_binary(
     parts = [s for s in submitted if s.data_coding == 4]
     assert [s.esm_class & 0x40 for s in parts] == [0x40, 0x40]
     assert b"".join(s.short_message[6:] for s in parts) == data
+
+
+async def test_smpplib_queries_the_state_of_its_own_messages_only(
+    clean_db: str, node_smsc: NodeSmsc, http: aiohttp.ClientSession
+) -> None:
+    """query_sm answers the state of the account's message: ENROUTE while a long message waits
+    for its parts, DELIVERED with its final_date once delivered; an unknown msgid and another
+    account's are both ESME_RINVMSGID."""
+    async with esme_gateway(clean_db, node_smsc) as gw:
+        creds = await gw.account(senders=("SHOP",))
+        other = await gw.account(name="other", senders=("SHOP",))
+        body = {"recipient": f"+{JP}", "sender": "SHOP", "message": "theirs"}
+        async with http.post(f"{gw.base_url}/sms/messages/", json=body, headers=gw.auth(other)) as r:
+            assert r.status == 201
+            theirs = (await r.json())[0]["msgid"]
+        issued = await issue_credentials(gw.app[SESSIONS], creds.account.sid)
+        assert issued is not None
+        port = gw.app[CONFIG].smpp_server.port
+
+        def queries() -> dict[str, Any]:
+            client = _smpplib_client(port)
+            client.bind_transceiver(system_id=issued.system_id, password=issued.password)
+            address = {"source_addr_ton": 5, "source_addr": "SHOP"}
+
+            def submit(**fields: Any) -> str:
+                client.send_message(dest_addr_ton=1, destination_addr=JP, **address, **fields)
+                pdu = client.read_pdu()
+                assert pdu.status == 0
+                return str(pdu.message_id.decode())
+
+            def query(msgid: str) -> tuple[int, int | None, str]:
+                client.send_pdu(smpplib.smpp.make_pdu("query_sm", client=client, message_id=msgid, **address))
+                pdu = client.read_pdu()
+                assert pdu.command == "query_sm_resp"
+                return int(pdu.status), pdu.message_state, (pdu.final_date or b"").decode()
+
+            mine = submit(short_message=b"mine")
+            part = submit(
+                short_message=b"first half", sar_msg_ref_num=5, sar_total_segments=2, sar_segment_seqnum=1
+            )
+            seen = {"part": query(part), "theirs": query(theirs), "unknown": query("0" * 32)}
+            for _ in range(150):  # the deadline: 15 s for the node SMSC's receipt
+                seen["mine"] = query(mine)
+                if seen["mine"][1] == 2:
+                    break
+                time.sleep(0.1)
+            client.unbind()
+            client.disconnect()
+            return seen
+
+        seen = await asyncio.to_thread(queries)
+    invalid = smpplib.consts.SMPP_ESME_RINVMSGID
+    assert seen["part"] == (0, 1, "")
+    assert seen["theirs"][0] == seen["unknown"][0] == invalid
+    status, state, final_date = seen["mine"]
+    assert (status, state) == (0, 2)
+    assert smpp_time(final_date, datetime.now(UTC)) is not None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -125,8 +125,10 @@ class InboundService:
         wake_dispatcher: Callable[[], None],
         wake_webhooks: Callable[[], None],
         fast_path: outbox.FastPath | None = None,
+        wake_esme: Callable[[Iterable[int]], None] = lambda accounts: None,
     ) -> None:
         self._fast_path = fast_path
+        self._wake_esme = wake_esme
         self._sessions = sessions
         self._numbers = numbers
         self._messages = messages
@@ -180,7 +182,7 @@ class InboundService:
             if self._fast_path is not None
             else []
         )
-        outbox.hand_over(s, leased, self._fast_path, self._wake_webhooks)
+        outbox.hand_over(s, leased, self._fast_path, self._wake_webhooks, self._wake_esme)
         if s.info.get("replies_queued"):
             self._wake_dispatcher()
         for fields in cache.stored:
@@ -308,6 +310,7 @@ class InboundService:
         if owner.mo_delivery != "webhook" and await self._has_esme(s, cache, owner.account_id):
             # For the account's SMPP receiver, held until one is bound and acknowledges it.
             s.add(EsmeOutbox(account_id=owner.account_id, source=source, destination=dest, body=text))
+            outbox.esme_written(s, owner.account_id)
             if owner.mo_delivery == "smpp":
                 return
         if owner.action_url and owner.webhook_format == "sinch":

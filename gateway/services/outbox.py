@@ -1,5 +1,6 @@
 """Webhook outbox: a row written in the same transaction as the change it reports, so a
-committed status change always produces its callback, even across a crash."""
+committed status change always produces its callback, even across a crash. The receipts and
+MO held for ESMEs (esme_deliveries) are written the same way; hand_over wakes both."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
@@ -20,6 +21,7 @@ from gateway.db.models import Account, WebhookDelivery, utcnow
 
 _COUNT = "outbox_rows"
 _FAST = "outbox_fast"
+_ESME = "esme_accounts"
 
 
 def written(session: AsyncSession) -> int:
@@ -45,6 +47,11 @@ def receiver_host(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{host}:{port}"[:MAX_HOST_KEY]
+
+
+def esme_written(session: AsyncSession, account_id: int) -> None:
+    """Note an esme_deliveries row for the account: hand_over wakes its bound receivers."""
+    session.info.setdefault(_ESME, set()).add(account_id)
 
 
 def count(session: AsyncSession) -> None:
@@ -121,13 +128,17 @@ def hand_over(
     leased: list[tuple[WebhookDelivery, str]],
     fast_path: FastPath | None,
     wake: Callable[[], None],
+    wake_esme: Callable[[Iterable[int]], None] = lambda accounts: None,
 ) -> None:
-    """After the commit of `session`: its leased deliveries to the fast path, and a wake-up for
-    the sender if it wrote any for the table."""
+    """After the commit of `session`: its leased deliveries to the fast path, a wake-up for
+    the sender if it wrote any for the table, and one for the bound receivers of the accounts
+    it wrote ESME deliveries for (the SMPP server's, on this node)."""
     if leased and fast_path is not None:
         fast_path.offer(leased)
     if written(session):
         wake()
+    if accounts := session.info.pop(_ESME, None):
+        wake_esme(accounts)
 
 
 class FastPath(Protocol):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import string
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import re2
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -68,6 +70,68 @@ def render(content: str, variables: Mapping[str, Any]) -> str:
 
 def _parse(content: str) -> list[tuple[str, str | None, str | None, str | None]]:
     return list(string.Formatter().parse(content))
+
+
+def text_pattern(content: str) -> str:
+    """An RE2 pattern for the texts render() can make of `content`: its literal parts as they
+    are, each placeholder any run of characters (a variable may be empty, as in the API).
+    RE2 matches in time linear in the text whatever the pattern, so no template a customer
+    writes can make matching backtrack; the text itself is bounded by the message length."""
+    parsed = _parse(content)
+    return "".join(re2.escape(text) + ("" if name is None else "(?s:.*)") for text, name, _, _ in parsed)
+
+
+class TemplateMatcher:
+    """Which APPROVED template of an account a text is, for texts that come without one (SMPP
+    submits from accounts without the freeform flag). Compiled patterns are kept by content:
+    approvals are read from the database on every match, so a rejected template stops
+    matching at once."""
+
+    CACHE = 512
+
+    def __init__(self) -> None:
+        self._compiled: dict[str, Any] = {}
+
+    def _regex(self, content: str) -> Any:
+        regex = self._compiled.get(content)
+        if regex is None:
+            options = re2.Options()
+            options.never_capture = True
+            options.log_errors = False  # it would write the customer's text to stderr
+            try:
+                regex = re2.compile(text_pattern(content), options)
+            except (re2.error, ValueError):
+                regex = False  # over RE2's memory cap, or placeholder syntax: matches nothing
+            if len(self._compiled) >= self.CACHE:  # the oldest goes (threads may race: pop)
+                self._compiled.pop(next(iter(self._compiled), ""), None)
+            self._compiled[content] = regex
+        return regex
+
+    async def template_for(self, s: AsyncSession, account_id: int, text: str) -> int | None:
+        """The id of the account's APPROVED template that `text` is with its variables filled
+        in; of several, the one with the most fixed text (then the oldest); None for none."""
+        rows = await s.execute(
+            select(Template.id, Template.content)
+            .where(Template.account_id == account_id, Template.status == "APPROVED")
+            .order_by(Template.id)
+        )
+        # Linear, but a long template against a long text is milliseconds: off the event loop
+        # (RE2 releases the GIL).
+        return await asyncio.to_thread(self._best, [(i, c) for i, c in rows], text)
+
+    def _best(self, templates: list[tuple[int, str]], text: str) -> int | None:
+        best: tuple[int, int] | None = None  # (fixed characters, template id)
+        for template_id, content in templates:
+            regex = self._regex(content)
+            try:
+                if not regex or regex.fullmatch(text) is None:
+                    continue
+            except UnicodeEncodeError:  # a lone surrogate: no template makes one
+                return None
+            fixed = sum(len(literal) for literal, _, _, _ in _parse(content))
+            if best is None or fixed > best[0]:
+                best = (fixed, template_id)
+        return None if best is None else best[1]
 
 
 class TemplateService:

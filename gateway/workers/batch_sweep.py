@@ -10,7 +10,7 @@ holds (on the wire) are left to it: the guarded update only takes unleased QUEUE
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -29,10 +29,14 @@ REPORTS = 100  # batch reports written per transaction
 
 class BatchSweep:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], wake_webhooks: Callable[[], None] = lambda: None
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        wake_webhooks: Callable[[], None] = lambda: None,
+        wake_esme: Callable[[Iterable[int]], None] = lambda accounts: None,
     ) -> None:
         self._sessions = sessions
         self._wake_webhooks = wake_webhooks
+        self._wake_esme = wake_esme
 
     async def run(self) -> None:
         while await self._expire(datetime.now(UTC)) == BATCH:
@@ -59,8 +63,7 @@ class BatchSweep:
             failed = await fail_unclaimed(s, [Message.id.in_(ids)], sinch.EXPIRED, now)
             await batch_reports.recipient_callbacks(s, failed)
             await esme_receipts(s, failed)
-        if outbox.written(s):
-            self._wake_webhooks()
+        outbox.hand_over(s, [], None, self._wake_webhooks, self._wake_esme)
         if failed:
             log.info("expired before sending", extra={"messages": len(failed)})
         return len(ids)

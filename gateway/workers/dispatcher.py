@@ -39,7 +39,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -143,12 +143,14 @@ class Dispatcher:
         db: DbOutage | None = None,
         routes: Callable[[], RouteTable] | None = None,
         fast_path: outbox.FastPath | None = None,
+        wake_esme: Callable[[Iterable[int]], None] = lambda accounts: None,
     ) -> None:
         if not connectors:
             raise ValueError("the dispatcher needs at least one connector")
         self._db = db or DbOutage()
         self._fast_path = fast_path
         self._wake_webhooks = wake_webhooks
+        self._wake_esme = wake_esme
         self._observer = observer or NullObserver()
         self._sessions = sessions
         self._connectors = dict(connectors)
@@ -373,7 +375,7 @@ class Dispatcher:
                 async with self._sessions.begin() as s:
                     await self._write(s, outcomes, now)
                     leased = await outbox.lease_fast(s, self._fast_path)
-                outbox.hand_over(s, leased, self._fast_path, self._wake_webhooks)
+                outbox.hand_over(s, leased, self._fast_path, self._wake_webhooks, self._wake_esme)
                 _log_outcomes(outcomes)
                 log_settled(s, self._observer)
                 return

@@ -4,7 +4,10 @@ Binds are checked against the credentials the operator issued (`gateway accounts
 smpp-credentials SID`; only a scrypt hash is stored). A submit_sm goes into the same queue as
 the REST API's sends, under the same rules: the account's freeform flag, its rate limit, its
 sender allow-list, its opt-out list, the length limit; it is answered with the msgid only
-after the row is committed. The parts of a long message (UDH or sar_* TLVs) are kept in
+after the row is committed. An account without the freeform flag sends only the texts of its
+APPROVED templates: the submitted text (a long one whole, once all its parts are in) is matched
+against them (services/templates.TemplateMatcher) and the message records the template, as a
+REST template send does. The parts of a long message (UDH or sar_* TLVs) are kept in
 `esme_parts` and become one message once all are in: every part is answered with that
 message's msgid. Receipts and MO for the account's receiver wait in `esme_deliveries`,
 claimed with a lease by the session sending them and deleted once the ESME acknowledged them.
@@ -20,7 +23,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, select, update
@@ -28,14 +31,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import leases
 from gateway.db.availability import DbOutage, is_outage
-from gateway.db.models import Account, EsmeOutbox, EsmePart, SmppCredential
+from gateway.db.models import Account, EsmeOutbox, EsmePart, Message, SmppCredential
 from gateway.services import senders, validation
 from gateway.services.errors import ApiError, FieldErrors
 from gateway.services.inbound import e164_from_smpp
 from gateway.services.messages import MessageService, OutboundRequest
+from gateway.services.templates import TemplateMatcher
+from gateway.workers.status import esme_state
 from smpp.server_types import (
     ESME_RBINDFAIL,
     ESME_RINVDSTADR,
+    ESME_RINVMSGID,
     ESME_RINVMSGLEN,
     ESME_RINVPASWD,
     ESME_RINVSRCADR,
@@ -43,6 +49,7 @@ from smpp.server_types import (
     ESME_RTHROTTLED,
     ESME_RX_T_APPN,
     EsmeDelivery,
+    EsmeMessageState,
     EsmeRefused,
     EsmeSubmit,
 )
@@ -137,6 +144,7 @@ class EsmeGateway:
         self._throttle = throttle  # the API's per-account rate limit: seconds to wait, 0 = go
         self._lease = timedelta(seconds=lease_seconds)
         self._parts_window = timedelta(seconds=parts_window)
+        self._matcher = TemplateMatcher()
 
     async def authenticate(self, system_id: str, password: str) -> object:
         async with self._sessions() as s:
@@ -164,11 +172,12 @@ class EsmeGateway:
             raise EsmeRefused(ESME_RBINDFAIL, "account disabled")
         return EsmeAccount(row[1], row[2], row[3], row[5], row[6])
 
+    def account_key(self, account: object) -> int:
+        assert isinstance(account, EsmeAccount)
+        return account.id
+
     async def submit(self, account: object, submit: EsmeSubmit) -> str:
         assert isinstance(account, EsmeAccount)
-        if not account.freeform:
-            # Templates are the REST API's; over SMPP every text is freeform.
-            raise EsmeRefused(ESME_RSUBMITFAIL, "freeform SMS is not enabled for this account")
         if self._throttle(account.id, account.rate, account.burst) > 0:
             raise EsmeRefused(ESME_RTHROTTLED, "over the account's rate limit")
         try:
@@ -191,7 +200,10 @@ class EsmeGateway:
         )
         try:
             if submit.concat_ref is not None and submit.concat_total > 1:
-                return await self._part(req, submit)
+                return await self._part(req, submit, account.freeform)
+            if not account.freeform:
+                async with self._sessions() as s:
+                    req = await self._templated(s, req)
             return await self._messages.create(req)
         except ApiError as exc:
             status, reason = _status_for(exc)
@@ -200,6 +212,40 @@ class EsmeGateway:
             self._unavailable(exc, "queueing an ESME's submit")
             raise
 
+    async def _templated(self, s: AsyncSession, req: OutboundRequest) -> OutboundRequest:
+        """`req` with the APPROVED template its text is; ESME_RSUBMITFAIL, as for any send the
+        account may not make, when it is none of them (or binary data, which no template is)."""
+        template_id = None
+        if req.binary_coding is None:
+            template_id = await self._matcher.template_for(s, req.account_id, req.text)
+        if template_id is None:
+            raise EsmeRefused(
+                ESME_RSUBMITFAIL, "freeform SMS is not enabled and the text is none of the approved templates"
+            )
+        return replace(req, template_id=template_id)
+
+    async def query(self, account: object, message_id: str) -> EsmeMessageState:
+        assert isinstance(account, EsmeAccount)
+        try:
+            async with self._sessions() as s:
+                row = (
+                    await s.execute(
+                        select(Message.status, Message.fail_code, Message.done_at).where(
+                            Message.msgid == message_id, Message.account_id == account.id
+                        )
+                    )
+                ).one_or_none()
+                # The parts of a long message answered with its msgid, not all in yet.
+                part = select(EsmePart.id).filter_by(msgid=message_id, account_id=account.id).limit(1)
+                waiting = row is None and await s.scalar(part)
+        except Exception as exc:
+            self._unavailable(exc, "answering an ESME's query_sm")
+            raise
+        if row is None and not waiting:
+            raise EsmeRefused(ESME_RINVMSGID, "no message of the account has this id")
+        status, fail_code, done_at = row or ("QUEUED", None, None)  # done_at: set when final
+        return EsmeMessageState(esme_state(status, fail_code)[1], done_at)
+
     def _unavailable(self, exc: Exception, what: str) -> None:
         """A database outage is logged once per interval and the ESME told to try again later
         (ESME_RX_T_APPN), not a traceback per PDU."""
@@ -207,9 +253,11 @@ class EsmeGateway:
             self._db.report(exc, what)
             raise EsmeRefused(ESME_RX_T_APPN, "database unavailable") from exc
 
-    async def _part(self, req: OutboundRequest, submit: EsmeSubmit) -> str:
+    async def _part(self, req: OutboundRequest, submit: EsmeSubmit, freeform: bool) -> str:
         """Stores one part; the last one to arrive queues the whole message. Every part is
-        answered with the message's msgid (a part sent again gets it again, stored once)."""
+        answered with the message's msgid (a part sent again gets it again, stored once). A
+        refusal of the whole (opt-out, no template) answers the last part and leaves the parts
+        to the stale-parts flush, which checks them again and drops them."""
         assert submit.concat_ref is not None
         key = (
             EsmePart.account_id == req.account_id,
@@ -243,7 +291,8 @@ class EsmeGateway:
             texts = {p.seq: p.text for p in parts} | {submit.concat_seq: submit.text}
             whole = "".join(texts[i] for i in sorted(texts))
             await s.execute(delete(EsmePart).where(*key))
-            await self._messages.queue_in(s, _with(req, whole, msgid))
+            req = replace(req, text=whole, msgid=msgid)
+            await self._messages.queue_in(s, req if freeform else await self._templated(s, req))
         self._messages.queued()
         return msgid
 
@@ -254,12 +303,13 @@ class EsmeGateway:
         async with self._sessions.begin() as s:
             groups = (
                 await s.execute(
-                    select(EsmePart.msgid)
-                    .group_by(EsmePart.msgid)
+                    select(EsmePart.msgid, Account.freeform)
+                    .join(Account, Account.id == EsmePart.account_id)
+                    .group_by(EsmePart.msgid, Account.freeform)
                     .having(func.min(EsmePart.received_at) < cutoff)
                 )
-            ).scalars()
-            for msgid in list(groups):
+            ).all()
+            for msgid, freeform in groups:
                 parts = list(
                     (
                         await s.execute(
@@ -273,18 +323,21 @@ class EsmeGateway:
                     account_id=first.account_id,
                     sender=first.source,
                     recipient=first.destination,
-                    text="",
+                    text="".join(p.text for p in parts),
                     esme_receipt=first.esme_receipt,
                     binary_coding=first.data_coding,
+                    msgid=msgid,
                 )
                 log.warning(
                     "ESME message %s: %d of %d parts after the window", msgid, len(parts), first.total
                 )
                 try:
                     async with s.begin_nested():
-                        await self._messages.queue_in(s, _with(req, "".join(p.text for p in parts), msgid))
+                        await self._messages.queue_in(s, req if freeform else await self._templated(s, req))
                 except ApiError as exc:
                     log.warning("ESME message %s dropped: %s", msgid, exc.body)
+                except EsmeRefused as exc:
+                    log.warning("ESME message %s dropped: %s", msgid, exc)
         self._messages.queued()
 
     async def claim(self, account: object, session: str, limit: int) -> list[EsmeDelivery]:
@@ -334,20 +387,6 @@ class EsmeGateway:
                 .where(EsmeOutbox.id.in_(delivery_ids), EsmeOutbox.account_id == account.id)
                 .values(claimed_until=None, claimed_by=None)
             )
-
-
-def _with(req: OutboundRequest, text: str, msgid: str) -> OutboundRequest:
-    return OutboundRequest(
-        account_id=req.account_id,
-        sender=req.sender,
-        recipient=req.recipient,
-        text=text,
-        esme_receipt=req.esme_receipt,
-        binary_coding=req.binary_coding,
-        send_at=req.send_at,
-        expire_at=req.expire_at,
-        msgid=msgid,
-    )
 
 
 def _delivery(row: EsmeOutbox) -> EsmeDelivery:

@@ -59,8 +59,10 @@ class ReceiptApplier:
         wake_webhooks: Callable[[], None] = lambda: None,
         observer: Observer | None = None,
         fast_path: outbox.FastPath | None = None,
+        wake_esme: Callable[[Iterable[int]], None] = lambda accounts: None,
     ) -> None:
         self.observer: Observer = observer or NullObserver()
+        self._wake_esme = wake_esme
         self._fast_path = fast_path
         self._sessions = sessions
         self._base_url = base_url
@@ -103,7 +105,7 @@ class ReceiptApplier:
         self._committed(s, leased)
 
     def _committed(self, s: AsyncSession, leased: list[tuple[WebhookDelivery, str]]) -> None:
-        outbox.hand_over(s, leased, self._fast_path, self._wake_webhooks)
+        outbox.hand_over(s, leased, self._fast_path, self._wake_webhooks, self._wake_esme)
         log_settled(s, self.observer)
 
     async def _apply(self, s: AsyncSession, pending: Sequence[_Pending], now: datetime) -> list[_Pending]:

@@ -17,9 +17,19 @@ from gateway.services.views import message_json
 ESME_DELIVERED = ("DELIVRD", 2)
 ESME_EXPIRED = ("EXPIRED", 3)
 ESME_UNDELIVERABLE = ("UNDELIV", 5)
+ESME_ENROUTE = ("ENROUTE", 1)
 
 # Messages whose status change reports somewhere: a callback URL or an ESME's receipt.
 REPORTED: ColumnElement[bool] = or_(Message.callbackurl.is_not(None), Message.esme_receipt != 0)
+
+
+def esme_state(status: str, fail_code: int | None) -> tuple[str, int]:
+    """The receipt stat and SMPP message_state of a message in this status."""
+    if status == "DELIVERED":
+        return ESME_DELIVERED
+    if status == "FAIL":
+        return ESME_EXPIRED if fail_code == sinch.EXPIRED else ESME_UNDELIVERABLE
+    return ESME_ENROUTE
 
 
 def esme_receipt(s: AsyncSession, msg: Message) -> None:
@@ -28,10 +38,7 @@ def esme_receipt(s: AsyncSession, msg: Message) -> None:
         return
     if msg.esme_receipt == 2 and msg.status == "DELIVERED":
         return  # registered_delivery 2: failures only
-    if msg.status == "DELIVERED":
-        stat, state = ESME_DELIVERED
-    else:
-        stat, state = ESME_EXPIRED if msg.fail_code == sinch.EXPIRED else ESME_UNDELIVERABLE
+    stat, state = esme_state(msg.status, msg.fail_code)
     s.add(
         EsmeOutbox(
             account_id=msg.account_id,
@@ -46,6 +53,7 @@ def esme_receipt(s: AsyncSession, msg: Message) -> None:
             done_at=msg.done_at or datetime.now(UTC),
         )
     )
+    outbox.esme_written(s, msg.account_id)
 
 
 async def esme_receipts(s: AsyncSession, message_ids: Iterable[int]) -> None:
