@@ -33,6 +33,12 @@ from gateway.services.errors import not_found
 from gateway.services.number_import import NumberImportError, parse_numbers_csv
 from gateway.services.reports import usage_csv
 from gateway.services.senders import SenderService
+from gateway.services.smpp_credentials import (
+    IssuedCredentials,
+    credential_info,
+    issue_credentials,
+    revoke_credentials,
+)
 
 pages = Pages()
 P = "/console/operator"
@@ -137,7 +143,9 @@ def _rights_form(
     return columns, sorted(set(callers) - had), sorted(had - set(callers))
 
 
-async def _account_page(request: web.Request, *, error: str = "") -> web.Response:
+async def _account_page(
+    request: web.Request, *, error: str = "", issued: IssuedCredentials | None = None
+) -> web.Response:
     sid = request.match_info["sid"]
     info = await request.app[ACCOUNTS].get(sid)
     rights = await get_rights(request.app[SESSIONS], sid)
@@ -152,6 +160,8 @@ async def _account_page(request: web.Request, *, error: str = "") -> web.Respons
         "sins": sins,
         "error": error,
         "DEFAULT": DEFAULT,
+        "smpp": await credential_info(request.app[SESSIONS], sid),
+        "issued": issued,  # a new password: on this answer only
     }
     return render(request, "op_account.html", context, status=400 if error else 200)
 
@@ -224,6 +234,22 @@ async def set_senders(request: web.Request) -> web.StreamResponse:
     if not found:
         raise not_found()
     return see_other(f"{P}/accounts/{sid}")
+
+
+@pages.post(P + "/accounts/{sid}/smpp/{action:issue|revoke}", "operator")
+async def smpp_credentials(request: web.Request) -> web.StreamResponse:
+    """The account's login to the SMPP server, as `gateway accounts smpp-credentials SID`: a new
+    system_id and password (the old pair stops binding; the password is shown on this answer
+    only), or none at all."""
+    sid, sessions = request.match_info["sid"], request.app[SESSIONS]
+    if request.match_info["action"] == "revoke":
+        if not await revoke_credentials(sessions, sid):
+            raise not_found()
+        return see_other(f"{P}/accounts/{sid}")
+    issued = await issue_credentials(sessions, sid)
+    if issued is None:
+        raise not_found()
+    return await _account_page(request, issued=issued)
 
 
 @pages.post(P + "/accounts/{sid}/{action:disable|enable|freeform-on|freeform-off}", "operator")
