@@ -34,6 +34,7 @@ PG_ADMIN_DSN = os.environ.get("GWTEST_PG", "postgresql://postgres@127.0.0.1:5432
 ENGINES = [e for e in os.environ.get("GWTEST_ENGINES", "sqlite,postgresql").split(",") if e]
 TABLES = [
     "recordings",
+    "smsc_binds",
     "console_sessions",
     "voicemails",
     "calls",

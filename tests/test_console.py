@@ -32,12 +32,13 @@ from gateway.config import Config, ConfigError
 from gateway.db.models import Call, ConsoleSession, Recording, Voicemail
 from gateway.http.console import PAGES
 from gateway.http.console.passwords import hash_password, parse_hash, verify_password
-from gateway.keys import ACCOUNTS, CONFIG, MESSAGES, NUMBERS, SESSIONS, TEMPLATES
+from gateway.keys import ACCOUNTS, CONFIG, MESSAGES, NODE_ID, NUMBERS, SESSIONS, TEMPLATES
 from gateway.services.messages import OutboundRequest
 from gateway.services.number_import import NumberImportError, parse_numbers_csv
 from smpp.encoding import encode_gsm7
 from tests.conftest import Gateway, free_port, gateway_config, serve_app, start_gateway, wait_for
-from tests.console_rig import OPERATOR, ConsoleClient, take_number, with_operator
+from tests.console_rig import OPERATOR, ConsoleClient, bind_states, has, take_number, with_operator
+from tests.procs import sql
 
 A_SIN, A_DIN, B_SIN = "+81311110001", "+81322220001", "+81311110002"
 CUSTOMER, OPTED = "+819011112222", "+819033334444"
@@ -510,7 +511,8 @@ async def test_operator_pages(gw: Gateway, client: ConsoleClient) -> None:
     for path in ("/", "/templates", "/numbers", "/smsc", "/webhooks", "/usage"):
         page = await client.get("/console/operator" + path)
         assert page.status == 200, path
-    assert "bound" in (await client.get("/console/operator/smsc")).text
+    node = gw.app[NODE_ID]
+    await wait_for(lambda: has(bind_states(client), {(node, "default#1"): "bound"}))
     assert "Sale {item}" in (await client.get("/console/operator/templates")).text
     await client.submit(
         "/console/operator/templates", f"/console/operator/templates/{tpl['template_id']}/approve", {}
@@ -767,3 +769,39 @@ async def test_the_operator_issues_rotates_and_revokes_smpp_credentials(clean_db
         await client.close()
         await cust.close()
         await gw.runner.cleanup()
+
+
+# -- SMSC binds ---------------------------------------------------------------------------------
+
+
+async def test_the_smsc_binds_page_shows_a_bind_going_down_from_the_database(
+    clean_db: str, sim_smsc: Any
+) -> None:
+    """The page lists the binds the node wrote to smsc_binds: bound, then down once the SMSC
+    is gone (written at the change, not at the next report); a clean stop removes them."""
+    gw = await start_gateway(
+        with_operator(gateway_config(clean_db, sim_smsc.host, sim_smsc.port, smpp__bind_report_seconds=60.0))
+    )
+    client = ConsoleClient(gw)
+    node = gw.app[NODE_ID]
+    try:
+        await client.operator_login()
+        await wait_for(lambda: has(bind_states(client), {(node, "default#1"): "bound"}))
+        assert "(this node)" in (await client.get("/console/operator/smsc")).text
+        [(connector, mode, peer, bound, up_since)] = await gw.sql(
+            "SELECT connector, mode, peer, bound, since FROM smsc_binds WHERE node = :n", n=node
+        )
+        assert (connector, mode, peer, bound) == (
+            "default",
+            "transceiver",
+            f"{sim_smsc.host}:{sim_smsc.port}",
+            True,
+        )
+        await sim_smsc.stop()
+        await wait_for(lambda: has(bind_states(client), {(node, "default#1"): "down"}))
+        [(bound, down_since)] = await gw.sql("SELECT bound, since FROM smsc_binds WHERE node = :n", n=node)
+        assert not bound and down_since != up_since
+    finally:
+        await client.close()
+        await gw.runner.cleanup()
+    assert await sql(clean_db, "SELECT bind FROM smsc_binds") == []

@@ -21,7 +21,7 @@ from gateway.http.console.shared import (
     signed_in,
     signed_out,
 )
-from gateway.keys import ACCOUNTS, CONFIG, CONNECTORS, NUMBERS, REPORTS, SESSIONS, TEMPLATES
+from gateway.keys import ACCOUNTS, CONFIG, NODE_ID, NUMBERS, REPORTS, SESSIONS, TEMPLATES
 from gateway.services.dialing import (
     RIGHTS_COLUMNS,
     get_rights,
@@ -325,22 +325,13 @@ async def import_numbers(request: web.Request) -> web.StreamResponse:
 
 @pages.get(P + "/smsc", "operator")
 async def smsc(request: web.Request) -> web.StreamResponse:
-    connectors = request.app.get(CONNECTORS)
-    rows = []
-    for cid, connector in (connectors or {}).items():
-        for client in connector.clients:
-            cfg = client.config
-            rows.append(
-                {
-                    "connector": cid,
-                    "bind": cfg.name,
-                    "mode": cfg.bind_mode,
-                    "peer": f"{cfg.host}:{cfg.port}",
-                    "tls": cfg.tls is not None,
-                    "bound": client.bound,
-                }
-            )
-    return render(request, "op_smsc.html", {"rows": rows})
+    """Every node's binds, as each node last wrote them to the database."""
+    now = datetime.now(UTC)
+    rows = [
+        {"b": b, "state": "stale" if b.stale_after < now else "bound" if b.bound else "down"}
+        for b in await request.app[REPORTS].smsc_binds()
+    ]
+    return render(request, "op_smsc.html", {"rows": rows, "node": request.app[NODE_ID]})
 
 
 @pages.get(P + "/webhooks", "operator")
