@@ -434,8 +434,8 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
     await asyncio.gather(*workers, return_exceptions=True)
     with contextlib.suppress(Exception):
         await asyncio.wait_for(connectors.stop(), 5)
-    with contextlib.suppress(Exception):
-        await binds.remove()
+    with contextlib.suppress(Exception):  # else its rows turn stale, as a crashed node's
+        await asyncio.wait_for(binds.remove(), 5)
     client_task.cancel()
     await asyncio.gather(client_task, return_exceptions=True)
     await inbound.close()
