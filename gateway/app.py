@@ -58,6 +58,7 @@ from gateway.keys import (
     INBOUND,
     LINKS,
     MESSAGES,
+    NODE_ID,
     NUMBERS,
     REPORTS,
     SESSIONS,
@@ -90,6 +91,7 @@ from gateway.voice.outbound import (
 from gateway.voice.retention import VoiceRetention
 from gateway.workers import connectors as smsc
 from gateway.workers.batch_sweep import BatchSweep
+from gateway.workers.bind_report import BindReport
 from gateway.workers.connectors import ConnectorPlan
 from gateway.workers.dispatcher import Dispatcher
 from gateway.workers.esme import EsmeGateway
@@ -127,6 +129,7 @@ def create_app(config: Config) -> web.Application:
         client_max_size=config.http.max_body_bytes,
     )
     app[CONFIG] = config
+    app[NODE_ID] = config.dispatcher.node_id or f"{socket.gethostname()}:{config.http.port}"
     app[DB_OUTAGE] = DbOutage()
     app[URL_POLICY] = SsrfPolicy.from_config(config.outbound_http)
     app[METRICS] = Metrics(
@@ -361,9 +364,13 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
             else p
             for p in plans
         ]
+    bind_changes = Lifecycle()  # a bind went up or down: the report writes it now
+    bind_changes.wake()  # and the first report at once, bound or not
     connectors = smsc.build(
         plans,
-        lambda cid: CoreSmppEvents(receipts, inbound, app[METRICS], app[DB_OUTAGE], connector=cid),
+        lambda cid: CoreSmppEvents(
+            receipts, inbound, app[METRICS], app[DB_OUTAGE], connector=cid, bind_changed=bind_changes.wake
+        ),
         sessions,
         shared_rate=app[ENGINE].dialect.name == "postgresql",
         db=app[DB_OUTAGE],
@@ -374,7 +381,7 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
         connectors,
         receipts,
         base_url,
-        node_id=cfg.dispatcher.node_id or f"{socket.gethostname()}:{id(app):x}",
+        node_id=app[NODE_ID],
         batch_size=cfg.dispatcher.batch_size,
         poll_interval=cfg.dispatcher.poll_interval,
         lease_seconds=cfg.dispatcher.lease_seconds,
@@ -409,6 +416,13 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
             name="batch-sweep",
         ),
     ]
+    binds = BindReport(sessions, connectors, app[NODE_ID], cfg.smpp.bind_report_seconds)
+    workers.append(
+        asyncio.create_task(
+            _every(db, bind_changes, cfg.smpp.bind_report_seconds, "SMSC bind report", binds.write),
+            name="bind-report",
+        )
+    )
     if routes.path is not None:
         workers.append(
             asyncio.create_task(
@@ -420,7 +434,7 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
     yield
     await messages.close()  # the HTTP site is already closed: commit what it accepted
     # Stop taking work, let in-flight batches record their outcome, then unbind.
-    for lc in (dispatcher.lifecycle, webhooks.lifecycle, housekeeping):
+    for lc in (dispatcher.lifecycle, webhooks.lifecycle, housekeeping, bind_changes):
         lc.request_stop()
     _, late = await asyncio.wait(workers, timeout=cfg.dispatcher.shutdown_seconds)
     for task in late:
@@ -429,6 +443,8 @@ async def _messaging(plans: list[ConnectorPlan], app: web.Application) -> AsyncI
     await asyncio.gather(*workers, return_exceptions=True)
     with contextlib.suppress(Exception):
         await asyncio.wait_for(connectors.stop(), 5)
+    with contextlib.suppress(Exception):  # else its rows turn stale, as a crashed node's
+        await asyncio.wait_for(binds.remove(), 5)
     client_task.cancel()
     await asyncio.gather(client_task, return_exceptions=True)
     await inbound.close()

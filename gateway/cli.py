@@ -185,8 +185,8 @@ def cmd_senders(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_smpp_credentials(config: Config, args: argparse.Namespace) -> int:
-    """New SMPP server credentials for an account (gateway/workers/esme.py), shown once."""
-    from gateway.workers.esme import issue_credentials
+    """New SMPP server credentials for an account (gateway/services/smpp_credentials.py), shown once."""
+    from gateway.services.smpp_credentials import issue_credentials
 
     async def go() -> int:
         engine = create_engine(config.database.url)

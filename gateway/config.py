@@ -168,6 +168,10 @@ class SmppConfig(ConnectorSettings):
     # path is resolved once at start, like data.dir.
     routes_file: str = ""
     routes_check_seconds: Annotated[float, BeforeValidator(_not_a_bool), Field(gt=0)] = 2.0
+    # Each node writes its binds' state to the database (the console's SMSC binds page, every
+    # node's) when a bind goes up or down and at least this often; a node silent for three
+    # times this is shown as not reporting.
+    bind_report_seconds: Annotated[float, BeforeValidator(_not_a_bool), Field(gt=0)] = 10.0
 
     @model_validator(mode="after")
     def _unique_ids(self) -> SmppConfig:

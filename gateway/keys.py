@@ -32,5 +32,8 @@ REPORTS = web.AppKey("reports", Reports)  # read-only views: console pages, call
 URL_POLICY = web.AppKey("url_policy", SsrfPolicy)  # where customer URLs may point
 CALLS = web.AppKey("calls", CallService)
 CONNECTORS = web.AppKey("smsc_connectors", Connectors)
+# This gateway process among the nodes on one database: dispatcher.node_id, else host:HTTP port
+# (the same after a restart, so a restarted node takes its rows of smsc_binds back).
+NODE_ID = web.AppKey("node_id", str)
 
 ACCOUNT = web.RequestKey("account", AccountInfo)

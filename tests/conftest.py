@@ -34,6 +34,7 @@ PG_ADMIN_DSN = os.environ.get("GWTEST_PG", "postgresql://postgres@127.0.0.1:5432
 ENGINES = [e for e in os.environ.get("GWTEST_ENGINES", "sqlite,postgresql").split(",") if e]
 TABLES = [
     "recordings",
+    "smsc_binds",
     "console_sessions",
     "voicemails",
     "calls",
@@ -135,20 +136,22 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest_asyncio.fixture
-async def clean_db(db_url: str) -> str:
+async def wipe(db_url: str) -> None:
+    """Every table of the engine's test database emptied, its ids restarted."""
     engine = create_engine(db_url)
     async with engine.begin() as conn:
-        if db_url.startswith("sqlite"):
-            for t in TABLES:
-                await conn.execute(text(f"DELETE FROM {t}"))
-        else:
-            # DELETE, not TRUNCATE: TRUNCATE makes new files for every table, 0.6-1 s a test on a
-            # loaded machine; a test's few rows go in milliseconds. Ids restart as they would.
-            for t in TABLES:
-                await conn.execute(text(f"DELETE FROM {t}"))
+        # DELETE, not TRUNCATE: TRUNCATE makes new files for every table, 0.6-1 s a test on a
+        # loaded machine; a test's few rows go in milliseconds. Ids restart as they would.
+        for t in TABLES:
+            await conn.execute(text(f"DELETE FROM {t}"))
+        if not db_url.startswith("sqlite"):
             await conn.execute(text(RESTART_SEQUENCES))
     await engine.dispose()
+
+
+@pytest_asyncio.fixture
+async def clean_db(db_url: str) -> str:
+    await wipe(db_url)
     return db_url
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,3 +97,16 @@ async def take_number(gw: Gateway, creds: NewCredentials, number: str, kind: str
     [row] = [n for n in await numbers.list_inventory(prefix=number[1:]) if n["number"] == number]
     await numbers.subscribe(creds.account.id, kind, row["uid"])  # type: ignore[arg-type]
     return str(row["uid"])
+
+
+async def bind_states(client: ConsoleClient) -> dict[tuple[str, str], str]:
+    """(node, bind) -> state, as the operator's SMSC binds page shows them."""
+    page = await client.get("/console/operator/smsc")
+    assert page.status == 200, page.status
+    rows = re.findall(r'<tr data-node="([^"]+)" data-bind="([^"]+)" data-state="(\w+)">', page.text)
+    return {(html.unescape(node), bind): state for node, bind, state in rows}
+
+
+async def has(states: Awaitable[dict[tuple[str, str], str]], expected: dict[tuple[str, str], str]) -> bool:
+    got = await states
+    return all(got.get(key) == value for key, value in expected.items())

@@ -1,11 +1,12 @@
 """The web console over HTTP against a real gateway (both engines): every page classified, the
 tenant wall on every customer page, CSRF, sessions (logout, expiry, idle, disabled account,
 rotated token), sign-in throttling, the security headers and cookie flags, the operator's
-pages, the action_url test and the usage export. tests/test_console_browser.py drives it in
-Chromium."""
+pages (SMPP credentials bound with smpplib), the action_url test and the usage export.
+tests/test_console_browser.py drives it in Chromium."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
@@ -18,6 +19,9 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+import smpplib.client
+import smpplib.consts
+import smpplib.exceptions
 from aiohttp import web
 from markupsafe import escape
 from sqlalchemy import update
@@ -28,12 +32,13 @@ from gateway.config import Config, ConfigError
 from gateway.db.models import Call, ConsoleSession, Recording, Voicemail
 from gateway.http.console import PAGES
 from gateway.http.console.passwords import hash_password, parse_hash, verify_password
-from gateway.keys import ACCOUNTS, CONFIG, MESSAGES, NUMBERS, SESSIONS, TEMPLATES
+from gateway.keys import ACCOUNTS, CONFIG, MESSAGES, NODE_ID, NUMBERS, SESSIONS, TEMPLATES
 from gateway.services.messages import OutboundRequest
 from gateway.services.number_import import NumberImportError, parse_numbers_csv
 from smpp.encoding import encode_gsm7
 from tests.conftest import Gateway, free_port, gateway_config, serve_app, start_gateway, wait_for
-from tests.console_rig import OPERATOR, ConsoleClient, take_number, with_operator
+from tests.console_rig import OPERATOR, ConsoleClient, bind_states, has, take_number, with_operator
+from tests.procs import sql
 
 A_SIN, A_DIN, B_SIN = "+81311110001", "+81322220001", "+81311110002"
 CUSTOMER, OPTED = "+819011112222", "+819033334444"
@@ -62,6 +67,7 @@ OPERATOR_PARAMS = {
     "/console/operator/accounts/{sid}/dialing",
     "/console/operator/accounts/{sid}/senders/{action}",
     "/console/operator/accounts/{sid}/ratelimit",
+    "/console/operator/accounts/{sid}/smpp/{action}",
     "/console/operator/templates/{uid}/{action}",
 }
 PUBLIC = {"/console", "/console/", "/console/login", "/console/operator/login", "/console/static/console.css"}
@@ -505,7 +511,8 @@ async def test_operator_pages(gw: Gateway, client: ConsoleClient) -> None:
     for path in ("/", "/templates", "/numbers", "/smsc", "/webhooks", "/usage"):
         page = await client.get("/console/operator" + path)
         assert page.status == 200, path
-    assert "bound" in (await client.get("/console/operator/smsc")).text
+    node = gw.app[NODE_ID]
+    await wait_for(lambda: has(bind_states(client), {(node, "default#1"): "bound"}))
     assert "Sale {item}" in (await client.get("/console/operator/templates")).text
     await client.submit(
         "/console/operator/templates", f"/console/operator/templates/{tpl['template_id']}/approve", {}
@@ -683,3 +690,118 @@ async def test_a_messages_timeline_shows_each_callback_attempt(
     assert "HTTP 200, delivered" in text
     text = (await client.get(f"/console/messages/{down}")).text
     assert "no HTTP answer" in text and "Error" not in text and "Connect" not in text
+
+
+# -- SMPP credentials ---------------------------------------------------------------------------
+
+
+def smpp_bind(port: int, system_id: str, password: str) -> int:
+    """A transceiver bind with smpplib (not our code): its status, 0 when bound."""
+    client = smpplib.client.Client("127.0.0.1", port, timeout=5)
+    client.connect()
+    try:
+        client.bind_transceiver(system_id=system_id, password=password)
+        client.unbind()
+    except smpplib.exceptions.PDUError as exc:
+        return int(exc.args[1])
+    finally:
+        client.disconnect()
+    return 0
+
+
+async def test_the_operator_issues_rotates_and_revokes_smpp_credentials(clean_db: str, sim_smsc: Any) -> None:
+    """The account page: a new pair whose password is shown once and binds over SMPP; rotating
+    stops the old one binding, revoking every one; a customer session and a form without its
+    token change nothing; the password's hash is never on a page."""
+    cfg = with_operator(gateway_config(clean_db, sim_smsc.host, sim_smsc.port))
+    cfg.smpp_server.enabled, cfg.smpp_server.port = True, free_port()
+    gw = await start_gateway(cfg)
+    client, cust = ConsoleClient(gw), ConsoleClient(gw)
+    try:
+        creds = await gw.account(name="esme")
+        page_path = f"/console/operator/accounts/{creds.account.sid}"
+        issue, revoke = page_path + "/smpp/issue", page_path + "/smpp/revoke"
+        stored = "SELECT system_id, password_hash FROM smpp_credentials"
+
+        await cust.login(creds)
+        assert (await cust.get(page_path)).url.endswith("/console/operator/login")
+        token = (await cust.get("/console/overview")).csrf
+        for path in (issue, revoke):
+            assert (await cust.post(path, {"csrf": token})).status == 403
+        assert await gw.sql(stored) == []
+
+        await client.operator_login()
+        page = await client.get(page_path)
+        assert "cannot bind to the SMPP server" in page.text
+        for data in ({}, {"csrf": "forged"}):
+            assert (await client.post(issue, data)).status == 403
+        assert await gw.sql(stored) == []
+
+        async def issued() -> tuple[str, str, str]:
+            page = await client.submit(page_path, issue, {})
+            system_id = re.search(r'id="new-system-id">(\w+)<', page.text)
+            password = re.search(r'id="new-smpp-password">(\w+)<', page.text)
+            assert page.status == 200 and system_id and password, page.text[-2000:]
+            [(in_db, digest)] = await gw.sql(stored)
+            assert in_db == system_id[1] and digest not in page.text and password[1] not in digest
+            return system_id[1], password[1], page.text
+
+        first_id, first_password, _ = await issued()
+        port = cfg.smpp_server.port
+        assert await asyncio.to_thread(smpp_bind, port, first_id, first_password) == 0
+        page = await client.get(page_path)  # shown once: the next page has the system_id only
+        assert first_id in page.text and first_password not in page.text and "Rotate" in page.text
+
+        second_id, second_password, _ = await issued()
+        assert second_id != first_id
+        refused = smpplib.consts.SMPP_ESME_RINVPASWD
+        assert await asyncio.to_thread(smpp_bind, port, first_id, first_password) == refused
+        assert await asyncio.to_thread(smpp_bind, port, second_id, second_password) == 0
+
+        page = await client.submit(page_path, revoke, {})
+        assert page.status == 200 and "cannot bind to the SMPP server" in page.text
+        assert await gw.sql(stored) == []
+        assert await asyncio.to_thread(smpp_bind, port, second_id, second_password) == refused
+        unknown = "/console/operator/accounts/" + "0" * 32
+        for path in (unknown + "/smpp/issue", unknown + "/smpp/revoke"):
+            assert (await client.post(path, {"csrf": page.csrf})).status == 404
+    finally:
+        await client.close()
+        await cust.close()
+        await gw.runner.cleanup()
+
+
+# -- SMSC binds ---------------------------------------------------------------------------------
+
+
+async def test_the_smsc_binds_page_shows_a_bind_going_down_from_the_database(
+    clean_db: str, sim_smsc: Any
+) -> None:
+    """The page lists the binds the node wrote to smsc_binds: bound, then down once the SMSC
+    is gone (written at the change, not at the next report); a clean stop removes them."""
+    gw = await start_gateway(
+        with_operator(gateway_config(clean_db, sim_smsc.host, sim_smsc.port, smpp__bind_report_seconds=60.0))
+    )
+    client = ConsoleClient(gw)
+    node = gw.app[NODE_ID]
+    try:
+        await client.operator_login()
+        await wait_for(lambda: has(bind_states(client), {(node, "default#1"): "bound"}))
+        assert "(this node)" in (await client.get("/console/operator/smsc")).text
+        [(connector, mode, peer, bound, up_since)] = await gw.sql(
+            "SELECT connector, mode, peer, bound, since FROM smsc_binds WHERE node = :n", n=node
+        )
+        assert (connector, mode, peer, bound) == (
+            "default",
+            "transceiver",
+            f"{sim_smsc.host}:{sim_smsc.port}",
+            True,
+        )
+        await sim_smsc.stop()
+        await wait_for(lambda: has(bind_states(client), {(node, "default#1"): "down"}))
+        [(bound, down_since)] = await gw.sql("SELECT bound, since FROM smsc_binds WHERE node = :n", n=node)
+        assert not bound and down_since != up_since
+    finally:
+        await client.close()
+        await gw.runner.cleanup()
+    assert await sql(clean_db, "SELECT bind FROM smsc_binds") == []

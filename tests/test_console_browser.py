@@ -5,16 +5,14 @@ voicemail left by a call through FastAGI (the audio element loads a WAV of the r
 duration), and what a browser must not get: another account's page, a forged form, an expired
 session.
 
-One gateway and one browser for the module (each test has its own accounts and browser
-contexts). SQLite only: these tests are about the pages in a browser; the queries behind them
-run on both engines in tests/test_console.py.
+On both engines, like the rest of the suite: one browser for the module, one gateway per
+engine (each test has its own accounts and browser contexts).
 
 GWTEST_SCREENSHOTS=1 also writes the README's screenshots to docs/img/.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -28,12 +26,11 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from sqlalchemy import update
 
 from gateway.app import FASTAGI
-from gateway.db import migrate
 from gateway.db.models import ConsoleSession
 from gateway.keys import NUMBERS, SESSIONS
 from gateway.services.accounts import NewCredentials
 from smpp.encoding import decode_short_message, encode_gsm7
-from tests.conftest import ROOT, Gateway, gateway_config, serve_app, start_gateway, wait_for
+from tests.conftest import ROOT, Gateway, gateway_config, serve_app, start_gateway, wait_for, wipe
 from tests.console_rig import OPERATOR, OPERATOR_PASSWORD, take_number, with_operator
 from tests.peers.asterisk_agi import CallScenario, fastagi_call
 from tests.peers.simulator_peer import SimulatorPeer
@@ -66,9 +63,21 @@ class Rig:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('console') / 'gateway.sqlite3'}"
-    await asyncio.to_thread(migrate.upgrade, url)  # alembic runs its own event loop
+async def browser() -> AsyncIterator[Browser]:
+    """One Chromium for the module, both engines' tests: launching it is the slow part."""
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def rig(db_url: str, browser: Browser) -> AsyncIterator[Rig]:
+    """A gateway per engine on the suite's database of that engine, emptied once: the tests
+    keep apart by their own accounts and numbers."""
+    await wipe(db_url)
     sim = await SimulatorPeer.start()
 
     async def actions(request: web.Request) -> web.Response:
@@ -83,13 +92,11 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
     app = web.Application()
     app.router.add_get("/actions", actions)
     app.router.add_post("/status", status)
-    async with serve_app(app) as base, async_playwright() as pw:
-        gw = await start_gateway(with_operator(gateway_config(url, sim.host, sim.port)))
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+    async with serve_app(app) as base:
+        gw = await start_gateway(with_operator(gateway_config(db_url, sim.host, sim.port)))
         try:
             yield Rig(gw, sim, browser, base, answered)
         finally:
-            await browser.close()
             await gw.runner.cleanup()
             await sim.stop()
 

@@ -24,7 +24,7 @@ import smpplib.exceptions
 import smpplib.smpp
 
 from gateway.keys import CONFIG, SESSIONS
-from gateway.workers.esme import issue_credentials
+from gateway.services.smpp_credentials import issue_credentials
 from smpp.encoding import build_udh, decode_short_message
 from smpp.server import smpp_time
 from tests.conftest import Gateway, free_port, gateway_config, start_gateway, wait_for

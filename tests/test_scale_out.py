@@ -13,6 +13,9 @@ two APIs alternately. Nothing crashes, so exactly-once is the claim under test:
 - both nodes did part of the work: `claimed_by` (node id + claim token, kept after sending)
   splits the rows between the two node ids, each with at least MIN_SHARE of them, and for every
   message the node whose claim it carries is the node whose bind delivered it to the SMSC.
+
+Also shared through the database: a connector's submit-rate cap, and what the operator's
+console shows of every node's SMPP binds (a killed node's turn stale).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import pytest_asyncio
 
 from smpp.encoding import decode_short_message
 from smpp.simulator import SimulatorConfig, SmscSimulator
-from tests.conftest import ENGINES, wait_for
+from tests.conftest import ENGINES, gateway_config, start_gateway, wait_for
+from tests.console_rig import ConsoleClient, bind_states, has, with_operator
 from tests.procs import (
     GatewayProcess,
     GatewayProcesses,
@@ -218,3 +222,36 @@ async def test_a_rate_cap_holds_across_two_nodes(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_the_console_shows_every_nodes_smsc_binds(
+    db: str, sim: SmscSimulator, gateway_procs: GatewayProcesses
+) -> None:
+    """Node A (in this process) serves the operator's SMSC binds page; node B, a process with two
+    binds, reports its own through the database. Both nodes' binds are listed as bound; after B
+    is killed (SIGKILL: it cannot say goodbye), B's rows turn stale and A's stay bound."""
+    b = gateway_procs.spawn(
+        "node-b",
+        db,
+        sim.port,
+        GATEWAY_DISPATCHER_NODE_ID="node-b",
+        GATEWAY_SMPP_BINDS="2",
+        GATEWAY_SMPP_BIND_REPORT_SECONDS="0.5",
+    )
+    await b.start()
+    a = await start_gateway(
+        with_operator(gateway_config(db, "127.0.0.1", sim.port, dispatcher__node_id="node-a"))
+    )
+    client = ConsoleClient(a)
+    try:
+        await client.operator_login()
+        binds = [("node-a", "default#1"), ("node-b", "default#1"), ("node-b", "default#2")]
+        await wait_for(lambda: has(bind_states(client), dict.fromkeys(binds, "bound")), timeout=30)
+        await b.kill()
+        after = {binds[0]: "bound", binds[1]: "stale", binds[2]: "stale"}
+        await wait_for(lambda: has(bind_states(client), after), timeout=30)
+        assert "stale (node not reporting)" in (await client.get("/console/operator/smsc")).text
+    finally:
+        await client.close()
+        await a.runner.cleanup()
+    assert [r[0] for r in await sql(db, "SELECT node FROM smsc_binds ORDER BY bind")] == ["node-b", "node-b"]

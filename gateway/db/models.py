@@ -252,6 +252,24 @@ class SmppRateWindow(Base):
     taken: Mapped[int] = mapped_column(Integer)
 
 
+class SmscBind(Base):
+    """One SMPP bind of one gateway node as that node last reported it
+    (gateway/workers/bind_report.py), so the operator's console shows every node's binds. A row
+    its node has not refreshed by `stale_after` is shown stale: the node stopped reporting."""
+
+    __tablename__ = "smsc_binds"
+    node: Mapped[str] = mapped_column(String(128), primary_key=True)  # dispatcher.node_id
+    bind: Mapped[str] = mapped_column(String(64), primary_key=True)  # connector#1, connector#rx
+    connector: Mapped[str] = mapped_column(String(32))
+    mode: Mapped[str] = mapped_column(String(16))  # transceiver, transmitter, receiver
+    peer: Mapped[str] = mapped_column(String(300))  # the SMSC's host:port
+    tls: Mapped[bool] = mapped_column(Boolean)
+    bound: Mapped[bool] = mapped_column(Boolean)
+    since: Mapped[datetime] = mapped_column()  # in this state since (as the node saw it)
+    updated_at: Mapped[datetime] = mapped_column()
+    stale_after: Mapped[datetime] = mapped_column()  # a few of the node's report intervals on
+
+
 class WebhookDelivery(Base):
     """Outbox of signed POSTs (status callbacks, link-access callbacks), delivered at least once."""
 

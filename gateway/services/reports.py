@@ -28,6 +28,7 @@ from gateway.db.models import (
     MessagePart,
     OptOut,
     Recording,
+    SmscBind,
     Template,
     Voicemail,
     WebhookAttempt,
@@ -458,6 +459,14 @@ class Reports:
                 .limit(LIST_LIMIT)
             )
             return [(t, sid, name) for t, sid, name in rows]
+
+    async def smsc_binds(self) -> list[SmscBind]:
+        """Every node's SMPP binds as each last reported them (gateway/workers/bind_report.py)."""
+        async with self._sessions() as s:
+            rows = await s.scalars(
+                select(SmscBind).order_by(SmscBind.node, SmscBind.connector, SmscBind.bind).limit(LIST_LIMIT)
+            )
+            return list(rows)
 
     async def webhook_backlog(self) -> list[dict[str, Any]]:
         """Pending deliveries per receiver host: how many, the oldest, the most attempts, the

@@ -1,8 +1,8 @@
 """The gateway's side of the SMPP server (smpp/server.py, smpp/server_types.EsmeBackend).
 
-Binds are checked against the credentials the operator issued (`gateway accounts
-smpp-credentials SID`; only a scrypt hash is stored). A submit_sm goes into the same queue as
-the REST API's sends, under the same rules: the account's freeform flag, its rate limit, its
+Binds are checked against the credentials the operator issued (gateway/services/smpp_credentials.py;
+only a scrypt hash is stored). A submit_sm goes into the same queue as the REST API's sends,
+under the same rules: the account's freeform flag, its rate limit, its
 sender allow-list, its opt-out list, the length limit; it is answered with the msgid only
 after the row is committed. An account without the freeform flag sends only the texts of its
 APPROVED templates: the submitted text (a long one whole, once all its parts are in) is matched
@@ -16,9 +16,6 @@ claimed with a lease by the session sending them and deleted once the ESME ackno
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import logging
 import secrets
 import uuid
@@ -36,6 +33,7 @@ from gateway.services import senders, validation
 from gateway.services.errors import ApiError, FieldErrors
 from gateway.services.inbound import e164_from_smpp
 from gateway.services.messages import MessageService, OutboundRequest
+from gateway.services.smpp_credentials import PASSWORD_LENGTH, check_password, hash_password
 from gateway.services.templates import TemplateMatcher
 from gateway.workers.status import esme_state
 from smpp.server_types import (
@@ -56,29 +54,6 @@ from smpp.server_types import (
 
 log = logging.getLogger(__name__)
 
-# SMPP 3.4 caps system_id at 15 characters and password at 8 (C-octet strings of 16 and 9).
-SYSTEM_ID_LENGTH = 15
-PASSWORD_LENGTH = 8
-# scrypt: an 8-character password is ~48 bits; stretching makes a stolen hash expensive to
-# search, and the bind throttle makes guessing online slow.
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
-
-
-def hash_password(password: str, salt: bytes | None = None) -> str:
-    salt = salt or secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
-    return f"scrypt${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-def check_password(password: str, stored: str) -> bool:
-    try:
-        _, salt, digest = stored.split("$")
-        again = hash_password(password, base64.b64decode(salt)).split("$")[2]
-    except (ValueError, UnicodeEncodeError):
-        return False
-    return hmac.compare_digest(again, digest)
-
-
 _UNKNOWN = hash_password("x" * PASSWORD_LENGTH)  # an unknown system_id costs the same time
 
 
@@ -89,28 +64,6 @@ class EsmeAccount:
     freeform: bool
     rate: float | None = None  # the account's own API rate limit (None: the settings')
     burst: int | None = None
-
-
-@dataclass(frozen=True)
-class IssuedCredentials:
-    system_id: str
-    password: str
-
-
-async def issue_credentials(sessions: async_sessionmaker[AsyncSession], sid: str) -> IssuedCredentials | None:
-    """New SMPP credentials for the account (replacing any it had); None for an unknown SID.
-    The password is only ever shown here."""
-    system_id = "e" + secrets.token_hex((SYSTEM_ID_LENGTH - 1) // 2)
-    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
-    password = "".join(secrets.choice(alphabet) for _ in range(PASSWORD_LENGTH))
-    digest = await asyncio.to_thread(hash_password, password)
-    async with sessions.begin() as s:
-        account_id = await s.scalar(select(Account.id).where(Account.sid == sid))
-        if account_id is None:
-            return None
-        await s.execute(delete(SmppCredential).where(SmppCredential.account_id == account_id))
-        s.add(SmppCredential(account_id=account_id, system_id=system_id, password_hash=digest))
-    return IssuedCredentials(system_id, password)
 
 
 def _status_for(exc: ApiError) -> tuple[int, str]:

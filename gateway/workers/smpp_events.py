@@ -4,6 +4,7 @@ against the parts sent over that connector only."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from gateway.db.availability import DbOutage, is_outage
 from gateway.services.inbound import InboundService
@@ -22,12 +23,14 @@ class CoreSmppEvents:
         observer: Observer | None = None,
         db: DbOutage | None = None,
         connector: str = "default",
+        bind_changed: Callable[[], None] | None = None,
     ) -> None:
         self._db = db or DbOutage()
         self._receipts = receipts
         self._inbound = inbound
         self._observer = observer or NullObserver()
         self.connector = connector
+        self._bind_changed = bind_changed  # the bind report writes the new state
 
     async def on_receipt(self, receipt: DeliveryReceipt) -> None:
         self._observer.receipt(receipt.state.value)
@@ -55,3 +58,5 @@ class CoreSmppEvents:
     def on_bind_state(self, bound: bool) -> None:
         # One call per bind of the connector; /metrics reads the connectors' binds themselves.
         log.info("SMPP bind %s", "up" if bound else "down", extra={"smsc": self.connector})
+        if self._bind_changed is not None:
+            self._bind_changed()

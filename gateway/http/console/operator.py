@@ -21,7 +21,7 @@ from gateway.http.console.shared import (
     signed_in,
     signed_out,
 )
-from gateway.keys import ACCOUNTS, CONFIG, CONNECTORS, NUMBERS, REPORTS, SESSIONS, TEMPLATES
+from gateway.keys import ACCOUNTS, CONFIG, NODE_ID, NUMBERS, REPORTS, SESSIONS, TEMPLATES
 from gateway.services.dialing import (
     RIGHTS_COLUMNS,
     get_rights,
@@ -33,6 +33,12 @@ from gateway.services.errors import not_found
 from gateway.services.number_import import NumberImportError, parse_numbers_csv
 from gateway.services.reports import usage_csv
 from gateway.services.senders import SenderService
+from gateway.services.smpp_credentials import (
+    IssuedCredentials,
+    credential_info,
+    issue_credentials,
+    revoke_credentials,
+)
 
 pages = Pages()
 P = "/console/operator"
@@ -137,7 +143,9 @@ def _rights_form(
     return columns, sorted(set(callers) - had), sorted(had - set(callers))
 
 
-async def _account_page(request: web.Request, *, error: str = "") -> web.Response:
+async def _account_page(
+    request: web.Request, *, error: str = "", issued: IssuedCredentials | None = None
+) -> web.Response:
     sid = request.match_info["sid"]
     info = await request.app[ACCOUNTS].get(sid)
     rights = await get_rights(request.app[SESSIONS], sid)
@@ -152,6 +160,8 @@ async def _account_page(request: web.Request, *, error: str = "") -> web.Respons
         "sins": sins,
         "error": error,
         "DEFAULT": DEFAULT,
+        "smpp": await credential_info(request.app[SESSIONS], sid),
+        "issued": issued,  # a new password: on this answer only
     }
     return render(request, "op_account.html", context, status=400 if error else 200)
 
@@ -224,6 +234,22 @@ async def set_senders(request: web.Request) -> web.StreamResponse:
     if not found:
         raise not_found()
     return see_other(f"{P}/accounts/{sid}")
+
+
+@pages.post(P + "/accounts/{sid}/smpp/{action:issue|revoke}", "operator")
+async def smpp_credentials(request: web.Request) -> web.StreamResponse:
+    """The account's login to the SMPP server, as `gateway accounts smpp-credentials SID`: a new
+    system_id and password (the old pair stops binding; the password is shown on this answer
+    only), or none at all."""
+    sid, sessions = request.match_info["sid"], request.app[SESSIONS]
+    if request.match_info["action"] == "revoke":
+        if not await revoke_credentials(sessions, sid):
+            raise not_found()
+        return see_other(f"{P}/accounts/{sid}")
+    issued = await issue_credentials(sessions, sid)
+    if issued is None:
+        raise not_found()
+    return await _account_page(request, issued=issued)
 
 
 @pages.post(P + "/accounts/{sid}/{action:disable|enable|freeform-on|freeform-off}", "operator")
@@ -299,22 +325,13 @@ async def import_numbers(request: web.Request) -> web.StreamResponse:
 
 @pages.get(P + "/smsc", "operator")
 async def smsc(request: web.Request) -> web.StreamResponse:
-    connectors = request.app.get(CONNECTORS)
-    rows = []
-    for cid, connector in (connectors or {}).items():
-        for client in connector.clients:
-            cfg = client.config
-            rows.append(
-                {
-                    "connector": cid,
-                    "bind": cfg.name,
-                    "mode": cfg.bind_mode,
-                    "peer": f"{cfg.host}:{cfg.port}",
-                    "tls": cfg.tls is not None,
-                    "bound": client.bound,
-                }
-            )
-    return render(request, "op_smsc.html", {"rows": rows})
+    """Every node's binds, as each node last wrote them to the database."""
+    now = datetime.now(UTC)
+    rows = [
+        {"b": b, "state": "stale" if b.stale_after < now else "bound" if b.bound else "down"}
+        for b in await request.app[REPORTS].smsc_binds()
+    ]
+    return render(request, "op_smsc.html", {"rows": rows, "node": request.app[NODE_ID]})
 
 
 @pages.get(P + "/webhooks", "operator")
