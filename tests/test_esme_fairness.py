@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.keys import CONFIG, SESSIONS
-from gateway.workers.esme import IssuedCredentials, issue_credentials
+from gateway.services.smpp_credentials import IssuedCredentials, issue_credentials
 from smpp import simulator_wire as wire
 from tests.peers.node_esme import NodeEsme
 from tests.peers.node_smsc import NodeSmsc

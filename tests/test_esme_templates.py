@@ -13,7 +13,7 @@ import smpplib.consts
 
 from gateway.app import ESME_SERVER
 from gateway.keys import CONFIG, SESSIONS, TEMPLATES
-from gateway.workers.esme import issue_credentials
+from gateway.services.smpp_credentials import issue_credentials
 from smpp.encoding import decode_short_message
 from tests.conftest import wait_for
 from tests.peers.node_smsc import NodeSmsc
