@@ -23,6 +23,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from bench.common import (
+    cpu_seconds,
     create_database,
     drain_output,
     free_port,
@@ -123,6 +124,7 @@ async def main() -> None:
 
         sent: dict[str, float] = {}
         total = int(args.rate * args.seconds)
+        cpu0 = cpu_seconds([gw.pid])
         start = time.perf_counter()
         for i in range(total):
             due = start + i / args.rate
@@ -135,6 +137,7 @@ async def main() -> None:
         offered_s = time.perf_counter() - start
         with contextlib.suppress(TimeoutError):
             await wait_arrivals(lambda: sum(1 for t in sent if t in arrivals) >= total, 60)
+        cpu_ms = (cpu_seconds([gw.pid]) - cpu0) * 1000 / total
         got = [arrivals[t] - sent[t] for t in sent if t in arrivals]
         last = max(arrivals[t] for t in sent if t in arrivals)
         print(f"engine              {args.db}")
@@ -144,6 +147,7 @@ async def main() -> None:
         print(f"latency p50         {percentile(got, 50) * 1000:.1f} ms  (deliver_sm sent -> webhook POST)")
         print(f"latency p99         {percentile(got, 99) * 1000:.1f} ms")
         print(f"latency max         {max(got) * 1000:.1f} ms")
+        print(f"gateway CPU/MO      {cpu_ms:.2f} ms  (user + system, all its threads)")
         print(f"gateway peak RSS    {peak_rss_mib(gw.pid):.0f} MiB")
     finally:
         drain.cancel()
