@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
 import tempfile
@@ -26,6 +27,7 @@ from gateway.db import migrate
 from gateway.db.engine import create_engine
 from gateway.http.listener import start_api
 from gateway.keys import ACCOUNTS, SESSIONS
+from gateway.net.listening import ListenError
 from gateway.services.accounts import NewCredentials
 
 pytest_plugins = ["tests.peers.node_smsc", "tests.peers.simulator_peer", "tests.webhook_receiver"]
@@ -240,9 +242,20 @@ def ami_gateway_config(db_url: str, smsc: Any, ami: Any, **overrides: Any) -> Co
 
 async def start_gateway(cfg: Config) -> Gateway:
     """The app behind the same guarded listener as `gateway run` (gateway/http/listener.py)."""
-    app = create_app(cfg)
-    runner = await start_api(app, cfg.http, access_log=None)
-    return Gateway(app, cfg.public_base_url, runner)
+    for attempt in range(3):
+        app = create_app(cfg)
+        try:
+            runner = await start_api(app, cfg.http, access_log=None)
+        except ListenError as exc:
+            # free_port() found the port free a moment ago; a socket of the other test worker
+            # can take it in between (seen in CI). start_api has stopped what it started.
+            in_use = getattr(exc.__cause__, "errno", None) == errno.EADDRINUSE
+            if attempt == 2 or not in_use or cfg.http.public_base_url:
+                raise
+            cfg.http.port = free_port()
+            continue
+        return Gateway(app, cfg.public_base_url, runner)
+    raise AssertionError("unreachable")
 
 
 @pytest_asyncio.fixture

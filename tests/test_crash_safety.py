@@ -285,7 +285,9 @@ async def test_sms_out_burst_survives_sigkill(
             "half the burst accepted",
             lambda: _true(len(burst.accepted) >= kill_after),
             lambda: _text(f"{len(burst.accepted)} accepted, {burst.refused[:3]}"),
-            timeout=45,
+            # A deadline, not a measure: on a machine busy with other work (load 6+) half of
+            # the SQLite burst took longer than 45 s.
+            timeout=120,
         )
         burst.up.clear()
         await gw.kill()
