@@ -110,6 +110,28 @@ async def _pg_admin(sql: str) -> None:
         await conn.close()
 
 
+# The files that take longest, first: with `--dist loadfile` each worker takes whole files in
+# collection order, and one of these started last kept a single worker busy for a minute or
+# two after the other had finished (the suite's wall time is the later worker's).
+LONGEST_FIRST = (
+    "test_schemathesis_routes.py",
+    "test_crash_safety.py",
+    "test_faults.py",
+    "test_webhook_fairness.py",
+    "test_scale_out.py",
+    "test_cli_and_run.py",
+    "test_connectors.py",
+    "test_console_browser.py",
+    "test_openapi_metrics_ratelimit.py",
+    "test_smpp_backpressure.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def fuzz_examples(db_url: str, sqlite_examples: int) -> int:
     """Schemathesis draws a third as many random cases on PostgreSQL. What differs between the
     engines is how they take hostile values (NUL, out-of-range integers and dates, lone
@@ -119,23 +141,48 @@ def fuzz_examples(db_url: str, sqlite_examples: int) -> int:
     return sqlite_examples if db_url.startswith("sqlite") else max(1, sqlite_examples // 3)
 
 
-@pytest.fixture(scope="session", params=ENGINES)
-def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A database migrated to head with alembic, once per engine per test session."""
-    if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("db") / "gateway.sqlite3"
-        url = f"sqlite+aiosqlite:///{path}"
-        migrate.upgrade(url)
-        yield url
-        return
-    name = f"gw_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    url = _pg_url(name)
+class _Databases:
+    """One database per engine, migrated to head on first use and kept for the whole session."""
+
+    def __init__(self, tmp: pytest.TempPathFactory) -> None:
+        self._tmp = tmp
+        self._urls: dict[str, str] = {}
+        self._pg_names: list[str] = []
+
+    def url(self, engine: str) -> str:
+        if engine not in self._urls:
+            if engine == "sqlite":
+                url = f"sqlite+aiosqlite:///{self._tmp.mktemp('db') / 'gateway.sqlite3'}"
+            else:
+                name = f"gw_test_{uuid.uuid4().hex[:12]}"
+                asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+                self._pg_names.append(name)
+                url = _pg_url(name)
+            migrate.upgrade(url)
+            self._urls[engine] = url
+        return self._urls[engine]
+
+    def drop(self) -> None:
+        for name in self._pg_names:
+            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Databases]:
+    dbs = _Databases(tmp_path_factory)
     try:
-        migrate.upgrade(url)
-        yield url
+        yield dbs
     finally:
-        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        dbs.drop()
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def db_url(request: pytest.FixtureRequest, databases: _Databases) -> str:
+    """A database migrated to head with alembic, once per engine per test session (per xdist
+    worker). Module-scoped over a session cache: as a parametrized session fixture it was made
+    and migrated again at every switch of engine, and under `--dist loadfile` a worker switches
+    twice per file."""
+    return databases.url(request.param)
 
 
 async def wipe(db_url: str) -> None:
