@@ -110,9 +110,10 @@ async def _pg_admin(sql: str) -> None:
         await conn.close()
 
 
-# The files that take longest, first: with `--dist loadfile` each worker takes whole files in
-# collection order, and one of these started last kept a single worker busy for a minute or
-# two after the other had finished (the suite's wall time is the later worker's).
+# The files that take longest, first: with `--dist loadfile --no-loadscope-reorder`
+# (scripts/test) each worker takes whole files in collection order, and one of these started
+# last kept a single worker busy for a minute or two after the other had finished (the suite's
+# wall time is the later worker's).
 LONGEST_FIRST = (
     "test_schemathesis_routes.py",
     "test_crash_safety.py",
