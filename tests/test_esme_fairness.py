@@ -19,8 +19,7 @@ from gateway.services.smpp_credentials import IssuedCredentials, issue_credentia
 from smpp import simulator_wire as wire
 from tests.peers.node_esme import NodeEsme
 from tests.peers.node_smsc import NodeSmsc
-from tests.procs import subscribe_sin
-from tests.test_esme_server import JP, SIN, esme_gateway
+from tests.test_esme_server import JP, SIN, esme_gateway, smpp_receiving_account
 
 
 @dataclass
@@ -141,17 +140,7 @@ async def test_receipts_and_mo_reach_a_bound_receiver_before_its_next_poll(
     """With the receivers' poll at 30 s, a DLR and an MO committed on this node still reach
     the bound ESME (npm `smpp` client) within 10 s: the commit wakes the account's sessions."""
     async with esme_gateway(clean_db, node_smsc, smpp_server__poll_interval=30.0) as gw:
-        creds = await gw.account(senders=("SHOP",))
-        issued = await issue_credentials(gw.app[SESSIONS], creds.account.sid)
-        assert issued is not None
-        await subscribe_sin(clean_db, creds.account.id, SIN, "http://127.0.0.1:9/")
-        subs = f"{gw.base_url}/sms/sins/subscriptions/"
-        async with http.get(subs, headers=gw.auth(creds)) as r:
-            [sub] = await r.json()
-        async with http.post(
-            f"{subs}{sub['sin_uid']}/", json={"mo_delivery": "smpp"}, headers=gw.auth(creds)
-        ) as r:
-            assert r.status == 200
+        _, issued = await smpp_receiving_account(gw, http, clean_db)
 
         async with NodeEsme(gw.app[CONFIG].smpp_server.port, issued.system_id, issued.password) as esme:
             assert (await esme.event("bind_resp"))["status"] == 0

@@ -24,7 +24,8 @@ import smpplib.exceptions
 import smpplib.smpp
 
 from gateway.keys import CONFIG, SESSIONS
-from gateway.services.smpp_credentials import issue_credentials
+from gateway.services.accounts import NewCredentials
+from gateway.services.smpp_credentials import IssuedCredentials, issue_credentials
 from smpp.encoding import build_udh, decode_short_message
 from smpp.server import smpp_time
 from tests.conftest import Gateway, free_port, gateway_config, start_gateway, wait_for
@@ -53,21 +54,30 @@ async def esme_gateway(db_url: str, smsc: NodeSmsc, **overrides: Any) -> AsyncIt
         await gw.runner.cleanup()
 
 
+async def smpp_receiving_account(
+    gw: Gateway, http: aiohttp.ClientSession, db_url: str
+) -> tuple[NewCredentials, IssuedCredentials]:
+    """An account allowed sender SHOP, with SMPP credentials, whose SIN delivers its MO to the
+    account's SMPP receiver (set through the API, as a customer would)."""
+    creds = await gw.account(senders=("SHOP",))
+    issued = await issue_credentials(gw.app[SESSIONS], creds.account.sid)
+    assert issued is not None
+    await subscribe_sin(db_url, creds.account.id, SIN, "http://127.0.0.1:9/")
+    subs = f"{gw.base_url}/sms/sins/subscriptions/"
+    async with http.get(subs, headers=gw.auth(creds)) as r:
+        [sub] = await r.json()
+    async with http.post(
+        f"{subs}{sub['sin_uid']}/", json={"mo_delivery": "smpp"}, headers=gw.auth(creds)
+    ) as r:
+        assert r.status == 200 and (await r.json())["mo_delivery"] == "smpp"
+    return creds, issued
+
+
 async def test_node_esme_submits_and_gets_receipts_and_mo(
     clean_db: str, node_smsc: NodeSmsc, http: aiohttp.ClientSession
 ) -> None:
     async with esme_gateway(clean_db, node_smsc) as gw:
-        creds = await gw.account(senders=("SHOP",))
-        issued = await issue_credentials(gw.app[SESSIONS], creds.account.sid)
-        assert issued is not None
-        await subscribe_sin(clean_db, creds.account.id, SIN, "http://127.0.0.1:9/")
-        subs = f"{gw.base_url}/sms/sins/subscriptions/"
-        async with http.get(subs, headers=gw.auth(creds)) as r:
-            [sub] = await r.json()
-        async with http.post(
-            f"{subs}{sub['sin_uid']}/", json={"mo_delivery": "smpp"}, headers=gw.auth(creds)
-        ) as r:
-            assert r.status == 200 and (await r.json())["mo_delivery"] == "smpp"
+        creds, issued = await smpp_receiving_account(gw, http, clean_db)
 
         port = gw.app[CONFIG].smpp_server.port
         async with NodeEsme(port, issued.system_id, "wrong") as bad:
