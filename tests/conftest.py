@@ -112,8 +112,8 @@ async def _pg_admin(sql: str) -> None:
 
 # The files that take longest, first: with `--dist loadfile --no-loadscope-reorder`
 # (scripts/test) each worker takes whole files in collection order, and one of these started
-# last kept a single worker busy for a minute or two after the other had finished (the suite's
-# wall time is the later worker's).
+# last kept a single worker busy for a minute or two after the others had finished (the suite's
+# wall time is the last worker's).
 LONGEST_FIRST = (
     "test_schemathesis_routes.py",
     "test_crash_safety.py",
@@ -295,7 +295,7 @@ async def start_gateway(cfg: Config) -> Gateway:
         try:
             runner = await start_api(app, cfg.http, access_log=None)
         except ListenError as exc:
-            # free_port() found the port free a moment ago; a socket of the other test worker
+            # free_port() found the port free a moment ago; a socket of another test worker
             # can take it in between (seen in CI). start_api has stopped what it started.
             in_use = getattr(exc.__cause__, "errno", None) == errno.EADDRINUSE
             if attempt == 2 or not in_use or cfg.http.public_base_url:
