@@ -1,8 +1,8 @@
 """`python -m gateway ...` for the tests, each command still its own process, without paying
 for the imports every time.
 
-A command spends about a second importing the CLI (SQLAlchemy, alembic, pydantic) and a few
-milliseconds doing its work; the suite runs about a hundred of them. A zygote process imports
+A command spends about a second importing the CLI (SQLAlchemy, alembic, pydantic) and about a
+tenth of one doing its work; the suite runs about a hundred of them. A zygote process imports
 `gateway.cli` once and forks a child per command: the child takes the command's environment,
 working directory and arguments, writes to its own stdout/stderr files and exits through the
 interpreter as `python -m gateway` does (atexit handlers, log flushing), so what a test sees is
