@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from sqlalchemy import select, update
@@ -292,17 +292,7 @@ class CallService:
             return
         size = await asyncio.to_thread(_size, path)
         async with self._sessions.begin() as s:
-            rec = Recording(
-                uid=uuid.uuid4().hex,
-                call_id=call.id,
-                account_id=call.account_id,
-                caller=call.caller,
-                recipient=call.recipient,
-                duration=Decimal(str(round(seconds, 2))),
-                path=path,
-                size=size,
-                created_at=datetime.now(UTC),
-            )
+            rec = _audio_row(Recording, call, path, seconds, size, datetime.now(UTC))
             s.add(rec)
             if action_url:
                 outbox.enqueue(
@@ -357,17 +347,7 @@ class CallService:
                     # In the transaction that ends the call: a completed call always gets its event.
                     self._enqueue_event(s, call, status_url, "completed", call_json(call))
                 if recording and call.account_id is not None:
-                    vm = Voicemail(
-                        uid=uuid.uuid4().hex,
-                        call_id=call.id,
-                        account_id=call.account_id,
-                        caller=call.caller,
-                        recipient=call.recipient,
-                        duration=Decimal(str(round(outcome.voicemail_seconds, 2))),
-                        path=recording,
-                        size=size,
-                        created_at=ended,
-                    )
+                    vm = _audio_row(Voicemail, call, recording, outcome.voicemail_seconds, size, ended)
                     s.add(vm)
                     await self._notify_voicemail(s, call, vm)
         except Exception:
@@ -508,6 +488,24 @@ async def _hang_up(channel: AgiChannel) -> None:
 
 def _decimal(seconds: float | None) -> Decimal | None:
     return None if seconds is None else Decimal(str(round(seconds, 3)))
+
+
+_Audio = TypeVar("_Audio", Voicemail, Recording)
+
+
+def _audio_row(model: type[_Audio], call: Call, path: str, seconds: float, size: int, at: datetime) -> _Audio:
+    """A voicemail or a recording `call` left (the columns they share: models._CallAudio)."""
+    return model(
+        uid=uuid.uuid4().hex,
+        call_id=call.id,
+        account_id=call.account_id,
+        caller=call.caller,
+        recipient=call.recipient,
+        duration=Decimal(str(round(seconds, 2))),
+        path=path,
+        size=size,
+        created_at=at,
+    )
 
 
 def _size(path: str) -> int:
