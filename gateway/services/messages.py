@@ -87,6 +87,21 @@ async def _opted_out(s: AsyncSession, pairs: Sequence[tuple[int, str]]) -> set[t
     return {(a, n) for a, n in rows} & set(pairs)
 
 
+async def message_with_template(s: AsyncSession, account_id: int, msgid: str) -> tuple[Message, str | None]:
+    """The account's message and the uid of the template it was sent from (None: freeform);
+    404 for a message that is not the account's."""
+    row = (
+        await s.execute(
+            select(Message, Template.uid)
+            .outerjoin(Template, Template.id == Message.template_id)
+            .where(Message.msgid == msgid, Message.account_id == account_id)
+        )
+    ).one_or_none()
+    if row is None:
+        raise not_found("No such message.")
+    return row[0], row[1]
+
+
 class MessageService:
     def __init__(
         self,
@@ -232,16 +247,9 @@ class MessageService:
 
     async def get(self, account_id: int, msgid: str, template_only: bool = False) -> dict[str, Any]:
         async with self._sessions() as s:
-            row = (
-                await s.execute(
-                    select(Message, Template.uid)
-                    .outerjoin(Template, Template.id == Message.template_id)
-                    .where(Message.msgid == msgid, Message.account_id == account_id)
-                )
-            ).one_or_none()
-            if row is None or (template_only and row[1] is None):
+            msg, template_uid = await message_with_template(s, account_id, msgid)
+            if template_only and template_uid is None:
                 raise not_found("No such message.")
-            msg, template_uid = row
             links = await self._links(s, [msg.id]) if msg.track_link else {}
         return message_json(msg, self._base_url, links.get(msg.id, ()), template_uid)
 

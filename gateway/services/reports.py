@@ -36,6 +36,7 @@ from gateway.db.models import (
 )
 from gateway.services.errors import not_found
 from gateway.services.keywords import STOP_WORDS
+from gateway.services.messages import message_with_template
 
 FINAL_OK = ("DELIVERED",)
 FINAL_FAILED = ("FAIL", "FAILED", "UNDELIVERED", "EXPIRED", "REJECTED")
@@ -244,16 +245,7 @@ class Reports:
 
     async def timeline(self, account_id: int, msgid: str) -> Timeline:
         async with self._sessions() as s:
-            row = (
-                await s.execute(
-                    select(Message, Template.uid)
-                    .outerjoin(Template, Template.id == Message.template_id)
-                    .where(Message.msgid == msgid, Message.account_id == account_id)
-                )
-            ).one_or_none()
-            if row is None:
-                raise not_found("No such message.")
-            msg, template_uid = row
+            msg, template_uid = await message_with_template(s, account_id, msgid)
             parts = (
                 await s.execute(
                     select(MessagePart).where(MessagePart.message_id == msg.id).order_by(MessagePart.seq)
