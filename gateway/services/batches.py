@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.models import Batch, Message, MessagePart, OptOut
@@ -466,6 +466,19 @@ async def fail_unclaimed(
     return list(res.scalars())
 
 
+# Built once: every MO batch runs it, and building a statement cost more CPU than running it.
+_BATCH_SENDS = (
+    select(Message.account_id, Message.recipient, Message.sender, Batch.client_reference)
+    .join(Batch, Batch.id == Message.batch_id)
+    .where(
+        Message.batch_id.is_not(None),
+        Message.recipient.in_(bindparam("recipients", expanding=True)),
+        Message.created_at >= bindparam("since"),
+    )
+    .order_by(Message.created_at, Message.id)
+)
+
+
 async def link_replies(s: AsyncSession, mos: Sequence[dict[str, Any]]) -> None:
     """Sets `client_reference` on inbound rows (as about to be inserted) that answer a batch:
     the reference of the latest batch message the account sent from the MO's SIN to its
@@ -473,19 +486,9 @@ async def link_replies(s: AsyncSession, mos: Sequence[dict[str, Any]]) -> None:
     owned = [m for m in mos if m["account_id"] is not None and m["sender"].startswith("+")]
     if not owned:
         return
-    since = datetime.now(UTC) - REPLY_WINDOW
-    q = (
-        select(Message.account_id, Message.recipient, Message.sender, Batch.client_reference)
-        .join(Batch, Batch.id == Message.batch_id)
-        .where(
-            Message.batch_id.is_not(None),
-            Message.recipient.in_({m["sender"] for m in owned}),
-            Message.created_at >= since,
-        )
-        .order_by(Message.created_at, Message.id)
-    )
+    params = {"recipients": sorted({m["sender"] for m in owned}), "since": datetime.now(UTC) - REPLY_WINDOW}
     latest: dict[tuple[int, str, str], str | None] = {}
-    for account_id, recipient, sender, reference in await s.execute(q):
+    for account_id, recipient, sender, reference in await s.execute(_BATCH_SENDS, params):
         latest[(account_id, recipient, "+" + sender.removeprefix("+"))] = reference  # the later wins
     for m in owned:
         m["client_reference"] = latest.get((m["account_id"], m["sender"], m["recipient"]))

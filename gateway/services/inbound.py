@@ -15,15 +15,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.group_commit import GroupCommitter
 from gateway.db.models import (
+    Account,
+    AutoReplyRule,
     EsmeOutbox,
     InboundMessage,
     Message,
     MoPartRow,
+    Number,
     NumberSubscription,
     OptOut,
     SmppCredential,
@@ -34,7 +37,13 @@ from gateway.services.batches import link_replies
 from gateway.services.errors import forbidden, not_found
 from gateway.services.keywords import HELP_WORDS, START_WORDS, STOP_WORDS
 from gateway.services.messages import MessageService, OutboundRequest
-from gateway.services.numbers import AutoReply, NumberService, SubscriptionTarget, first_auto_reply
+from gateway.services.numbers import (
+    AutoReply,
+    NumberService,
+    SubscriptionTarget,
+    first_auto_reply,
+    targets_query,
+)
 from gateway.services.views import fmt_time
 from smpp.types import MoPart
 
@@ -42,6 +51,26 @@ log = logging.getLogger(__name__)
 # Core tables: a batch's rows go in as one executemany each, without the ORM's unit of work.
 _INBOUND = cast(Table, InboundMessage.__table__)
 _OUTBOX = cast(Table, WebhookDelivery.__table__)
+# The statements every MO batch runs, built once: building one cost more CPU than running it
+# (SQLAlchemy then also derives its cache key from the tree on every execution).
+_INSERT_INBOUND = insert(_INBOUND)
+_INSERT_OUTBOX = insert(_OUTBOX)
+# Ids for the fast path, matched by uid: asking RETURNING for row order would make SQLite
+# insert one row at a time.
+_INSERT_OUTBOX_IDS = insert(_OUTBOX).returning(_OUTBOX.c.uid, _OUTBOX.c.id)
+# Who holds each SIN, with what the MO path needs of the account (webhook secret, SMPP
+# credentials) and whether it has auto-reply rules.
+_SIN_OWNERS = (
+    targets_query(
+        "sin",
+        Number.number,
+        Account.webhook_secret,
+        exists().where(AutoReplyRule.subscription_id == NumberSubscription.id),
+        exists().where(SmppCredential.account_id == NumberSubscription.account_id),
+    )
+    .join(Account, Account.id == NumberSubscription.account_id)
+    .where(Number.number.in_(bindparam("numbers", expanding=True)))
+)
 
 
 def e164_from_smpp(addr: str) -> str:
@@ -150,35 +179,49 @@ class InboundService:
     async def _write(self, parts: Sequence[tuple[MoPart, str]]) -> None:
         cache = _BatchCache()
         async with self._sessions.begin() as s:
-            for part, connector in parts:
-                complete = await self._assemble(s, part, connector)
-                if complete is not None:
-                    await self._store(s, cache, *complete)
+            complete = [c for part, connector in parts if (c := await self._assemble(s, part, connector))]
+            await self._load_owners(s, cache, {dest for _, dest, *_ in complete})
+            for mo in complete:
+                await self._store(s, cache, *mo)
             await self._before_commit(s, cache)
         self._after_commit(s, cache)
+
+    async def _load_owners(self, s: AsyncSession, cache: _BatchCache, numbers: Iterable[str]) -> None:
+        """_SIN_OWNERS for these numbers: one statement for a batch, where the subscription, the
+        rules, the credentials and the secret were a statement each (on SQLite each costs a
+        trip to the connection's thread, more than the lookups themselves)."""
+        wanted = sorted({n for n in numbers if n not in cache.owners})
+        if not wanted:
+            return
+        cache.owners.update(dict.fromkeys(wanted))
+        for row in await s.execute(_SIN_OWNERS, {"numbers": wanted}):
+            owner = SubscriptionTarget(*row[:7])
+            number, secret, rules, esme = row[7:]
+            cache.owners[number] = owner
+            cache.secrets[owner.account_id] = secret
+            cache.esme[owner.account_id] = bool(esme)
+            if not rules:
+                cache.rules[owner.subscription_id] = []
 
     async def _before_commit(self, s: AsyncSession, cache: _BatchCache) -> None:
         if cache.inbound:
             await link_replies(s, cache.inbound)
             for i, url in cache.sinch_hooks:
                 cache.webhooks.append(self._sinch_hook(s, cache.inbound[i], url))
-            await s.execute(insert(_INBOUND), cache.inbound)
+            await s.execute(_INSERT_INBOUND, cache.inbound)
         if not cache.webhooks:
             return
         if self._fast_path is None:
-            await s.execute(insert(_OUTBOX), cache.webhooks)
+            await s.execute(_INSERT_OUTBOX, cache.webhooks)
             return
-        # Ids for the fast path, matched by uid: asking RETURNING for row order would make
-        # SQLite insert one row at a time.
-        result = await s.execute(insert(_OUTBOX).returning(_OUTBOX.c.uid, _OUTBOX.c.id), cache.webhooks)
+        result = await s.execute(_INSERT_OUTBOX_IDS, cache.webhooks)
         ids: dict[str, int] = {uid: row_id for uid, row_id in result}
         for row in cache.webhooks:
             row["id"] = ids[row["uid"]]
-        cache.secrets.update(await outbox.webhook_secrets(s, {row["account_id"] for row in cache.webhooks}))
 
     def _after_commit(self, s: AsyncSession, cache: _BatchCache) -> None:
         leased = (
-            [(WebhookDelivery(**row), cache.secrets[row["account_id"]]) for row in cache.webhooks]
+            [outbox.Job.of_row(row, cache.secrets[row["account_id"]]) for row in cache.webhooks]
             if self._fast_path is not None
             else []
         )
@@ -251,8 +294,7 @@ class InboundService:
         self._after_commit(s, cache)
 
     async def _owner(self, s: AsyncSession, cache: _BatchCache, number: str) -> SubscriptionTarget | None:
-        if number not in cache.owners:
-            cache.owners[number] = await self._numbers.subscription_for_number(number, "sin", session=s)
+        await self._load_owners(s, cache, [number])
         return cache.owners[number]
 
     async def _store(

@@ -474,7 +474,7 @@ class NumberService:
         kind = _check_kind(kind)
         if number.isdigit():
             number = "+" + number
-        q = _targets_query(kind).where(Number.number == number)
+        q = targets_query(kind).where(Number.number == number)
         if session is not None:
             row = (await session.execute(q)).one_or_none()
         else:
@@ -491,7 +491,7 @@ class NumberService:
         wanted = sorted(set(numbers))
         found: dict[str, SubscriptionTarget] = {}
         for i in range(0, len(wanted), _CHUNK):
-            q = _targets_query(kind, Number.number).where(Number.number.in_(wanted[i : i + _CHUNK]))
+            q = targets_query(kind, Number.number).where(Number.number.in_(wanted[i : i + _CHUNK]))
             for row in await session.execute(q):
                 found[row[7]] = SubscriptionTarget(*row[:7])
         return found
@@ -561,7 +561,7 @@ async def _rules(s: AsyncSession, subscription_id: int) -> list[AutoReplyRule]:
     return list((await s.execute(q)).scalars())
 
 
-def _targets_query(kind: Kind, *extra: Any) -> Select[Any]:
+def targets_query(kind: Kind, *extra: Any) -> Select[Any]:
     """Subscription id, account id, action_url, number id, webhook format, status_url and MO
     delivery of `kind` subscriptions (then the `extra` columns); the caller adds which numbers."""
     return (

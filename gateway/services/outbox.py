@@ -9,8 +9,10 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
@@ -35,6 +37,63 @@ def written(session: AsyncSession) -> int:
 MAX_HOST_KEY = 255
 
 
+@dataclass(frozen=True)
+class Job:
+    """A delivery as the sender POSTs it: its row and the account's webhook secret."""
+
+    id: int
+    uid: str  # X-Gateway-Delivery-Id
+    account_id: int
+    host: str  # receiver_host
+    kind: str
+    ref: str
+    url: str
+    body: str
+    content_type: str
+    secret: str
+    attempts: int
+    created_at: datetime
+    from_table: bool = False  # claimed, not offered: later rows of its ref may wait on it
+
+    @classmethod
+    def of(cls, d: WebhookDelivery, secret: str, from_table: bool = False) -> Job:
+        return cls(
+            d.id,
+            d.uid,
+            d.account_id,
+            d.receiver_host,
+            d.kind,
+            d.ref,
+            d.url,
+            d.body,
+            d.content_type,
+            secret,
+            d.attempts or 0,
+            d.created_at,
+            from_table,
+        )
+
+    @classmethod
+    def of_row(cls, row: Mapping[str, Any], secret: str) -> Job:
+        """From a row as form_row/json_row made it (and its id once inserted): no ORM object
+        to build, which cost more than the rest of handing an MO's webhook over."""
+        return cls(
+            row["id"],
+            row["uid"],
+            row["account_id"],
+            row["receiver_host"],
+            row["kind"],
+            row["ref"],
+            row["url"],
+            row["body"],
+            row["content_type"],
+            secret,
+            row["attempts"],
+            row["created_at"],
+        )
+
+
+@lru_cache(maxsize=4096)
 def receiver_host(url: str) -> str:
     """`host:port` a delivery is POSTed to (lower-case host, the scheme's default port filled
     in): the key the sender shares its POST slots by, so one receiver cannot take them all."""
@@ -125,7 +184,7 @@ async def webhook_secrets(session: AsyncSession, account_ids: set[int]) -> dict[
 
 def hand_over(
     session: AsyncSession,
-    leased: list[tuple[WebhookDelivery, str]],
+    leased: Sequence[Job | tuple[WebhookDelivery, str]],
     fast_path: FastPath | None,
     wake: Callable[[], None],
     wake_esme: Callable[[Iterable[int]], None] = lambda accounts: None,
@@ -134,7 +193,8 @@ def hand_over(
     the sender if it wrote any for the table, and one for the bound receivers of the accounts
     it wrote ESME deliveries for (the SMPP server's, on this node)."""
     if leased and fast_path is not None:
-        fast_path.offer(leased)
+        # ORM rows (lease_fast's) have their ids once committed: made into jobs only now.
+        fast_path.offer([x if isinstance(x, Job) else Job.of(*x) for x in leased])
     if written(session):
         wake()
     if accounts := session.info.pop(_ESME, None):
@@ -151,8 +211,8 @@ class FastPath(Protocol):
 
     def lease(self) -> tuple[datetime, str]: ...
 
-    def offer(self, rows: list[tuple[WebhookDelivery, str]]) -> None:
-        """(committed row, the account's webhook secret) pairs."""
+    def offer(self, jobs: list[Job]) -> None:
+        """Committed deliveries leased to this sender."""
 
     def wait_behind(self, keys: list[tuple[str, str]]) -> None:
         """(ref, url) of deliveries written for the table behind one leased to the fast path:

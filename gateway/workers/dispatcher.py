@@ -386,7 +386,9 @@ class Dispatcher:
 
     async def _write(self, s: AsyncSession, outcomes: Sequence[Outcome], now: datetime) -> None:
         # Few statements per batch whatever its size: on SQLite every statement is a hop to
-        # the single connection's thread, and on PostgreSQL a round trip.
+        # the single connection's thread, and on PostgreSQL a round trip. The UPDATEs skip the
+        # ORM's identity-map pass (synchronize_session=False): the session has loaded no
+        # Message yet; the ones loaded below come fresh from the rows.
         accepted: dict[int, SubmitResult] = {o.claimed.id: o.result for o in outcomes if o.result is not None}
         retry = {o.claimed.id: o.partial for o in outcomes if o.result is None and o.rejected is None}
         via = {o.claimed.id: o.connector for o in outcomes if o.connector is not None}
@@ -400,6 +402,7 @@ class Dispatcher:
                     .where(Message.id.in_(list(retry)), *mine)
                     .values(claimed_until=None, claimed_by=None, next_attempt_at=now + RETRY_DELAY)
                     .returning(Message.id)
+                    .execution_options(synchronize_session=False)
                 )
             ).scalars()
             # Parts of an interrupted long message the SMSC accepted: recorded only while the
@@ -418,6 +421,7 @@ class Dispatcher:
                     .where(Message.id.in_(mids), *mine)
                     .values(status="DELIVERING", sent_time=now, claimed_until=None, smsc=connector)
                     .returning(Message.id)
+                    .execution_options(synchronize_session=False)
                 )
             ).scalars()
             changed.extend(won)

@@ -26,10 +26,11 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 from urllib.parse import urlsplit
 
 import aiohttp
-from sqlalchemy import ColumnElement, exists, insert, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
@@ -39,7 +40,7 @@ from gateway.db.group_commit import GroupCommitter
 from gateway.db.models import Account, WebhookAttempt, WebhookDelivery
 from gateway.egress.client import session_policy
 from gateway.egress.policy import AddressRefused
-from gateway.services.outbox import sign, sign_legacy
+from gateway.services.outbox import Job, sign, sign_legacy
 from gateway.workers.fair_share import FairShare
 from gateway.workers.lifecycle import Lifecycle
 from gateway.workers.observer import NullObserver, Observer
@@ -80,23 +81,6 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
-
-
-@dataclass(frozen=True)
-class Job:
-    id: int
-    uid: str  # X-Gateway-Delivery-Id
-    account_id: int
-    host: str  # receiver_host
-    kind: str
-    ref: str
-    url: str
-    body: str
-    content_type: str
-    secret: str
-    attempts: int
-    created_at: datetime
-    from_table: bool = False  # claimed, not offered: later rows of its ref may wait on it
 
 
 @dataclass(frozen=True)
@@ -154,40 +138,40 @@ def _log_result(r: Result, outcome: str, attempts: int) -> None:
         log.warning("webhook %s: %s", outcome.lower(), why, extra=fields)
 
 
-def _job(d: WebhookDelivery, secret: str, from_table: bool = False) -> Job:
-    return Job(
-        d.id,
-        d.uid,
-        d.account_id,
-        d.receiver_host,
-        d.kind,
-        d.ref,
-        d.url,
-        d.body,
-        d.content_type,
-        secret,
-        d.attempts or 0,
-        d.created_at,
-        from_table,
-    )
-
-
 def _not_among(ids: list[int]) -> list[ColumnElement[bool]]:
     return [WebhookDelivery.id.not_in(ids)] if ids else []
 
 
-def _in_order() -> tuple[ColumnElement[bool]]:
-    """In order per subject and receiver: a DELIVERED callback never overtakes the
-    DELIVERING one still pending (or retrying) for the same message."""
-    earlier = aliased(WebhookDelivery)
-    return (
-        ~exists().where(
-            earlier.ref == WebhookDelivery.ref,
-            earlier.url == WebhookDelivery.url,
-            earlier.status == "PENDING",
-            earlier.id < WebhookDelivery.id,
+_EARLIER = aliased(WebhookDelivery)
+# In order per subject and receiver: a DELIVERED callback never overtakes the DELIVERING one
+# still pending (or retrying) for the same message. Built once (an alias is costly to adapt).
+_IN_ORDER = ~exists().where(
+    _EARLIER.ref == WebhookDelivery.ref,
+    _EARLIER.url == WebhookDelivery.url,
+    _EARLIER.status == "PENDING",
+    _EARLIER.id < WebhookDelivery.id,
+)
+_OUTBOX = cast(Table, WebhookDelivery.__table__)
+# One round's outcomes, a row each (executemany), built once: building the statement (and its
+# cache key) per round cost more CPU than the write. A None leaves the column as it is: a retry
+# changes next_attempt_at, not status or done_at (a row another node recorded meanwhile, after
+# its lease ran out here, stays DONE); the other outcomes set status and done_at.
+_RECORD = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id == bindparam("row_id"))
+    .values(
+        attempts=bindparam("attempts"),
+        claimed_until=None,
+        claimed_by=None,
+        last_status_code=bindparam("code"),
+        last_error=bindparam("error"),
+        status=func.coalesce(bindparam("status", type_=_OUTBOX.c.status.type), _OUTBOX.c.status),
+        done_at=func.coalesce(bindparam("done_at", type_=_OUTBOX.c.done_at.type), _OUTBOX.c.done_at),
+        next_attempt_at=func.coalesce(
+            bindparam("next_at", type_=_OUTBOX.c.next_attempt_at.type), _OUTBOX.c.next_attempt_at
         ),
     )
+)
 
 
 class WebhookSender:
@@ -250,9 +234,9 @@ class WebhookSender:
     def lease(self) -> tuple[datetime, str]:
         return datetime.now(UTC) + self._lease, self._fast_token
 
-    def offer(self, rows: list[tuple[WebhookDelivery, str]]) -> None:
-        for d, secret in rows:
-            self._ready.append((time.monotonic(), _job(d, secret)))
+    def offer(self, jobs: list[Job]) -> None:
+        now = time.monotonic()
+        self._ready.extend((now, job) for job in jobs)
         self.lifecycle.wake()
 
     def wait_behind(self, keys: list[tuple[str, str]]) -> None:
@@ -293,6 +277,7 @@ class WebhookSender:
                         WebhookDelivery.claimed_by == self._fast_token,
                     )
                     .values(claimed_until=None, claimed_by=None)
+                    .execution_options(synchronize_session=False)
                 )
             self._table_gen += 1
         except Exception as exc:  # their lease runs out instead
@@ -369,7 +354,7 @@ class WebhookSender:
         freed = [key for r in results if (key := (r.job.ref, r.job.url)) in self._behind]
         self._behind.difference_update(freed)
         if freed or any(r.job.from_table for r in results):
-            # Recorded: the next delivery of the same ref may be due now (_in_order).
+            # Recorded: the next delivery of the same ref may be due now (_IN_ORDER).
             self._table_gen += 1
             self.lifecycle.wake()
         await self._replies(results)
@@ -394,7 +379,7 @@ class WebhookSender:
                         now=now,
                         limit=limit - len(ids),
                         order_by=(WebhookDelivery.next_attempt_at, WebhookDelivery.id),
-                        extra=(*_in_order(), *self._not_full(), *_not_among(ids)),
+                        extra=(_IN_ORDER, *self._not_full(), *_not_among(ids)),
                         columns=(WebhookDelivery.receiver_host, WebhookDelivery.account_id),
                     )
                     passed_over = False
@@ -422,7 +407,7 @@ class WebhookSender:
                         .join(Account, Account.id == WebhookDelivery.account_id)
                         .where(WebhookDelivery.claimed_by == token, WebhookDelivery.status == "PENDING")
                     )
-                    jobs = [_job(d, secret, from_table=True) for d, secret in leased]
+                    jobs = [Job.of(d, secret, from_table=True) for d, secret in leased]
         except BaseException:
             for host, account_id in taken:
                 self._share.give_back(host, account_id)
@@ -496,34 +481,35 @@ class WebhookSender:
     async def _record(self, rounds: Sequence[list[Result]]) -> None:
         results = [r for batch in rounds for r in batch]
         now = datetime.now(UTC)
-        # Rows with the same outcome share one UPDATE: a batch of 2xx is a single statement.
-        groups: dict[tuple[tuple[str, object], ...], list[int]] = {}
+        rows: list[dict[str, object]] = []
         failed: list[dict[str, object]] = []  # the attempts history (WebhookAttempt)
         for r in results:
             self._observer.webhook(r.status_code)
             attempts = r.job.attempts + 1
-            values: dict[str, object] = {
+            row: dict[str, object] = {
+                "row_id": r.job.id,
                 "attempts": attempts,
-                "claimed_until": None,
-                "claimed_by": None,
-                "last_status_code": r.status_code,
-                "last_error": r.error,
+                "code": r.status_code,
+                "error": r.error,
+                "status": None,
+                "done_at": None,
+                "next_at": None,
             }
             if r.done:
-                values.update(status="DONE", done_at=now)
+                row.update(status="DONE", done_at=now)
             elif r.retryable:
                 delay = self._first_retry * 2 ** (attempts - 1)
                 if r.retry_after is not None:
                     delay = max(delay, min(r.retry_after, MAX_RETRY_AFTER))
                 next_at = now + timedelta(seconds=delay)
                 if next_at > r.job.created_at + self._give_up:
-                    values.update(status="EXPIRED", done_at=now)
+                    row.update(status="EXPIRED", done_at=now)
                 else:
-                    values.update(next_attempt_at=next_at)
+                    row.update(next_at=next_at)
             else:
-                values.update(status="DROPPED", done_at=now)
-            groups.setdefault(tuple(sorted(values.items())), []).append(r.job.id)
-            _log_result(r, str(values.get("status", "RETRY")), attempts)
+                row.update(status="DROPPED", done_at=now)
+            rows.append(row)
+            _log_result(r, str(row["status"] or "RETRY"), attempts)
             if not r.done:
                 failed.append(
                     {
@@ -531,13 +517,10 @@ class WebhookSender:
                         "attempt": attempts,
                         "at": now,
                         "status_code": r.status_code,
-                        "next_attempt_at": values.get("next_attempt_at"),
+                        "next_attempt_at": row["next_at"],
                     }
                 )
         async with self._sessions.begin() as s:
             if failed:
                 await s.execute(insert(WebhookAttempt), failed)
-            for key, ids in groups.items():
-                await s.execute(
-                    update(WebhookDelivery).where(WebhookDelivery.id.in_(ids)).values(**dict(key))
-                )
+            await s.execute(_RECORD, rows)
