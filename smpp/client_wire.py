@@ -141,29 +141,50 @@ class DeliverSm:
         return value.split(b"\x00", 1)[0].decode("latin-1") if value is not None else None
 
 
-def _deliver_sm_mandatory_end(body: bytes) -> int:
-    """Offset in the body where the TLVs of a deliver_sm start; ValueError if malformed."""
+def _mandatory_fields(body: bytes) -> tuple[dict[str, Any], int]:
+    """The mandatory fields of a deliver_sm (or submit_sm) body that DeliverSm holds, and the
+    offset where the TLVs start; ValueError if a field is missing or overruns the body."""
     pos = 0
 
-    def skip_cstring() -> None:
+    def cstring() -> str:
         nonlocal pos
-        pos = body.index(b"\x00", pos) + 1
+        end = body.index(b"\x00", pos)
+        value, pos = body[pos:end].decode("latin-1"), end + 1
+        return value
 
-    skip_cstring()  # service_type
+    def octet() -> int:
+        nonlocal pos
+        if pos >= len(body):
+            raise ValueError(f"body truncated at octet {pos}")
+        pos += 1
+        return body[pos - 1]
+
+    cstring()  # service_type
     pos += 2  # source ton, npi
-    skip_cstring()  # source_addr
+    source = cstring()
     pos += 2  # dest ton, npi
-    skip_cstring()  # destination_addr
-    pos += 3  # esm_class, protocol_id, priority_flag
-    skip_cstring()  # schedule_delivery_time
-    skip_cstring()  # validity_period
-    pos += 4  # registered_delivery, replace_if_present, data_coding, sm_default_msg_id
-    if pos >= len(body):
-        raise ValueError("deliver_sm truncated before sm_length")
-    pos += 1 + body[pos]
-    if pos > len(body):
-        raise ValueError("deliver_sm short_message overruns the PDU")
-    return pos
+    destination = cstring()
+    esm_class = octet()
+    pos += 2  # protocol_id, priority_flag
+    schedule, validity = cstring(), cstring()
+    registered = octet()
+    pos += 1  # replace_if_present
+    data_coding = octet()
+    pos += 1  # sm_default_msg_id
+    length = octet()
+    if pos + length > len(body):
+        raise ValueError("short_message overruns the PDU")
+    fields = {
+        "source_addr": source,
+        "destination_addr": destination,
+        "esm_class": esm_class,
+        "data_coding": data_coding,
+        "short_message": body[pos : pos + length],
+        "registered_delivery": registered,
+        "schedule_delivery_time": schedule,
+        "validity_period": validity,
+    }
+    return fields, pos + length
 
 
 def _parse_tlvs(data: bytes) -> dict[int, bytes]:
@@ -181,40 +202,17 @@ def _parse_tlvs(data: bytes) -> dict[int, bytes]:
 
 
 def parse_deliver_sm(data: bytes) -> DeliverSm:
-    """Mandatory fields through smpplib, TLVs by our own scan; raises only MalformedPdu. Also
-    reads a submit_sm, whose body has the same fields.
-
-    smpplib raises on TLVs it knows globally but not for deliver_sm and drops
-    the last octet of a C-string TLV that lacks its NUL; neither must lose a
-    receipt, so it only ever sees the mandatory part, after our own walk over
-    it has checked every field is there.
-    """
+    """The fields of a deliver_sm (or a submit_sm, whose body has the same layout) read by one
+    walk over its body, TLVs as raw octets by tag; raises only MalformedPdu. smpplib's parser
+    (which the walk once only checked the PDU for) cost a sixth of the event loop at 1,000 MO/s,
+    raised on TLVs it knows globally but not for deliver_sm, and dropped the last octet of a
+    C-string TLV without its NUL."""
     body = data[16:]
     try:
-        end = _deliver_sm_mandatory_end(body)
+        fields, end = _mandatory_fields(body)
     except ValueError as exc:  # str.index on a missing NUL, or our own checks
         raise MalformedPdu(ESME_RINVCMDLEN, f"mandatory fields: {exc}") from None
-    tlvs = _parse_tlvs(body[end:])
-    mandatory = struct.pack(">L", 16 + end) + data[4:16] + body[:end]
-    try:
-        pdu = smpp_codec.parse_pdu(mandatory, sequence=0, allow_unknown_opt_params=True)
-    except Exception as exc:  # smpplib raises assorted types; the walk above should prevent any
-        raise MalformedPdu(ESME_RINVCMDLEN, f"deliver_sm: {exc!r}") from exc
-
-    def text(value: Any) -> str:
-        return value.decode("latin-1") if isinstance(value, bytes) else str(value or "")
-
-    return DeliverSm(
-        source_addr=text(pdu.source_addr),
-        destination_addr=text(pdu.destination_addr),
-        esm_class=int(pdu.esm_class or 0),
-        data_coding=int(pdu.data_coding or 0),
-        short_message=bytes(pdu.short_message or b""),
-        tlvs=tlvs,
-        registered_delivery=int(pdu.registered_delivery or 0),
-        schedule_delivery_time=text(pdu.schedule_delivery_time),
-        validity_period=text(pdu.validity_period),
-    )
+    return DeliverSm(**fields, tlvs=_parse_tlvs(body[end:]))
 
 
 def is_receipt(pdu: DeliverSm) -> bool:
