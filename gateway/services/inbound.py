@@ -30,7 +30,6 @@ from gateway.db.models import (
     NumberSubscription,
     OptOut,
     SmppCredential,
-    WebhookDelivery,
 )
 from gateway.services import outbox, sinch
 from gateway.services.batches import link_replies
@@ -50,14 +49,9 @@ from smpp.types import MoPart
 log = logging.getLogger(__name__)
 # Core tables: a batch's rows go in as one executemany each, without the ORM's unit of work.
 _INBOUND = cast(Table, InboundMessage.__table__)
-_OUTBOX = cast(Table, WebhookDelivery.__table__)
 # The statements every MO batch runs, built once: building one cost more CPU than running it
 # (SQLAlchemy then also derives its cache key from the tree on every execution).
 _INSERT_INBOUND = insert(_INBOUND)
-_INSERT_OUTBOX = insert(_OUTBOX)
-# Ids for the fast path, matched by uid: asking RETURNING for row order would make SQLite
-# insert one row at a time.
-_INSERT_OUTBOX_IDS = insert(_OUTBOX).returning(_OUTBOX.c.uid, _OUTBOX.c.id)
 # Who holds each SIN, with what the MO path needs of the account (webhook secret, SMPP
 # credentials) and whether it has auto-reply rules.
 _SIN_OWNERS = (
@@ -209,15 +203,8 @@ class InboundService:
             for i, url in cache.sinch_hooks:
                 cache.webhooks.append(self._sinch_hook(s, cache.inbound[i], url))
             await s.execute(_INSERT_INBOUND, cache.inbound)
-        if not cache.webhooks:
-            return
-        if self._fast_path is None:
-            await s.execute(_INSERT_OUTBOX, cache.webhooks)
-            return
-        result = await s.execute(_INSERT_OUTBOX_IDS, cache.webhooks)
-        ids: dict[str, int] = {uid: row_id for uid, row_id in result}
-        for row in cache.webhooks:
-            row["id"] = ids[row["uid"]]
+        if cache.webhooks:
+            await outbox.insert_rows(s, cache.webhooks)
 
     def _after_commit(self, s: AsyncSession, cache: _BatchCache) -> None:
         leased = (

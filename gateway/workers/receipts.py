@@ -19,7 +19,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.group_commit import GroupCommitter
-from gateway.db.models import Message, MessagePart, OrphanReceipt, WebhookDelivery
+from gateway.db.models import Message, MessagePart, OrphanReceipt
 from gateway.services import outbox
 from gateway.workers.observer import NullObserver, Observer
 from gateway.workers.status import REPORTED, enqueue_status_callback
@@ -104,7 +104,7 @@ class ReceiptApplier:
             leased = await outbox.lease_fast(s, self._fast_path)
         self._committed(s, leased)
 
-    def _committed(self, s: AsyncSession, leased: list[tuple[WebhookDelivery, str]]) -> None:
+    def _committed(self, s: AsyncSession, leased: list[outbox.Job]) -> None:
         outbox.hand_over(s, leased, self._fast_path, self._wake_webhooks, self._wake_esme)
         log_settled(s, self.observer)
 
