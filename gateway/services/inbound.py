@@ -22,6 +22,7 @@ from gateway.db.group_commit import GroupCommitter
 from gateway.db.models import (
     Account,
     AutoReplyRule,
+    Batch,
     EsmeOutbox,
     InboundMessage,
     Message,
@@ -53,7 +54,8 @@ _INBOUND = cast(Table, InboundMessage.__table__)
 # (SQLAlchemy then also derives its cache key from the tree on every execution).
 _INSERT_INBOUND = insert(_INBOUND)
 # Who holds each SIN, with what the MO path needs of the account (webhook secret, SMPP
-# credentials) and whether it has auto-reply rules.
+# credentials, whether it ever sent a batch an MO could answer) and whether it has auto-reply
+# rules.
 _SIN_OWNERS = (
     targets_query(
         "sin",
@@ -61,6 +63,7 @@ _SIN_OWNERS = (
         Account.webhook_secret,
         exists().where(AutoReplyRule.subscription_id == NumberSubscription.id),
         exists().where(SmppCredential.account_id == NumberSubscription.account_id),
+        exists().where(Batch.account_id == NumberSubscription.account_id),
     )
     .join(Account, Account.id == NumberSubscription.account_id)
     .where(Number.number.in_(bindparam("numbers", expanding=True)))
@@ -135,6 +138,7 @@ class _BatchCache:
     # One log line each, once committed.
     stored: list[dict[str, object]] = field(default_factory=list)
     esme: dict[int, bool] = field(default_factory=dict)  # account id -> has SMPP credentials
+    batches: set[int] = field(default_factory=set)  # accounts that have sent batches
 
 
 class InboundService:
@@ -190,16 +194,18 @@ class InboundService:
         cache.owners.update(dict.fromkeys(wanted))
         for row in await s.execute(_SIN_OWNERS, {"numbers": wanted}):
             owner = SubscriptionTarget(*row[:7])
-            number, secret, rules, esme = row[7:]
+            number, secret, rules, esme, batches = row[7:]
             cache.owners[number] = owner
             cache.secrets[owner.account_id] = secret
             cache.esme[owner.account_id] = bool(esme)
+            if batches:
+                cache.batches.add(owner.account_id)
             if not rules:
                 cache.rules[owner.subscription_id] = []
 
     async def _before_commit(self, s: AsyncSession, cache: _BatchCache) -> None:
         if cache.inbound:
-            await link_replies(s, cache.inbound)
+            await link_replies(s, [mo for mo in cache.inbound if mo["account_id"] in cache.batches])
             for i, url in cache.sinch_hooks:
                 cache.webhooks.append(self._sinch_hook(s, cache.inbound[i], url))
             await s.execute(_INSERT_INBOUND, cache.inbound)

@@ -8,10 +8,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.group_commit import GroupCommitter, Rejections
@@ -24,6 +24,8 @@ from gateway.services.views import message_json
 from smpp.encoding import GSM_SINGLE_MAX, plan, plan_binary
 
 log = logging.getLogger(__name__)
+# Core INSERTs built once for the per-message paths: the ORM's bulk layer cost ~20 us a row.
+_INSERT_MESSAGES = insert(cast(Table, Message.__table__))
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ class MessageService:
                     rejected[i] = FieldErrors.one("recipient", "Recipient has opted out")
             keep = [r for i, r in enumerate(rows) if i not in rejected]
             if keep:
-                await s.execute(insert(Message), keep)
+                await s.execute(_INSERT_MESSAGES, keep)
         if keep:
             self._wake()
         return rejected

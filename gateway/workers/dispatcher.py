@@ -42,9 +42,9 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, cast
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import Table, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import leases
@@ -61,6 +61,8 @@ from smpp.dlr import normalize_id
 from smpp.types import ConnectionLost, Deferred, NotBound, SubmitRejected, SubmitRequest, SubmitResult
 
 log = logging.getLogger(__name__)
+# Built once: the ORM's bulk layer cost ~20 us a row on the per-message path.
+_INSERT_PARTS = insert(cast(Table, MessagePart.__table__))
 
 RETRY_DELAY = timedelta(seconds=1)
 
@@ -429,7 +431,7 @@ class Dispatcher:
             _part(mid, seq, smsc_id, via[mid]) for mid in changed for seq, smsc_id in accepted[mid].numbered()
         )
         if parts:
-            await s.execute(insert(MessagePart), parts)
+            await s.execute(_INSERT_PARTS, parts)
         for o in outcomes:
             if o.rejected is None:
                 continue
