@@ -21,9 +21,12 @@ Rejections = Mapping[int, Exception] | None
 
 
 class GroupCommitter(Generic[T]):
-    def __init__(self, write: Callable[[Sequence[T]], Awaitable[Rejections]], max_batch: int = 500) -> None:
+    def __init__(
+        self, write: Callable[[Sequence[T]], Awaitable[Rejections]], max_batch: int = 500, linger: float = 0.0
+    ) -> None:
         self._write = write
         self._max = max_batch
+        self._linger = linger
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[None]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -38,6 +41,8 @@ class GroupCommitter(Generic[T]):
     async def _drain(self) -> None:
         while True:
             first = await self._queue.get()
+            if self._linger:  # fewer, larger writes, for items whose caller can wait
+                await asyncio.sleep(self._linger)
             batch = [first]
             while len(batch) < self._max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
