@@ -212,7 +212,8 @@ class Ours:
             )  # fmt: skip
         sid, token = self.auth.split(":", 1)
         base = f"http://127.0.0.1:{self.http_port}"
-        async with aiohttp.ClientSession(auth=aiohttp.BasicAuth(sid, token), raise_for_status=True) as http:
+        auth = {"Authorization": aiohttp.encode_basic_auth(sid, token)}
+        async with aiohttp.ClientSession(headers=auth, raise_for_status=True) as http:
             await _wait_http(http, f"{base}/healthz", self._proc)
             async with http.get(f"{base}/sms/sins/") as r:
                 uid = next(n["sin_uid"] for n in await r.json() if n["sin"] == SIN.lstrip("+"))

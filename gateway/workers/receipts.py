@@ -13,16 +13,16 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.group_commit import GroupCommitter
 from gateway.db.models import Message, MessagePart, OrphanReceipt
 from gateway.services import outbox
 from gateway.workers.observer import NullObserver, Observer
-from gateway.workers.status import REPORTED, enqueue_status_callback
+from gateway.workers.status import REPORTED_MESSAGES, enqueue_status_callback
 from smpp.dlr import candidate_ids, normalize_id
 from smpp.types import DeliveryReceipt, ReceiptState
 
@@ -31,6 +31,31 @@ log = logging.getLogger(__name__)
 ORPHAN_MAX_AGE = timedelta(days=3)
 SWEEP_BATCH = 1000  # orphans looked at per sweep, newest first
 _SETTLED = "settled_messages"
+# The statements of every receipt batch, built once: building one (and deriving its cache key)
+# cost about as much CPU as running it.
+_PARTS = cast(Table, MessagePart.__table__)
+_MESSAGES = cast(Table, Message.__table__)
+_SUBMITTED = select(_PARTS.c.connector, _PARTS.c.smsc_id, _PARTS.c.id, _PARTS.c.message_id).where(
+    _PARTS.c.smsc_id.in_(bindparam("smsc_ids", expanding=True)),
+    _PARTS.c.state == "SUBMITTED",
+    _PARTS.c.connector.in_(bindparam("connectors", expanding=True)),
+)
+_RECEIPTED = (
+    update(_PARTS)
+    .where(_PARTS.c.id.in_(bindparam("ids", expanding=True)), _PARTS.c.state == "SUBMITTED")
+    .values(state=bindparam("new_state"), stat=bindparam("new_stat"), err=bindparam("new_err"))
+)
+_PART_STATES = select(_PARTS.c.message_id, _PARTS.c.state).where(
+    _PARTS.c.message_id.in_(bindparam("ids", expanding=True))
+)
+# Core, not the ORM's UPDATE: objects of these messages the session holds keep their old status
+# until REPORTED_MESSAGES reads them again.
+_SETTLE = (
+    update(_MESSAGES)
+    .where(_MESSAGES.c.id.in_(bindparam("ids", expanding=True)), _MESSAGES.c.status == "DELIVERING")
+    .values(status=bindparam("final"), done_at=bindparam("now"))
+    .returning(_MESSAGES.c.id, _MESSAGES.c.msgid, _MESSAGES.c.sent_time)
+)
 
 
 def log_settled(s: AsyncSession, observer: Observer) -> None:
@@ -115,13 +140,7 @@ class ReceiptApplier:
         by_smsc_id: dict[tuple[str, str], list[tuple[int, int]]] = {}
         if all_ids:
             rows = await s.execute(
-                select(
-                    MessagePart.connector, MessagePart.smsc_id, MessagePart.id, MessagePart.message_id
-                ).where(
-                    MessagePart.smsc_id.in_(all_ids),
-                    MessagePart.state == "SUBMITTED",
-                    MessagePart.connector.in_(sorted({p.connector for p in pending})),
-                )
+                _SUBMITTED, {"smsc_ids": all_ids, "connectors": sorted({p.connector for p in pending})}
             )
             for connector, smsc_id, part_id, message_id in rows:
                 by_smsc_id.setdefault((connector, smsc_id), []).append((part_id, message_id))
@@ -144,11 +163,8 @@ class ReceiptApplier:
                 touched.add(mid)
                 updates.setdefault((p.state, p.stat, p.err), []).append(pid)
         for (state, stat, err), part_ids in updates.items():
-            await s.execute(
-                update(MessagePart)
-                .where(MessagePart.id.in_(part_ids), MessagePart.state == "SUBMITTED")
-                .values(state=state, stat=stat, err=err)
-            )
+            values = {"new_state": state, "new_stat": stat, "new_err": err}
+            await s.execute(_RECEIPTED, {"ids": part_ids, **values})
         await self.settle(s, touched, now)
         return unmatched
 
@@ -162,9 +178,7 @@ class ReceiptApplier:
         if not ids:
             return
         states: dict[int, list[str]] = {}
-        for mid, state in await s.execute(
-            select(MessagePart.message_id, MessagePart.state).where(MessagePart.message_id.in_(ids))
-        ):
+        for mid, state in await s.execute(_PART_STATES, {"ids": ids}):
             states.setdefault(mid, []).append(state)
         finals: dict[str, list[int]] = {"DELIVERED": [], "FAIL": []}
         for mid, part_states in states.items():
@@ -174,18 +188,13 @@ class ReceiptApplier:
         changed: list[int] = []
         for final, mids in finals.items():
             if mids:
-                res = await s.execute(
-                    update(Message)
-                    .where(Message.id.in_(mids), Message.status == "DELIVERING")
-                    .values(status=final, done_at=now)
-                    .returning(Message.id, Message.msgid, Message.sent_time)
-                )
+                res = await s.execute(_SETTLE, {"ids": mids, "final": final, "now": now})
                 for mid, msgid, sent in res:
                     changed.append(mid)
                     seconds = round(max(0.0, (now - sent).total_seconds()), 3) if sent else None
                     s.info.setdefault(_SETTLED, []).append((msgid, final, seconds))
         if changed:
-            msgs = (await s.execute(select(Message).where(Message.id.in_(changed), REPORTED))).scalars()
+            msgs = (await s.execute(REPORTED_MESSAGES, {"ids": changed})).scalars()
             for msg in msgs:
                 await enqueue_status_callback(s, msg, self._base_url)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.models import EsmeOutbox, Message, TrackedLink
@@ -21,6 +21,14 @@ ESME_ENROUTE = ("ENROUTE", 1)
 
 # Messages whose status change reports somewhere: a callback URL or an ESME's receipt.
 REPORTED: ColumnElement[bool] = or_(Message.callbackurl.is_not(None), Message.esme_receipt != 0)
+# Those of the messages `ids` that report, to enqueue_status_callback: read from their rows even
+# when the session holds them already (populate_existing), as the UPDATEs that changed their
+# status leave the session's objects as they were.
+REPORTED_MESSAGES = (
+    select(Message)
+    .where(Message.id.in_(bindparam("ids", expanding=True)), REPORTED)
+    .execution_options(populate_existing=True)
+)
 
 
 def esme_state(status: str, fail_code: int | None) -> tuple[str, int]:
