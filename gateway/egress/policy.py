@@ -17,6 +17,7 @@ loopback (127/8, ::1, and the names `localhost` / `*.localhost`) only with allow
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -119,6 +120,9 @@ class SsrfPolicy:
     def check_host(self, host: str) -> str | None:
         """Judge a URL's host without DNS: the reason it is refused, or None. None for a name
         means only "not refused by its spelling": its addresses are checked when connecting."""
+        return _judge_host(self, host)
+
+    def _judge_spelling(self, host: str) -> str | None:
         name = host.rstrip(".").lower()  # `127.0.0.1.`, `localhost.`: the same to a resolver
         ip = parse_ip(name)
         if ip is not None:
@@ -194,3 +198,10 @@ def _embedded_ipv4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
     if addr.teredo is not None:
         return list(addr.teredo)
     return []
+
+
+# check_host runs for every webhook POST and every URL an API request carries, and a tenant's
+# hosts repeat: the verdict depends on nothing but the policy and the host's spelling.
+@functools.lru_cache(maxsize=4096)
+def _judge_host(policy: SsrfPolicy, host: str) -> str | None:
+    return policy._judge_spelling(host)
