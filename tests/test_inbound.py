@@ -3,6 +3,7 @@ reassembly, signed webhooks, listings, replies, STOP/START/HELP and auto-replies
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -15,8 +16,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import aiohttp
+import pytest
 import pytest_asyncio
+from sqlalchemy import text
 
+from gateway.db.engine import is_sqlite
 from gateway.db.models import AutoReplyRule, Number, NumberSubscription
 from gateway.keys import CONFIG, INBOUND, SESSIONS
 from gateway.services.accounts import NewCredentials
@@ -456,3 +460,30 @@ def test_only_ascii_digits_make_an_e164_number() -> None:
     assert e164_from_agi("819012345678") == "+819012345678"
     assert e164_from_agi("+8190²²²²²") == ""
     assert e164_from_agi("unknown") == ""
+
+
+async def test_a_stalled_mo_write_does_not_hold_up_other_senders_mo(
+    gateway: Gateway, sim_smsc: Any, receiver: Receiver, sin: Sin
+) -> None:
+    """On PostgreSQL MO from different senders are written side by side: one waiting on a
+    lock (here, a part of a long MO, held by the test) does not stall the rest. SQLite has one
+    connection and one lane."""
+    if is_sqlite(gateway.app[CONFIG].database.url):
+        pytest.skip("SQLite writes one transaction at a time")
+    inbound = gateway.app[INBOUND]
+    lane = inbound.lane_of(CUSTOMER[1:])
+    other = next(f"+8190{n:08d}" for n in range(1000) if inbound.lane_of(f"8190{n:08d}") != lane)
+    async with gateway.app[SESSIONS].begin() as lock:
+        await lock.execute(text("LOCK TABLE mo_parts IN EXCLUSIVE MODE"))
+        await sim_smsc.inject_mo(
+            CUSTOMER[1:], SIN[1:], build_udh(0x17, 2, 1) + encode_gsm7("first half "), esm_class=0x40
+        )
+        await asyncio.sleep(0.3)  # that part's transaction now waits for the lock
+        await mo(sim_smsc, "not held up", source=other)
+        [hit] = await hits(receiver, "/mo", 1)
+        assert form(hit)["sender"] == other and form(hit)["message"] == "not held up"
+    await sim_smsc.inject_mo(
+        CUSTOMER[1:], SIN[1:], build_udh(0x17, 2, 2) + encode_gsm7("second half"), esm_class=0x40
+    )
+    hit = (await hits(receiver, "/mo", 2))[1]
+    assert form(hit)["sender"] == CUSTOMER and form(hit)["message"] == "first half second half"

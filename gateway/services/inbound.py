@@ -153,6 +153,7 @@ class InboundService:
         wake_webhooks: Callable[[], None],
         fast_path: outbox.FastPath | None = None,
         wake_esme: Callable[[Iterable[int]], None] = lambda accounts: None,
+        write_lanes: int = 1,
     ) -> None:
         self._fast_path = fast_path
         self._wake_esme = wake_esme
@@ -163,16 +164,25 @@ class InboundService:
         self._window = timedelta(seconds=reassembly_window)
         self._wake_dispatcher = wake_dispatcher
         self._wake_webhooks = wake_webhooks
-        self._committer: GroupCommitter[tuple[MoPart, str]] = GroupCommitter(self._write)
+        # Transactions of MO from different senders may run side by side (PostgreSQL: one
+        # batch waiting on the server no longer holds up every MO behind it); one sender's MO
+        # share a lane, so the parts of a long MO and opt-out keywords never race each other.
+        self._lanes: list[GroupCommitter[tuple[MoPart, str]]] = [
+            GroupCommitter(self._write) for _ in range(max(1, write_lanes))
+        ]
         self.unrouted = 0  # MO to numbers nobody subscribed to (stored, not delivered)
 
     async def receive(self, part: MoPart, connector: str = "default") -> None:
         """Returns once the part is durably stored (and, if complete, processed); `connector`:
         the SMSC connector it came over, recorded on the message (`smsc`)."""
-        await self._committer.submit((part, connector))
+        await self._lanes[self.lane_of(part.source)].submit((part, connector))
+
+    def lane_of(self, source: str) -> int:
+        """The write lane of MO from `source` (as the SMSC sent it)."""
+        return hash(source) % len(self._lanes)
 
     async def close(self) -> None:
-        await self._committer.close()
+        await asyncio.gather(*(lane.close() for lane in self._lanes))
 
     async def _write(self, parts: Sequence[tuple[MoPart, str]]) -> None:
         cache = _BatchCache()
