@@ -5,6 +5,7 @@ time, and it is never sent later."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from gateway.db.models import Message
 from gateway.keys import SESSIONS
 from gateway.services.accounts import NewCredentials
 from smpp.simulator import SimulatorConfig, SmscSimulator
-from tests.conftest import Gateway, free_port, gateway_config, start_gateway, wait_for
+from tests.conftest import Gateway, gateway_config, start_gateway, wait_for
 from tests.peers.simulator_peer import SimulatorPeer
 
 A, B = "+818012345671", "+818012345672"
@@ -128,7 +129,11 @@ async def test_what_is_not_sent_by_expire_at_fails_and_is_never_sent(
 ) -> None:
     """No SMSC to bind to until after expire_at: the recipients fail as Expired (406), and once
     an SMSC is there they are still not sent."""
-    port = free_port()
+    # The SMSC's port stays bound (not listening: connections are refused) until the simulator
+    # takes it; a port merely picked free was once taken meanwhile as another test's local port.
+    reserved = socket.socket()
+    reserved.bind(("127.0.0.1", 0))
+    port = reserved.getsockname()[1]
     gw = await start_gateway(gateway_config(clean_db, "127.0.0.1", port))
     smsc: SimulatorPeer | None = None
     try:
@@ -145,6 +150,7 @@ async def test_what_is_not_sent_by_expire_at_fails_and_is_never_sent(
         simulator = SmscSimulator(
             SimulatorConfig(port=port, dlr_delay=0.0, fail_prefix=None, summary_interval=0)
         )
+        reserved.close()
         await simulator.start()
         smsc = SimulatorPeer(simulator)
 
@@ -155,6 +161,7 @@ async def test_what_is_not_sent_by_expire_at_fails_and_is_never_sent(
         await asyncio.sleep(1)
         assert await submitted(smsc) == Counter()
     finally:
+        reserved.close()
         await gw.runner.cleanup()
         if smsc is not None:
             await smsc.stop()
