@@ -92,7 +92,7 @@ _CLAIMED_PARTS = (
     .order_by(MessagePart.id)
 )
 # Accepted by the SMSC: DELIVERING, if this node's claim still holds.
-_SUBMITTED = (
+_ACCEPTED = (
     update(_MESSAGES)
     .where(
         _MESSAGES.c.id.in_(bindparam("ids", expanding=True)),
@@ -434,7 +434,7 @@ class Dispatcher:
         tokens = sorted({o.claimed.token for o in outcomes})
         for connector, mids in by_connector.items():
             params = {"ids": mids, "tokens": tokens, "now": now, "via": connector}
-            changed.extend((await s.execute(_SUBMITTED, params)).scalars())
+            changed.extend((await s.execute(_ACCEPTED, params)).scalars())
         parts.extend(
             _part(mid, seq, smsc_id, via[mid]) for mid in changed for seq, smsc_id in accepted[mid].numbered()
         )
