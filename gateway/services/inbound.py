@@ -224,7 +224,7 @@ class InboundService:
 
     def _after_commit(self, s: AsyncSession, cache: _BatchCache) -> None:
         leased = (
-            [outbox.Job.of_row(row, cache.secrets[row["account_id"]]) for row in cache.webhooks]
+            [outbox.Job.of(row, cache.secrets[row["account_id"]]) for row in cache.webhooks]
             if self._fast_path is not None
             else []
         )

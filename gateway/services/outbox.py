@@ -67,27 +67,10 @@ class Job:
     from_table: bool = False  # claimed, not offered: later rows of its ref may wait on it
 
     @classmethod
-    def of(cls, d: WebhookDelivery, secret: str, from_table: bool = False) -> Job:
-        return cls(
-            d.id,
-            d.uid,
-            d.account_id,
-            d.receiver_host,
-            d.kind,
-            d.ref,
-            d.url,
-            d.body,
-            d.content_type,
-            secret,
-            d.attempts or 0,
-            d.created_at,
-            from_table,
-        )
-
-    @classmethod
-    def of_row(cls, row: Mapping[str, Any], secret: str) -> Job:
-        """From a row as form_row/json_row made it (and its id once inserted): no ORM object
-        to build, which cost more than the rest of handing an MO's webhook over."""
+    def of(cls, row: Mapping[Any, Any], secret: str, from_table: bool = False) -> Job:
+        """From a webhook_deliveries row: as form_row/json_row made it (with its id once
+        inserted), or as read from the table. No ORM object: building one cost more than the
+        rest of handing an MO's webhook over."""
         return cls(
             row["id"],
             row["uid"],
@@ -99,8 +82,9 @@ class Job:
             row["body"],
             row["content_type"],
             secret,
-            row["attempts"],
+            row["attempts"] or 0,
             row["created_at"],
+            from_table,
         )
 
 
@@ -184,7 +168,7 @@ async def lease_fast(session: AsyncSession, fast_path: FastPath | None) -> list[
     session.info[_COUNT] = written(session) - len(leased)
     if behind:
         fast_path.wait_behind(behind)
-    return [Job.of_row(row, secrets[row["account_id"]]) for row in leased]
+    return [Job.of(row, secrets[row["account_id"]]) for row in leased]
 
 
 async def insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> None:

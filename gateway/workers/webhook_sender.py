@@ -411,11 +411,11 @@ class WebhookSender:
                 )
                 if claimed:
                     leased = await s.execute(
-                        select(WebhookDelivery, Account.webhook_secret)
-                        .join(Account, Account.id == WebhookDelivery.account_id)
-                        .where(WebhookDelivery.claimed_by == token, WebhookDelivery.status == "PENDING")
+                        select(_OUTBOX, Account.webhook_secret)
+                        .join(Account, Account.id == _OUTBOX.c.account_id)
+                        .where(_OUTBOX.c.claimed_by == token, _OUTBOX.c.status == "PENDING")
                     )
-                    jobs = [Job.of(d, secret, from_table=True) for d, secret in leased]
+                    jobs = [Job.of(row._mapping, row.webhook_secret, from_table=True) for row in leased]
         except BaseException:
             for host, account_id in taken:
                 self._share.give_back(host, account_id)
