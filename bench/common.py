@@ -59,6 +59,13 @@ def cpu_seconds(pids: list[int], tree: bool = True) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU time so far of the whole machine, all cores, spent on anything but idling."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid: int) -> float:
     """VmHWM: the process's peak resident set size so far."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

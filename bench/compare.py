@@ -42,7 +42,16 @@ import aiohttp
 from aiohttp import web
 
 from bench import kannel as kannel_box
-from bench.common import PG_ADMIN, ROOT, cpu_seconds, create_database, free_port, percentile, process_tree
+from bench.common import (
+    PG_ADMIN,
+    ROOT,
+    cpu_seconds,
+    create_database,
+    free_port,
+    machine_busy_seconds,
+    percentile,
+    process_tree,
+)
 from bench.http_load import SENDER
 from tests.peers.node_smsc import NodeSmsc
 
@@ -415,7 +424,7 @@ async def run_one(
         seen = receiver.seen = Seen()
         before = int((await smsc.stats())["submits"])
         cpu0, db0 = cpu_seconds(system.pids()), await system.db_cpu_seconds()
-        rx0 = cpu_seconds([os.getpid()], tree=False)
+        rx0, busy0 = cpu_seconds([os.getpid()], tree=False), machine_busy_seconds()
         result = await load(system, args.n, args.concurrency, 0)
         figures.update(accepted=result["accepted_per_s"], api_p50=result["p50_ms"], api_p99=result["p99_ms"])
 
@@ -426,11 +435,16 @@ async def run_one(
         figures["e2e"] = args.n / ((await smsc.stats())["last_submit_at"] / 1000 - result["first_request_at"])
         complete = await wait_count("final DLR callbacks", lambda: len(seen.final_dlrs), args.n, args)
         cpu1, db1 = cpu_seconds(system.pids()), await system.db_cpu_seconds()
-        rx1 = cpu_seconds([os.getpid()], tree=False)
+        rx1, busy1 = cpu_seconds([os.getpid()], tree=False), machine_busy_seconds()
         arrivals = sorted(seen.final_dlrs.values())
         if len(arrivals) > 1:
             figures["dlr"] = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
-            figures["receiver_cpu"] = (rx1 - rx0) / (arrivals[-1] - result["first_request_at"])
+            span = arrivals[-1] - result["first_request_at"]
+            figures["receiver_cpu"] = (rx1 - rx0) / span
+            # Taken after the wait that follows the last callback, so slightly low; near the
+            # machine's core count, the machine, not the system under test, set the pace.
+            figures["machine_cpu"] = (busy1 - busy0) / span
+            figures["system_cpu"] = (cpu1 - cpu0) / span
         if complete:
             figures["cpu_ms"] = (cpu1 - cpu0) * 1000 / args.n
             if db0 is not None and db1 is not None:
@@ -487,12 +501,14 @@ FIGURES = [
     # The share of a core the benchmark's own receiver (this process) used during SMS out: near
     # 1.0 it, not the system, would be what limits the DLR figure.
     ("receiver_cpu", "benchmark receiver's CPU during SMS out, cores", "{:,.2f}"),
+    ("system_cpu", "the system's own CPU during SMS out, cores", "{:,.2f}"),
+    ("machine_cpu", "whole machine busy during SMS out, cores (all processes)", "{:,.2f}"),
     ("mo_missing", "MO webhooks missing when the wait ended, per failed run", "{:,.0f}"),
     ("dlr_missing", "final DLR callbacks missing when the wait ended, per failed run", "{:,.0f}"),
     ("failed", "runs that did not finish (see the log above)", "{:,.0f}"),
 ]
 COUNTS = {"mo_missing", "dlr_missing", "failed"}
-NO_RATIO = {*COUNTS, "db_cpu_ms", "receiver_cpu"}
+NO_RATIO = {*COUNTS, "db_cpu_ms", "receiver_cpu", "system_cpu", "machine_cpu"}
 
 TITLES = {"ours-sqlite": "ours SQLite", "ours-postgresql": "ours PostgreSQL", "kannel": "Kannel"}
 
