@@ -19,6 +19,7 @@ import logging
 import logging.handlers
 import queue
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
@@ -145,7 +146,7 @@ class JsonFormatter(logging.Formatter):
         return _escape_controls(json.dumps(out, ensure_ascii=False))
 
 
-def make_handler(fmt: str, stream: TextIO | None = None) -> logging.Handler:
+def make_handler(fmt: str, stream: TextIO | None = None) -> logging.StreamHandler[TextIO]:
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -161,18 +162,21 @@ class _Enqueue(logging.handlers.QueueHandler):
     """Hands records to a writer thread, so whoever logs (the event loop) never waits on the
     output (a full pipe, a stalled journald or docker log driver) nor spends its time formatting.
     When the writer falls QUEUE_RECORDS behind, records are dropped and counted, and the writer
-    says how many before the next line it writes: a stalled log must not stall calls and SMS."""
+    says how many before the next line it writes: a stalled log must not stall calls and SMS.
 
-    def __init__(self, target: logging.Handler) -> None:
-        super().__init__(queue.Queue(QUEUE_RECORDS))
+    The writer wakes for a record, waits _LINGER for more, and writes all that queued up with one
+    write and one flush: a thread wake-up and a system call per line cost more than formatting
+    it, at three lines per message and thousands of messages a second."""
+
+    def __init__(self, target: logging.StreamHandler[TextIO]) -> None:
+        self._pending: queue.Queue[logging.LogRecord | None] = queue.Queue(QUEUE_RECORDS)
+        super().__init__(self._pending)
         self.dropped = 0
         self._reported = 0
         self._closed = False
         self._target = target
-        self.listener = logging.handlers.QueueListener(
-            self.queue, _Reporting(self), respect_handler_level=True
-        )
-        self.listener.start()
+        self._writer = threading.Thread(target=self._write_loop, name="log-writer", daemon=True)
+        self._writer.start()
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         # What could change once the caller goes on: the bound context and the message's args.
@@ -187,39 +191,63 @@ class _Enqueue(logging.handlers.QueueHandler):
         except queue.Full:
             self.dropped += 1
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.listener.stop()  # writes what is queued
-        super().close()
+    def _write_loop(self) -> None:
+        pending = self._pending
+        while True:
+            batch = [pending.get()]
+            # The lines of the next moments join this one: each wake-up of this thread takes the
+            # GIL from the event loop, and one per line cost the loop more than the lines did.
+            if batch[0] is not None:
+                time.sleep(_LINGER)
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < _BATCH:
+                    batch.append(pending.get_nowait())
+            stop = None in batch
+            self._write([r for r in batch if r is not None])
+            for _ in batch:
+                pending.task_done()
+            if stop:
+                return
 
-
-class _Reporting(logging.Handler):
-    """The writer thread's side of _Enqueue: the real handler, after a line on any records dropped."""
-
-    def __init__(self, owner: _Enqueue) -> None:
-        super().__init__()
-        self._owner = owner
-
-    def handle(self, record: logging.LogRecord) -> bool:
-        owner = self._owner
-        dropped = owner.dropped
-        if dropped > owner._reported:
+    def _write(self, records: list[logging.LogRecord]) -> None:
+        target = self._target
+        lines = []
+        if self.dropped > self._reported:
             note = logging.LogRecord(
                 "gateway.logs",
                 logging.WARNING,
                 __file__,
                 0,
                 "%d log records dropped: the log output did not keep up",
-                (dropped - owner._reported,),
+                (self.dropped - self._reported,),
                 None,
             )
-            owner._reported = dropped
-            owner._target.handle(note)
-        return owner._target.handle(record)
+            self._reported = self.dropped
+            records.insert(0, note)
+        for record in records:
+            if record.levelno >= target.level and target.filter(record):
+                try:
+                    lines.append(target.format(record) + target.terminator)
+                except Exception:
+                    target.handleError(record)
+        if not lines:
+            return
+        try:
+            target.stream.write("".join(lines))
+            target.flush()
+        except Exception:
+            target.handleError(records[-1])
 
-    def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - handle() is used
-        self._owner._target.emit(record)
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._pending.put(None)  # writes what is queued before it, then the thread ends
+            self._writer.join()
+        super().close()
+
+
+_BATCH = 2048  # records written together at most
+_LINGER = 0.01  # seconds the writer waits after a record for more to write with it
 
 
 def configure(fmt: str, level: str, stream: TextIO | None = None, *, threaded: bool = True) -> None:
@@ -230,7 +258,12 @@ def configure(fmt: str, level: str, stream: TextIO | None = None, *, threaded: b
     if not isinstance(numeric, int):
         raise ValueError(f"log level must be one of DEBUG, INFO, WARNING, ERROR, not {level!r}")
     direct = make_handler(fmt, stream)
-    handler = _Enqueue(direct) if threaded else direct
+    handler: logging.Handler = _Enqueue(direct) if threaded else direct
+    # Where each call was made from (a walk up the stack) and the thread's and process's names:
+    # no format here prints them, and each record computed them in the caller (the logging
+    # HOWTO's "Optimization" lists these switches).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
