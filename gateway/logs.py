@@ -247,7 +247,7 @@ class _Enqueue(logging.handlers.QueueHandler):
 
 
 _BATCH = 2048  # records written together at most
-_LINGER = 0.01  # seconds the writer waits after a record for more to write with it
+_LINGER = 0.1  # seconds the writer waits after a record for more to write with it
 
 
 def configure(fmt: str, level: str, stream: TextIO | None = None, *, threaded: bool = True) -> None:
