@@ -23,6 +23,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Row, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.db.in_list import in_list
+
 
 async def claim(
     s: AsyncSession,
@@ -36,11 +38,20 @@ async def claim(
     order_by: tuple[Any, ...],
     extra: tuple[ColumnElement[bool], ...] = (),
     values: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> int:
     """Stamp up to `limit` due rows of `model` with `token`; returns how many. Select them by
-    `claimed_by == token` in the same transaction."""
+    `claimed_by == token` in the same transaction. `params`: values of the lists `extra` binds
+    by name (in_list)."""
     rows = await due(
-        s, model, ready_status=ready_status, now=now, limit=limit, order_by=order_by, extra=extra
+        s,
+        model,
+        ready_status=ready_status,
+        now=now,
+        limit=limit,
+        order_by=order_by,
+        extra=extra,
+        params=params,
     )
     return await stamp(
         s,
@@ -68,6 +79,7 @@ async def due(
     order_by: tuple[Any, ...],
     extra: tuple[ColumnElement[bool], ...] = (),
     columns: tuple[Any, ...] = (),
+    params: Mapping[str, Any] | None = None,
 ) -> list[Row[Any]]:
     """Statement 1 of a claim: up to `limit` due rows, (id, *columns), locked FOR UPDATE SKIP
     LOCKED; a caller choosing among them itself then stamps the ids it keeps."""
@@ -76,7 +88,8 @@ async def due(
         .where(model.status == ready_status, model.next_attempt_at <= now, _unleased(model, now), *extra)
         .order_by(*order_by)
         .limit(limit)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True),
+        params,
     )
     return list(result.all())
 
@@ -97,8 +110,9 @@ async def stamp(
         return 0
     res = await s.execute(
         update(model)
-        .where(model.id.in_(ids), model.status == ready_status, _unleased(model, now))
+        .where(in_list(model.id, "lease_ids"), model.status == ready_status, _unleased(model, now))
         .values(claimed_until=lease_until, claimed_by=token, **(values or {}))
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
+        {"lease_ids": ids},
     )
     return int(res.rowcount)  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.db.in_list import in_list
 from gateway.db.models import Batch, Message, MessagePart, OptOut
 from gateway.services import batch_reports, outbox, senders, sinch
 from gateway.services.errors import ApiError, FieldErrors, not_found
@@ -472,7 +473,7 @@ _BATCH_SENDS = (
     .join(Batch, Batch.id == Message.batch_id)
     .where(
         Message.batch_id.is_not(None),
-        Message.recipient.in_(bindparam("recipients", expanding=True)),
+        in_list(Message.recipient, "recipients"),
         Message.created_at >= bindparam("since"),
     )
     .order_by(Message.created_at, Message.id)

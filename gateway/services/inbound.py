@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import ColumnElement, Table, delete, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.group_commit import GroupCommitter
+from gateway.db.in_list import in_list
 from gateway.db.models import (
     Account,
     AutoReplyRule,
@@ -66,7 +67,7 @@ _SIN_OWNERS = (
         exists().where(Batch.account_id == NumberSubscription.account_id),
     )
     .join(Account, Account.id == NumberSubscription.account_id)
-    .where(Number.number.in_(bindparam("numbers", expanding=True)))
+    .where(in_list(Number.number, "numbers"))
 )
 
 

@@ -16,9 +16,10 @@ from functools import lru_cache
 from typing import Any, Protocol, cast
 from urllib.parse import urlencode, urlsplit
 
-from sqlalchemy import Table, bindparam, insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.db.in_list import in_list
 from gateway.db.models import Account, WebhookDelivery, utcnow
 
 _COUNT = "outbox_rows"
@@ -41,11 +42,9 @@ MAX_HOST_KEY = 255
 _TABLE = cast(Table, WebhookDelivery.__table__)
 _INSERT_IDS = insert(_TABLE).returning(_TABLE.c.uid, _TABLE.c.id)
 _PENDING_REFS = select(_TABLE.c.ref, _TABLE.c.url).where(
-    _TABLE.c.status == "PENDING", _TABLE.c.ref.in_(bindparam("refs", expanding=True))
+    _TABLE.c.status == "PENDING", in_list(_TABLE.c.ref, "refs")
 )
-_SECRETS = select(Account.id, Account.webhook_secret).where(
-    Account.id.in_(bindparam("accounts", expanding=True))
-)
+_SECRETS = select(Account.id, Account.webhook_secret).where(in_list(Account.id, "accounts"))
 
 
 @dataclass(frozen=True)

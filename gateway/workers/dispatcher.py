@@ -49,6 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import leases
 from gateway.db.availability import DbOutage
+from gateway.db.in_list import in_list, not_in_list
 from gateway.db.models import Account, Batch, Message, MessagePart
 from gateway.logs import log_context
 from gateway.routing.rules import Routed, RouteTable, default_table
@@ -95,9 +96,9 @@ _CLAIMED_PARTS = (
 _ACCEPTED = (
     update(_MESSAGES)
     .where(
-        _MESSAGES.c.id.in_(bindparam("ids", expanding=True)),
+        in_list(_MESSAGES.c.id, "ids"),
         _MESSAGES.c.status == "QUEUED",
-        _MESSAGES.c.claimed_by.in_(bindparam("tokens", expanding=True)),
+        in_list(_MESSAGES.c.claimed_by, "tokens"),
     )
     .values(status="DELIVERING", sent_time=bindparam("now"), claimed_until=None, smsc=bindparam("via"))
     .returning(_MESSAGES.c.id)
@@ -291,11 +292,12 @@ class Dispatcher:
                 # A disabled account's queued messages wait, unsent, until it is enabled again.
                 extra=(
                     Message.account_id.not_in(select(Account.id).where(Account.disabled.is_(True))),
-                    Message.id.not_in(list(self._in_flight)),
+                    not_in_list(Message.id, "in_flight"),
                     # A batch message past its expire_at is the batch sweep's to fail, not to send.
                     or_(Message.expire_at.is_(None), Message.expire_at > now),
                 ),
                 values={"attempts": Message.attempts + 1},
+                params={"in_flight": list(self._in_flight)},
             )
             if not claimed:
                 return []

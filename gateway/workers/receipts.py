@@ -19,6 +19,7 @@ from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.group_commit import GroupCommitter
+from gateway.db.in_list import in_list
 from gateway.db.models import Message, MessagePart, OrphanReceipt
 from gateway.services import outbox
 from gateway.workers.observer import NullObserver, Observer
@@ -36,23 +37,28 @@ _SETTLED = "settled_messages"
 _PARTS = cast(Table, MessagePart.__table__)
 _MESSAGES = cast(Table, Message.__table__)
 _SUBMITTED = select(_PARTS.c.connector, _PARTS.c.smsc_id, _PARTS.c.id, _PARTS.c.message_id).where(
-    _PARTS.c.smsc_id.in_(bindparam("smsc_ids", expanding=True)),
+    in_list(_PARTS.c.smsc_id, "smsc_ids"),
     _PARTS.c.state == "SUBMITTED",
-    _PARTS.c.connector.in_(bindparam("connectors", expanding=True)),
+    in_list(_PARTS.c.connector, "connectors"),
 )
 _RECEIPTED = (
     update(_PARTS)
-    .where(_PARTS.c.id.in_(bindparam("ids", expanding=True)), _PARTS.c.state == "SUBMITTED")
+    .where(in_list(_PARTS.c.id, "ids"), _PARTS.c.state == "SUBMITTED")
     .values(state=bindparam("new_state"), stat=bindparam("new_stat"), err=bindparam("new_err"))
 )
-_PART_STATES = select(_PARTS.c.message_id, _PARTS.c.state).where(
-    _PARTS.c.message_id.in_(bindparam("ids", expanding=True))
+_PART_STATES = select(_PARTS.c.message_id, _PARTS.c.state).where(in_list(_PARTS.c.message_id, "ids"))
+_ORPHANS_OF = select(OrphanReceipt).where(
+    in_list(OrphanReceipt.smsc_id, "smsc_ids"), in_list(OrphanReceipt.connector, "connectors")
+)
+# The session's orphan objects are not used after the delete: no synchronize pass over them.
+_ADOPTED = (
+    delete(OrphanReceipt).where(in_list(OrphanReceipt.id, "ids")).execution_options(synchronize_session=False)
 )
 # Core, not the ORM's UPDATE: objects of these messages the session holds keep their old status
 # until REPORTED_MESSAGES reads them again.
 _SETTLE = (
     update(_MESSAGES)
-    .where(_MESSAGES.c.id.in_(bindparam("ids", expanding=True)), _MESSAGES.c.status == "DELIVERING")
+    .where(in_list(_MESSAGES.c.id, "ids"), _MESSAGES.c.status == "DELIVERING")
     .values(status=bindparam("final"), done_at=bindparam("now"))
     .returning(_MESSAGES.c.id, _MESSAGES.c.msgid, _MESSAGES.c.sent_time)
 )
@@ -203,10 +209,7 @@ class ReceiptApplier:
         # Orphans keep the receipt's own id form; the hex/decimal relation is symmetric.
         wanted = set().union(*(candidate_ids(i) for _, i in parts))
         connectors = sorted({c for c, _ in parts})
-        query = select(OrphanReceipt).where(
-            OrphanReceipt.smsc_id.in_(sorted(wanted)), OrphanReceipt.connector.in_(connectors)
-        )
-        await self._adopt(s, query, now)
+        await self._adopt(s, _ORPHANS_OF, now, {"smsc_ids": sorted(wanted), "connectors": connectors})
 
     async def sweep(self) -> None:
         """Match orphans whose parts were committed concurrently with them; forget very old ones.
@@ -223,14 +226,16 @@ class ReceiptApplier:
             leased = await outbox.lease_fast(s, self._fast_path)
         self._committed(s, leased)
 
-    async def _adopt(self, s: AsyncSession, query: Any, now: datetime) -> None:
+    async def _adopt(
+        self, s: AsyncSession, query: Any, now: datetime, params: dict[str, Any] | None = None
+    ) -> None:
         orphans = [
             _Pending(o.connector, o.smsc_id, o.state, o.stat, o.err, o.id)
-            for o in (await s.execute(query)).scalars()
+            for o in (await s.execute(query, params)).scalars()
         ]
         if not orphans:
             return
         unmatched = {p.orphan_id for p in await self._apply(s, orphans, now)}
         adopted = [p.orphan_id for p in orphans if p.orphan_id not in unmatched]
         if adopted:
-            await s.execute(delete(OrphanReceipt).where(OrphanReceipt.id.in_(adopted)))
+            await s.execute(_ADOPTED, {"ids": adopted})

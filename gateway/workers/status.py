@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, bindparam, or_, select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.db.in_list import in_list
 from gateway.db.models import EsmeOutbox, Message, TrackedLink
 from gateway.services import batch_reports, outbox, sinch
 from gateway.services.views import message_json
@@ -25,9 +26,7 @@ REPORTED: ColumnElement[bool] = or_(Message.callbackurl.is_not(None), Message.es
 # when the session holds them already (populate_existing), as the UPDATEs that changed their
 # status leave the session's objects as they were.
 REPORTED_MESSAGES = (
-    select(Message)
-    .where(Message.id.in_(bindparam("ids", expanding=True)), REPORTED)
-    .execution_options(populate_existing=True)
+    select(Message).where(in_list(Message.id, "ids"), REPORTED).execution_options(populate_existing=True)
 )
 
 
