@@ -59,6 +59,13 @@ def cpu_seconds(pids: list[int], tree: bool = True) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def parent_pid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise ValueError(f"no PPid for {pid}")
+
+
 def machine_busy_seconds() -> float:
     """CPU time so far of the whole machine, all cores, spent on anything but idling."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
