@@ -275,11 +275,11 @@ class Ours:
         # alone undercounted, and went negative when a busy one closed during the run. Nothing
         # else uses this PostgreSQL during a run.
         conn = await asyncpg.connect(PG_ADMIN)
-        try:
-            backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+        try:  # read while this backend is alive
+            postmaster = parent_pid(int(await conn.fetchval("SELECT pg_backend_pid()")))
         finally:
             await conn.close()
-        return cpu_seconds([parent_pid(backend)])
+        return cpu_seconds([postmaster])
 
     def log_tail(self) -> str:
         path = self.work / "gateway.log"
