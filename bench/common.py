@@ -73,6 +73,14 @@ def machine_busy_seconds() -> float:
     return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mib(pid: int) -> float:
+    """VmRSS: the process's resident set size now."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def peak_rss_mib(pid: int) -> float:
     """VmHWM: the process's peak resident set size so far."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -35,6 +35,7 @@ from bench.common import (
     free_port,
     peak_rss_mib,
     percentile,
+    rss_mib,
     start_process,
     stop_process,
 )
@@ -54,6 +55,12 @@ async def main() -> None:
     ap.add_argument("--log-format", choices=["text", "json"], default="text")
     ap.add_argument(
         "--callbacks", action="store_true", help="a callbackurl on each message (receiver: this process)"
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="send the N messages this many times into the same gateway, printing its RSS after each",
     )
     args = ap.parse_args()
 
@@ -97,7 +104,7 @@ async def main() -> None:
         async def hook(request: web.Request) -> web.Response:
             await request.read()
             received[0] += 1
-            if received[0] >= 2 * (50 + args.messages):  # DELIVERING and DELIVERED, warm-up included
+            if received[0] >= 2 * (50 + args.rounds * args.messages):  # DELIVERING, DELIVERED; warm-up
                 all_received.set()
             return web.Response()
 
@@ -125,8 +132,6 @@ async def main() -> None:
             await _wait_count(engine, 50)
             latencies: list[float] = []
             queue: asyncio.Queue[int] = asyncio.Queue()
-            for i in range(args.messages):
-                queue.put_nowait(i)
 
             async def worker() -> None:
                 while not queue.empty():
@@ -137,25 +142,36 @@ async def main() -> None:
 
             cpu0 = cpu_seconds([gw.pid])
             start = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-            accepted_s = time.perf_counter() - start
-            await _wait_count(engine, 50 + args.messages)
+            for n in range(1, args.rounds + 1):
+                for i in range(args.messages):
+                    queue.put_nowait(i)
+                began = time.perf_counter()
+                await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+                accepted_s = time.perf_counter() - began
+                await _wait_count(engine, 50 + n * args.messages)
+                if args.rounds > 1:
+                    # Memory the gateway holds on to after each round: a cache fills up and stops,
+                    # a leak keeps growing.
+                    print(
+                        f"round {n:<3}          {args.messages / (time.perf_counter() - began):,.0f} msg/s, "
+                        f"RSS {rss_mib(gw.pid):.0f} MiB now, {peak_rss_mib(gw.pid):.0f} MiB peak",
+                        flush=True,
+                    )
             e2e_s = time.perf_counter() - start
+            sent = args.rounds * args.messages
             if args.callbacks:
                 await all_received.wait()
             cb_s = time.perf_counter() - start
-            cpu_ms = (cpu_seconds([gw.pid]) - cpu0) * 1000 / args.messages
+            cpu_ms = (cpu_seconds([gw.pid]) - cpu0) * 1000 / sent
             await engine.dispose()
         rss = peak_rss_mib(gw.pid)
         drain.cancel()
         cap = f"{args.bind_rate:g}/s per bind" if args.bind_rate else "no cap"
         print(f"engine            {args.db}, window {args.window}, concurrency {args.concurrency}")
         print(f"binds             {args.binds} (SMSC: {cap})")
-        print(f"messages          {args.messages}")
-        print(f"accepted/s        {args.messages / accepted_s:,.0f}")
-        print(
-            f"end-to-end msg/s  {args.messages / e2e_s:,.0f}   (first POST to last DELIVERED: {e2e_s:.2f} s)"
-        )
+        print(f"messages          {args.messages}" + (f" x {args.rounds} rounds" if args.rounds > 1 else ""))
+        print(f"accepted/s        {args.messages / accepted_s:,.0f}   (the last round)")
+        print(f"end-to-end msg/s  {sent / e2e_s:,.0f}   (first POST to last DELIVERED: {e2e_s:.2f} s)")
         if args.callbacks:
             print(f"callbacks done    {cb_s:.2f} s after the first POST (2 per message)")
         print(f"API latency p50   {percentile(latencies, 50) * 1000:.1f} ms")
@@ -208,7 +224,7 @@ async def _wait_count(engine: AsyncEngine, n: int) -> None:
         async with engine.connect() as conn:
             done = (
                 await conn.execute(text("SELECT count(*) FROM messages WHERE status = 'DELIVERED'"))
-            ).scalar()
+            ).scalar_one()
         if done >= n:
             return
         await asyncio.sleep(0.05)
