@@ -14,7 +14,9 @@ from gateway.db.models import Number
 from tests.conftest import ENGINES
 from tests.procs import fresh_database
 
-NUMBERS = [f"+8131234{i:04d}" for i in range(8)]
+NUMBERS = [f"+8131234{i:04d}" for i in range(7)] + [
+    "+8131234567890123456"
+]  # the last: 20, the column's length
 BY_NUMBER = select(Number.number).where(in_list(Number.number, "numbers")).order_by(Number.number)
 OTHERS = select(Number.number).where(not_in_list(Number.number, "numbers")).order_by(Number.number)
 
@@ -44,7 +46,17 @@ async def test_in_list_selects_and_updates_like_in_with_one_statement_on_postgre
                     ],
                 )
                 sent.clear()
-                for wanted in (NUMBERS[:1], NUMBERS[2:5], NUMBERS[::2], [], ["+810000", NUMBERS[7]]):
+                # A value longer than the column matches nothing (a cast to VARCHAR(20) would cut
+                # it to the 20-character number it starts with).
+                longer = NUMBERS[7] + "7"
+                for wanted in (
+                    NUMBERS[:1],
+                    NUMBERS[2:5],
+                    NUMBERS[::2],
+                    [],
+                    ["+810000", NUMBERS[6]],
+                    [longer],
+                ):
                     got = (await conn.execute(BY_NUMBER, {"numbers": wanted})).scalars().all()
                     assert got == sorted(n for n in wanted if n in NUMBERS)
                     others = (await conn.execute(OTHERS, {"numbers": wanted})).scalars().all()
@@ -59,11 +71,11 @@ async def test_in_list_selects_and_updates_like_in_with_one_statement_on_postgre
         finally:
             await engine.dispose()
     selects = {s for s in sent if s.startswith("SELECT numbers.number") and "numbers.sms" not in s}
-    if engine_name == "postgresql":  # five lengths, one text for each construct
+    if engine_name == "postgresql":  # six lists, one text for each construct
         assert sorted(x.split("WHERE ")[1].split(" ORDER")[0] for x in selects) == [
-            "numbers.number <> ALL($1::VARCHAR(20)[])",
-            "numbers.number = ANY($1::VARCHAR(20)[])",
+            "numbers.number <> ALL($1::VARCHAR[])",
+            "numbers.number = ANY($1::VARCHAR[])",
         ]
     else:  # an expanding IN / NOT IN per length (the empty one included)
-        assert len(selects) == 10, selects
+        assert len(selects) == 10, selects  # five lengths among the six lists, for each construct
         assert all(" = 1" not in s for s in selects), selects

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Boolean, bindparam
+from sqlalchemy import Boolean, String, bindparam
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
@@ -57,6 +57,11 @@ def _expanding(element: InList, compiler: Any, **kw: Any) -> str:
 
 @compiles(InList, "postgresql")
 def _any_array(element: InList, compiler: Any, **kw: Any) -> str:
-    array = compiler.process(bindparam(element.name, type_=ARRAY(element.column.type)), **kw)
+    item = element.column.type
+    if isinstance(item, String):
+        # Without the column's length: a cast to VARCHAR(n)[] cuts longer values to n characters,
+        # and a value longer than the column would then match the one it starts with.
+        item = String()
+    array = compiler.process(bindparam(element.name, type_=ARRAY(item)), **kw)
     column = compiler.process(element.column, **kw)
     return f"{column} <> ALL({array})" if element.negate else f"{column} = ANY({array})"
