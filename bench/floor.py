@@ -98,15 +98,10 @@ async def floor(port: int, callback: str, ready: str) -> None:
     app = web.Application()
     app.router.add_post("/sms/messages/", send)
     app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    print(ready, flush=True)
     try:
-        await asyncio.Event().wait()
+        await serve(app, port, ready)
     finally:
         await http.close()
-        await runner.cleanup()
 
 
 async def receiver(port: int, ready: str) -> None:
@@ -124,11 +119,19 @@ async def receiver(port: int, ready: str) -> None:
     app = web.Application()
     app.router.add_post("/cb", hit)
     app.router.add_get("/count", seen)
+    await serve(app, port, ready)
+
+
+async def serve(app: web.Application, port: int, ready: str) -> None:
+    """Serve `app` on 127.0.0.1:port, say `ready` on stdout, and run until killed."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     print(ready, flush=True)
-    await asyncio.Event().wait()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
 
 
 async def spawn(*args: str) -> asyncio.subprocess.Process:

@@ -7,6 +7,8 @@ import asyncio
 import io
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -288,6 +290,17 @@ async def test_caller_text_cannot_split_a_gateway_process_log_line(
         assert any("MO S\\u0085\\u001c\\u001d\\u001e\\u000b\\fT -> +81399999999" in x for x in lines)
 
 
+def _run_script(script: str) -> subprocess.CompletedProcess[str]:
+    """`script` in a Python process of its own (logs.configure changes the process's logging)."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+
+
 STALLED_LOG_SCRIPT = r"""
 import os, sys, time
 from gateway import logs
@@ -320,17 +333,8 @@ os._exit(0)
 def test_a_stalled_log_output_never_blocks_the_caller(tmp_path: Path) -> None:
     """Whoever logs (the event loop) goes on when nobody reads the log: the lines the output cannot
     take are dropped and counted, and the count is written once it drains."""
-    import subprocess
-    import sys
-
     try:
-        out = subprocess.run(
-            [sys.executable, "-c", STALLED_LOG_SCRIPT],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=Path(__file__).resolve().parents[1],
-        )
+        out = _run_script(STALLED_LOG_SCRIPT)
     except subprocess.TimeoutExpired:
         pytest.fail("logging blocked on an output nobody reads")
     lines = out.stdout.splitlines()
@@ -365,16 +369,7 @@ def test_the_log_writer_writes_lines_that_queued_together_at_once() -> None:
     """200 lines logged in a burst reach the output whole and in order, in a few writes: one
     write (and one wake-up of the writer thread) per line cost the event loop more than the
     lines themselves at three lines per message."""
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-c", BATCHED_LOG_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parents[1],
-    )
+    out = _run_script(BATCHED_LOG_SCRIPT)
     count, writes, first, last = out.stdout.strip().split("|")
     assert (int(count), first, last) == (200, "line 0 msgid=m0", "line 199 msgid=m199"), out.stderr
     assert int(writes) <= 20, writes
