@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import random
 import socket
 import tempfile
 import uuid
@@ -222,7 +223,30 @@ async def serve_app(app: web.Application) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PICK = random.SystemRandom()  # not the seeded `random`: every xdist worker would pick alike
+
+
 def free_port() -> int:
+    """A loopback port free now, for a process started later to listen on. Picked below the
+    kernel's ephemeral range: a port from bind(0) is one that outgoing connections take their
+    local ports from too, and with the suite's thousands of connections one took it, now and
+    then, before the gateway it was meant for had started and bound it (which then failed)."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _PICK.randrange(10_000, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -15,6 +15,7 @@ import sysconfig
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.conftest import ROOT, basic, free_port, wait_for
 
@@ -81,7 +82,10 @@ async def test_installed_wheel_migrates_and_runs_from_any_directory(tmp_path: Pa
         printed = ""
         while "Demo account token:" not in printed:
             line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-            assert line, "gateway run exited early"
+            if not line:
+                assert proc.stderr is not None
+                err = (await proc.stderr.read()).decode(errors="replace")
+                pytest.fail(f"gateway run exited early:\n{printed}{err[-3000:]}")
             printed += line
         assert f"Data directory:     {work / 'var'}\n" in printed
         demo = json.loads(await asyncio.to_thread((work / "var" / "demo-account.json").read_text))
