@@ -59,11 +59,19 @@ def cpu_seconds(pids: list[int], tree: bool = True) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def parent_pid(pid: int) -> int:
+def _status_field(pid: int, name: str) -> int | None:
+    """The first number of a field of /proc/<pid>/status (PPid, VmRSS in kB...)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("PPid:"):
+        if line.startswith(f"{name}:"):
             return int(line.split()[1])
-    raise ValueError(f"no PPid for {pid}")
+    return None
+
+
+def parent_pid(pid: int) -> int:
+    ppid = _status_field(pid, "PPid")
+    if ppid is None:
+        raise ValueError(f"no PPid for {pid}")
+    return ppid
 
 
 def machine_busy_seconds() -> float:
@@ -75,18 +83,14 @@ def machine_busy_seconds() -> float:
 
 def rss_mib(pid: int) -> float:
     """VmRSS: the process's resident set size now."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    kib = _status_field(pid, "VmRSS")
+    return float("nan") if kib is None else kib / 1024
 
 
 def peak_rss_mib(pid: int) -> float:
     """VmHWM: the process's peak resident set size so far."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    kib = _status_field(pid, "VmHWM")
+    return float("nan") if kib is None else kib / 1024
 
 
 async def start_process(

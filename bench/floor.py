@@ -29,7 +29,7 @@ import uuid
 import aiohttp
 from aiohttp import web
 
-from bench.common import ROOT, cpu_seconds, free_port
+from bench.common import ROOT, cpu_seconds, free_port, start_process, stop_process
 from smpp.client_wire import (
     SequenceGenerator,
     decode_receipt,
@@ -134,22 +134,13 @@ async def serve(app: web.Application, port: int, ready: str) -> None:
         await runner.cleanup()
 
 
-async def spawn(*args: str) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.floor", *args,
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=str(ROOT), stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    await proc.stdout.readline()
-    return proc
-
-
 async def measure(n: int, concurrency: int) -> None:
     rx_port, floor_port = free_port(), free_port()
-    rx = await spawn("--role", "receiver", "--port", str(rx_port))
-    fl = await spawn(
-        "--role", "floor", "--port", str(floor_port), "--callback", f"http://127.0.0.1:{rx_port}/cb"
-    )
+    rx = await start_process("-m", "bench.floor", "--role", "receiver", "--port", str(rx_port), ready="ready")
+    fl = await start_process(
+        "-m", "bench.floor", "--role", "floor", "--port", str(floor_port),
+        "--callback", f"http://127.0.0.1:{rx_port}/cb", ready="ready",
+    )  # fmt: skip
     try:
         cpu0 = cpu_seconds([fl.pid], tree=False)
         load = await asyncio.create_subprocess_exec(
@@ -170,8 +161,7 @@ async def measure(n: int, concurrency: int) -> None:
         cpu1 = cpu_seconds([fl.pid], tree=False)
     finally:
         for proc in (fl, rx):
-            proc.kill()
-            await proc.wait()
+            await stop_process(proc)
     print(f"messages            {n:,} at concurrency {concurrency}")
     print(f"API accepted/s      {result['accepted_per_s']:,.0f}")
     e2e = n / (done - result["first_request_at"])
