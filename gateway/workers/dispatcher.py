@@ -412,7 +412,8 @@ class Dispatcher:
         retry = {o.claimed.id: o.partial for o in outcomes if o.result is None and o.rejected is None}
         via = {o.claimed.id: o.connector for o in outcomes if o.connector is not None}
         resumed = {o.claimed.id for o in outcomes if o.claimed.done_parts}
-        mine = (Message.status == "QUEUED", Message.claimed_by.in_({o.claimed.token for o in outcomes}))
+        tokens = sorted({o.claimed.token for o in outcomes})
+        mine = (Message.status == "QUEUED", Message.claimed_by.in_(tokens))
         parts: list[dict[str, object]] = []
         if retry:
             requeued = (
@@ -433,7 +434,6 @@ class Dispatcher:
         by_connector: dict[str, list[int]] = {}
         for mid in accepted:
             by_connector.setdefault(via[mid], []).append(mid)
-        tokens = sorted({o.claimed.token for o in outcomes})
         for connector, mids in by_connector.items():
             params = {"ids": mids, "tokens": tokens, "now": now, "via": connector}
             changed.extend((await s.execute(_ACCEPTED, params)).scalars())
