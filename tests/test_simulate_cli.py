@@ -51,22 +51,15 @@ class Demo:
 
 @pytest_asyncio.fixture
 async def demo(engine: str, tmp_path: Path) -> AsyncIterator[Demo]:
+    control_port = free_port()
     async with fresh_database(engine, tmp_path) as db_url, gateway_processes(tmp_path) as procs:
-        # A port picked free can be taken (by another worker's outgoing connection) before the
-        # gateway binds it; the gateway then runs on with a warning and no control port, which
-        # is its documented behaviour, so try again on fresh ports rather than fail the test.
-        for attempt in range(3):
-            control_port = free_port()
-            extra = {
-                "GATEWAY_SIMULATOR_ENABLED": "true",
-                "GATEWAY_SIMULATOR_CONTROL_PORT": str(control_port),
-                "GATEWAY_SIMULATOR_DLR_DELAY": "0",
-            }
-            gw = procs.spawn(f"demo{attempt}", db_url, free_port(), **extra)
-            await gw.start()
-            if "simulator control port not started" not in gw.tail():
-                break
-            await gw.kill()
+        extra = {
+            "GATEWAY_SIMULATOR_ENABLED": "true",
+            "GATEWAY_SIMULATOR_CONTROL_PORT": str(control_port),
+            "GATEWAY_SIMULATOR_DLR_DELAY": "0",
+        }
+        gw = procs.spawn("demo", db_url, free_port(), **extra)
+        await gw.start()
         yield Demo(gw, db_url, control_port, {"GATEWAY_DATABASE_URL": db_url, **extra})
 
 
